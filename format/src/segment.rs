@@ -91,6 +91,11 @@ impl<'a> OpIter<'a> {
             failed: false,
         }
     }
+
+    /// Bytes of the ops block not yet decoded.
+    pub fn remaining(&self) -> usize {
+        self.rest.len()
+    }
 }
 
 impl Iterator for OpIter<'_> {

@@ -1,0 +1,752 @@
+//! The state machine behind [`Applier`].
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use anypatch_format::{
+    header_hash, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, PageRef, Preamble,
+    PreambleRepr, SegmentEntry, Trailer, HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
+};
+use ruzstd::decoding::FrameDecoder;
+
+use crate::ApplyError;
+
+/// Old bytes read per request while hashing the base or copying an extent.
+const CHUNK: usize = 0x10_0000;
+static ZEROS: [u8; 0x4000] = [0; 0x4000];
+
+/// How the adapter wants the patch applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Length of the old file the adapter will read from.
+    pub old_len: u64,
+    /// Hash the whole old file and compare it with the header before the first
+    /// write. Turn off only when the adapter has just verified the same file
+    /// (the second pass of an in-place apply).
+    pub verify_base: bool,
+    /// Do not produce unchanged extents (`Copy` with delta 0): the target
+    /// already holds them. The whole-new hash is then not computed.
+    pub skip_unchanged: bool,
+    /// Refuse a patch that reads old bytes before the start of the extent
+    /// being produced, as an in-place apply would already have overwritten them.
+    pub in_place: bool,
+}
+
+impl Config {
+    /// Apply to a separate output, verifying the base: the safe default.
+    pub fn new(old_len: u64) -> Self {
+        Self {
+            old_len,
+            verify_base: true,
+            skip_unchanged: false,
+            in_place: false,
+        }
+    }
+}
+
+/// What the adapter must do next. Returned by [`Applier::poll`].
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Call [`Applier::feed`] with more patch bytes, or [`Applier::end_of_input`].
+    NeedInput,
+    /// The header is parsed and checked. Reported once, before any old read.
+    Header(&'a Header),
+    /// Fill all of `buf` with the old file's bytes at `offset`, then poll again.
+    ReadOld { offset: u64, buf: &'a mut [u8] },
+    /// Write `data` to the target at `offset`. The bytes are verified.
+    Write { offset: u64, data: &'a [u8] },
+    /// The target's `len` bytes at `offset` must read as zero. A fresh output
+    /// file may skip this (leaving a hole); an in-place target must write them.
+    Zero { offset: u64, len: u64 },
+    /// The patch is applied and verified.
+    Done(Summary),
+}
+
+impl core::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Applier")
+            .field("state", &self.state)
+            .field("new_pos", &self.new_pos)
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a finished apply produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Length of the new file.
+    pub new_len: u64,
+    /// BLAKE3 of the new file, checked against the header; `None` when
+    /// [`Config::skip_unchanged`] meant it was not computed.
+    pub new_hash: Option<Hash>,
+    /// BLAKE3 of the patch, checked against the trailer.
+    pub patch_hash: Hash,
+    /// Bytes handed out in [`Event::Write`]s.
+    pub bytes_written: u64,
+    /// Bytes announced in [`Event::Zero`]s.
+    pub bytes_zeroed: u64,
+}
+
+/// How far the apply is, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Old bytes hashed so far while verifying the base.
+    pub base_checked: u64,
+    /// New bytes produced so far.
+    pub new_done: u64,
+    /// Patch bytes consumed so far.
+    pub patch_consumed: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Preamble,
+    HeaderBody(PreambleRepr),
+    Signature,
+    AnnounceHeader,
+    VerifyBase {
+        pos: u64,
+        hasher: Box<blake3::Hasher>,
+    },
+    NextPage(PageRef),
+    Extent,
+    Copy {
+        dst: u64,
+        src: u64,
+        remaining: u64,
+    },
+    Payload(SegmentEntry),
+    Segment(SegmentRun),
+    Trailer,
+    AwaitEof(Hash),
+    Done,
+    Failed(ApplyError),
+}
+
+/// A data segment being executed, op by op.
+#[derive(Debug)]
+struct SegmentRun {
+    entry: SegmentEntry,
+    start: u64,
+    ops: Range<usize>,
+    data_in_inbuf: Option<usize>,
+    out_pos: usize,
+    data_pos: usize,
+    /// A `Delta` op whose old bytes were just read into `out[range]`.
+    delta_pending: Option<Range<usize>>,
+}
+
+/// What `step` asks the adapter to do; turned into an [`Event`] by `poll`.
+enum Action {
+    NeedInput,
+    Header,
+    ReadOld { offset: u64, range: Range<usize> },
+    Write { offset: u64, range: Range<usize> },
+    Zero { offset: u64, len: u64 },
+    Done(Summary),
+}
+
+/// The apply engine. See the crate docs for the driving loop.
+pub struct Applier {
+    cfg: Config,
+    state: State,
+    /// The section being buffered: header, page, payload or trailer.
+    inbuf: Vec<u8>,
+    want: usize,
+    eof: bool,
+    header: Option<Header>,
+    page: Option<Page>,
+    extent_idx: usize,
+    page_no: u64,
+    extents_seen: u64,
+    segments_seen: u64,
+    new_pos: u64,
+    patch_hasher: Box<blake3::Hasher>,
+    new_hasher: Option<Box<blake3::Hasher>>,
+    /// Old bytes, copy chunks, or a segment's output.
+    out: Vec<u8>,
+    /// A segment's decoded data block.
+    data: Vec<u8>,
+    /// Old bytes of the chunk in `out` that a `Copy` extent is about to write.
+    copy_filled: Option<usize>,
+    zstd: Option<Box<FrameDecoder>>,
+    progress: Progress,
+    written: u64,
+    zeroed: u64,
+}
+
+impl Applier {
+    /// A new engine. Nothing happens until [`Applier::poll`] is called.
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg,
+            state: State::Preamble,
+            inbuf: Vec::new(),
+            want: PREAMBLE_LEN,
+            eof: false,
+            header: None,
+            page: None,
+            extent_idx: 0,
+            page_no: 0,
+            extents_seen: 0,
+            segments_seen: 0,
+            new_pos: 0,
+            patch_hasher: Box::new(blake3::Hasher::new()),
+            new_hasher: (!cfg.skip_unchanged).then(|| Box::new(blake3::Hasher::new())),
+            out: Vec::new(),
+            data: Vec::new(),
+            copy_filled: None,
+            zstd: None,
+            progress: Progress::default(),
+            written: 0,
+            zeroed: 0,
+        }
+    }
+
+    /// Gives the engine patch bytes. Call after [`Event::NeedInput`]. Returns
+    /// how many bytes were taken: keep the rest and feed them again after the
+    /// next `NeedInput`. Bytes fed after the trailer make the apply fail.
+    pub fn feed(&mut self, input: &[u8]) -> usize {
+        if let State::AwaitEof(_) = self.state {
+            if !input.is_empty() {
+                self.state = State::Failed(ApplyError::TrailingBytes);
+            }
+            return input.len();
+        }
+        if matches!(self.state, State::Done | State::Failed(_)) {
+            return 0;
+        }
+        let n = self.want.saturating_sub(self.inbuf.len()).min(input.len());
+        self.inbuf.extend_from_slice(&input[..n]);
+        self.progress.patch_consumed += n as u64;
+        n
+    }
+
+    /// Tells the engine the patch has no more bytes. Call after
+    /// [`Event::NeedInput`] when the patch source is exhausted.
+    pub fn end_of_input(&mut self) {
+        self.eof = true;
+    }
+
+    /// The header, once [`Event::Header`] has been reported.
+    pub fn header(&self) -> Option<&Header> {
+        self.header.as_ref()
+    }
+
+    /// How far the apply is. May be called at any time.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            new_done: self.new_pos,
+            ..self.progress
+        }
+    }
+
+    /// Advances the apply until the adapter has something to do. Call it
+    /// again after doing what the returned [`Event`] asks. After an error,
+    /// every call returns the same error.
+    pub fn poll(&mut self) -> Result<Event<'_>, ApplyError> {
+        let action = match self.step() {
+            Ok(a) => a,
+            Err(e) => {
+                self.state = State::Failed(e.clone());
+                return Err(e);
+            }
+        };
+        Ok(match action {
+            Action::NeedInput => Event::NeedInput,
+            Action::Header => Event::Header(
+                self.header
+                    .as_ref()
+                    .expect("Header is announced after parsing"),
+            ),
+            Action::ReadOld { offset, range } => Event::ReadOld {
+                offset,
+                buf: &mut self.out[range],
+            },
+            Action::Write { offset, range } => Event::Write {
+                offset,
+                data: &self.out[range],
+            },
+            Action::Zero { offset, len } => Event::Zero { offset, len },
+            Action::Done(s) => Event::Done(s),
+        })
+    }
+
+    fn header_ref(&self) -> &Header {
+        self.header
+            .as_ref()
+            .expect("states after HeaderBody have a header")
+    }
+
+    /// Starts buffering a section of `len` patch bytes.
+    fn expect_input(&mut self, state: State, len: usize) {
+        self.inbuf.clear();
+        self.want = len;
+        self.state = state;
+    }
+
+    /// True when the current section is fully buffered.
+    fn section_ready(&self, section: &'static str) -> Result<bool, ApplyError> {
+        if self.inbuf.len() >= self.want {
+            Ok(true)
+        } else if self.eof {
+            Err(ApplyError::Truncated { section })
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn step(&mut self) -> Result<Action, ApplyError> {
+        loop {
+            match core::mem::replace(&mut self.state, State::Done) {
+                State::Failed(e) => {
+                    self.state = State::Failed(e.clone());
+                    return Err(e);
+                }
+                State::Done => return Err(ApplyError::TrailingBytes),
+                State::Preamble => {
+                    self.state = State::Preamble;
+                    if !self.section_ready("preamble")? {
+                        return Ok(Action::NeedInput);
+                    }
+                    let repr = PreambleRepr::parse(&Preamble::new_checked(&self.inbuf[..])?)?;
+                    self.want = PREAMBLE_LEN + repr.header_len as usize + HASH_LEN;
+                    self.state = State::HeaderBody(repr);
+                }
+                State::HeaderBody(repr) => {
+                    self.state = State::HeaderBody(repr);
+                    if !self.section_ready("header")? {
+                        return Ok(Action::NeedInput);
+                    }
+                    let body_end = PREAMBLE_LEN + repr.header_len as usize;
+                    let check = header_hash(
+                        &self.inbuf[..PREAMBLE_LEN],
+                        &self.inbuf[PREAMBLE_LEN..body_end],
+                    );
+                    if check[..] != self.inbuf[body_end..] {
+                        return Err(FormatError::HeaderHashMismatch.into());
+                    }
+                    let header = Header::parse(&self.inbuf[PREAMBLE_LEN..body_end], repr.minor)?;
+                    self.patch_hasher.update(&self.inbuf);
+                    self.header = Some(header);
+                    self.expect_input(State::Signature, repr.signature_len as usize);
+                }
+                State::Signature => {
+                    self.state = State::Signature;
+                    if !self.section_ready("signature block")? {
+                        return Ok(Action::NeedInput);
+                    }
+                    // Version 1.0 appliers skip the signature block; it is covered
+                    // by the patch hash like every other byte.
+                    self.patch_hasher.update(&self.inbuf);
+                    self.inbuf.clear();
+                    self.state = State::AnnounceHeader;
+                    return Ok(Action::Header);
+                }
+                State::AnnounceHeader => {
+                    let h = self.header_ref();
+                    if h.old_len != self.cfg.old_len {
+                        return Err(ApplyError::BaseLength {
+                            got: self.cfg.old_len,
+                            expected: h.old_len,
+                        });
+                    }
+                    if self.cfg.verify_base {
+                        self.state = State::VerifyBase {
+                            pos: 0,
+                            hasher: Box::new(blake3::Hasher::new()),
+                        };
+                    } else {
+                        let first = h.first_page;
+                        self.expect_input(State::NextPage(first), first.len as usize);
+                    }
+                }
+                State::VerifyBase { pos, mut hasher } => {
+                    // `pos` counts bytes already requested; the chunk before it is in `out`.
+                    let hashed = self.progress.base_checked;
+                    if hashed < pos {
+                        hasher.update(&self.out[..(pos - hashed) as usize]);
+                        self.progress.base_checked = pos;
+                    }
+                    let old_len = self.cfg.old_len;
+                    if pos < old_len {
+                        let n = (old_len - pos).min(CHUNK as u64) as usize;
+                        self.out.resize(n.max(self.out.len()), 0);
+                        self.state = State::VerifyBase {
+                            pos: pos + n as u64,
+                            hasher,
+                        };
+                        return Ok(Action::ReadOld {
+                            offset: pos,
+                            range: 0..n,
+                        });
+                    }
+                    if *hasher.finalize().as_bytes() != self.header_ref().old_hash {
+                        return Err(ApplyError::BaseHash);
+                    }
+                    let first = self.header_ref().first_page;
+                    self.expect_input(State::NextPage(first), first.len as usize);
+                }
+                State::NextPage(r) => {
+                    self.state = State::NextPage(r);
+                    if !self.section_ready("manifest page")? {
+                        return Ok(Action::NeedInput);
+                    }
+                    if *blake3::hash(&self.inbuf).as_bytes() != r.hash {
+                        return Err(ApplyError::PageHash { page: self.page_no });
+                    }
+                    self.patch_hasher.update(&self.inbuf);
+                    self.page = Some(Page::parse(&self.inbuf)?);
+                    self.page_no += 1;
+                    self.extent_idx = 0;
+                    self.inbuf.clear();
+                    self.state = State::Extent;
+                }
+                State::Extent => {
+                    if let Some(action) = self.next_extent()? {
+                        return Ok(action);
+                    }
+                }
+                State::Copy {
+                    dst,
+                    src,
+                    remaining,
+                } => {
+                    if let Some(n) = self.copy_filled.take() {
+                        if let Some(h) = self.new_hasher.as_mut() {
+                            h.update(&self.out[..n]);
+                        }
+                        self.written += n as u64;
+                        self.state = State::Copy {
+                            dst: dst + n as u64,
+                            src: src + n as u64,
+                            remaining,
+                        };
+                        return Ok(Action::Write {
+                            offset: dst,
+                            range: 0..n,
+                        });
+                    }
+                    if remaining == 0 {
+                        self.state = State::Extent;
+                        continue;
+                    }
+                    let n = remaining.min(CHUNK as u64) as usize;
+                    self.out.resize(n.max(self.out.len()), 0);
+                    self.copy_filled = Some(n);
+                    self.new_pos += n as u64;
+                    self.state = State::Copy {
+                        dst,
+                        src,
+                        remaining: remaining - n as u64,
+                    };
+                    return Ok(Action::ReadOld {
+                        offset: src,
+                        range: 0..n,
+                    });
+                }
+                State::Payload(entry) => {
+                    self.state = State::Payload(entry);
+                    if !self.section_ready("data segment")? {
+                        return Ok(Action::NeedInput);
+                    }
+                    self.patch_hasher.update(&self.inbuf);
+                    let run = self.start_segment(entry)?;
+                    self.state = State::Segment(run);
+                }
+                State::Segment(run) => {
+                    if let Some(action) = self.run_segment(run)? {
+                        return Ok(action);
+                    }
+                }
+                State::Trailer => {
+                    self.state = State::Trailer;
+                    if !self.section_ready("trailer")? {
+                        return Ok(Action::NeedInput);
+                    }
+                    let trailer = Trailer::parse(&self.inbuf)?;
+                    let patch_hash = *self.patch_hasher.finalize().as_bytes();
+                    if trailer.patch_hash != patch_hash {
+                        return Err(ApplyError::PatchHash);
+                    }
+                    let header = self.header_ref();
+                    if self.progress.patch_consumed != header.patch_len {
+                        return Err(ApplyError::LengthMismatch {
+                            field: "patch_len",
+                            got: self.progress.patch_consumed,
+                            expected: header.patch_len,
+                        });
+                    }
+                    if let Some(h) = &self.new_hasher {
+                        if *h.finalize().as_bytes() != header.new_hash {
+                            return Err(ApplyError::NewHash);
+                        }
+                    }
+                    self.inbuf = Vec::new();
+                    self.state = State::AwaitEof(patch_hash);
+                }
+                State::AwaitEof(patch_hash) => {
+                    self.state = State::AwaitEof(patch_hash);
+                    if !self.eof {
+                        return Ok(Action::NeedInput);
+                    }
+                    self.state = State::Done;
+                    // Release the buffers: the engine holds no memory once done.
+                    self.out = Vec::new();
+                    self.data = Vec::new();
+                    self.zstd = None;
+                    let header = self.header_ref();
+                    return Ok(Action::Done(Summary {
+                        new_len: header.new_len,
+                        new_hash: self.new_hasher.as_ref().map(|_| header.new_hash),
+                        patch_hash,
+                        bytes_written: self.written,
+                        bytes_zeroed: self.zeroed,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Dispatches the next extent of the current page, or moves to the next
+    /// page or the trailer. Returns an action when the adapter must act.
+    fn next_extent(&mut self) -> Result<Option<Action>, ApplyError> {
+        let page = self
+            .page
+            .as_ref()
+            .expect("Extent state follows a parsed page");
+        let Some(&extent) = page.extents.get(self.extent_idx) else {
+            match page.next {
+                Some(r) => self.expect_input(State::NextPage(r), r.len as usize),
+                None => self.finish_extents()?,
+            }
+            return Ok(None);
+        };
+        self.extent_idx += 1;
+        self.extents_seen += 1;
+        let header = self.header_ref();
+        let start = self.new_pos;
+        let len = extent.len();
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > header.new_len)
+        {
+            return Err(ApplyError::LengthMismatch {
+                field: "sum of extent lengths",
+                got: start.saturating_add(len),
+                expected: header.new_len,
+            });
+        }
+        match extent {
+            Extent::Copy { len, delta } => {
+                let src = self.source(start, delta, len, start)?;
+                if delta == 0 && self.cfg.skip_unchanged {
+                    self.new_pos += len;
+                    self.state = State::Extent;
+                } else {
+                    self.state = State::Copy {
+                        dst: start,
+                        src,
+                        remaining: len,
+                    };
+                }
+                Ok(None)
+            }
+            Extent::Zero { len } => {
+                if let Some(h) = self.new_hasher.as_mut() {
+                    let mut left = len;
+                    while left > 0 {
+                        let n = left.min(ZEROS.len() as u64) as usize;
+                        h.update(&ZEROS[..n]);
+                        left -= n as u64;
+                    }
+                }
+                self.new_pos += len;
+                self.zeroed += len;
+                self.state = State::Extent;
+                Ok(Some(Action::Zero { offset: start, len }))
+            }
+            Extent::Data(entry) => {
+                if entry.new_len > header.segment_max {
+                    return Err(ApplyError::LengthMismatch {
+                        field: "segment.new_len above segment_max",
+                        got: entry.new_len.into(),
+                        expected: header.segment_max.into(),
+                    });
+                }
+                self.segments_seen += 1;
+                let len = usize::try_from(entry.payload_len()).expect("payload is capped at 5 MiB");
+                self.expect_input(State::Payload(entry), len);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Checks the totals once the last page is done.
+    fn finish_extents(&mut self) -> Result<(), ApplyError> {
+        let h = self.header_ref();
+        let checks = [
+            ("sum of extent lengths", self.new_pos, h.new_len),
+            ("extent_count", self.extents_seen, h.extent_count),
+            ("segment_count", self.segments_seen, h.segment_count),
+        ];
+        for (field, got, expected) in checks {
+            if got != expected {
+                return Err(ApplyError::LengthMismatch {
+                    field,
+                    got,
+                    expected,
+                });
+            }
+        }
+        self.page = None;
+        self.expect_input(State::Trailer, TRAILER_LEN);
+        Ok(())
+    }
+
+    /// The old offset `new_offset + delta`, checked to lie in the old file and,
+    /// for in-place applies, at or after `floor` (the extent's start).
+    fn source(&self, new_offset: u64, delta: i64, len: u64, floor: u64) -> Result<u64, ApplyError> {
+        let source = i128::from(new_offset) + i128::from(delta);
+        let old_len = self.cfg.old_len;
+        if source < 0 || source + i128::from(len) > i128::from(old_len) {
+            return Err(ApplyError::SourceOutOfRange {
+                new_offset,
+                source,
+                len,
+                old_len,
+            });
+        }
+        let source = source as u64; // in 0..=old_len, checked above
+        if self.cfg.in_place && source < floor {
+            return Err(ApplyError::NotInPlaceSafe { new_offset, source });
+        }
+        Ok(source)
+    }
+
+    /// Validates a buffered payload's ops and decodes its data block.
+    fn start_segment(&mut self, entry: SegmentEntry) -> Result<SegmentRun, ApplyError> {
+        let segment = self.segments_seen - 1;
+        let start = self.new_pos;
+        let ops_len = entry.ops_len as usize;
+        // One pass over the ops checks every length and source before any read.
+        let (mut produced, mut data_needed) = (0u64, 0u64);
+        for op in OpIter::new(&self.inbuf[..ops_len]) {
+            let op = op?;
+            let at = start + produced;
+            if let Op::Copy { len, delta } | Op::Delta { len, delta } = op {
+                self.source(at, delta, len.into(), start)?;
+            }
+            produced += u64::from(op.len());
+            data_needed += u64::from(op.data_len());
+            if produced > entry.new_len.into() {
+                break;
+            }
+        }
+        if produced != u64::from(entry.new_len) {
+            return Err(ApplyError::LengthMismatch {
+                field: "sum of op lengths",
+                got: produced,
+                expected: entry.new_len.into(),
+            });
+        }
+        let data_block = &self.inbuf[ops_len..];
+        let data_in_inbuf = match Codec::try_from(entry.codec)? {
+            Codec::Stored => {
+                if data_block.len() as u64 != data_needed {
+                    return Err(ApplyError::LengthMismatch {
+                        field: "stored data_len",
+                        got: data_block.len() as u64,
+                        expected: data_needed,
+                    });
+                }
+                Some(ops_len)
+            }
+            Codec::Zstd => {
+                let needed = data_needed as usize; // at most new_len, capped at 4 MiB
+                self.data.clear();
+                self.data.resize(needed, 0);
+                let dec = self
+                    .zstd
+                    .get_or_insert_with(|| Box::new(FrameDecoder::new()));
+                crate::zstd::decode_frame(dec, data_block, &mut self.data)
+                    .map_err(|()| ApplyError::Decode { segment })?;
+                None
+            }
+        };
+        self.out.clear();
+        self.out.resize(entry.new_len as usize, 0);
+        Ok(SegmentRun {
+            entry,
+            start,
+            ops: 0..ops_len,
+            data_in_inbuf,
+            out_pos: 0,
+            data_pos: 0,
+            delta_pending: None,
+        })
+    }
+
+    /// Runs a segment's ops until one needs old bytes, then verifies and
+    /// writes its output.
+    fn run_segment(&mut self, mut run: SegmentRun) -> Result<Option<Action>, ApplyError> {
+        let data: &[u8] = match run.data_in_inbuf {
+            Some(at) => &self.inbuf[at..],
+            None => &self.data,
+        };
+        if let Some(range) = run.delta_pending.take() {
+            let add = &data[run.data_pos..run.data_pos + range.len()];
+            for (o, d) in self.out[range.clone()].iter_mut().zip(add) {
+                *o = o.wrapping_add(*d);
+            }
+            run.data_pos += range.len();
+        }
+        let mut ops = OpIter::new(&self.inbuf[run.ops.clone()]);
+        while let Some(op) = ops.next() {
+            let op = op.expect("ops were validated in start_segment");
+            run.ops.start = run.ops.end - ops.remaining();
+            let len = op.len() as usize;
+            let at = run.out_pos;
+            run.out_pos += len;
+            match op {
+                Op::Literal { .. } => {
+                    self.out[at..at + len].copy_from_slice(&data[run.data_pos..run.data_pos + len]);
+                    run.data_pos += len;
+                }
+                Op::Zero { .. } => self.out[at..at + len].fill(0),
+                Op::Copy { delta, .. } | Op::Delta { delta, .. } => {
+                    let offset =
+                        self.source(run.start + at as u64, delta, len as u64, run.start)?;
+                    if matches!(op, Op::Delta { .. }) {
+                        run.delta_pending = Some(at..at + len);
+                    }
+                    self.state = State::Segment(run);
+                    return Ok(Some(Action::ReadOld {
+                        offset,
+                        range: at..at + len,
+                    }));
+                }
+            }
+        }
+        let new_len = run.entry.new_len as usize;
+        if *blake3::hash(&self.out[..new_len]).as_bytes() != run.entry.hash {
+            return Err(ApplyError::SegmentHash {
+                segment: self.segments_seen - 1,
+                new_offset: run.start,
+            });
+        }
+        if let Some(h) = self.new_hasher.as_mut() {
+            h.update(&self.out[..new_len]);
+        }
+        self.new_pos += new_len as u64;
+        self.written += new_len as u64;
+        self.inbuf.clear();
+        self.state = State::Extent;
+        Ok(Some(Action::Write {
+            offset: run.start,
+            range: 0..new_len,
+        }))
+    }
+}

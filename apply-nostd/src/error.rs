@@ -1,0 +1,123 @@
+//! Errors the engine reports. Each says what was wrong and what to do.
+
+use core::fmt;
+
+use anypatch_format::FormatError;
+
+/// Why an apply failed. Once [`crate::Applier::poll`] returns an error, every
+/// later call returns the same error.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyError {
+    /// The patch bytes do not decode (see the inner error).
+    Format(FormatError),
+    /// The patch ended before `section` was complete.
+    Truncated { section: &'static str },
+    /// The old file's length is not the header's `old_len`.
+    BaseLength { got: u64, expected: u64 },
+    /// The old file's BLAKE3 is not the header's `old_hash`.
+    BaseHash,
+    /// A page does not hash to what the header or the previous page says.
+    PageHash { page: u64 },
+    /// A data segment's output does not hash to its manifest entry.
+    SegmentHash { segment: u64, new_offset: u64 },
+    /// The bytes of the whole patch do not hash to the trailer's `patch_hash`.
+    PatchHash,
+    /// The produced new file does not hash to the header's `new_hash`.
+    NewHash,
+    /// An extent or op reads old bytes outside the old file.
+    SourceOutOfRange {
+        new_offset: u64,
+        source: i128,
+        len: u64,
+        old_len: u64,
+    },
+    /// Extents or ops do not add up to the lengths the header or entry states.
+    LengthMismatch {
+        field: &'static str,
+        got: u64,
+        expected: u64,
+    },
+    /// A data block does not decode.
+    Decode { segment: u64 },
+    /// In-place apply was asked for, but the patch reads old bytes that an
+    /// earlier part of the apply has already overwritten.
+    NotInPlaceSafe { new_offset: u64, source: u64 },
+    /// Bytes follow the trailer.
+    TrailingBytes,
+}
+
+/// Coarse classes of [`ApplyError`], for exit codes and user advice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The patch is damaged, truncated or hostile.
+    CorruptPatch,
+    /// The patch is fine but was made against another old file.
+    WrongBase,
+    /// The patch needs a newer applier.
+    Unsupported,
+    /// The patch cannot be applied in place.
+    NotInPlace,
+}
+
+impl ApplyError {
+    /// The class of this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Format(
+                FormatError::UnsupportedMajor { .. }
+                | FormatError::UnknownRequiredFeatures { .. }
+                | FormatError::UnknownCodec { .. },
+            ) => ErrorClass::Unsupported,
+            Self::BaseLength { .. } | Self::BaseHash => ErrorClass::WrongBase,
+            Self::NotInPlaceSafe { .. } => ErrorClass::NotInPlace,
+            _ => ErrorClass::CorruptPatch,
+        }
+    }
+}
+
+impl From<FormatError> for ApplyError {
+    fn from(e: FormatError) -> Self {
+        Self::Format(e)
+    }
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Format(e) => e.fmt(f),
+            Self::Truncated { section } => write!(f, "patch is truncated: it ends inside the {section}"),
+            Self::BaseLength { got, expected } => write!(
+                f,
+                "wrong base: the old file is {got} bytes but the patch was made against a {expected}-byte file"
+            ),
+            Self::BaseHash => write!(
+                f,
+                "wrong base: the old file's BLAKE3 differs from the one the patch was made against"
+            ),
+            Self::PageHash { page } => write!(f, "patch is corrupt: manifest page {page} fails its hash check"),
+            Self::SegmentHash { segment, new_offset } => write!(
+                f,
+                "patch is corrupt: data segment {segment} (new offset {new_offset}) fails its hash check"
+            ),
+            Self::PatchHash => write!(f, "patch is corrupt: the whole-patch hash in the trailer does not match"),
+            Self::NewHash => write!(f, "result check failed: the new file's BLAKE3 differs from the header's"),
+            Self::SourceOutOfRange { new_offset, source, len, old_len } => write!(
+                f,
+                "patch is corrupt: new offset {new_offset} reads {len} old bytes at {source}, outside the {old_len}-byte old file"
+            ),
+            Self::LengthMismatch { field, got, expected } => {
+                write!(f, "patch is corrupt: {field} is {got}, expected {expected}")
+            }
+            Self::Decode { segment } => write!(f, "patch is corrupt: data segment {segment} does not decompress"),
+            Self::NotInPlaceSafe { new_offset, source } => write!(
+                f,
+                "patch cannot be applied in place: new offset {new_offset} reads old offset {source}, which an earlier write replaces; apply it with -o instead"
+            ),
+            Self::TrailingBytes => write!(f, "patch is corrupt: unexpected bytes after the trailer"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ApplyError {}

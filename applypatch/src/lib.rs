@@ -1,0 +1,407 @@
+//! File adapters over the sans-IO engine: the one applier that the
+//! `applypatch` CLI and the initramfs build share.
+//!
+//! [`drive`] runs an [`Applier`] to completion against a patch reader, an old
+//! file read with `pread`, and a [`Sink`] for verified writes. The three entry
+//! points ([`check`], [`apply_to_new_file`], [`apply_in_place`]) choose the
+//! engine configuration and the sink.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anypatch_apply::format::{Hash, Header};
+use anypatch_apply::{Applier, ApplyError, Config, Event, Progress, Summary};
+
+/// Patch bytes read per `read` call.
+const READ_CHUNK: usize = 0x4_0000;
+
+/// Why an apply did not finish.
+#[derive(Debug)]
+pub enum DriveError {
+    /// The patch or the base is wrong; the engine says how.
+    Apply(ApplyError),
+    /// Reading or writing a file failed.
+    Io { action: String, source: io::Error },
+    /// The request cannot be carried out as asked.
+    Refused(String),
+}
+
+impl fmt::Display for DriveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Apply(e) => e.fmt(f),
+            Self::Io { action, source } => write!(f, "{action}: {source}"),
+            Self::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for DriveError {}
+
+impl From<ApplyError> for DriveError {
+    fn from(e: ApplyError) -> Self {
+        Self::Apply(e)
+    }
+}
+
+fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> DriveError {
+    let action = action.into();
+    move |source| DriveError::Io { action, source }
+}
+
+/// Where verified new bytes go.
+pub trait Sink {
+    /// Writes verified bytes at `offset`.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes `len` bytes at `offset` read as zero.
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// Discards everything: verification only.
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+impl Sink for NullSink {
+    fn write_at(&mut self, _: u64, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn zero(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes into a file with positional writes.
+#[derive(Debug)]
+pub struct FileSink<'a> {
+    file: &'a File,
+    /// A fresh file reads as zero where nothing was written, so zero runs are
+    /// left as holes; an existing target gets real zeros written.
+    fresh: bool,
+}
+
+impl Sink for FileSink<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        if self.fresh {
+            return Ok(());
+        }
+        static ZEROS: [u8; 0x1_0000] = [0; 0x1_0000];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `applier` to the end. `on_header` sees the header before any old
+/// byte is read and may refuse it; `on_progress` is called often and cheaply.
+pub fn drive(
+    applier: &mut Applier,
+    patch: &mut dyn Read,
+    old: &File,
+    sink: &mut dyn Sink,
+    on_header: &mut dyn FnMut(&Header) -> Result<(), DriveError>,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let (mut start, mut end) = (0, 0);
+    loop {
+        match applier.poll()? {
+            Event::NeedInput => {
+                if start == end {
+                    let n =
+                        read_retrying(patch, &mut buf).map_err(io_err("cannot read the patch"))?;
+                    if n == 0 {
+                        applier.end_of_input();
+                        continue;
+                    }
+                    (start, end) = (0, n);
+                }
+                start += applier.feed(&buf[start..end]);
+            }
+            Event::Header(h) => on_header(h)?,
+            Event::ReadOld { offset, buf } => {
+                old.read_exact_at(buf, offset).map_err(|e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        DriveError::Refused(
+                            "the old file got shorter while the patch was applied".into(),
+                        )
+                    } else {
+                        DriveError::Io {
+                            action: format!("cannot read the old file at offset {offset}"),
+                            source: e,
+                        }
+                    }
+                })?;
+                // Reported after old reads too, so base checking shows progress.
+                on_progress(applier.progress());
+            }
+            Event::Write { offset, data } => {
+                sink.write_at(offset, data).map_err(io_err(format!(
+                    "cannot write the target at offset {offset}"
+                )))?;
+                on_progress(applier.progress());
+            }
+            Event::Zero { offset, len } => {
+                sink.zero(offset, len).map_err(io_err(format!(
+                    "cannot write zeros to the target at offset {offset}"
+                )))?;
+            }
+            Event::Done(summary) => return Ok(summary),
+        }
+    }
+}
+
+fn read_retrying(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Where the patch comes from: a file path, or `-` for stdin.
+#[derive(Debug, Clone)]
+pub enum PatchSource {
+    Stdin,
+    Path(PathBuf),
+}
+
+impl PatchSource {
+    pub fn parse(arg: &Path) -> Self {
+        if arg == Path::new("-") {
+            Self::Stdin
+        } else {
+            Self::Path(arg.to_path_buf())
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn Read>, DriveError> {
+        Ok(match self {
+            Self::Stdin => Box::new(io::stdin().lock()),
+            Self::Path(p) => Box::new(
+                File::open(p).map_err(io_err(format!("cannot open patch {}", p.display())))?,
+            ),
+        })
+    }
+}
+
+fn open_old(path: &Path) -> Result<(File, u64), DriveError> {
+    let file =
+        File::open(path).map_err(io_err(format!("cannot open old file {}", path.display())))?;
+    let len =
+        file_len(&file).map_err(io_err(format!("cannot size old file {}", path.display())))?;
+    Ok((file, len))
+}
+
+/// The length of a regular file or a block device.
+pub fn file_len(file: &File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    // Block devices report length 0 in metadata; seeking to the end tells.
+    let mut f = file;
+    let len = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(len)
+}
+
+/// Verifies a patch against `old` completely, writing nothing. Returns the
+/// summary, whose `new_hash` is the verified BLAKE3 of the new image.
+pub fn check(
+    old: &Path,
+    patch: &PatchSource,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    let (old_file, old_len) = open_old(old)?;
+    let mut reader = patch.open()?;
+    let mut applier = Applier::new(Config::new(old_len));
+    drive(
+        &mut applier,
+        &mut reader,
+        &old_file,
+        &mut NullSink,
+        &mut |_| Ok(()),
+        on_progress,
+    )
+}
+
+/// Applies a patch to `old`, writing the result to `new` atomically: a
+/// temporary file beside `new`, fsync, then rename. On any error no file is
+/// left at `new` (an existing `new` is left as it was).
+pub fn apply_to_new_file(
+    old: &Path,
+    patch: &PatchSource,
+    new: &Path,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    let (old_file, old_len) = open_old(old)?;
+    if let (Ok(a), Ok(b)) = (std::fs::metadata(old), std::fs::metadata(new)) {
+        use std::os::unix::fs::MetadataExt;
+        if a.dev() == b.dev() && a.ino() == b.ino() {
+            return Err(DriveError::Refused(
+                "the output is the old file itself; use --in-place to patch a file in place".into(),
+            ));
+        }
+    }
+    let dir = match new.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = new
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".applypatch-tmp")
+        .tempfile_in(&dir)
+        .map_err(io_err(format!(
+            "cannot create a temporary file in {}",
+            dir.display()
+        )))?;
+    let mut reader = patch.open()?;
+    let mut applier = Applier::new(Config::new(old_len));
+    let mut sink = FileSink {
+        file: tmp.as_file(),
+        fresh: true,
+    };
+    let summary = drive(
+        &mut applier,
+        &mut reader,
+        &old_file,
+        &mut sink,
+        &mut |_| Ok(()),
+        on_progress,
+    )?;
+    let f = tmp.as_file();
+    f.set_len(summary.new_len)
+        .map_err(io_err("cannot size the new file"))?;
+    if let Ok(meta) = old_file.metadata() {
+        if meta.is_file() {
+            // Best effort: the new image keeps the old image's permissions.
+            let _ = f.set_permissions(meta.permissions());
+        }
+    }
+    f.sync_all()
+        .map_err(io_err("cannot flush the new file to disk"))?;
+    tmp.persist(new).map_err(|e| DriveError::Io {
+        action: format!("cannot rename into {}", new.display()),
+        source: e.error,
+    })?;
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all(); // make the rename durable where the file system allows
+    }
+    Ok(summary)
+}
+
+/// Applies a patch to `target` in place. The whole patch is verified first
+/// (base, every segment, the whole-patch and new hashes) with nothing
+/// written; only then is the target rewritten, skipping unchanged extents.
+/// The patch must therefore be a file that can be read twice.
+pub fn apply_in_place(
+    target: &Path,
+    patch: &PatchSource,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    let PatchSource::Path(_) = patch else {
+        return Err(DriveError::Refused(
+            "--in-place needs the patch as a file, not stdin: it verifies the whole patch before the first write".into(),
+        ));
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(target)
+        .map_err(io_err(format!(
+            "cannot open {} for writing",
+            target.display()
+        )))?;
+    let old_len = file_len(&file).map_err(io_err(format!("cannot size {}", target.display())))?;
+    let is_regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+
+    // Pass 1: verify everything, write nothing.
+    let mut first_header: Option<Header> = None;
+    let mut applier = Applier::new(Config {
+        in_place: true,
+        ..Config::new(old_len)
+    });
+    let verified = drive(
+        &mut applier,
+        &mut patch.open()?,
+        &file,
+        &mut NullSink,
+        &mut |h| {
+            if !is_regular && h.new_len != old_len {
+                return Err(DriveError::Refused(format!(
+                    "the patch changes the size from {} to {} bytes, which a block device cannot do",
+                    old_len, h.new_len
+                )));
+            }
+            first_header = Some(h.clone());
+            Ok(())
+        },
+        on_progress,
+    )?;
+
+    // Pass 2: the same patch again, now writing. The header must be the one
+    // just verified; its hash chain then pins every segment.
+    let cfg = Config {
+        verify_base: false,
+        skip_unchanged: true,
+        in_place: true,
+        old_len,
+    };
+    let mut applier = Applier::new(cfg);
+    let mut sink = FileSink {
+        file: &file,
+        fresh: false,
+    };
+    let applied = drive(
+        &mut applier,
+        &mut patch.open()?,
+        &file,
+        &mut sink,
+        &mut |h| {
+            if first_header.as_ref() != Some(h) {
+                return Err(DriveError::Refused(
+                    "the patch file changed while it was being applied".into(),
+                ));
+            }
+            Ok(())
+        },
+        on_progress,
+    )?;
+    if is_regular && verified.new_len < old_len {
+        file.set_len(verified.new_len)
+            .map_err(io_err("cannot truncate the target"))?;
+    }
+    file.sync_all()
+        .map_err(io_err("cannot flush the target to disk"))?;
+    Ok(Summary {
+        bytes_written: applied.bytes_written,
+        bytes_zeroed: applied.bytes_zeroed,
+        ..verified
+    })
+}
+
+/// Lowercase hex of a hash.
+pub fn hex(hash: &Hash) -> String {
+    use std::fmt::Write as _;
+    hash.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
