@@ -1,0 +1,269 @@
+//! Phase 5a: build and compress every data segment, in parallel, and spool
+//! the payloads in segment order to a temporary file.
+//!
+//! A changed block whose same-offset old block exists becomes a `Delta` op
+//! when at least 1/16 of its bytes equal old's: small edits then turn into
+//! mostly-zero data that zstd shrinks to almost nothing. Otherwise it is a
+//! `Literal`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+
+use anypatch_format::{Codec, Op, SegmentEntry};
+
+use crate::exec::for_each_ordered;
+use crate::input::Input;
+use crate::plan::{Part, Plan, SegmentPlan};
+use crate::{Phase, ProduceError, Progress};
+
+/// Rough memory one encoding worker uses besides zstd: the new and old
+/// bytes, the data block and the compressed frame, one segment each.
+const BUFFERS_PER_WORKER: u64 = 4;
+/// Budget for all encoding workers. Workers beyond it are not started, so
+/// many cores or a high level cannot push peak memory over 512 MiB.
+const ENCODE_MEMORY_BUDGET: u64 = 320 << 20;
+
+/// The spooled payloads and their manifest entries.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    /// One per segment, in plan order.
+    pub entries: Vec<SegmentEntry>,
+    /// Payloads in segment order, positioned anywhere.
+    pub spool: File,
+    /// Whether every op reads old bytes at or after its segment's start.
+    pub in_place_safe: bool,
+}
+
+/// A rough upper bound of a zstd compression context at `level` for a
+/// frame of at most 4 MiB.
+fn zstd_context_memory(level: i32) -> u64 {
+    match level {
+        ..=5 => 8 << 20,
+        6..=12 => 24 << 20,
+        13..=16 => 48 << 20,
+        _ => 96 << 20,
+    }
+}
+
+/// How many encoding workers fit the memory budget (at least one).
+pub(crate) fn encode_workers(threads: usize, level: i32, segment_len: u32) -> usize {
+    let per_worker = BUFFERS_PER_WORKER * u64::from(segment_len) + zstd_context_memory(level);
+    let fit = (ENCODE_MEMORY_BUDGET / per_worker).max(1);
+    threads.min(fit as usize).max(1)
+}
+
+struct Worker {
+    zstd: zstd::bulk::Compressor<'static>,
+    new_buf: Vec<u8>,
+    old_buf: Vec<u8>,
+    data: Vec<u8>,
+}
+
+/// Encodes every segment of `plan` and spools the payloads.
+pub(crate) fn encode_all(
+    old: &Input,
+    new: &Input,
+    plan: &Plan,
+    level: i32,
+    block_size: u32,
+    threads: usize,
+    spool: File,
+    progress: &dyn Fn(Progress),
+) -> Result<Encoded, ProduceError> {
+    let segment_max = plan.segments.iter().map(|s| s.len).max().unwrap_or(1);
+    let workers = encode_workers(threads, level, segment_max);
+    let total = plan.segments.len() as u64;
+    let mut entries = Vec::with_capacity(plan.segments.len());
+    let mut in_place_safe = true;
+    let mut spool = BufWriter::with_capacity(1 << 20, spool);
+    let compress_err = |source| ProduceError::Compress { source };
+    for_each_ordered(
+        workers,
+        plan.segments.len(),
+        2 * workers,
+        || {
+            let mut zstd = zstd::bulk::Compressor::new(level).map_err(compress_err)?;
+            // One frame with its content size; no checksum (the segment
+            // hash covers the output) and no dictionary id.
+            zstd.include_contentsize(true).map_err(compress_err)?;
+            zstd.include_checksum(false).map_err(compress_err)?;
+            zstd.include_dictid(false).map_err(compress_err)?;
+            Ok(Worker {
+                zstd,
+                new_buf: Vec::new(),
+                old_buf: Vec::new(),
+                data: Vec::new(),
+            })
+        },
+        |w, i| encode_segment(old, new, &plan.segments[i], block_size, w),
+        |i, (entry, payload, safe)| {
+            spool
+                .write_all(&payload)
+                .map_err(|source| ProduceError::Spool { source })?;
+            entries.push(entry);
+            in_place_safe &= safe;
+            progress(Progress {
+                phase: Phase::Encode,
+                done: i as u64 + 1,
+                total,
+            });
+            Ok(())
+        },
+    )?;
+    let spool = spool.into_inner().map_err(|e| ProduceError::Spool {
+        source: e.into_error(),
+    })?;
+    Ok(Encoded {
+        entries,
+        spool,
+        in_place_safe,
+    })
+}
+
+/// Builds one segment: returns its entry, payload (ops block then data
+/// block) and whether it is in-place safe.
+fn encode_segment(
+    old: &Input,
+    new: &Input,
+    seg: &SegmentPlan,
+    block_size: u32,
+    w: &mut Worker,
+) -> Result<(SegmentEntry, Vec<u8>, bool), ProduceError> {
+    let len = seg.len as usize;
+    w.new_buf.resize(len, 0);
+    new.read_exact_at(&mut w.new_buf[..len], seg.start)?;
+    let old_n = old.read_clamped(&mut w.old_buf, seg.start, len)?;
+    let (new_bytes, old_bytes) = (&w.new_buf[..len], &w.old_buf[..old_n]);
+
+    let bs = u64::from(block_size);
+    let mut ops: Vec<Op> = Vec::new();
+    let mut safe = true;
+    w.data.clear();
+    let mut pos = seg.start;
+    for part in &seg.parts {
+        match *part {
+            Part::Copy { len, delta } => {
+                safe &= pos
+                    .checked_add_signed(delta)
+                    .is_some_and(|src| src >= seg.start);
+                push_op(&mut ops, Op::Copy { len, delta });
+            }
+            Part::Zero(len) => push_op(&mut ops, Op::Zero { len }),
+            Part::Changed(len) => {
+                let end = pos + u64::from(len);
+                let mut a = pos;
+                // One decision per block, so a local edit stays a delta.
+                while a < end {
+                    let b = ((a / bs + 1) * bs).min(end);
+                    let (ra, rb) = ((a - seg.start) as usize, (b - seg.start) as usize);
+                    let n = &new_bytes[ra..rb];
+                    let piece = (b - a) as u32;
+                    match old_bytes.get(ra..rb) {
+                        Some(o) if 16 * equal_bytes(n, o) >= n.len() => {
+                            w.data
+                                .extend(n.iter().zip(o).map(|(x, y)| x.wrapping_sub(*y)));
+                            push_op(
+                                &mut ops,
+                                Op::Delta {
+                                    len: piece,
+                                    delta: 0,
+                                },
+                            );
+                        }
+                        _ => {
+                            w.data.extend_from_slice(n);
+                            push_op(&mut ops, Op::Literal { len: piece });
+                        }
+                    }
+                    a = b;
+                }
+            }
+        }
+        pos += u64::from(part.len());
+    }
+
+    let mut payload = Vec::new();
+    for op in &ops {
+        op.emit(&mut payload);
+    }
+    let ops_len = payload.len() as u32;
+    let codec = if w.data.is_empty() {
+        Codec::Stored
+    } else {
+        let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(w.data.len()));
+        w.zstd
+            .compress_to_buffer(&w.data, &mut frame)
+            .map_err(|source| ProduceError::Compress { source })?;
+        // Stored when zstd does not help, so data_len <= new_len always.
+        if frame.len() < w.data.len() {
+            payload.extend_from_slice(&frame);
+            Codec::Zstd
+        } else {
+            payload.extend_from_slice(&w.data);
+            Codec::Stored
+        }
+    };
+    let entry = SegmentEntry {
+        new_len: seg.len,
+        codec: codec as u8,
+        ops_len,
+        data_len: (payload.len() as u32) - ops_len,
+        hash: *blake3::hash(new_bytes).as_bytes(),
+    };
+    Ok((entry, payload, safe))
+}
+
+fn equal_bytes(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x == y).count()
+}
+
+/// Appends `op`, merging it into the last op when they are the same kind
+/// (and delta), which keeps the ops block short.
+fn push_op(ops: &mut Vec<Op>, op: Op) {
+    let merged = match (ops.last_mut(), op) {
+        (Some(Op::Literal { len: l }), Op::Literal { len })
+        | (Some(Op::Zero { len: l }), Op::Zero { len }) => l.checked_add(len).map(|s| *l = s),
+        (Some(Op::Copy { len: l, delta: d }), Op::Copy { len, delta })
+        | (Some(Op::Delta { len: l, delta: d }), Op::Delta { len, delta })
+            if *d == delta =>
+        {
+            l.checked_add(len).map(|s| *l = s)
+        }
+        _ => None,
+    };
+    if merged.is_none() {
+        ops.push(op);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_merge_by_kind_and_delta() {
+        let mut ops = Vec::new();
+        push_op(&mut ops, Op::Literal { len: 1 });
+        push_op(&mut ops, Op::Literal { len: 2 });
+        push_op(&mut ops, Op::Delta { len: 3, delta: 0 });
+        push_op(&mut ops, Op::Delta { len: 3, delta: 0 });
+        push_op(&mut ops, Op::Copy { len: 1, delta: 5 });
+        push_op(&mut ops, Op::Copy { len: 1, delta: 6 });
+        assert_eq!(
+            ops,
+            [
+                Op::Literal { len: 3 },
+                Op::Delta { len: 6, delta: 0 },
+                Op::Copy { len: 1, delta: 5 },
+                Op::Copy { len: 1, delta: 6 },
+            ]
+        );
+    }
+
+    #[test]
+    fn workers_fit_the_budget() {
+        assert_eq!(encode_workers(2, 9, 4 << 20), 2);
+        assert!(encode_workers(256, 19, 4 << 20) * (16 + 96) <= 320);
+        assert_eq!(encode_workers(0, 19, 4 << 20), 1);
+    }
+}

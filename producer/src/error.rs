@@ -1,0 +1,89 @@
+//! Why making a patch failed.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Why [`crate::make_patch`] failed. Messages name the file and say what to do.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum ProduceError {
+    /// An option is out of range.
+    InvalidOption { name: &'static str, reason: String },
+    /// An input could not be opened or its size read.
+    Open { path: PathBuf, source: io::Error },
+    /// An input is not a regular file or block device.
+    NotAFile { path: PathBuf },
+    /// Reading an input failed.
+    Read {
+        path: PathBuf,
+        offset: u64,
+        source: io::Error,
+    },
+    /// An input got shorter while it was being read.
+    Shrank {
+        path: PathBuf,
+        expected: u64,
+        got: u64,
+    },
+    /// The temporary spool file could not be created, written or read.
+    Spool { source: io::Error },
+    /// zstd refused to compress (out of memory, usually).
+    Compress { source: io::Error },
+    /// Writing the patch failed.
+    Write { source: io::Error },
+}
+
+impl fmt::Display for ProduceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidOption { name, reason } => write!(f, "option {name} {reason}"),
+            Self::Open { path, source } => {
+                write!(f, "cannot open {}: {source}", path.display())
+            }
+            Self::NotAFile { path } => write!(
+                f,
+                "{} is not a regular file or block device; give the path of an image file",
+                path.display()
+            ),
+            Self::Read {
+                path,
+                offset,
+                source,
+            } => write!(
+                f,
+                "cannot read {} at offset {offset}: {source}",
+                path.display()
+            ),
+            Self::Shrank {
+                path,
+                expected,
+                got,
+            } => write!(
+                f,
+                "{} shrank while being read (expected {expected} bytes, found {got}); \
+                 do not change the inputs while mkpatch runs",
+                path.display()
+            ),
+            Self::Spool { source } => write!(
+                f,
+                "cannot use the temporary spool file: {source}; check free space in TMPDIR or the output's directory"
+            ),
+            Self::Compress { source } => write!(f, "zstd compression failed: {source}"),
+            Self::Write { source } => write!(f, "cannot write the patch: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ProduceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Open { source, .. }
+            | Self::Read { source, .. }
+            | Self::Spool { source }
+            | Self::Compress { source }
+            | Self::Write { source } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! An input image: a regular file or block device read with `pread`.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use crate::ProduceError;
+
+/// An open input and its length, fixed when opened.
+#[derive(Debug)]
+pub(crate) struct Input {
+    pub path: PathBuf,
+    pub len: u64,
+    file: File,
+}
+
+impl Input {
+    /// Opens `path`, refusing anything that is not a regular file or block
+    /// device (a pipe cannot be read at offsets).
+    pub fn open(path: &Path) -> Result<Self, ProduceError> {
+        let open_err = |source| ProduceError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = File::open(path).map_err(open_err)?;
+        let kind = file.metadata().map_err(open_err)?.file_type();
+        if !kind.is_file() && !kind.is_block_device() {
+            return Err(ProduceError::NotAFile {
+                path: path.to_owned(),
+            });
+        }
+        // A block device's metadata length is 0; seeking to the end works for both.
+        let len = file.seek(SeekFrom::End(0)).map_err(open_err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            len,
+            file,
+        })
+    }
+
+    /// Fills `buf` from `offset`. The caller keeps `offset + buf.len()`
+    /// within `len`, so a short read means the file shrank.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ProduceError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            match self.file.read_at(&mut buf[done..], at) {
+                Ok(0) => {
+                    return Err(ProduceError::Shrank {
+                        path: self.path.clone(),
+                        expected: self.len,
+                        got: at,
+                    })
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(ProduceError::Read {
+                        path: self.path.clone(),
+                        offset: at,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the part of `[offset, offset + want)` that lies inside the file
+    /// into the front of `buf` (grown if needed, never shrunk, so a reused
+    /// buffer is not zeroed again) and returns how many bytes that was.
+    pub fn read_clamped(
+        &self,
+        buf: &mut Vec<u8>,
+        offset: u64,
+        want: usize,
+    ) -> Result<usize, ProduceError> {
+        let n = self.len.saturating_sub(offset).min(want as u64) as usize;
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        self.read_exact_at(&mut buf[..n], offset)?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,233 @@
+//! Makes anypatch patches (format v1, see the `anypatch-format` crate).
+//!
+//! [`make_patch`] reads an old and a new file with positioned reads (`pread`)
+//! and never holds either one whole. It runs in phases:
+//!
+//! 1. **Scan** (parallel over 1 MiB windows): hashes both files with BLAKE3
+//!    (window chaining values merged into the whole-file hash, so the two
+//!    files are hashed in the same pass), indexes every non-zero old block
+//!    by xxh3, and classifies each new block as same-as-old, zero or changed.
+//! 2. **Index**: sorts the old blocks' `(xxh3, offset)` pairs.
+//! 3. **Match** (parallel): looks each changed new block up in the index and
+//!    verifies hits byte for byte, so moved data becomes a copy.
+//! 4. **Plan** (sequential): turns block classes into extents and data
+//!    segments.
+//! 5. **Encode** (parallel, bounded): builds each segment's ops and data,
+//!    compresses with zstd, and spools the payloads, in order, to a temporary
+//!    file. Then the header, pages, payloads and trailer are written out.
+//!
+//! # Determinism
+//! Workers write into per-window or per-segment slots and one writer emits
+//! them in order, so the output is byte-identical for any thread count.
+//!
+//! # Memory
+//! Peak memory is a few MiB per thread plus, and only these grow with the
+//! files:
+//! - the old-block index: 16 bytes per 4 KiB old block (0.4% of the old
+//!   file, 8 MiB for a 2 GiB image);
+//! - 16 bytes per changed new block (its xxh3 and number) until matched;
+//! - the plan: about 50 bytes per extent;
+//! - 32 bytes per MiB of each file for the BLAKE3 tree.
+//!
+//! Encoding keeps at most `2 × threads` segments (each at most 4 MiB of new
+//! data) in flight; finished payloads go to the spool file, not memory.
+#![forbid(unsafe_code)]
+
+mod encode;
+mod error;
+mod exec;
+mod hashtree;
+mod index;
+mod input;
+pub mod inspect;
+mod matching;
+mod plan;
+mod scan;
+mod write;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anypatch_format::{Hash, MAX_SEGMENT_LEN};
+
+pub use error::ProduceError;
+
+/// The producer name written into every header.
+pub const PRODUCER: &str = concat!("anypatch-mkpatch ", env!("CARGO_PKG_VERSION"));
+
+/// How to make a patch. Start from [`Options::default`] and change fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Worker threads; 0 means one per available core. The output does not
+    /// depend on it.
+    pub threads: usize,
+    /// zstd level for data blocks, 1..=19 (default 9).
+    pub level: i32,
+    /// Most new bytes one data segment produces, 1..=4 MiB (default 4 MiB).
+    /// Smaller values make more, smaller segments (useful in tests).
+    pub segment_len: u32,
+    /// Matching block size: a power of two in 512..=1 MiB (default 4096).
+    pub block_size: u32,
+    /// Where to put the temporary spool file; `None` means `$TMPDIR`.
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            level: 9,
+            segment_len: MAX_SEGMENT_LEN,
+            block_size: 4096,
+            spool_dir: None,
+        }
+    }
+}
+
+impl Options {
+    /// The thread count to use: `threads`, or the number of cores when 0.
+    pub fn effective_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    fn validate(&self) -> Result<(), ProduceError> {
+        if !(1..=19).contains(&self.level) {
+            return Err(ProduceError::InvalidOption {
+                name: "level",
+                reason: format!("is {}; use a zstd level in 1..=19", self.level),
+            });
+        }
+        if !(1..=MAX_SEGMENT_LEN).contains(&self.segment_len) {
+            return Err(ProduceError::InvalidOption {
+                name: "segment_len",
+                reason: format!("is {}; use 1..={MAX_SEGMENT_LEN}", self.segment_len),
+            });
+        }
+        if !self.block_size.is_power_of_two()
+            || !(512..=scan::WINDOW).contains(&u64::from(self.block_size))
+        {
+            return Err(ProduceError::InvalidOption {
+                name: "block_size",
+                reason: format!(
+                    "is {}; use a power of two in 512..=1048576",
+                    self.block_size
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Which phase a [`Progress`] report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Hashing and classifying both files; units are bytes of the longer file.
+    Scan,
+    /// Looking changed blocks up in the old index; units are blocks.
+    Match,
+    /// Building and compressing data segments; units are segments.
+    Encode,
+    /// Writing the patch; units are bytes.
+    Write,
+}
+
+/// A progress report. Reports come from the calling thread only, a few times
+/// a second at most per phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub phase: Phase,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// What a patch contains. Byte counts are new-file bytes each kind covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub old_len: u64,
+    pub new_len: u64,
+    pub old_hash: Hash,
+    pub new_hash: Hash,
+    /// Length of the patch written, trailer included.
+    pub patch_len: u64,
+    pub extents: u64,
+    pub segments: u64,
+    /// Bytes unchanged at the same offset (copy extents with delta 0).
+    pub copied_bytes: u64,
+    /// Bytes found elsewhere in the old file (copy extents with delta != 0).
+    pub moved_bytes: u64,
+    /// Bytes covered by zero extents.
+    pub zero_bytes: u64,
+    /// Bytes produced by data segments.
+    pub changed_bytes: u64,
+    /// Whether the header carries `FLAG_IN_PLACE_SAFE`.
+    pub in_place_safe: bool,
+}
+
+/// Makes a patch from `old` to `new` and writes it to `out`.
+///
+/// `out` receives the patch strictly front to back and is not flushed; a
+/// failed call may have written part of a patch, so write to a temporary
+/// file and rename it when the call succeeds. `progress` is called from the
+/// calling thread only.
+pub fn make_patch(
+    old: &Path,
+    new: &Path,
+    out: &mut dyn Write,
+    opts: &Options,
+    progress: &dyn Fn(Progress),
+) -> Result<Summary, ProduceError> {
+    opts.validate()?;
+    let threads = opts.effective_threads();
+    let old = input::Input::open(old)?;
+    let new = input::Input::open(new)?;
+
+    let scanned = scan::scan(&old, &new, opts.block_size, threads, progress)?;
+    let index = index::OldIndex::build(scanned.index_entries);
+    let runs = matching::find_moves(
+        &old,
+        &new,
+        &index,
+        scanned.runs,
+        &scanned.changed,
+        opts.block_size,
+        threads,
+        progress,
+    )?;
+    drop(index);
+    let plan = plan::plan(&runs, new.len, opts.block_size, opts.segment_len);
+    drop(runs);
+
+    let spool = match &opts.spool_dir {
+        Some(dir) => tempfile::tempfile_in(dir),
+        None => tempfile::tempfile(),
+    }
+    .map_err(|source| ProduceError::Spool { source })?;
+    let encoded = encode::encode_all(
+        &old,
+        &new,
+        &plan,
+        opts.level,
+        opts.block_size,
+        threads,
+        spool,
+        progress,
+    )?;
+    write::write_patch(
+        &plan,
+        encoded,
+        write::Identity {
+            old_len: old.len,
+            new_len: new.len,
+            old_hash: scanned.old_hash,
+            new_hash: scanned.new_hash,
+            block_size: opts.block_size,
+        },
+        out,
+        progress,
+    )
+}

@@ -1,0 +1,294 @@
+//! Phase 4: turn block classes into extents and data segments (sequential
+//! and cheap: it only looks at runs, never at file bytes).
+//!
+//! Same runs become `Copy { delta: 0 }`, moved runs `Copy { delta }`, zero
+//! runs `Zero`, and changed runs data segments of at most `segment_len` new
+//! bytes. Two changed regions less than [`MERGE_GAP_BLOCKS`] blocks apart
+//! share a segment (the gap becomes copy or zero ops) when it stays small
+//! enough: one segment costs less than three extents and two frames.
+
+use crate::scan::{Class, Run};
+
+/// Changed regions closer than this many blocks are merged into one segment.
+pub(crate) const MERGE_GAP_BLOCKS: u64 = 4;
+
+/// One extent of the new file, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Item {
+    Copy {
+        len: u64,
+        delta: i64,
+    },
+    Zero {
+        len: u64,
+    },
+    /// Index into [`Plan::segments`].
+    Segment(usize),
+}
+
+/// Part of a data segment, in order. Lengths are at most the segment length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// New bytes to encode as literal or delta ops.
+    Changed(u32),
+    Copy {
+        len: u32,
+        delta: i64,
+    },
+    Zero(u32),
+}
+
+impl Part {
+    pub fn len(&self) -> u32 {
+        match *self {
+            Part::Changed(len) | Part::Copy { len, .. } | Part::Zero(len) => len,
+        }
+    }
+}
+
+/// A data segment to encode: new bytes `[start, start + len)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentPlan {
+    pub start: u64,
+    pub len: u32,
+    pub parts: Vec<Part>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub items: Vec<Item>,
+    pub segments: Vec<SegmentPlan>,
+}
+
+/// A run in bytes: `[start, end)` of the new file.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    class: Class,
+    start: u64,
+    end: u64,
+}
+
+/// Builds the plan. `runs` tile `ceil(new_len / block_size)` blocks.
+pub(crate) fn plan(runs: &[Run], new_len: u64, block_size: u32, segment_len: u32) -> Plan {
+    let bs = u64::from(block_size);
+    let mut b = Builder {
+        plan: Plan::default(),
+        pending: None,
+        gap: Vec::new(),
+        segment_len: u64::from(segment_len),
+    };
+    let mut block = 0u64;
+    for run in runs {
+        let start = block * bs;
+        block += run.blocks;
+        let end = (block * bs).min(new_len);
+        let span = Span {
+            class: run.class,
+            start,
+            end,
+        };
+        if run.class == Class::Changed {
+            b.changed(span);
+        } else if b.pending.is_some() {
+            b.gap.push(span);
+            if b.gap_len() >= MERGE_GAP_BLOCKS * bs {
+                b.flush();
+            }
+        } else {
+            b.extent(span);
+        }
+    }
+    b.flush();
+    b.plan
+}
+
+struct Builder {
+    plan: Plan,
+    /// The open segment, which may still absorb a gap and more changes.
+    pending: Option<SegmentPlan>,
+    /// Unchanged spans after `pending`, not yet committed to either side.
+    gap: Vec<Span>,
+    segment_len: u64,
+}
+
+impl Builder {
+    fn gap_len(&self) -> u64 {
+        self.gap.iter().map(|s| s.end - s.start).sum()
+    }
+
+    /// Closes the open segment and emits the gap after it as extents.
+    fn flush(&mut self) {
+        if let Some(seg) = self.pending.take() {
+            self.plan
+                .items
+                .push(Item::Segment(self.plan.segments.len()));
+            self.plan.segments.push(seg);
+        }
+        for span in std::mem::take(&mut self.gap) {
+            self.extent(span);
+        }
+    }
+
+    fn extent(&mut self, span: Span) {
+        let len = span.end - span.start;
+        let item = match span.class {
+            Class::Same => Item::Copy { len, delta: 0 },
+            Class::Moved(delta) => Item::Copy { len, delta },
+            Class::Zero => Item::Zero { len },
+            Class::Changed => unreachable!("changed spans go to segments"),
+        };
+        match (self.plan.items.last_mut(), item) {
+            (Some(Item::Copy { len: l, delta: d }), Item::Copy { len, delta }) if *d == delta => {
+                *l += len
+            }
+            (Some(Item::Zero { len: l }), Item::Zero { len }) => *l += len,
+            _ => self.plan.items.push(item),
+        }
+    }
+
+    fn changed(&mut self, span: Span) {
+        let mut start = span.start;
+        if let Some(seg) = &self.pending {
+            let room = (seg.start + self.segment_len).saturating_sub(span.start);
+            if room > 0 {
+                // Absorb the (short) gap and as much of the change as fits.
+                let gap = std::mem::take(&mut self.gap);
+                let take = room.min(span.end - span.start);
+                let seg = self.pending.as_mut().expect("checked above");
+                for g in gap {
+                    let len = (g.end - g.start) as u32;
+                    push_part(
+                        &mut seg.parts,
+                        match g.class {
+                            Class::Same => Part::Copy { len, delta: 0 },
+                            Class::Moved(delta) => Part::Copy { len, delta },
+                            _ => Part::Zero(len),
+                        },
+                    );
+                }
+                push_part(&mut seg.parts, Part::Changed(take as u32));
+                seg.len = (span.start + take - seg.start) as u32;
+                start += take;
+            }
+        }
+        while start < span.end {
+            self.flush();
+            let len = self.segment_len.min(span.end - start);
+            self.pending = Some(SegmentPlan {
+                start,
+                len: len as u32,
+                parts: vec![Part::Changed(len as u32)],
+            });
+            start += len;
+        }
+    }
+}
+
+fn push_part(parts: &mut Vec<Part>, part: Part) {
+    match (parts.last_mut(), part) {
+        (Some(Part::Changed(l)), Part::Changed(len)) | (Some(Part::Zero(l)), Part::Zero(len)) => {
+            *l += len
+        }
+        (Some(Part::Copy { len: l, delta: d }), Part::Copy { len, delta }) if *d == delta => {
+            *l += len
+        }
+        _ => parts.push(part),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(list: &[(Class, u64)]) -> Vec<Run> {
+        list.iter()
+            .map(|&(class, blocks)| Run { class, blocks })
+            .collect()
+    }
+
+    #[test]
+    fn extents_from_classes() {
+        let r = runs(&[
+            (Class::Same, 2),
+            (Class::Moved(-4096), 3),
+            (Class::Zero, 5),
+            (Class::Same, 1),
+        ]);
+        let p = plan(&r, 11 * 4096 - 10, 4096, 1 << 22);
+        assert_eq!(
+            p.items,
+            [
+                Item::Copy {
+                    len: 8192,
+                    delta: 0
+                },
+                Item::Copy {
+                    len: 3 * 4096,
+                    delta: -4096
+                },
+                Item::Zero { len: 5 * 4096 },
+                Item::Copy {
+                    len: 4096 - 10,
+                    delta: 0
+                },
+            ]
+        );
+        assert!(p.segments.is_empty());
+    }
+
+    #[test]
+    fn close_changes_share_a_segment() {
+        let r = runs(&[
+            (Class::Changed, 1),
+            (Class::Same, 2),
+            (Class::Zero, 1),
+            (Class::Changed, 1),
+            (Class::Same, 4),
+            (Class::Changed, 1),
+        ]);
+        let p = plan(&r, 10 * 4096, 4096, 1 << 22);
+        assert_eq!(
+            p.items,
+            [
+                Item::Segment(0),
+                Item::Copy {
+                    len: 4 * 4096,
+                    delta: 0
+                },
+                Item::Segment(1)
+            ]
+        );
+        assert_eq!(
+            p.segments[0].parts,
+            [
+                Part::Changed(4096),
+                Part::Copy {
+                    len: 8192,
+                    delta: 0
+                },
+                Part::Zero(4096),
+                Part::Changed(4096)
+            ]
+        );
+        assert_eq!(p.segments[0].len, 5 * 4096);
+        assert_eq!(p.segments[1].start, 9 * 4096);
+    }
+
+    #[test]
+    fn long_changes_split_at_segment_len() {
+        let r = runs(&[(Class::Changed, 3), (Class::Same, 1), (Class::Changed, 2)]);
+        let p = plan(&r, 6 * 4096 - 1, 4096, 4096);
+        assert_eq!(p.segments.len(), 5);
+        assert!(p.segments.iter().all(|s| s.len <= 4096));
+        assert_eq!(p.segments[4].len, 4095);
+        let total: u64 = p
+            .items
+            .iter()
+            .map(|i| match *i {
+                Item::Copy { len, .. } | Item::Zero { len } => len,
+                Item::Segment(k) => p.segments[k].len.into(),
+            })
+            .sum();
+        assert_eq!(total, 6 * 4096 - 1);
+    }
+}

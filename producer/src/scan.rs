@@ -1,0 +1,209 @@
+//! Phase 1: one parallel pass over both files.
+//!
+//! Each worker takes 1 MiB windows, reads the old and new window with `pread`
+//! into its own buffers, and computes: both windows' BLAKE3 tree values, the
+//! xxh3 of every full non-zero old block (for the index), and a class for
+//! every new block. Results are kept per window and joined in window order.
+
+use blake3::hazmat::ChainingValue;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::exec::map_indexed;
+use crate::hashtree;
+pub(crate) use crate::hashtree::WINDOW;
+use crate::input::Input;
+use crate::{Phase, ProduceError, Progress};
+
+/// What a new block is, relative to the old file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Equal to the old bytes at the same offset.
+    Same,
+    /// All zero (and not [`Class::Same`]).
+    Zero,
+    /// Equal to the old bytes at `offset + delta` (found by the matcher).
+    Moved(i64),
+    /// Anything else: goes into a data segment.
+    Changed,
+}
+
+/// `blocks` consecutive new blocks of one class. Runs tile the new file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub class: Class,
+    pub blocks: u64,
+}
+
+/// Appends `blocks` blocks of `class`, extending the last run when it matches.
+pub(crate) fn push_run(runs: &mut Vec<Run>, class: Class, blocks: u64) {
+    match runs.last_mut() {
+        Some(last) if last.class == class => last.blocks += blocks,
+        _ if blocks > 0 => runs.push(Run { class, blocks }),
+        _ => {}
+    }
+}
+
+/// What the scan found.
+#[derive(Debug)]
+pub(crate) struct Scanned {
+    pub old_hash: [u8; 32],
+    pub new_hash: [u8; 32],
+    /// `(xxh3, offset)` of every full, non-zero old block, unsorted.
+    pub index_entries: Vec<(u64, u64)>,
+    /// Classes of all new blocks; only `Same`, `Zero` and `Changed` so far.
+    pub runs: Vec<Run>,
+    /// `(block number, xxh3)` of every full `Changed` new block, in order.
+    pub changed: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct WindowScan {
+    old_value: Option<ChainingValue>,
+    new_value: Option<ChainingValue>,
+    index: Vec<(u64, u64)>,
+    runs: Vec<Run>,
+    changed: Vec<(u64, u64)>,
+}
+
+/// All-zero bytes to compare blocks against (`memcmp` is the fastest test).
+static ZEROS: [u8; WINDOW as usize] = [0; WINDOW as usize];
+
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes == &ZEROS[..bytes.len()]
+}
+
+/// Scans both files on `threads` workers.
+pub(crate) fn scan(
+    old: &Input,
+    new: &Input,
+    block_size: u32,
+    threads: usize,
+    progress: &dyn Fn(Progress),
+) -> Result<Scanned, ProduceError> {
+    let total = old.len.max(new.len);
+    let windows = total.div_ceil(WINDOW) as usize;
+    let tick = |done: u64| {
+        progress(Progress {
+            phase: Phase::Scan,
+            done: (done * WINDOW).min(total),
+            total,
+        })
+    };
+    let results = map_indexed(
+        threads,
+        windows,
+        || (Vec::new(), Vec::new()),
+        |(old_buf, new_buf): &mut (Vec<u8>, Vec<u8>), i| {
+            scan_window(old, new, block_size as usize, i as u64, old_buf, new_buf)
+        },
+        &tick,
+    )?;
+
+    let mut old_values = Vec::with_capacity(windows);
+    let mut new_values = Vec::with_capacity(windows);
+    let mut scanned = Scanned {
+        old_hash: [0; 32],
+        new_hash: [0; 32],
+        index_entries: Vec::with_capacity(results.iter().map(|w| w.index.len()).sum()),
+        runs: Vec::new(),
+        changed: Vec::with_capacity(results.iter().map(|w| w.changed.len()).sum()),
+    };
+    for w in results {
+        old_values.extend(w.old_value);
+        new_values.extend(w.new_value);
+        scanned.index_entries.extend_from_slice(&w.index);
+        for run in w.runs {
+            push_run(&mut scanned.runs, run.class, run.blocks);
+        }
+        scanned.changed.extend_from_slice(&w.changed);
+    }
+    scanned.old_hash = hashtree::root(old.len, &old_values);
+    scanned.new_hash = hashtree::root(new.len, &new_values);
+    Ok(scanned)
+}
+
+fn scan_window(
+    old: &Input,
+    new: &Input,
+    bs: usize,
+    index: u64,
+    old_buf: &mut Vec<u8>,
+    new_buf: &mut Vec<u8>,
+) -> Result<WindowScan, ProduceError> {
+    let start = index * WINDOW;
+    let old_n = old.read_clamped(old_buf, start, WINDOW as usize)?;
+    let new_n = new.read_clamped(new_buf, start, WINDOW as usize)?;
+    let (old_bytes, new_bytes) = (&old_buf[..old_n], &new_buf[..new_n]);
+    let mut w = WindowScan::default();
+    if old_n > 0 {
+        w.old_value = Some(hashtree::window_value(old.len, index, old_bytes));
+    }
+    if new_n > 0 {
+        w.new_value = Some(hashtree::window_value(new.len, index, new_bytes));
+    }
+    for (k, block) in old_bytes.chunks_exact(bs).enumerate() {
+        if !is_zero(block) {
+            w.index.push((xxh3_64(block), start + (k * bs) as u64));
+        }
+    }
+    let first_block = start / bs as u64;
+    for (k, block) in new_bytes.chunks(bs).enumerate() {
+        let at = k * bs;
+        let class = if old_bytes.get(at..at + block.len()) == Some(block) {
+            Class::Same
+        } else if is_zero(block) {
+            Class::Zero
+        } else {
+            if block.len() == bs {
+                w.changed.push((first_block + k as u64, xxh3_64(block)));
+            }
+            Class::Changed
+        };
+        push_run(&mut w.runs, class, 1);
+    }
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bs = 4096;
+        let mut old = vec![7u8; 5 * bs + 100];
+        old[bs..2 * bs].fill(1);
+        let mut new = old.clone();
+        new[bs..2 * bs].fill(0); // zero
+        new[3 * bs + 5] = 9; // changed
+        new.truncate(5 * bs + 50); // short last block, equal to old's range
+        new.extend_from_slice(&[3; 10]); // ...now changed
+        let (po, pn) = (dir.path().join("old"), dir.path().join("new"));
+        std::fs::write(&po, &old).expect("write");
+        std::fs::write(&pn, &new).expect("write");
+        let (o, n) = (
+            Input::open(&po).expect("open"),
+            Input::open(&pn).expect("open"),
+        );
+        let s = scan(&o, &n, bs as u32, 2, &|_| {}).expect("scan");
+        let classes: Vec<_> = s.runs.iter().map(|r| (r.class, r.blocks)).collect();
+        assert_eq!(
+            classes,
+            [
+                (Class::Same, 1),
+                (Class::Zero, 1),
+                (Class::Same, 1),
+                (Class::Changed, 1),
+                (Class::Same, 1),
+                (Class::Changed, 1),
+            ]
+        );
+        assert_eq!(s.changed.len(), 1);
+        assert_eq!(s.changed[0].0, 3);
+        // Old blocks 0, 2, 3, 4 hold 7s and block 1 holds 1s: all indexed.
+        assert_eq!(s.index_entries.len(), 5);
+        assert_eq!(s.old_hash, *blake3::hash(&old).as_bytes());
+        assert_eq!(s.new_hash, *blake3::hash(&new).as_bytes());
+    }
+}
