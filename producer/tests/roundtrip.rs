@@ -1,0 +1,260 @@
+//! Decodes the producer's own output with the format crate and a tiny
+//! reference applier, and checks determinism across thread counts.
+
+use std::path::Path;
+
+use anypatch_format::{
+    header_hash, Codec, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, Trailer,
+    FLAG_IN_PLACE_SAFE, HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
+};
+use anypatch_producer::{inspect::inspect, make_patch, Options, Summary};
+
+const BS: usize = 4096;
+
+/// xorshift64*: deterministic filler for test images.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = (self.next() >> 32) as u8;
+        }
+    }
+}
+
+/// An old image and a new one with every kind of change.
+fn pair() -> (Vec<u8>, Vec<u8>) {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut old = vec![0u8; 600 * BS + 123];
+    rng.fill(&mut old[..500 * BS]);
+    let mut new = old.clone();
+    // Small edits every few blocks: deltas.
+    for k in (0..100).step_by(7) {
+        new[k * BS + 100] ^= 0x5A;
+    }
+    // A moved run: old blocks 300..310 appear at 200..210, and one moved back.
+    new.copy_within(300 * BS..310 * BS, 200 * BS);
+    new.copy_within(50 * BS..51 * BS, 400 * BS);
+    // Fresh random data (literals) and a zeroed run.
+    rng.fill(&mut new[350 * BS..352 * BS]);
+    new[420 * BS..440 * BS].fill(0);
+    // Data where old had zeros, and an appended tail.
+    rng.fill(&mut new[550 * BS..551 * BS]);
+    let mut tail = vec![0u8; 3 * BS + 77];
+    rng.fill(&mut tail);
+    new.extend_from_slice(&tail);
+    (old, new)
+}
+
+fn make(dir: &Path, old: &[u8], new: &[u8], opts: &Options) -> (Vec<u8>, Summary) {
+    let (po, pn) = (dir.join("old"), dir.join("new"));
+    std::fs::write(&po, old).expect("write old");
+    std::fs::write(&pn, new).expect("write new");
+    let mut out = Vec::new();
+    let summary = make_patch(&po, &pn, &mut out, opts, &|_| {}).expect("make_patch");
+    (out, summary)
+}
+
+/// Reference applier: short and slow. Checks every hash and limit the
+/// producer promises, and the in-place flag's claim.
+fn apply(old: &[u8], patch: &[u8]) -> Vec<u8> {
+    let pre = PreambleRepr::parse(&Preamble::new_checked(patch).expect("preamble")).expect("pre");
+    let body_end = PREAMBLE_LEN + pre.header_len as usize;
+    let body = &patch[PREAMBLE_LEN..body_end];
+    assert_eq!(
+        header_hash(&patch[..PREAMBLE_LEN], body)[..],
+        patch[body_end..body_end + HASH_LEN]
+    );
+    assert_eq!(pre.signature_len, 0);
+    let header = Header::parse(body, pre.minor).expect("header");
+    assert_eq!(header.old_hash, *blake3::hash(old).as_bytes());
+    assert_eq!(header.patch_len, patch.len() as u64);
+    let trailer = Trailer::parse(&patch[patch.len() - TRAILER_LEN..]).expect("trailer");
+    assert_eq!(
+        trailer.patch_hash,
+        *blake3::hash(&patch[..patch.len() - TRAILER_LEN]).as_bytes()
+    );
+
+    let mut pos = body_end + HASH_LEN;
+    let mut out = Vec::new();
+    let mut next = Some(header.first_page);
+    let (mut extents, mut segments, mut segment_max) = (0, 0, 0);
+    let mut in_place_safe = true;
+    while let Some(r) = next {
+        let bytes = &patch[pos..pos + r.len as usize];
+        assert_eq!(*blake3::hash(bytes).as_bytes(), r.hash);
+        pos += r.len as usize;
+        let page = Page::parse(bytes).expect("page");
+        for e in &page.extents {
+            let start = out.len() as u64;
+            extents += 1;
+            match *e {
+                Extent::Copy { len, delta } => {
+                    in_place_safe &= delta >= 0;
+                    let src = (start as i64 + delta) as usize;
+                    out.extend_from_slice(&old[src..src + len as usize]);
+                }
+                Extent::Zero { len } => out.resize(out.len() + len as usize, 0),
+                Extent::Data(s) => {
+                    segments += 1;
+                    segment_max = segment_max.max(s.new_len);
+                    let ops = &patch[pos..pos + s.ops_len as usize];
+                    pos += s.ops_len as usize;
+                    let coded = &patch[pos..pos + s.data_len as usize];
+                    pos += s.data_len as usize;
+                    let data = match Codec::try_from(s.codec).expect("codec") {
+                        Codec::Stored => coded.to_vec(),
+                        Codec::Zstd => {
+                            // One frame, single segment, with its content size.
+                            assert_eq!(coded[4] & 0x20, 0x20, "single-segment frame");
+                            zstd::bulk::decompress(coded, 1 << 22).expect("zstd")
+                        }
+                    };
+                    let mut d = 0;
+                    let seg_start = out.len();
+                    for op in OpIter::new(ops) {
+                        let op = op.expect("op");
+                        let at = out.len() as i64;
+                        let len = op.len() as usize;
+                        match op {
+                            Op::Copy { delta, .. } => {
+                                in_place_safe &= at + delta >= seg_start as i64;
+                                let src = (at + delta) as usize;
+                                out.extend_from_slice(&old[src..src + len]);
+                            }
+                            Op::Literal { .. } => {
+                                out.extend_from_slice(&data[d..d + len]);
+                                d += len;
+                            }
+                            Op::Delta { delta, .. } => {
+                                in_place_safe &= at + delta >= seg_start as i64;
+                                let src = (at + delta) as usize;
+                                for i in 0..len {
+                                    out.push(data[d + i].wrapping_add(old[src + i]));
+                                }
+                                d += len;
+                            }
+                            Op::Zero { .. } => out.resize(out.len() + len, 0),
+                        }
+                    }
+                    assert_eq!(d, data.len(), "data block fully used");
+                    assert_eq!(out.len() - seg_start, s.new_len as usize);
+                    assert_eq!(*blake3::hash(&out[seg_start..]).as_bytes(), s.hash);
+                }
+            }
+            assert!(
+                out.len() as u64 <= header.new_len,
+                "extents overrun new_len"
+            );
+        }
+        next = page.next;
+    }
+    assert_eq!(
+        pos,
+        patch.len() - TRAILER_LEN,
+        "payloads end at the trailer"
+    );
+    assert_eq!(out.len() as u64, header.new_len, "extents tile new_len");
+    assert_eq!(header.extent_count, extents);
+    assert_eq!(header.segment_count, segments);
+    assert_eq!(header.segment_max, segment_max);
+    assert_eq!(header.flags & FLAG_IN_PLACE_SAFE != 0, in_place_safe);
+    assert_eq!(header.new_hash, *blake3::hash(&out).as_bytes());
+    out
+}
+
+#[test]
+fn round_trips_every_kind_of_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = pair();
+    for segment_len in [4096, 3 * 4096 + 1, 1 << 22] {
+        let opts = Options {
+            threads: 3,
+            segment_len,
+            ..Options::default()
+        };
+        let (patch, s) = make(dir.path(), &old, &new, &opts);
+        assert_eq!(apply(&old, &patch), new, "segment_len {segment_len}");
+        assert_eq!(s.patch_len, patch.len() as u64);
+        assert_eq!(
+            s.copied_bytes + s.moved_bytes + s.zero_bytes + s.changed_bytes,
+            new.len() as u64
+        );
+        // 11 moved blocks, 20 zero blocks; the rest of the edits are small.
+        assert_eq!(s.moved_bytes, 11 * BS as u64);
+        assert!(s.zero_bytes >= 20 * BS as u64);
+        assert!(patch.len() < 40 * BS, "patch is {} bytes", patch.len());
+        assert!(!s.in_place_safe, "block 50 moved forward to 400");
+
+        let report = inspect(&mut &patch[..]).expect("inspect");
+        assert!(report.patch_hash_ok);
+        assert_eq!(report.moved.bytes, s.moved_bytes);
+        assert_eq!(report.data.extents, s.segments);
+        assert!(report.ops.delta > 0 && report.ops.literal > 0);
+    }
+}
+
+#[test]
+fn edge_sizes_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = Rng(7);
+    let mut a = vec![0u8; 5000];
+    rng.fill(&mut a);
+    let cases: [(&[u8], &[u8]); 5] = [
+        (&[], &[]),
+        (&a, &[]),
+        (&[], &a),
+        (&a[..10], &a[..11]),
+        (&a[..4096], &a[..4096]),
+    ];
+    for (old, new) in cases {
+        let (patch, s) = make(dir.path(), old, new, &Options::default());
+        assert_eq!(apply(old, &patch), new);
+        assert_eq!(s.new_hash, *blake3::hash(new).as_bytes());
+        assert!(inspect(&mut &patch[..]).expect("inspect").patch_hash_ok);
+    }
+}
+
+#[test]
+fn output_does_not_depend_on_thread_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, mut new) = pair();
+    // Many changed blocks: one edit in each of the first 550 blocks.
+    for k in 0..550 {
+        new[k * BS + (k * 13) % BS] ^= 0xFF;
+    }
+    let opts = |threads| Options {
+        threads,
+        segment_len: 4096,
+        ..Options::default()
+    };
+    let (one, _) = make(dir.path(), &old, &new, &opts(1));
+    let (four, s) = make(dir.path(), &old, &new, &opts(4));
+    assert!(s.segments > 500);
+    assert!(one == four, "1 and 4 threads differ");
+    assert_eq!(apply(&old, &one), new);
+}
+
+#[test]
+fn inspect_refuses_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = pair();
+    let (patch, _) = make(dir.path(), &old, &new, &Options::default());
+    assert!(inspect(&mut &patch[..patch.len() - 1]).is_err());
+    let mut bad = patch.clone();
+    bad[30] ^= 1; // header body
+    assert!(inspect(&mut &bad[..]).is_err());
+    let mut bad = patch.clone();
+    let n = bad.len();
+    bad[n - TRAILER_LEN - 1] ^= 1; // last payload byte: only the patch hash catches it
+    assert!(
+        !inspect(&mut &bad[..])
+            .expect("structure is fine")
+            .patch_hash_ok
+    );
+}
