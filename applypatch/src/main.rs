@@ -55,7 +55,14 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors exit 1: exit 2 is reserved for a corrupt patch.
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     let started = Instant::now();
     let patch = PatchSource::parse(&cli.patch);
     let mut meter = Meter::new(!cli.quiet && std::io::stderr().is_terminal());

@@ -1,0 +1,232 @@
+//! Assembles patches from explicit extents and ops, for test vectors and
+//! hostile-input tests that need shapes the producer never makes.
+
+use anypatch_format::{
+    Codec, Extent, Header, Op, Page, PageRef, SegmentEntry, Trailer, FLAG_IN_PLACE_SAFE,
+    TRAILER_LEN,
+};
+
+/// One piece of the new file.
+#[derive(Debug, Clone)]
+pub enum Part {
+    Copy {
+        len: u64,
+        delta: i64,
+    },
+    Zero {
+        len: u64,
+    },
+    Segment {
+        ops: Vec<Op>,
+        data: Vec<u8>,
+        codec: Codec,
+    },
+}
+
+/// A patch under construction.
+#[derive(Debug, Clone)]
+pub struct PatchBuilder {
+    pub parts: Vec<Part>,
+    pub extents_per_page: usize,
+    pub required_features: u32,
+    pub signature: Vec<u8>,
+    pub flags: u32,
+}
+
+impl PatchBuilder {
+    pub fn new(parts: Vec<Part>) -> Self {
+        Self {
+            parts,
+            extents_per_page: 4096,
+            required_features: 0,
+            signature: Vec::new(),
+            flags: 0,
+        }
+    }
+
+    /// Builds the patch against `old`, computing the new bytes (and so every
+    /// hash) from the parts.
+    pub fn build(&self, old: &[u8]) -> (Vec<u8>, NewImage) {
+        let mut new = NewImage::default();
+        let mut extents = Vec::new();
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        let mut segment_max = 0u32;
+        for part in &self.parts {
+            let start = new.len;
+            match part {
+                Part::Copy { len, delta } => {
+                    let s = (start as i64 + delta) as usize;
+                    new.push(&old[s..s + *len as usize]);
+                    extents.push(Extent::Copy {
+                        len: *len,
+                        delta: *delta,
+                    });
+                    payloads.push(Vec::new());
+                }
+                Part::Zero { len } => {
+                    new.push_zeros(*len);
+                    extents.push(Extent::Zero { len: *len });
+                    payloads.push(Vec::new());
+                }
+                Part::Segment { ops, data, codec } => {
+                    let out = run_ops(old, start, ops, data);
+                    let mut ops_block = Vec::new();
+                    for op in ops {
+                        op.emit(&mut ops_block);
+                    }
+                    let coded = match codec {
+                        Codec::Stored => data.clone(),
+                        Codec::Zstd => {
+                            zstd::bulk::compress(data, 3).expect("zstd compresses in memory")
+                        }
+                    };
+                    let entry = SegmentEntry {
+                        new_len: out.len() as u32,
+                        codec: *codec as u8,
+                        ops_len: ops_block.len() as u32,
+                        data_len: coded.len() as u32,
+                        hash: *blake3::hash(&out).as_bytes(),
+                    };
+                    segment_max = segment_max.max(entry.new_len);
+                    new.push(&out);
+                    extents.push(Extent::Data(entry));
+                    ops_block.extend_from_slice(&coded);
+                    payloads.push(ops_block);
+                }
+            }
+        }
+        // Pages back to front, so each can name the next by hash.
+        let chunks: Vec<(Vec<Extent>, Vec<u8>)> = if extents.is_empty() {
+            vec![(Vec::new(), Vec::new())]
+        } else {
+            extents
+                .chunks(self.extents_per_page)
+                .zip(payloads.chunks(self.extents_per_page))
+                .map(|(e, p)| (e.to_vec(), p.concat()))
+                .collect()
+        };
+        let mut encoded: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut next = None;
+        for (ext, pay) in chunks.into_iter().rev() {
+            let page = Page { extents: ext, next }.emit();
+            next = Some(PageRef {
+                len: page.len() as u32,
+                hash: *blake3::hash(&page).as_bytes(),
+            });
+            encoded.push((page, pay));
+        }
+        encoded.reverse();
+        let body_len: usize = encoded.iter().map(|(p, d)| p.len() + d.len()).sum();
+        let mut header = Header {
+            old_len: old.len() as u64,
+            new_len: new.len,
+            old_hash: *blake3::hash(old).as_bytes(),
+            new_hash: new.hash(),
+            block_size: 4096,
+            segment_max,
+            codec: Codec::Zstd as u8,
+            flags: self.flags & FLAG_IN_PLACE_SAFE,
+            patch_len: 0,
+            extent_count: extents.len() as u64,
+            segment_count: extents
+                .iter()
+                .filter(|e| matches!(e, Extent::Data(_)))
+                .count() as u64,
+            first_page: next.expect("there is at least one page"),
+            producer: "anypatch-tests builder".into(),
+        };
+        // patch_len is part of the header, so settle its varint length first.
+        for _ in 0..2 {
+            let head = header.emit(self.required_features, self.signature.len() as u32);
+            header.patch_len = (head.len() + self.signature.len() + body_len + TRAILER_LEN) as u64;
+        }
+        let mut out = header.emit(self.required_features, self.signature.len() as u32);
+        out.extend_from_slice(&self.signature);
+        for (p, d) in encoded {
+            out.extend_from_slice(&p);
+            out.extend_from_slice(&d);
+        }
+        let mut t = [0u8; TRAILER_LEN];
+        Trailer {
+            patch_hash: *blake3::hash(&out).as_bytes(),
+        }
+        .emit(&mut t);
+        out.extend_from_slice(&t);
+        assert_eq!(out.len() as u64, header.patch_len);
+        (out, new)
+    }
+}
+
+/// The new file a built patch produces: bytes when small, else only length
+/// and hash (zero runs of gigabytes are hashed without being stored).
+#[derive(Debug, Default)]
+pub struct NewImage {
+    pub len: u64,
+    pub bytes: Option<Vec<u8>>,
+    hasher: blake3::Hasher,
+}
+
+impl NewImage {
+    const KEEP_LIMIT: u64 = 64 << 20;
+
+    fn push(&mut self, b: &[u8]) {
+        self.hasher.update(b);
+        self.len += b.len() as u64;
+        self.keep(|v| v.extend_from_slice(b));
+    }
+
+    fn push_zeros(&mut self, n: u64) {
+        let z = [0u8; 0x1_0000];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(z.len() as u64) as usize;
+            self.hasher.update(&z[..k]);
+            left -= k as u64;
+        }
+        self.len += n;
+        self.keep(|v| v.resize(v.len() + n as usize, 0));
+    }
+
+    fn keep(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        if self.len <= Self::KEEP_LIMIT {
+            f(self.bytes.get_or_insert_with(Vec::new));
+        } else {
+            self.bytes = None;
+        }
+    }
+
+    pub fn hash(&self) -> [u8; 32] {
+        *self.hasher.finalize().as_bytes()
+    }
+}
+
+fn run_ops(old: &[u8], start: u64, ops: &[Op], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut d = data;
+    for op in ops {
+        let here = (start + out.len() as u64) as i64;
+        let n = op.len() as usize;
+        match *op {
+            Op::Copy { delta, .. } => {
+                let s = (here + delta) as usize;
+                out.extend_from_slice(&old[s..s + n]);
+            }
+            Op::Literal { .. } => {
+                out.extend_from_slice(&d[..n]);
+                d = &d[n..];
+            }
+            Op::Delta { delta, .. } => {
+                let s = (here + delta) as usize;
+                out.extend(
+                    old[s..s + n]
+                        .iter()
+                        .zip(&d[..n])
+                        .map(|(a, b)| a.wrapping_add(*b)),
+                );
+                d = &d[n..];
+            }
+            Op::Zero { .. } => out.resize(out.len() + n, 0),
+        }
+    }
+    out
+}

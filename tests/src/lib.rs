@@ -1,0 +1,171 @@
+//! Shared pieces of the end-to-end tests: the reference applier, a patch
+//! builder for shapes the producer never makes, an in-memory driver for the
+//! engine, and helpers that run the real binaries on corpus pairs.
+
+pub mod builder;
+pub mod reference;
+pub mod vectors;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anypatch_apply::{Applier, ApplyError, Config, Event, Summary};
+
+/// What an in-memory apply did.
+#[derive(Debug)]
+pub struct MemoryApply {
+    pub target: Vec<u8>,
+    pub summary: Summary,
+    /// Bytes written by `Write` events and zeroed by `Zero` events.
+    pub bytes_touched: u64,
+    pub old_reads: u64,
+}
+
+/// Drives the engine over in-memory buffers, feeding the patch in slices of
+/// `feed` bytes. `target` starts as the old bytes when `cfg.skip_unchanged`
+/// (in-place), else empty.
+pub fn apply_in_memory(
+    old: &[u8],
+    patch: &[u8],
+    cfg: Config,
+    feed: usize,
+) -> Result<MemoryApply, ApplyError> {
+    let mut a = Applier::new(cfg);
+    let mut target = if cfg.skip_unchanged {
+        old.to_vec()
+    } else {
+        Vec::new()
+    };
+    let (mut at, mut touched, mut reads) = (0usize, 0u64, 0u64);
+    loop {
+        match a.poll()? {
+            Event::NeedInput => {
+                if at == patch.len() {
+                    a.end_of_input();
+                } else {
+                    let end = (at + feed.max(1)).min(patch.len());
+                    at += a.feed(&patch[at..end]);
+                }
+            }
+            Event::Header(_) => {}
+            Event::ReadOld { offset, buf } => {
+                reads += 1;
+                let src = if cfg.skip_unchanged { &target } else { old };
+                buf.copy_from_slice(&src[offset as usize..offset as usize + buf.len()]);
+            }
+            Event::Write { offset, data } => {
+                put(&mut target, offset, data);
+                touched += data.len() as u64;
+            }
+            Event::Zero { offset, len } => {
+                put(&mut target, offset, &vec![0; len as usize]);
+                touched += len;
+            }
+            Event::Done(summary) => {
+                target.truncate(summary.new_len as usize);
+                target.resize(summary.new_len as usize, 0);
+                return Ok(MemoryApply {
+                    target,
+                    summary,
+                    bytes_touched: touched,
+                    old_reads: reads,
+                });
+            }
+        }
+    }
+}
+
+fn put(target: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let end = offset as usize + data.len();
+    if target.len() < end {
+        target.resize(end, 0);
+    }
+    target[offset as usize..end].copy_from_slice(data);
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary built by the same `cargo test` profile. Cargo
+/// builds every binary of the workspace before running integration tests
+/// only for the package's own bins, so build the others here once.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let release = cfg!(not(debug_assertions));
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(root()).args([
+            "build",
+            "-q",
+            "-p",
+            "anypatch-producer",
+            "-p",
+            "anypatch-applypatch",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building mkpatch and applypatch failed");
+    });
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    target.join(profile).join(name)
+}
+
+/// A directory holding `make-corpus --scale small` pairs, made once per
+/// test binary and shared across its tests.
+pub fn corpus_small() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = root().join("../shared/corpus/make-corpus");
+        assert!(
+            script.exists(),
+            "{} is missing: CI must have ../shared beside the repository",
+            script.display()
+        );
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(dir.path())
+            .args(["--scale", "small"])
+            .output()
+            .expect("python3 runs make-corpus");
+        assert!(
+            out.status.success(),
+            "make-corpus failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+    .path()
+}
+
+/// The pair names make-corpus wrote (from its MANIFEST.tsv).
+pub fn corpus_pairs(dir: &Path) -> Vec<String> {
+    let manifest = std::fs::read_to_string(dir.join("MANIFEST.tsv")).expect("MANIFEST.tsv");
+    manifest
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').next())
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

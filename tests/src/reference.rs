@@ -1,0 +1,130 @@
+//! The naive reference applier: short, obviously correct, slow.
+//!
+//! It holds everything in memory, follows `spec/FORMAT.md` line by line, and
+//! decodes zstd with the C library (not ruzstd), so that differential tests
+//! compare two independent readings of the spec.
+
+use anypatch_format::{
+    header_hash, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, Trailer, HASH_LEN,
+    MAX_ZSTD_WINDOW, PREAMBLE_LEN, TRAILER_LEN,
+};
+
+/// Applies `patch` to `old` and returns the new file, or why not.
+pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
+    let e = |m: &str| m.to_string();
+    if patch.len() < PREAMBLE_LEN + TRAILER_LEN {
+        return Err(e("too short"));
+    }
+    let (body_and_more, trailer) = patch.split_at(patch.len() - TRAILER_LEN);
+    let trailer = Trailer::parse(trailer).map_err(|x| x.to_string())?;
+    if blake3::hash(body_and_more).as_bytes() != &trailer.patch_hash {
+        return Err(e("patch hash"));
+    }
+    let pre = PreambleRepr::parse(&Preamble::new_checked(patch).map_err(|x| x.to_string())?)
+        .map_err(|x| x.to_string())?;
+    let body_end = PREAMBLE_LEN + pre.header_len as usize;
+    let hash_end = body_end + HASH_LEN;
+    let section = body_and_more.get(..hash_end).ok_or("header truncated")?;
+    if header_hash(&section[..PREAMBLE_LEN], &section[PREAMBLE_LEN..body_end])
+        != section[body_end..]
+    {
+        return Err(e("header hash"));
+    }
+    let header =
+        Header::parse(&section[PREAMBLE_LEN..body_end], pre.minor).map_err(|x| x.to_string())?;
+    if header.old_len != old.len() as u64 || blake3::hash(old).as_bytes() != &header.old_hash {
+        return Err(e("wrong base"));
+    }
+    let mut at = hash_end + pre.signature_len as usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let s = body_and_more.get(at..at + n).ok_or("truncated")?;
+        at += n;
+        Ok(s)
+    };
+    let mut new = Vec::new();
+    let mut next = Some(header.first_page);
+    while let Some(r) = next {
+        let bytes = take(r.len as usize)?;
+        if blake3::hash(bytes).as_bytes() != &r.hash {
+            return Err(e("page hash"));
+        }
+        let page = Page::parse(bytes).map_err(|x| x.to_string())?;
+        for extent in page.extents {
+            let start = new.len() as i128;
+            match extent {
+                Extent::Copy { len, delta } => {
+                    new.extend_from_slice(old_range(old, start + delta as i128, len)?)
+                }
+                Extent::Zero { len } => new.resize(new.len() + len as usize, 0),
+                Extent::Data(s) => {
+                    let ops = take(s.ops_len as usize)?;
+                    let coded = take(s.data_len as usize)?;
+                    let data = match s.codec {
+                        0 => coded.to_vec(),
+                        1 => decode_zstd(coded)?,
+                        _ => return Err(e("codec")),
+                    };
+                    let mut out = Vec::new();
+                    let mut d = data.as_slice();
+                    for op in OpIter::new(ops) {
+                        let op = op.map_err(|x| x.to_string())?;
+                        let here = start + out.len() as i128;
+                        let n = op.len() as usize;
+                        match op {
+                            Op::Copy { delta, .. } => out.extend_from_slice(old_range(
+                                old,
+                                here + delta as i128,
+                                n as u64,
+                            )?),
+                            Op::Literal { .. } => {
+                                out.extend_from_slice(d.get(..n).ok_or("data short")?);
+                                d = &d[n..];
+                            }
+                            Op::Delta { delta, .. } => {
+                                let base = old_range(old, here + delta as i128, n as u64)?;
+                                let add = d.get(..n).ok_or("data short")?;
+                                out.extend(base.iter().zip(add).map(|(a, b)| a.wrapping_add(*b)));
+                                d = &d[n..];
+                            }
+                            Op::Zero { .. } => out.resize(out.len() + n, 0),
+                        }
+                    }
+                    if !d.is_empty() || out.len() != s.new_len as usize {
+                        return Err(e("segment lengths"));
+                    }
+                    if blake3::hash(&out).as_bytes() != &s.hash {
+                        return Err(e("segment hash"));
+                    }
+                    new.extend_from_slice(&out);
+                }
+            }
+            if new.len() as u64 > header.new_len {
+                return Err(e("too long"));
+            }
+        }
+        next = page.next;
+    }
+    if at != body_and_more.len() || patch.len() as u64 != header.patch_len {
+        return Err(e("patch length"));
+    }
+    if new.len() as u64 != header.new_len || blake3::hash(&new).as_bytes() != &header.new_hash {
+        return Err(e("new hash"));
+    }
+    Ok(new)
+}
+
+fn old_range(old: &[u8], start: i128, len: u64) -> Result<&[u8], String> {
+    let end = start + len as i128;
+    if start < 0 || end > old.len() as i128 {
+        return Err("source out of range".into());
+    }
+    Ok(&old[start as usize..end as usize])
+}
+
+fn decode_zstd(coded: &[u8]) -> Result<Vec<u8>, String> {
+    let mut d = zstd::bulk::Decompressor::new().map_err(|x| x.to_string())?;
+    d.window_log_max(MAX_ZSTD_WINDOW.trailing_zeros())
+        .map_err(|x| x.to_string())?;
+    d.decompress(coded, anypatch_format::MAX_SEGMENT_LEN as usize)
+        .map_err(|x| x.to_string())
+}

@@ -1,0 +1,228 @@
+//! Bad input through the CLI: a clear one-line error, a documented exit code,
+//! and no output file left behind.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anypatch_format::{Preamble, PreambleRepr, PREAMBLE_LEN, TRAILER_LEN};
+use anypatch_tests::{bin, corpus_small};
+
+struct Case {
+    work: tempfile::TempDir,
+    old: PathBuf,
+    patch: Vec<u8>,
+}
+
+fn sparse_case() -> Case {
+    let dir = corpus_small();
+    let work = tempfile::tempdir().expect("tempdir");
+    let old = dir.join("sparse.old");
+    let p = work.path().join("good.anyp");
+    let st = Command::new(bin("mkpatch"))
+        .arg(&old)
+        .arg(dir.join("sparse.new"))
+        .arg("-o")
+        .arg(&p)
+        .arg("-q")
+        .status()
+        .expect("runs");
+    assert!(st.success());
+    Case {
+        patch: fs::read(&p).expect("read"),
+        work,
+        old,
+    }
+}
+
+/// Applies `patch` to `old` with -o and returns (exit code, stderr). Asserts
+/// that a failed apply leaves no output file and prints one line.
+fn apply(case: &Case, old: &Path, patch: &[u8], label: &str) -> (i32, String) {
+    let p = case.work.path().join(format!("{label}.anyp"));
+    fs::write(&p, patch).expect("write");
+    let out = case.work.path().join(format!("{label}.out"));
+    let o = Command::new(bin("applypatch"))
+        .arg(old)
+        .arg(&p)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let code = o
+        .status
+        .code()
+        .expect("exited, not killed by a signal (no panic abort)");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    if code != 0 {
+        assert!(
+            !out.exists(),
+            "{label}: a failed apply left {}",
+            out.display()
+        );
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{label}: error is not one line: {err}"
+        );
+        assert!(err.starts_with("applypatch: "), "{label}: {err}");
+        assert!(!err.contains("panicked"), "{label}: {err}");
+        let leftovers: Vec<_> = fs::read_dir(case.work.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("applypatch-tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{label}: temporary files left behind");
+    }
+    (code, err)
+}
+
+fn header_end(patch: &[u8]) -> usize {
+    let pre = PreambleRepr::parse(&Preamble::new_checked(patch).expect("len")).expect("valid");
+    PREAMBLE_LEN + pre.header_len as usize + 32
+}
+
+#[test]
+fn truncated_patches_are_refused() {
+    let c = sparse_case();
+    let n = c.patch.len();
+    for cut in [
+        0,
+        10,
+        PREAMBLE_LEN,
+        header_end(&c.patch) - 1,
+        header_end(&c.patch) + 5,
+        n / 2,
+        n - TRAILER_LEN,
+        n - 1,
+    ] {
+        let (code, err) = apply(&c, &c.old, &c.patch[..cut], &format!("cut{cut}"));
+        assert_eq!(code, 2, "cut at {cut}: {err}");
+        assert!(
+            err.contains("truncated") || err.contains("corrupt"),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bit_flips_are_refused_everywhere() {
+    let c = sparse_case();
+    let n = c.patch.len();
+    let he = header_end(&c.patch);
+    // In the header body, in the first page, in a data segment, in the trailer hash and magic.
+    for (at, what) in [
+        (30, "header"),
+        (he + 3, "page"),
+        (n / 2, "segment"),
+        (n - 20, "trailer hash"),
+        (n - 3, "trailer magic"),
+    ] {
+        let mut p = c.patch.clone();
+        p[at] ^= 0x10;
+        let (code, err) = apply(&c, &c.old, &p, &format!("flip{at}"));
+        assert_eq!(code, 2, "flip in {what} at {at}: {err}");
+        assert!(err.contains("corrupt"), "flip in {what}: {err}");
+    }
+    // Extra bytes after the trailer.
+    let mut p = c.patch.clone();
+    p.push(0);
+    assert_eq!(apply(&c, &c.old, &p, "trailing").0, 2);
+}
+
+#[test]
+fn wrong_base_is_refused_before_writing() {
+    let c = sparse_case();
+    let other = corpus_small().join("edits.old");
+    let (code, err) = apply(&c, &other, &c.patch, "wrongbase");
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("wrong base"), "{err}");
+    // A base of another length is refused from the header alone.
+    let short = c.work.path().join("short.old");
+    fs::write(&short, b"tiny").expect("write");
+    let (code, err) = apply(&c, &short, &c.patch, "shortbase");
+    assert_eq!(code, 3, "{err}");
+
+    // In place: the target stays exactly as it was.
+    let disk = c.work.path().join("disk");
+    fs::copy(&other, &disk).expect("copy");
+    let p = c.work.path().join("inplace.anyp");
+    fs::write(&p, &c.patch).expect("write");
+    let o = Command::new(bin("applypatch"))
+        .arg("--in-place")
+        .arg(&disk)
+        .arg(&p)
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        fs::read(&disk).expect("read") == fs::read(&other).expect("read"),
+        "in-place wrong base changed the target"
+    );
+}
+
+#[test]
+fn unknown_versions_and_features_are_refused() {
+    let c = sparse_case();
+    let mut p = c.patch.clone();
+    p[8] = 2; // major version 2
+    let (code, err) = apply(&c, &c.old, &p, "major");
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("version 2") && err.contains("newer"), "{err}");
+
+    let mut p = c.patch.clone();
+    p[12] |= 0x04; // an unknown must-understand feature bit
+    let (code, err) = apply(&c, &c.old, &p, "feature");
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("features"), "{err}");
+
+    let mut p = c.patch.clone();
+    p[0] = b'P';
+    let (code, err) = apply(&c, &c.old, &p, "magic");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not an anypatch patch"), "{err}");
+}
+
+#[test]
+fn missing_files_and_bad_usage_are_clear() {
+    let c = sparse_case();
+    let missing = c.work.path().join("nope");
+    let (code, err) = apply(&c, &missing, &c.patch, "missing-old");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot open old file") && err.contains("nope"),
+        "{err}"
+    );
+
+    let o = Command::new(bin("applypatch"))
+        .arg(&c.old)
+        .arg(&missing)
+        .arg("-o")
+        .arg(c.work.path().join("x"))
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot open patch"));
+
+    let o = Command::new(bin("mkpatch"))
+        .arg(&missing)
+        .arg(&c.old)
+        .arg("-o")
+        .arg(c.work.path().join("y"))
+        .output()
+        .expect("runs");
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!c.work.path().join("y").exists());
+
+    // Neither -o, --check nor --in-place: a usage error, not a silent no-op.
+    let o = Command::new(bin("applypatch"))
+        .arg(&c.old)
+        .arg(&missing)
+        .output()
+        .expect("runs");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "usage errors exit 1, not clap's 2 (2 means a corrupt patch)"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--output"));
+}
