@@ -105,7 +105,7 @@ impl Iterator for OpIter<'_> {
             return None;
         }
         let item = match postcard::take_from_bytes::<Op>(self.rest) {
-            Ok((op, rest)) if op.len() > 0 => {
+            Ok((op, rest)) if !op.is_empty() => {
                 self.rest = rest;
                 Ok(op)
             }
