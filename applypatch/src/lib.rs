@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use anypatch_apply::format::{Hash, Header};
+use anypatch_apply::format::{Hash, Header, FLAG_IN_PLACE_SAFE};
 use anypatch_apply::{Applier, ApplyError, Config, Event, Progress, Summary};
 
 /// Patch bytes read per `read` call.
@@ -28,6 +28,8 @@ pub enum DriveError {
     Io { action: String, source: io::Error },
     /// The request cannot be carried out as asked.
     Refused(String),
+    /// The patch was not made to be applied in place.
+    NotInPlace(String),
 }
 
 impl fmt::Display for DriveError {
@@ -35,7 +37,7 @@ impl fmt::Display for DriveError {
         match self {
             Self::Apply(e) => e.fmt(f),
             Self::Io { action, source } => write!(f, "{action}: {source}"),
-            Self::Refused(why) => f.write_str(why),
+            Self::Refused(why) | Self::NotInPlace(why) => f.write_str(why),
         }
     }
 }
@@ -344,6 +346,12 @@ pub fn apply_in_place(
         &file,
         &mut NullSink,
         &mut |h| {
+            // Refuse from the header alone, before hashing the whole base.
+            if h.flags & FLAG_IN_PLACE_SAFE == 0 {
+                return Err(DriveError::NotInPlace(
+                    "this patch is not marked safe to apply in place (it reads data it would overwrite); apply it with -o instead".into(),
+                ));
+            }
             if !is_regular && h.new_len != old_len {
                 return Err(DriveError::Refused(format!(
                     "the patch changes the size from {} to {} bytes, which a block device cannot do",

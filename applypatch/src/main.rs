@@ -99,6 +99,7 @@ fn exit_code(e: &DriveError) -> u8 {
             ErrorClass::Unsupported => 4,
             ErrorClass::NotInPlace => 5,
         },
+        DriveError::NotInPlace(_) => 5,
         DriveError::Io { .. } | DriveError::Refused(_) => 1,
     }
 }

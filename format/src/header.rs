@@ -38,7 +38,7 @@ pub struct Header {
     pub block_size: u32,
     /// The largest `new_len` of any data segment in this patch.
     pub segment_max: u32,
-    /// The codec most data segments use, as a [`Codec`] byte (informational).
+    /// The codec most data segments use, as a [`Codec`] byte. Must be a known codec.
     pub codec: u8,
     /// Optional flags, such as [`crate::FLAG_IN_PLACE_SAFE`]. Unknown bits are ignored.
     pub flags: u32,

@@ -51,8 +51,10 @@ pub const TRAILER_MAGIC: [u8; 8] = [0x41, 0x4E, 0x59, 0x50, 0x54, 0x45, 0x4E, 0x
 
 /// The major version this crate reads and writes. A different major is refused.
 pub const VERSION_MAJOR: u16 = 0x0001;
-/// The minor version this crate writes. Higher minors are read: they may only
-/// append header fields and add optional (not must-understand) features.
+/// The minor version this crate writes. Higher minors are read: they may
+/// append header fields and define new flags; a minor that needs an applier
+/// to understand something new sets a must-understand feature bit, which
+/// older appliers refuse (see the spec's stability policy).
 pub const VERSION_MINOR: u16 = 0x0000;
 
 /// Must-understand feature bits this crate understands. Version 1.0 defines none.
@@ -97,6 +99,9 @@ pub const APPLIER_WORST_CASE_MEMORY: u64 = MAX_PAGE_LEN as u64          // raw p
     + (MAX_SEGMENT_LEN as u64)                                          // decoded data
     + (MAX_SEGMENT_LEN as u64)                                          // output
     + 2 * MAX_ZSTD_WINDOW + 0x0004_0000; // decoder ring buffer, block scratch
+
+// The memory bound above counts 64 bytes per decoded extent.
+const _: () = assert!(core::mem::size_of::<Extent>() <= 64);
 
 /// BLAKE3 of `data`.
 pub fn hash(data: &[u8]) -> Hash {

@@ -42,6 +42,7 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
         Ok(s)
     };
     let mut new = Vec::new();
+    let (mut extents, mut segments) = (0u64, 0u64);
     let mut next = Some(header.first_page);
     while let Some(r) = next {
         let bytes = take(r.len as usize)?;
@@ -50,6 +51,7 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
         }
         let page = Page::parse(bytes).map_err(|x| x.to_string())?;
         for extent in page.extents {
+            extents += 1;
             let start = new.len() as i128;
             match extent {
                 Extent::Copy { len, delta } => {
@@ -57,6 +59,10 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
                 }
                 Extent::Zero { len } => new.resize(new.len() + len as usize, 0),
                 Extent::Data(s) => {
+                    segments += 1;
+                    if s.new_len > header.segment_max {
+                        return Err(e("segment above segment_max"));
+                    }
                     let ops = take(s.ops_len as usize)?;
                     let coded = take(s.data_len as usize)?;
                     let data = match s.codec {
@@ -104,6 +110,9 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
         }
         next = page.next;
     }
+    if extents != header.extent_count || segments != header.segment_count {
+        return Err(e("extent or segment count"));
+    }
     if at != body_and_more.len() || patch.len() as u64 != header.patch_len {
         return Err(e("patch length"));
     }
@@ -121,7 +130,11 @@ fn old_range(old: &[u8], start: i128, len: u64) -> Result<&[u8], String> {
     Ok(&old[start as usize..end as usize])
 }
 
+/// Exactly one zstd frame, as the spec requires.
 fn decode_zstd(coded: &[u8]) -> Result<Vec<u8>, String> {
+    if zstd::zstd_safe::find_frame_compressed_size(coded) != Ok(coded.len()) {
+        return Err("data block is not exactly one zstd frame".into());
+    }
     let mut d = zstd::bulk::Decompressor::new().map_err(|x| x.to_string())?;
     d.window_log_max(MAX_ZSTD_WINDOW.trailing_zeros())
         .map_err(|x| x.to_string())?;
