@@ -12,7 +12,7 @@ use std::io::{BufWriter, Write};
 use anypatch_format::{Codec, Op, SegmentEntry};
 
 use crate::exec::for_each_ordered;
-use crate::input::Input;
+use crate::input::{Input, Job};
 use crate::plan::{Part, Plan, SegmentPlan};
 use crate::{Phase, ProduceError, Progress};
 
@@ -61,15 +61,18 @@ struct Worker {
 
 /// Encodes every segment of `plan` and spools the payloads.
 pub(crate) fn encode_all(
-    old: &Input,
-    new: &Input,
+    job: Job<'_>,
     plan: &Plan,
     level: i32,
-    block_size: u32,
-    threads: usize,
     spool: File,
-    progress: &dyn Fn(Progress),
 ) -> Result<Encoded, ProduceError> {
+    let Job {
+        old,
+        new,
+        block_size,
+        threads,
+        progress,
+    } = job;
     let segment_max = plan.segments.iter().map(|s| s.len).max().unwrap_or(1);
     let workers = encode_workers(threads, level, segment_max);
     let total = plan.segments.len() as u64;

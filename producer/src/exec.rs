@@ -31,6 +31,7 @@ where
     let next = AtomicUsize::new(0);
     let done = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
+    let finished = AtomicUsize::new(0);
     let workers = threads.clamp(1, count.max(1));
     let caller = std::thread::current();
     let per_worker: Vec<Result<Vec<(usize, R)>, E>> = std::thread::scope(|s| {
@@ -38,13 +39,14 @@ where
             .map(|_| {
                 s.spawn(|| {
                     // Wake the caller when this worker ends, however it ends.
-                    struct Wake(std::thread::Thread);
-                    impl Drop for Wake {
+                    struct Wake<'a>(&'a AtomicUsize, std::thread::Thread);
+                    impl Drop for Wake<'_> {
                         fn drop(&mut self) {
-                            self.0.unpark();
+                            self.0.fetch_add(1, Ordering::Release);
+                            self.1.unpark();
                         }
                     }
-                    let _wake = Wake(caller.clone());
+                    let _wake = Wake(&finished, caller.clone());
                     let mut state = init();
                     let mut out = Vec::new();
                     loop {
@@ -64,7 +66,7 @@ where
                 })
             })
             .collect();
-        while !handles.iter().all(|h| h.is_finished()) {
+        while finished.load(Ordering::Acquire) < workers {
             tick(done.load(Ordering::Relaxed));
             std::thread::park_timeout(TICK);
         }
@@ -87,6 +89,8 @@ struct Shared<R, E> {
     /// The next item `sink` will consume.
     next_out: usize,
     error: Option<E>,
+    /// Set on the first error or when the sink is done: workers return.
+    stop: bool,
 }
 
 /// Runs `work(state, i)` for every `i` in `0..count` on `threads` workers and
@@ -110,6 +114,7 @@ where
         ready: BTreeMap::new(),
         next_out: 0,
         error: None,
+        stop: false,
     });
     let cond = Condvar::new();
     let lock = || shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -120,6 +125,7 @@ where
                 let fail = |e: E| {
                     let mut g = lock();
                     g.error.get_or_insert(e);
+                    g.stop = true;
                     cond.notify_all();
                 };
                 let mut state = match init() {
@@ -135,10 +141,10 @@ where
                     // unfinished item never waits, so this cannot deadlock.
                     {
                         let mut g = lock();
-                        while i >= g.next_out + in_flight && g.error.is_none() {
+                        while i >= g.next_out + in_flight && !g.stop {
                             g = cond.wait(g).unwrap_or_else(PoisonError::into_inner);
                         }
-                        if g.error.is_some() {
+                        if g.stop {
                             return;
                         }
                     }
@@ -155,10 +161,7 @@ where
         }
         let mut g = lock();
         loop {
-            if g.error.is_some() {
-                break;
-            }
-            if g.next_out == count {
+            if g.stop || g.next_out == count {
                 break;
             }
             let i = g.next_out;
@@ -168,6 +171,7 @@ where
                 g = lock();
                 if let Err(e) = result {
                     g.error.get_or_insert(e);
+                    g.stop = true;
                 }
                 g.next_out += 1;
                 cond.notify_all();
@@ -175,7 +179,8 @@ where
                 g = cond.wait(g).unwrap_or_else(PoisonError::into_inner);
             }
         }
-        // Wake waiting workers so they see the error or the end and return.
+        // Wake waiting workers so they see the stop and return.
+        g.stop = true;
         cond.notify_all();
         let error = g.error.take();
         drop(g);

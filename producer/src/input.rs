@@ -5,7 +5,17 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
-use crate::ProduceError;
+use crate::{ProduceError, Progress};
+
+/// What every phase needs: both inputs and how to run.
+#[derive(Clone, Copy)]
+pub(crate) struct Job<'a> {
+    pub old: &'a Input,
+    pub new: &'a Input,
+    pub block_size: u32,
+    pub threads: usize,
+    pub progress: &'a dyn Fn(Progress),
+}
 
 /// An open input and its length, fixed when opened.
 #[derive(Debug)]

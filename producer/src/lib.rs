@@ -186,18 +186,17 @@ pub fn make_patch(
     let old = input::Input::open(old)?;
     let new = input::Input::open(new)?;
 
-    let scanned = scan::scan(&old, &new, opts.block_size, threads, progress)?;
-    let index = index::OldIndex::build(scanned.index_entries);
-    let runs = matching::find_moves(
-        &old,
-        &new,
-        &index,
-        scanned.runs,
-        &scanned.changed,
-        opts.block_size,
+    let job = input::Job {
+        old: &old,
+        new: &new,
+        block_size: opts.block_size,
         threads,
         progress,
-    )?;
+    };
+
+    let scanned = scan::scan(job)?;
+    let index = index::OldIndex::build(scanned.index_entries);
+    let runs = matching::find_moves(job, &index, scanned.runs, &scanned.changed)?;
     drop(index);
     let plan = plan::plan(&runs, new.len, opts.block_size, opts.segment_len);
     drop(runs);
@@ -207,16 +206,7 @@ pub fn make_patch(
         None => tempfile::tempfile(),
     }
     .map_err(|source| ProduceError::Spool { source })?;
-    let encoded = encode::encode_all(
-        &old,
-        &new,
-        &plan,
-        opts.level,
-        opts.block_size,
-        threads,
-        spool,
-        progress,
-    )?;
+    let encoded = encode::encode_all(job, &plan, opts.level, spool)?;
     write::write_patch(
         &plan,
         encoded,

@@ -6,7 +6,7 @@
 
 use crate::exec::map_indexed;
 use crate::index::OldIndex;
-use crate::input::Input;
+use crate::input::Job;
 use crate::scan::{push_run, Class, Run};
 use crate::{Phase, ProduceError, Progress};
 
@@ -16,17 +16,19 @@ const BATCH: usize = 1024;
 /// Returns `runs` with the changed blocks that were found in the old file
 /// turned into `Moved` runs. `changed` lists `(block, xxh3)` of the full
 /// changed blocks in block order.
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 pub(crate) fn find_moves(
-    old: &Input,
-    new: &Input,
+    job: Job<'_>,
     index: &OldIndex,
     runs: Vec<Run>,
     changed: &[(u64, u64)],
-    block_size: u32,
-    threads: usize,
-    progress: &dyn Fn(Progress),
 ) -> Result<Vec<Run>, ProduceError> {
+    let Job {
+        old,
+        new,
+        block_size,
+        threads,
+        progress,
+    } = job;
     let bs = block_size as usize;
     let batches = changed.len().div_ceil(BATCH);
     let total = changed.len() as u64;

@@ -11,7 +11,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::exec::map_indexed;
 use crate::hashtree;
 pub(crate) use crate::hashtree::WINDOW;
-use crate::input::Input;
+use crate::input::{Input, Job};
 use crate::{Phase, ProduceError, Progress};
 
 /// What a new block is, relative to the old file.
@@ -73,13 +73,14 @@ fn is_zero(bytes: &[u8]) -> bool {
 }
 
 /// Scans both files on `threads` workers.
-pub(crate) fn scan(
-    old: &Input,
-    new: &Input,
-    block_size: u32,
-    threads: usize,
-    progress: &dyn Fn(Progress),
-) -> Result<Scanned, ProduceError> {
+pub(crate) fn scan(job: Job<'_>) -> Result<Scanned, ProduceError> {
+    let Job {
+        old,
+        new,
+        block_size,
+        threads,
+        progress,
+    } = job;
     let total = old.len.max(new.len);
     let windows = total.div_ceil(WINDOW) as usize;
     let tick = |done: u64| {
@@ -186,7 +187,14 @@ mod tests {
             Input::open(&po).expect("open"),
             Input::open(&pn).expect("open"),
         );
-        let s = scan(&o, &n, bs as u32, 2, &|_| {}).expect("scan");
+        let s = scan(Job {
+            old: &o,
+            new: &n,
+            block_size: bs as u32,
+            threads: 2,
+            progress: &|_| {},
+        })
+        .expect("scan");
         let classes: Vec<_> = s.runs.iter().map(|r| (r.class, r.blocks)).collect();
         assert_eq!(
             classes,

@@ -1,1 +1,438 @@
-fn main() {}
+//! `mkpatch`: make an anypatch patch, or inspect one.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use anypatch_format::VERSION_MAJOR;
+use anypatch_producer::inspect::{inspect, InspectError, Inspection};
+use anypatch_producer::{make_patch, Options, Phase, ProduceError, Progress, Summary};
+use clap::{Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Examples:
+  mkpatch old.img new.img -o update.patch    make a patch (file appears only when complete)
+  mkpatch old.img new.img > update.patch     the same, to stdout
+  mkpatch -j 8 --level 19 a.img b.img -o p   more threads, smaller patch, slower
+  mkpatch inspect update.patch               check a patch and show what it contains
+  mkpatch inspect --json - < update.patch    the same as one JSON object
+
+Then, anywhere that has old.img:
+  applypatch old.img update.patch -o new.img
+
+The patch is the same, byte for byte, whatever the thread count.
+
+Exit status:
+  0  success (also when a reader closes the pipe early)
+  1  usage error, or an input/output error such as a missing file
+  2  the patch given to `inspect` is invalid or corrupt";
+
+/// Make a binary patch that turns OLD into NEW.
+///
+/// mkpatch reads both images in one parallel pass, finds unchanged, moved
+/// and zeroed blocks, and compresses only what changed with zstd. Inputs
+/// must be regular files or block devices; neither is ever loaded whole.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mkpatch",
+    version,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// The old (base) image the patch will be applied to.
+    #[arg(required = true, value_name = "OLD")]
+    old: Option<PathBuf>,
+
+    /// The new image the patch produces.
+    #[arg(required = true, value_name = "NEW")]
+    new: Option<PathBuf>,
+
+    /// Write the patch to OUT instead of stdout (`-` means stdout). OUT is
+    /// written under a temporary name and renamed when complete.
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+
+    /// Worker threads [default: number of cores].
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+
+    /// zstd level for changed data, 1 (fast) to 19 (small).
+    #[arg(long, value_name = "N", default_value_t = 9, value_parser = clap::value_parser!(i32).range(1..=19))]
+    level: i32,
+
+    /// Advanced: most new bytes per data segment, 1..=4194304. Smaller
+    /// segments apply with less memory but compress worse.
+    #[arg(long, value_name = "BYTES", hide_short_help = true)]
+    segment_len: Option<u32>,
+
+    /// Print nothing on stderr except errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a patch (every hash that does not need the old file) and print
+    /// what it contains. Exits with status 2 if the patch is corrupt.
+    Inspect {
+        /// The patch file, or `-` for stdin.
+        #[arg(value_name = "PATCH")]
+        patch: PathBuf,
+
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How a run ended, mapped to the documented exit codes.
+enum Failure {
+    /// Exit 1: usage or I/O.
+    Usage(anyhow::Error),
+    /// Exit 2: the patch is invalid or corrupt.
+    Corrupt(anyhow::Error),
+    /// The reader of stdout went away: stop quietly.
+    BrokenPipe,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Usage(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version go to stdout and succeed; usage errors are 1.
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match &cli.command {
+        Some(Command::Inspect { patch, json }) => run_inspect(patch, *json),
+        None => run_make(&cli),
+    };
+    match result {
+        Ok(()) | Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("mkpatch: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+        Err(Failure::Corrupt(e)) => {
+            eprintln!("mkpatch: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error and its causes on one line. Causes that a message already
+/// quotes (library errors include their source) are not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if line.is_empty() {
+            line = cause;
+        } else if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
+}
+
+fn is_dash(p: &Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+fn run_make(cli: &Cli) -> Result<(), Failure> {
+    let (Some(old), Some(new)) = (&cli.old, &cli.new) else {
+        return Err(anyhow!("give OLD and NEW (see mkpatch --help)").into());
+    };
+    for (what, p) in [("OLD", old), ("NEW", new)] {
+        if is_dash(p) {
+            return Err(anyhow!(
+                "{what} cannot be `-`: mkpatch reads images at random offsets; save the data to a file first"
+            )
+            .into());
+        }
+    }
+    let mut opts = Options {
+        threads: cli.threads.map_or(0, |n| n as usize),
+        level: cli.level,
+        ..Options::default()
+    };
+    if let Some(len) = cli.segment_len {
+        opts.segment_len = len;
+    }
+    let show = !cli.quiet && io::stderr().is_terminal();
+    let start = Instant::now();
+    let last = Cell::new(Instant::now() - Duration::from_secs(1));
+    let progress = |p: Progress| {
+        if show && (last.get().elapsed() >= Duration::from_millis(100) || p.done == p.total) {
+            last.set(Instant::now());
+            let phase = match p.phase {
+                Phase::Scan => "scanning",
+                Phase::Match => "matching",
+                Phase::Encode => "compressing",
+                Phase::Write => "writing",
+                _ => "working",
+            };
+            let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
+            eprint!("\r\x1b[2Kmkpatch: {phase} {pct:3}%");
+        }
+    };
+
+    let summary = match cli.output.as_deref().filter(|p| !is_dash(p)) {
+        None => {
+            let stdout = io::stdout();
+            if stdout.is_terminal() {
+                return Err(anyhow!(
+                    "refusing to write a binary patch to a terminal; use -o FILE or redirect stdout"
+                )
+                .into());
+            }
+            let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
+            let summary = make_patch(old, new, &mut out, &opts, &progress).map_err(produce)?;
+            out.flush().map_err(write_err)?;
+            summary
+        }
+        Some(path) => write_file(path, old, new, &mut opts, &progress)?,
+    };
+    if show {
+        eprintln!("\r\x1b[2K{}", summary_line(&summary, start.elapsed()));
+    }
+    Ok(())
+}
+
+/// Writes the patch to a temporary file next to `path`, syncs it and
+/// renames it into place, so `path` never holds a partial patch.
+fn write_file(
+    path: &Path,
+    old: &Path,
+    new: &Path,
+    opts: &mut Options,
+    progress: &dyn Fn(Progress),
+) -> Result<Summary, Failure> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".mkpatch-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    opts.spool_dir = Some(dir.clone());
+    let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let summary = make_patch(old, new, &mut out, opts, progress).map_err(produce)?;
+    out.flush()
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    drop(out);
+    set_readable(tmp.as_file());
+    tmp.persist(path)
+        .with_context(|| format!("cannot rename the patch to {}", path.display()))?;
+    // Make the rename durable too; failing here loses nothing already written.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(summary)
+}
+
+/// Temporary files are created 0600; a patch is meant to be shared.
+fn set_readable(file: &File) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(0o644));
+}
+
+fn produce(e: ProduceError) -> Failure {
+    match &e {
+        ProduceError::Write { source } if source.kind() == io::ErrorKind::BrokenPipe => {
+            Failure::BrokenPipe
+        }
+        _ => Failure::Usage(e.into()),
+    }
+}
+
+fn write_err(e: io::Error) -> Failure {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Failure::BrokenPipe
+    } else {
+        Failure::Usage(anyhow!(e).context("cannot write the patch"))
+    }
+}
+
+fn summary_line(s: &Summary, took: Duration) -> String {
+    let pct = if s.new_len == 0 {
+        0.0
+    } else {
+        s.patch_len as f64 * 100.0 / s.new_len as f64
+    };
+    format!(
+        "mkpatch: old {}, new {} -> patch {} ({pct:.2}% of new; {} moved, {} in {} segments) in {:.2} s",
+        size(s.old_len),
+        size(s.new_len),
+        size(s.patch_len),
+        size(s.moved_bytes),
+        size(s.changed_bytes),
+        s.segments,
+        took.as_secs_f64()
+    )
+}
+
+fn size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
+    let mut reader: Box<dyn Read> = if is_dash(path) {
+        Box::new(io::stdin().lock())
+    } else {
+        let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Box::new(f)
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, &mut reader);
+    let report = inspect(&mut reader).map_err(|e| match e {
+        InspectError::Io(ref io) if io.kind() != io::ErrorKind::UnexpectedEof => {
+            Failure::Usage(anyhow!(e).context(format!("{}", path.display())))
+        }
+        e => Failure::Corrupt(anyhow!(e)),
+    })?;
+    let text = if json {
+        json_report(&report) + "\n"
+    } else {
+        text_report(&report)
+    };
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(write_err)?;
+    if !report.patch_hash_ok {
+        return Err(Failure::Corrupt(anyhow!(
+            "patch hash does not match: the patch is corrupt; get it again"
+        )));
+    }
+    Ok(())
+}
+
+fn text_report(r: &Inspection) -> String {
+    let h = &r.header;
+    let features = if r.required_features == 0 {
+        "none".to_string()
+    } else {
+        format!("{:#010x}", r.required_features)
+    };
+    let kind = |name: &str, k: &anypatch_producer::inspect::KindCount| {
+        format!(
+            "  {name:<12}{:>10} extents {:>16} bytes\n",
+            k.extents, k.bytes
+        )
+    };
+    let mut s = String::new();
+    s += &format!(
+        "format        {}.{} (must-understand features: {features})\n",
+        r.major, r.minor
+    );
+    s += &format!("producer      {}\n", h.producer);
+    s += &format!(
+        "old           {} bytes, blake3 {}\n",
+        h.old_len,
+        hex(&h.old_hash)
+    );
+    s += &format!(
+        "new           {} bytes, blake3 {}\n",
+        h.new_len,
+        hex(&h.new_hash)
+    );
+    s += &format!("block size    {}\n", h.block_size);
+    s += &format!("segment max   {}\n", h.segment_max);
+    s += &format!(
+        "flags         {:#010x} (in-place safe: {})\n",
+        h.flags,
+        if r.in_place_safe() { "yes" } else { "no" }
+    );
+    s += &format!("extents       {} in {} pages\n", h.extent_count, r.pages);
+    s += &kind("unchanged", &r.unchanged);
+    s += &kind("moved", &r.moved);
+    s += &kind("zero", &r.zero);
+    s += &kind("data", &r.data);
+    s += &format!(
+        "ops           copy {}, literal {}, delta {}, zero {}\n",
+        r.ops.copy, r.ops.literal, r.ops.delta, r.ops.zero
+    );
+    s += &format!("signature     {} bytes\n", r.signature_len);
+    s += &format!("patch         {} bytes\n", r.patch_len);
+    s += &format!(
+        "patch hash    {} ({})\n",
+        hex(&r.patch_hash),
+        if r.patch_hash_ok { "ok" } else { "MISMATCH" }
+    );
+    s
+}
+
+fn json_report(r: &Inspection) -> String {
+    let h = &r.header;
+    let kind = |k: &anypatch_producer::inspect::KindCount| serde_json::json!({ "extents": k.extents, "bytes": k.bytes });
+    serde_json::json!({
+        "format": { "major": r.major, "minor": r.minor, "supported_major": VERSION_MAJOR },
+        "required_features": r.required_features,
+        "producer": h.producer,
+        "old": { "len": h.old_len, "blake3": hex(&h.old_hash) },
+        "new": { "len": h.new_len, "blake3": hex(&h.new_hash) },
+        "block_size": h.block_size,
+        "segment_max": h.segment_max,
+        "codec": h.codec,
+        "flags": h.flags,
+        "in_place_safe": r.in_place_safe(),
+        "extent_count": h.extent_count,
+        "segment_count": h.segment_count,
+        "pages": r.pages,
+        "extents": {
+            "unchanged": kind(&r.unchanged),
+            "moved": kind(&r.moved),
+            "zero": kind(&r.zero),
+            "data": kind(&r.data),
+        },
+        "ops": {
+            "copy": r.ops.copy,
+            "literal": r.ops.literal,
+            "delta": r.ops.delta,
+            "zero": r.ops.zero,
+        },
+        "signature_len": r.signature_len,
+        "patch_len": r.patch_len,
+        "patch_hash": hex(&r.patch_hash),
+        "patch_hash_ok": r.patch_hash_ok,
+    })
+    .to_string()
+}
