@@ -15,17 +15,25 @@ use anypatch_format::Hash;
 /// Window size: a power of two, and a whole number of BLAKE3 chunks.
 pub(crate) const WINDOW: u64 = 1 << 20;
 
-/// The value to keep for window `index` of a file `file_len` bytes long. A
-/// file of one window has no tree above its chunks, so its value is the
-/// plain hash; otherwise it is the window's chaining value.
-pub(crate) fn window_value(file_len: u64, index: u64, bytes: &[u8]) -> ChainingValue {
-    if file_len <= WINDOW {
-        return *blake3::hash(bytes).as_bytes();
-    }
+/// Starts hashing window `index` of a file `file_len` bytes long; feed it
+/// the window's bytes in order, then call [`window_value`].
+pub(crate) fn window_hasher(file_len: u64, index: u64) -> blake3::Hasher {
     let mut hasher = blake3::Hasher::new();
-    hasher.set_input_offset(index * WINDOW);
-    hasher.update(bytes);
-    hasher.finalize_non_root()
+    if file_len > WINDOW {
+        hasher.set_input_offset(index * WINDOW);
+    }
+    hasher
+}
+
+/// The value to keep for a window. A file of one window has no tree above
+/// its chunks, so its value is the plain hash; otherwise it is the window's
+/// chaining value.
+pub(crate) fn window_value(file_len: u64, hasher: &blake3::Hasher) -> ChainingValue {
+    if file_len <= WINDOW {
+        *hasher.finalize().as_bytes()
+    } else {
+        hasher.finalize_non_root()
+    }
 }
 
 /// Merges the values from [`window_value`] (one per window, in order) into
@@ -64,7 +72,14 @@ mod tests {
         let values: Vec<_> = data
             .chunks(WINDOW as usize)
             .enumerate()
-            .map(|(i, w)| window_value(len, i as u64, w))
+            .map(|(i, w)| {
+                let mut h = window_hasher(len, i as u64);
+                // Two updates, as the scan feeds a window in pieces.
+                let (a, b) = w.split_at(w.len() / 3);
+                h.update(a);
+                h.update(b);
+                window_value(len, &h)
+            })
             .collect();
         root(len, &values)
     }

@@ -123,6 +123,10 @@ pub(crate) fn scan(job: Job<'_>) -> Result<Scanned, ProduceError> {
     Ok(scanned)
 }
 
+/// Bytes read at a time within a window: small enough that the copy out of
+/// the page cache is still in L2 when it is hashed, compared and indexed.
+const PIECE: u64 = 64 << 10;
+
 fn scan_window(
     old: &Input,
     new: &Input,
@@ -132,16 +136,34 @@ fn scan_window(
     new_buf: &mut Vec<u8>,
 ) -> Result<WindowScan, ProduceError> {
     let start = index * WINDOW;
-    let old_n = old.read_clamped(old_buf, start, WINDOW as usize)?;
-    let new_n = new.read_clamped(new_buf, start, WINDOW as usize)?;
-    let (old_bytes, new_bytes) = (&old_buf[..old_n], &new_buf[..new_n]);
+    let end = (start + WINDOW).min(old.len.max(new.len));
+    let piece = PIECE.max(bs as u64);
+    let mut old_hasher = hashtree::window_hasher(old.len, index);
+    let mut new_hasher = hashtree::window_hasher(new.len, index);
     let mut w = WindowScan::default();
-    if old_n > 0 {
-        w.old_value = Some(hashtree::window_value(old.len, index, old_bytes));
+    let mut at = start;
+    while at < end {
+        let want = piece.min(end - at) as usize;
+        let old_n = old.read_clamped(old_buf, at, want)?;
+        let new_n = new.read_clamped(new_buf, at, want)?;
+        let (old_bytes, new_bytes) = (&old_buf[..old_n], &new_buf[..new_n]);
+        old_hasher.update(old_bytes);
+        new_hasher.update(new_bytes);
+        scan_piece(&mut w, at, bs, old_bytes, new_bytes);
+        at += want as u64;
     }
-    if new_n > 0 {
-        w.new_value = Some(hashtree::window_value(new.len, index, new_bytes));
+    if start < old.len {
+        w.old_value = Some(hashtree::window_value(old.len, &old_hasher));
     }
+    if start < new.len {
+        w.new_value = Some(hashtree::window_value(new.len, &new_hasher));
+    }
+    Ok(w)
+}
+
+/// Indexes and classifies the blocks of one piece starting at `start`, a
+/// multiple of the block size.
+fn scan_piece(w: &mut WindowScan, start: u64, bs: usize, old_bytes: &[u8], new_bytes: &[u8]) {
     for (k, block) in old_bytes.chunks_exact(bs).enumerate() {
         if !is_zero(block) {
             w.index.push((xxh3_64(block), start + (k * bs) as u64));
@@ -162,7 +184,6 @@ fn scan_window(
         };
         push_run(&mut w.runs, class, 1);
     }
-    Ok(w)
 }
 
 #[cfg(test)]
