@@ -258,3 +258,69 @@ fn inspect_refuses_corruption() {
             .patch_hash_ok
     );
 }
+
+/// The extents of a patch (all pages).
+fn extents(patch: &[u8]) -> Vec<Extent> {
+    let pre = PreambleRepr::parse(&Preamble::new_checked(patch).expect("preamble")).expect("pre");
+    let body_end = PREAMBLE_LEN + pre.header_len as usize;
+    let header = Header::parse(&patch[PREAMBLE_LEN..body_end], pre.minor).expect("header");
+    let mut pos = body_end + HASH_LEN;
+    let (mut all, mut next) = (Vec::new(), Some(header.first_page));
+    while let Some(r) = next {
+        let page = Page::parse(&patch[pos..pos + r.len as usize]).expect("page");
+        pos += r.len as usize;
+        for e in &page.extents {
+            if let Extent::Data(s) = e {
+                pos += s.payload_len() as usize;
+            }
+        }
+        all.extend_from_slice(&page.extents);
+        next = page.next;
+    }
+    all
+}
+
+#[test]
+fn planner_choices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = Rng(99);
+    let mut old = vec![0u8; 16 * BS];
+    rng.fill(&mut old[..12 * BS]);
+    let mut new = old.clone();
+    new[2 * BS + 9] ^= 0x10; // small edit -> delta
+    new.copy_within(9 * BS..10 * BS, 6 * BS); // moved block -> copy
+    new[12 * BS..].fill(0xEE); // zero run in old replaced: literal
+    new[14 * BS..].fill(0); // back to zero: same as old
+    new[10 * BS..11 * BS].fill(0); // zeroed block
+    let (patch, s) = make(dir.path(), &old, &new, &Options::default());
+    assert_eq!(apply(&old, &patch), new);
+    let e = extents(&patch);
+    assert_eq!(
+        e[0],
+        Extent::Copy {
+            len: 2 * BS as u64,
+            delta: 0
+        }
+    );
+    assert!(matches!(e[1], Extent::Data(d) if d.new_len == BS as u32));
+    assert_eq!(
+        e[2],
+        Extent::Copy {
+            len: 3 * BS as u64,
+            delta: 0
+        }
+    );
+    assert_eq!(
+        e[3],
+        Extent::Copy {
+            len: BS as u64,
+            delta: 3 * BS as i64
+        }
+    );
+    assert_eq!(e[5], Extent::Zero { len: BS as u64 });
+    assert!(matches!(e[7], Extent::Data(d) if d.new_len == 2 * BS as u32));
+    assert_eq!(e.len(), 9);
+    assert!(s.in_place_safe, "the only move reads ahead (delta > 0)");
+    let report = inspect(&mut &patch[..]).expect("inspect");
+    assert_eq!((report.ops.delta, report.ops.literal), (1, 1));
+}
