@@ -29,8 +29,13 @@
 //! - the plan: about 50 bytes per extent;
 //! - 32 bytes per MiB of each file for the BLAKE3 tree.
 //!
-//! Encoding keeps at most `2 × threads` segments (each at most 4 MiB of new
-//! data) in flight; finished payloads go to the spool file, not memory.
+//! Scanning uses two 64 KiB buffers per thread. Encoding keeps at most
+//! `2 × workers` segments (each at most 4 MiB of new data) in flight, and
+//! starts only as many workers (each with a zstd context) as fit a 320 MiB
+//! budget at the chosen level; finished payloads go to the spool file, not
+//! memory. Measured: 20 MiB peak RSS on a 2 GiB pair with 0.1% of blocks
+//! changed; 141 MiB at `--level 19 -j 16` on a 256 MiB pair that is mostly
+//! changed.
 #![forbid(unsafe_code)]
 
 mod encode;
