@@ -84,7 +84,7 @@ fn exit_codes() {
 }
 
 #[test]
-fn broken_pipe_is_quiet() {
+fn broken_pipe_is_not_success() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (old, new) = images(dir.path());
     let mut child = Command::new(env!("CARGO_BIN_EXE_mkpatch"))
@@ -95,6 +95,8 @@ fn broken_pipe_is_quiet() {
         .expect("spawn");
     drop(child.stdout.take()); // the reader goes away at once
     let o = child.wait_with_output().expect("wait");
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+    // The patch is incomplete: exit 1 with one line, never a panic.
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("incomplete"), "{}", stderr(&o));
 }

@@ -82,7 +82,7 @@ fn produce(old: &[u8], new: &[u8], opts: &Options) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn random_pairs_round_trip(

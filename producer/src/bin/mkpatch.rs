@@ -207,7 +207,8 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
             }
             let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
             let summary = make_patch(old, new, &mut out, &opts, &progress).map_err(produce)?;
-            out.flush().map_err(write_err)?;
+            out.flush()
+                .map_err(|e| produce(ProduceError::Write { source: e }))?;
             summary
         }
         Some(path) => write_file(path, old, new, &mut opts, &progress)?,
@@ -261,8 +262,11 @@ fn set_readable(file: &File) {
 
 fn produce(e: ProduceError) -> Failure {
     match &e {
+        // A patch cut short must not look like success: exit 1, one line.
         ProduceError::Write { source } if source.kind() == io::ErrorKind::BrokenPipe => {
-            Failure::BrokenPipe
+            Failure::Usage(anyhow!(
+                "stdout was closed before the whole patch was written; the patch is incomplete"
+            ))
         }
         _ => Failure::Usage(e.into()),
     }
