@@ -5,8 +5,9 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use anypatch_format::{
-    header_hash, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, PageRef, Preamble,
-    PreambleRepr, SegmentEntry, Trailer, HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
+    header_hash, key_id, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, PageRef,
+    Preamble, PreambleRepr, SegmentEntry, SignatureBlock, Trailer, HASH_LEN, PREAMBLE_LEN,
+    TRAILER_LEN,
 };
 use ruzstd::decoding::FrameDecoder;
 
@@ -175,6 +176,24 @@ pub struct Applier {
     progress: Progress,
     written: u64,
     zeroed: u64,
+    /// Public keys of which one must have signed the patch; empty: no requirement.
+    trusted_keys: Vec<[u8; 32]>,
+    /// The header section, kept until the signature block is checked.
+    header_section: Vec<u8>,
+    signers: Vec<Signer>,
+}
+
+/// One signature found in the patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signer {
+    /// The signer's Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// Its short id: the first 8 bytes of its BLAKE3.
+    pub key_id: [u8; 8],
+    /// The signature verifies over the header section.
+    pub valid: bool,
+    /// The key is one of the trusted keys given to [`Applier::require_signature`].
+    pub trusted: bool,
 }
 
 impl Applier {
@@ -202,7 +221,23 @@ impl Applier {
             progress: Progress::default(),
             written: 0,
             zeroed: 0,
+            trusted_keys: Vec::new(),
+            header_section: Vec::new(),
+            signers: Vec::new(),
         }
+    }
+
+    /// Requires a valid Ed25519 signature by one of `trusted_keys` before the
+    /// header is reported or any old byte is read. Call before the first
+    /// [`Applier::poll`]. An empty list removes the requirement.
+    pub fn require_signature(&mut self, trusted_keys: &[[u8; 32]]) {
+        self.trusted_keys = trusted_keys.to_vec();
+    }
+
+    /// The signatures found in the patch, once [`Event::Header`] has been
+    /// reported: each with whether it verifies and whether its key is trusted.
+    pub fn signers(&self) -> &[Signer] {
+        &self.signers
     }
 
     /// Gives the engine patch bytes. Call after [`Event::NeedInput`]. Returns
@@ -331,6 +366,8 @@ impl Applier {
                     let header = Header::parse(&self.inbuf[PREAMBLE_LEN..body_end], repr.minor)?;
                     self.patch_hasher.update(&self.inbuf);
                     self.header = Some(header);
+                    // Keep the header section: signatures are over it.
+                    self.header_section = core::mem::take(&mut self.inbuf);
                     self.expect_input(State::Signature, repr.signature_len as usize);
                 }
                 State::Signature => {
@@ -338,9 +375,8 @@ impl Applier {
                     if !self.section_ready("signature block")? {
                         return Ok(Action::NeedInput);
                     }
-                    // Version 1.0 appliers skip the signature block; it is covered
-                    // by the patch hash like every other byte.
                     self.patch_hasher.update(&self.inbuf);
+                    self.check_signatures()?;
                     self.inbuf.clear();
                     self.state = State::AnnounceHeader;
                     return Ok(Action::Header);
@@ -508,6 +544,38 @@ impl Applier {
                 }
             }
         }
+    }
+
+    /// Verifies every signature in the buffered signature block over the
+    /// header section and, when trusted keys were given, requires one of them.
+    fn check_signatures(&mut self) -> Result<(), ApplyError> {
+        let block = SignatureBlock::parse(&self.inbuf)?;
+        let section = core::mem::take(&mut self.header_section);
+        self.signers = block
+            .entries
+            .iter()
+            .map(|e| Signer {
+                public_key: e.public_key,
+                key_id: key_id(&e.public_key),
+                valid: e.verifies(&section),
+                trusted: self.trusted_keys.contains(&e.public_key),
+            })
+            .collect();
+        if self.trusted_keys.is_empty() || self.signers.iter().any(|s| s.valid && s.trusted) {
+            return Ok(());
+        }
+        Err(
+            match self
+                .signers
+                .iter()
+                .find(|s| s.trusted)
+                .or(self.signers.first())
+            {
+                None => ApplyError::Unsigned,
+                Some(s) if s.trusted => ApplyError::BadSignature { key_id: s.key_id },
+                Some(s) => ApplyError::UntrustedSigner { key_id: s.key_id },
+            },
+        )
     }
 
     /// Dispatches the next extent of the current page, or moves to the next

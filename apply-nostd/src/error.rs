@@ -45,6 +45,12 @@ pub enum ApplyError {
     NotInPlaceSafe { new_offset: u64, source: u64 },
     /// Bytes follow the trailer.
     TrailingBytes,
+    /// A signature is required but the patch has none.
+    Unsigned,
+    /// The patch is signed, but by no trusted key.
+    UntrustedSigner { key_id: [u8; 8] },
+    /// A trusted key's signature does not verify: the patch changed after signing.
+    BadSignature { key_id: [u8; 8] },
 }
 
 /// Coarse classes of [`ApplyError`], for exit codes and user advice.
@@ -58,6 +64,8 @@ pub enum ErrorClass {
     Unsupported,
     /// The patch cannot be applied in place.
     NotInPlace,
+    /// The patch is not signed by a trusted key.
+    Untrusted,
 }
 
 impl ApplyError {
@@ -71,6 +79,9 @@ impl ApplyError {
             ) => ErrorClass::Unsupported,
             Self::BaseLength { .. } | Self::BaseHash => ErrorClass::WrongBase,
             Self::NotInPlaceSafe { .. } => ErrorClass::NotInPlace,
+            Self::Unsigned | Self::UntrustedSigner { .. } | Self::BadSignature { .. } => {
+                ErrorClass::Untrusted
+            }
             _ => ErrorClass::CorruptPatch,
         }
     }
@@ -115,8 +126,23 @@ impl fmt::Display for ApplyError {
                 "patch cannot be applied in place: new offset {new_offset} reads old offset {source}, which an earlier write replaces; apply it with -o instead"
             ),
             Self::TrailingBytes => write!(f, "patch is corrupt: unexpected bytes after the trailer"),
+            Self::Unsigned => write!(f, "refused: the patch is not signed, and a trusted key was required"),
+            Self::UntrustedSigner { key_id } => {
+                write!(f, "refused: the patch is signed by key ")?;
+                hex8(f, key_id)?;
+                write!(f, ", which is not one of the trusted keys")
+            }
+            Self::BadSignature { key_id } => {
+                write!(f, "refused: the signature by trusted key ")?;
+                hex8(f, key_id)?;
+                write!(f, " does not verify; the patch was altered after signing")
+            }
         }
     }
+}
+
+fn hex8(f: &mut fmt::Formatter<'_>, id: &[u8; 8]) -> fmt::Result {
+    id.iter().try_for_each(|b| write!(f, "{b:02x}"))
 }
 
 #[cfg(feature = "std")]

@@ -18,14 +18,18 @@
 //! ```
 //!
 //! Guarantees, in order:
-//! 1. Nothing is written before the header is checked and, unless the adapter
+//! 1. With [`Applier::require_signature`], nothing happens past the header
+//!    unless a trusted key's Ed25519 signature over the header section
+//!    verifies; the header pins every page and segment hash, so every byte
+//!    written has been checked against a hash the signature covers.
+//! 2. Nothing is written before the header is checked and, unless the adapter
 //!    turns it off, the whole old file is hashed and found equal to the
 //!    header's `old_hash` (a wrong base is found before the first write).
-//! 2. Every page is checked against the hash that named it before it is used.
-//! 3. A data segment's output is checked against its manifest hash before any
+//! 3. Every page is checked against the hash that named it before it is used.
+//! 4. A data segment's output is checked against its manifest hash before any
 //!    of it is handed out as a [`Event::Write`].
-//! 4. Copy and zero extents produce bytes only from the verified old file.
-//! 5. [`Event::Done`] comes only after the trailer's whole-patch hash and the
+//! 5. Copy and zero extents produce bytes only from the verified old file.
+//! 6. [`Event::Done`] comes only after the trailer's whole-patch hash and the
 //!    header's `new_hash` (when computed) both match, and the input has ended.
 //!
 //! Memory: at most [`anypatch_format::APPLIER_WORST_CASE_MEMORY`] bytes of
@@ -43,5 +47,5 @@ mod error;
 mod zstd;
 
 pub use anypatch_format as format;
-pub use engine::{Applier, Config, Event, Progress, Summary};
+pub use engine::{Applier, Config, Event, Progress, Signer, Summary};
 pub use error::{ApplyError, ErrorClass};

@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use anypatch_apply::format::{Hash, Header, FLAG_IN_PLACE_SAFE};
+use anypatch_apply::format::{parse_key_file, Hash, Header, KeyKind, FLAG_IN_PLACE_SAFE};
 use anypatch_apply::{Applier, ApplyError, Config, Event, Progress, Summary};
 
 /// Patch bytes read per `read` call.
@@ -225,11 +225,13 @@ pub fn file_len(file: &File) -> io::Result<u64> {
 pub fn check(
     old: &Path,
     patch: &PatchSource,
+    trusted_keys: &[[u8; 32]],
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
     let (old_file, old_len) = open_old(old)?;
     let mut reader = patch.open()?;
     let mut applier = Applier::new(Config::new(old_len));
+    applier.require_signature(trusted_keys);
     drive(
         &mut applier,
         &mut reader,
@@ -247,6 +249,7 @@ pub fn apply_to_new_file(
     old: &Path,
     patch: &PatchSource,
     new: &Path,
+    trusted_keys: &[[u8; 32]],
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
     let (old_file, old_len) = open_old(old)?;
@@ -276,6 +279,7 @@ pub fn apply_to_new_file(
         )))?;
     let mut reader = patch.open()?;
     let mut applier = Applier::new(Config::new(old_len));
+    applier.require_signature(trusted_keys);
     let mut sink = FileSink {
         file: tmp.as_file(),
         fresh: true,
@@ -316,6 +320,7 @@ pub fn apply_to_new_file(
 pub fn apply_in_place(
     target: &Path,
     patch: &PatchSource,
+    trusted_keys: &[[u8; 32]],
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
     let PatchSource::Path(_) = patch else {
@@ -340,6 +345,7 @@ pub fn apply_in_place(
         in_place: true,
         ..Config::new(old_len)
     });
+    applier.require_signature(trusted_keys);
     let verified = drive(
         &mut applier,
         &mut patch.open()?,
@@ -373,6 +379,7 @@ pub fn apply_in_place(
         old_len,
     };
     let mut applier = Applier::new(cfg);
+    applier.require_signature(trusted_keys);
     let mut sink = FileSink {
         file: &file,
         fresh: false,
@@ -403,6 +410,19 @@ pub fn apply_in_place(
         bytes_zeroed: applied.bytes_zeroed,
         ..verified
     })
+}
+
+/// Reads public key files given with `--trusted-key`.
+pub fn read_trusted_keys(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>, DriveError> {
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .map_err(io_err(format!("cannot read key file {}", p.display())))?;
+            parse_key_file(&text, KeyKind::Public)
+                .map_err(|e| DriveError::Refused(format!("{}: {e}", p.display())))
+        })
+        .collect()
 }
 
 /// Lowercase hex of a hash.

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anypatch_apply::{ErrorClass, Progress, Summary};
-use anypatch_applypatch::{apply_in_place, apply_to_new_file, check, hex, DriveError, PatchSource};
+use anypatch_applypatch::{
+    apply_in_place, apply_to_new_file, check, hex, read_trusted_keys, DriveError, PatchSource,
+};
 use clap::Parser;
 
 /// Apply an anypatch patch to an image.
@@ -22,6 +24,7 @@ use clap::Parser;
     applypatch old.img p.bin -o new.img      write the new image (atomic: temp file, fsync, rename)
     applypatch --check old.img p.bin         verify fully, write nothing, print the new BLAKE3
     applypatch --in-place disk.img p.bin     rewrite only what changed in disk.img
+    applypatch --trusted-key release.pub old.img p.bin -o new.img   accept only patches signed by this key
     curl ... | applypatch old.img - -o new.img
 
 EXIT CODES:
@@ -30,7 +33,8 @@ EXIT CODES:
     2  the patch is corrupt, truncated or not an anypatch patch
     3  wrong base: OLD is not the file the patch was made against
     4  the patch needs a newer applypatch (format version or feature)
-    5  the patch cannot be applied in place; use -o"
+    5  the patch cannot be applied in place; use -o
+    6  the patch is not signed by a trusted key (--trusted-key)"
 )]
 struct Cli {
     /// The old image the patch was made against (with --in-place: the image to rewrite).
@@ -46,6 +50,11 @@ struct Cli {
     /// Rewrite OLD in place, writing only what changes. The whole patch is verified first.
     #[arg(long, conflicts_with = "output")]
     in_place: bool,
+    /// Accept only patches signed by this public key (a .pub file from
+    /// `mkpatch keygen`). Repeat for several keys; any one of them suffices.
+    /// The signature is checked before the old file is read or anything is written.
+    #[arg(long, value_name = "KEYFILE")]
+    trusted_key: Vec<PathBuf>,
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -67,17 +76,19 @@ fn main() -> ExitCode {
     let patch = PatchSource::parse(&cli.patch);
     let mut meter = Meter::new(!cli.quiet && std::io::stderr().is_terminal());
     let mut on_progress = |p: Progress| meter.show(p);
-    let result = if cli.check {
-        check(&cli.old, &patch, &mut on_progress)
-    } else if cli.in_place {
-        apply_in_place(&cli.old, &patch, &mut on_progress)
-    } else {
-        let out = cli
-            .output
-            .as_deref()
-            .expect("clap requires -o without --check/--in-place");
-        apply_to_new_file(&cli.old, &patch, out, &mut on_progress)
-    };
+    let result = read_trusted_keys(&cli.trusted_key).and_then(|keys| {
+        if cli.check {
+            check(&cli.old, &patch, &keys, &mut on_progress)
+        } else if cli.in_place {
+            apply_in_place(&cli.old, &patch, &keys, &mut on_progress)
+        } else {
+            let out = cli
+                .output
+                .as_deref()
+                .expect("clap requires -o without --check/--in-place");
+            apply_to_new_file(&cli.old, &patch, out, &keys, &mut on_progress)
+        }
+    });
     meter.clear();
     match result {
         Ok(summary) => {
@@ -98,6 +109,7 @@ fn exit_code(e: &DriveError) -> u8 {
             ErrorClass::WrongBase => 3,
             ErrorClass::Unsupported => 4,
             ErrorClass::NotInPlace => 5,
+            ErrorClass::Untrusted => 6,
         },
         DriveError::NotInPlace(_) => 5,
         DriveError::Io { .. } | DriveError::Refused(_) => 1,

@@ -28,16 +28,23 @@ extern crate std;
 
 mod error;
 mod header;
+mod keyfile;
 mod page;
 mod preamble;
 mod segment;
+mod signature;
 mod trailer;
 
 pub use error::FormatError;
 pub use header::{header_hash, Header, PageRef};
+pub use keyfile::{key_file_text, parse_key_file, KeyFileError, KeyKind};
 pub use page::{Extent, Page, SegmentEntry};
 pub use preamble::{Preamble, PreambleRepr};
 pub use segment::{Codec, Op, OpIter};
+pub use signature::{
+    key_id, signed_message, SignatureBlock, SignatureEntry, MAX_SIGNATURES, SIGNATURE_CONTEXT,
+    SIGNATURE_ENTRY_LEN, SIG_ALG_ED25519,
+};
 pub use trailer::Trailer;
 
 /// A BLAKE3 hash, 32 bytes.

@@ -6,8 +6,8 @@ use std::fmt;
 use std::io::{self, Read};
 
 use anypatch_format::{
-    header_hash, Extent, FormatError, Hash, Header, Op, OpIter, Page, Preamble, PreambleRepr,
-    Trailer, FLAG_IN_PLACE_SAFE, HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
+    header_hash, key_id, Extent, FormatError, Hash, Header, Op, OpIter, Page, Preamble,
+    PreambleRepr, SignatureBlock, Trailer, FLAG_IN_PLACE_SAFE, HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
 };
 
 /// New-file bytes and extent count of one extent kind.
@@ -33,6 +33,8 @@ pub struct Inspection {
     pub minor: u16,
     pub required_features: u32,
     pub signature_len: u32,
+    /// Signatures in the signature block, each checked over the header section.
+    pub signers: Vec<InspectedSigner>,
     pub header: Header,
     pub pages: u64,
     /// Copy extents with delta 0.
@@ -114,6 +116,17 @@ impl From<FormatError> for InspectError {
     }
 }
 
+/// A signature found by [`inspect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InspectedSigner {
+    pub public_key: [u8; 32],
+    /// First 8 bytes of the key's BLAKE3: how keys are named to users.
+    pub key_id: [u8; 8],
+    /// The signature verifies with the key it names. Whether that key is
+    /// trusted is for the applier (`applypatch --trusted-key`) to decide.
+    pub valid: bool,
+}
+
 /// Reads exactly `n` bytes and feeds them to the patch hash.
 fn take(r: &mut dyn Read, hasher: &mut blake3::Hasher, n: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
@@ -134,9 +147,20 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, InspectError> {
         return Err(FormatError::HeaderHashMismatch.into());
     }
     let header = Header::parse(&body, pre.minor)?;
-    take(r, &mut hasher, pre.signature_len as usize)?;
+    let block = SignatureBlock::parse(&take(r, &mut hasher, pre.signature_len as usize)?)?;
+    let section = [&pre_bytes[..], &body, &check].concat();
+    let signers = block
+        .entries
+        .iter()
+        .map(|e| InspectedSigner {
+            public_key: e.public_key,
+            key_id: key_id(&e.public_key),
+            valid: e.verifies(&section),
+        })
+        .collect();
 
     let mut report = Inspection {
+        signers,
         major: pre.major,
         minor: pre.minor,
         required_features: pre.required_features,

@@ -45,6 +45,7 @@ mod hashtree;
 mod index;
 mod input;
 pub mod inspect;
+mod keys;
 mod matching;
 mod plan;
 mod scan;
@@ -56,6 +57,7 @@ use std::path::{Path, PathBuf};
 use anypatch_format::{Hash, MAX_SEGMENT_LEN};
 
 pub use error::ProduceError;
+pub use keys::SecretKey;
 
 /// The producer name written into every header.
 pub const PRODUCER: &str = concat!("anypatch-mkpatch ", env!("CARGO_PKG_VERSION"));
@@ -75,6 +77,8 @@ pub struct Options {
     pub block_size: u32,
     /// Where to put the temporary spool file; `None` means `$TMPDIR`.
     pub spool_dir: Option<PathBuf>,
+    /// Sign the header section with this Ed25519 key; `None`: unsigned.
+    pub signing_key: Option<SecretKey>,
 }
 
 impl Default for Options {
@@ -85,6 +89,7 @@ impl Default for Options {
             segment_len: MAX_SEGMENT_LEN,
             block_size: 4096,
             spool_dir: None,
+            signing_key: None,
         }
     }
 }
@@ -222,6 +227,7 @@ pub fn make_patch(
             new_hash: scanned.new_hash,
             block_size: opts.block_size,
         },
+        opts.signing_key.as_ref(),
         out,
         progress,
     )

@@ -9,12 +9,13 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use anypatch_format::{
-    Codec, Extent, Hash, Header, Page, PageRef, Trailer, FLAG_IN_PLACE_SAFE, TRAILER_LEN,
+    Codec, Extent, Hash, Header, Page, PageRef, SignatureBlock, Trailer, FLAG_IN_PLACE_SAFE,
+    TRAILER_LEN,
 };
 
 use crate::encode::Encoded;
 use crate::plan::{Item, Plan};
-use crate::{Phase, ProduceError, Progress, Summary, PRODUCER};
+use crate::{Phase, ProduceError, Progress, SecretKey, Summary, PRODUCER};
 
 /// Extents per page: well under `MAX_PAGE_EXTENTS`, and 4096 of the largest
 /// extent (a data entry, under 50 bytes) stay under `MAX_PAGE_LEN`.
@@ -53,6 +54,7 @@ pub(crate) fn write_patch(
     plan: &Plan,
     encoded: Encoded,
     id: Identity,
+    signer: Option<&SecretKey>,
     out: &mut dyn Write,
     progress: &dyn Fn(Progress),
 ) -> Result<Summary, ProduceError> {
@@ -143,9 +145,10 @@ pub(crate) fn write_patch(
     };
     // patch_len is a varint inside the header it measures: iterate to the
     // fixed point (two or three rounds; the length only grows).
+    let sig_len = SignatureBlock::encoded_len_for(usize::from(signer.is_some()));
     let header_bytes = loop {
-        let bytes = header.emit(0, 0);
-        let total = bytes.len() as u64 + pages_len + payloads_len + TRAILER_LEN as u64;
+        let bytes = header.emit(0, sig_len as u32);
+        let total = (bytes.len() + sig_len) as u64 + pages_len + payloads_len + TRAILER_LEN as u64;
         if total == header.patch_len {
             break bytes;
         }
@@ -162,6 +165,11 @@ pub(crate) fn write_patch(
         written: 0,
     };
     w.put(&header_bytes)?;
+    if let Some(key) = signer {
+        let block = key.sign_header_section(&header_bytes).emit();
+        debug_assert_eq!(block.len(), sig_len);
+        w.put(&block)?;
+    }
     let mut buf = vec![0u8; 1 << 20];
     for k in 0..chunks.len() {
         w.put(&page(k, refs[k + 1]).emit())?;

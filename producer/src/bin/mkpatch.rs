@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use anypatch_format::VERSION_MAJOR;
+use anypatch_format::{key_file_text, key_id, parse_key_file, KeyKind, VERSION_MAJOR};
 use anypatch_producer::inspect::{inspect, InspectError, Inspection};
-use anypatch_producer::{make_patch, Options, Phase, ProduceError, Progress, Summary};
+use anypatch_producer::{make_patch, Options, Phase, ProduceError, Progress, SecretKey, Summary};
 use clap::{Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
@@ -20,6 +20,8 @@ Examples:
   mkpatch -j 8 --level 19 a.img b.img -o p   more threads, smaller patch, slower
   mkpatch inspect update.patch               check a patch and show what it contains
   mkpatch inspect --json - < update.patch    the same as one JSON object
+  mkpatch keygen -o release.key              make a signing key: release.key (secret) and release.pub
+  mkpatch --sign release.key a.img b.img -o p    sign the patch (applypatch --trusted-key release.pub)
 
 Then, anywhere that has old.img:
   applypatch old.img update.patch -o new.img
@@ -74,6 +76,12 @@ struct Cli {
     #[arg(long, value_name = "BYTES", hide_short_help = true)]
     segment_len: Option<u32>,
 
+    /// Sign the patch with this secret key file (made by `mkpatch keygen`).
+    /// Appliers given the matching .pub with --trusted-key accept only
+    /// patches it signed.
+    #[arg(long, value_name = "KEYFILE")]
+    sign: Option<PathBuf>,
+
     /// Print nothing on stderr except errors.
     #[arg(short, long)]
     quiet: bool,
@@ -91,6 +99,14 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Make an Ed25519 signing key: writes KEYFILE (secret, mode 0600) and
+    /// KEYFILE with `.pub` in place of `.key` (or appended): the public key to
+    /// give appliers. Refuses to overwrite existing files.
+    Keygen {
+        /// Where to write the secret key, e.g. release.key.
+        #[arg(short, long, value_name = "KEYFILE")]
+        output: PathBuf,
     },
 }
 
@@ -125,6 +141,7 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Some(Command::Inspect { patch, json }) => run_inspect(patch, *json),
+        Some(Command::Keygen { output }) => run_keygen(output),
         None => run_make(&cli),
     };
     match result {
@@ -177,6 +194,9 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
     };
     if let Some(len) = cli.segment_len {
         opts.segment_len = len;
+    }
+    if let Some(path) = &cli.sign {
+        opts.signing_key = Some(read_secret_key(path)?);
     }
     let show = !cli.quiet && io::stderr().is_terminal();
     let start = Instant::now();
@@ -317,6 +337,67 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn read_secret_key(path: &Path) -> Result<SecretKey, Failure> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    let seed =
+        parse_key_file(&text, KeyKind::Secret).with_context(|| format!("{}", path.display()))?;
+    Ok(SecretKey::from_seed(seed))
+}
+
+/// The public key file beside a secret key file: `x.key` -> `x.pub`, else `x.pub` appended.
+fn public_path(secret: &Path) -> PathBuf {
+    if secret.extension().is_some_and(|e| e == "key") {
+        secret.with_extension("pub")
+    } else {
+        let mut s = secret.as_os_str().to_owned();
+        s.push(".pub");
+        PathBuf::from(s)
+    }
+}
+
+fn run_keygen(secret_path: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let public_path = public_path(secret_path);
+    let key = SecretKey::generate().context("cannot read random bytes from /dev/urandom")?;
+    let write_new = |path: &Path, text: String, mode: u32| -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "cannot create {} (an existing key is never overwritten)",
+                    path.display()
+                )
+            })?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    write_new(
+        secret_path,
+        key_file_text(key.seed(), KeyKind::Secret),
+        0o600,
+    )?;
+    if let Err(e) = write_new(
+        &public_path,
+        key_file_text(&key.public_key(), KeyKind::Public),
+        0o644,
+    ) {
+        let _ = std::fs::remove_file(secret_path); // no secret key without its public half
+        return Err(e.into());
+    }
+    eprintln!(
+        "mkpatch: wrote {} (secret: keep it private) and {} (key id {})",
+        secret_path.display(),
+        public_path.display(),
+        hex(&key_id(&key.public_key()))
+    );
+    Ok(())
+}
+
 fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
     let mut reader: Box<dyn Read> = if is_dash(path) {
         Box::new(io::stdin().lock())
@@ -344,6 +425,12 @@ fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
     if !report.patch_hash_ok {
         return Err(Failure::Corrupt(anyhow!(
             "patch hash does not match: the patch is corrupt; get it again"
+        )));
+    }
+    if let Some(bad) = report.signers.iter().find(|s| !s.valid) {
+        return Err(Failure::Corrupt(anyhow!(
+            "the signature by key {} does not verify: the patch was altered after signing",
+            hex(&bad.key_id)
         )));
     }
     Ok(())
@@ -394,7 +481,20 @@ fn text_report(r: &Inspection) -> String {
         "ops           copy {}, literal {}, delta {}, zero {}\n",
         r.ops.copy, r.ops.literal, r.ops.delta, r.ops.zero
     );
-    s += &format!("signature     {} bytes\n", r.signature_len);
+    if r.signers.is_empty() {
+        s += "signature     none (unsigned)\n";
+    }
+    for signer in &r.signers {
+        s += &format!(
+            "signature     ed25519 by key {} ({})\n",
+            hex(&signer.key_id),
+            if signer.valid {
+                "verifies"
+            } else {
+                "DOES NOT VERIFY"
+            }
+        );
+    }
     s += &format!("patch         {} bytes\n", r.patch_len);
     s += &format!(
         "patch hash    {} ({})\n",
@@ -434,6 +534,11 @@ fn json_report(r: &Inspection) -> String {
             "zero": r.ops.zero,
         },
         "signature_len": r.signature_len,
+        "signers": r.signers.iter().map(|s| serde_json::json!({
+            "key_id": hex(&s.key_id),
+            "public_key": hex(&s.public_key),
+            "verifies": s.valid,
+        })).collect::<Vec<_>>(),
         "patch_len": r.patch_len,
         "patch_hash": hex(&r.patch_hash),
         "patch_hash_ok": r.patch_hash_ok,
