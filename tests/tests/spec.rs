@@ -7,11 +7,11 @@ use std::collections::BTreeSet;
 use std::fs;
 
 use anypatch_format::{
-    Extent, Header, Op, Page, PageRef, PreambleRepr, SegmentEntry, Trailer,
-    APPLIER_WORST_CASE_MEMORY, FLAG_IN_PLACE_SAFE, HASH_LEN, KNOWN_REQUIRED_FEATURES, MAGIC,
-    MAX_HEADER_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_PRODUCER_LEN, MAX_SEGMENT_LEN,
-    MAX_SIGNATURE_LEN, MAX_ZSTD_WINDOW, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC, VERSION_MAJOR,
-    VERSION_MINOR,
+    Extent, Header, Op, Page, PageRef, PreambleRepr, SegmentEntry, SignatureBlock, SignatureEntry,
+    Trailer, APPLIER_WORST_CASE_MEMORY, FLAG_IN_PLACE_SAFE, HASH_LEN, KNOWN_REQUIRED_FEATURES,
+    MAGIC, MAX_HEADER_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_PRODUCER_LEN,
+    MAX_SEGMENT_LEN, MAX_SIGNATURES, MAX_SIGNATURE_LEN, MAX_ZSTD_WINDOW, PREAMBLE_LEN,
+    SIGNATURE_ENTRY_LEN, SIG_ALG_ED25519, TRAILER_LEN, TRAILER_MAGIC, VERSION_MAJOR, VERSION_MINOR,
 };
 use anypatch_tests::root;
 
@@ -280,6 +280,9 @@ fn constants_table_matches_code() {
             "TRAILER_LEN" => K::Int(TRAILER_LEN as u64),
             "MAX_HEADER_LEN" => K::Int(MAX_HEADER_LEN.into()),
             "MAX_SIGNATURE_LEN" => K::Int(MAX_SIGNATURE_LEN.into()),
+            "MAX_SIGNATURES" => K::Int(MAX_SIGNATURES as u64),
+            "SIGNATURE_ENTRY_LEN" => K::Int(SIGNATURE_ENTRY_LEN as u64),
+            "SIG_ALG_ED25519" => K::Int(SIG_ALG_ED25519.into()),
             "MAX_PAGE_LEN" => K::Int(MAX_PAGE_LEN.into()),
             "MAX_PAGE_EXTENTS" => K::Int(MAX_PAGE_EXTENTS as u64),
             "MAX_SEGMENT_LEN" => K::Int(MAX_SEGMENT_LEN.into()),
@@ -337,6 +340,9 @@ fn constants_table_matches_code() {
         "TRAILER_LEN",
         "MAX_HEADER_LEN",
         "MAX_SIGNATURE_LEN",
+        "MAX_SIGNATURES",
+        "SIGNATURE_ENTRY_LEN",
+        "SIG_ALG_ED25519",
         "MAX_PAGE_LEN",
         "MAX_PAGE_EXTENTS",
         "MAX_SEGMENT_LEN",
@@ -379,10 +385,11 @@ fn memory_table_adds_up() {
     assert_eq!(bytes(total), APPLIER_WORST_CASE_MEMORY);
 }
 
-// The preamble and trailer byte tables: each row's offset and size hold
-// that field in what the code emits, and the rows tile the structure.
+// The preamble, signature block and trailer byte tables: each row's offset
+// and size hold that field in what the code emits, and the rows tile the
+// structure. Signature rows repeat per entry (`+ 97·i`); entry 0 is checked.
 #[test]
-fn preamble_and_trailer_tables_match_code() {
+fn preamble_signature_and_trailer_tables_match_code() {
     let repr = PreambleRepr {
         major: 0x0102,
         minor: 0x0304,
@@ -395,6 +402,15 @@ fn preamble_and_trailer_tables_match_code() {
     let patch_hash: [u8; 32] = core::array::from_fn(|i| i as u8 + 0x40);
     let mut trailer = [0u8; TRAILER_LEN];
     Trailer { patch_hash }.emit(&mut trailer);
+    let entry = SignatureEntry {
+        algorithm: SIG_ALG_ED25519,
+        public_key: core::array::from_fn(|i| i as u8 + 0x60),
+        signature: core::array::from_fn(|i| i as u8 + 0x80),
+    };
+    let signature_block = SignatureBlock {
+        entries: vec![entry],
+    }
+    .emit();
 
     let spec = spec();
     let tables = spec.tables(&["offset", "size", "field"]);
@@ -403,8 +419,9 @@ fn preamble_and_trailer_tables_match_code() {
         let mut end = 0;
         let mut bytes: &[u8] = &[];
         for row in &t.rows {
+            let first_entry = row[0].split(" + ").next().unwrap_or_default();
             let (offset, size, field) = (
-                number(&row[0]) as usize,
+                number(first_entry) as usize,
                 number(&row[1]) as usize,
                 row[2].as_str(),
             );
@@ -423,6 +440,10 @@ fn preamble_and_trailer_tables_match_code() {
                 "signature_len" => (&preamble[..], le(repr.signature_len.into())),
                 "patch_hash" => (&trailer[..], patch_hash.to_vec()),
                 "end_magic" => (&trailer[..], TRAILER_MAGIC.to_vec()),
+                "count" => (&signature_block[..], vec![1]),
+                "algorithm" => (&signature_block[..], vec![SIG_ALG_ED25519]),
+                "public_key" => (&signature_block[..], entry.public_key.to_vec()),
+                "signature" => (&signature_block[..], entry.signature.to_vec()),
                 other => panic!("byte table field {other} is unknown to the test"),
             };
             bytes = structure;
@@ -433,8 +454,8 @@ fn preamble_and_trailer_tables_match_code() {
     }
     assert_eq!(
         checked.len(),
-        8,
-        "FORMAT.md needs the preamble and trailer byte tables"
+        12,
+        "FORMAT.md needs the preamble, signature block and trailer byte tables"
     );
 }
 
