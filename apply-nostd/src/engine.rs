@@ -32,6 +32,12 @@ pub struct Config {
     /// Refuse a patch that reads old bytes before the start of the extent
     /// being produced, as an in-place apply would already have overwritten them.
     pub in_place: bool,
+    /// Resume an interrupted in-place apply: new bytes before this offset are
+    /// already written. Extents wholly before it are skipped (their payloads
+    /// are still read and hashed); the whole-new hash is not computed. Must
+    /// be a point where a previous run's [`Event::Write`] or [`Event::Zero`]
+    /// ended, and is used together with `skip_unchanged`.
+    pub resume_from: u64,
 }
 
 impl Config {
@@ -42,6 +48,7 @@ impl Config {
             verify_base: true,
             skip_unchanged: false,
             in_place: false,
+            resume_from: 0,
         }
     }
 }
@@ -119,6 +126,8 @@ enum State {
         remaining: u64,
     },
     Payload(SegmentEntry),
+    /// A data segment before the resume point: read and hash, do not run.
+    SkipPayload(SegmentEntry),
     Segment(SegmentRun),
     Trailer,
     AwaitEof(Hash),
@@ -213,7 +222,8 @@ impl Applier {
             segments_seen: 0,
             new_pos: 0,
             patch_hasher: Box::new(blake3::Hasher::new()),
-            new_hasher: (!cfg.skip_unchanged).then(|| Box::new(blake3::Hasher::new())),
+            new_hasher: (!cfg.skip_unchanged && cfg.resume_from == 0)
+                .then(|| Box::new(blake3::Hasher::new())),
             out: Vec::new(),
             data: Vec::new(),
             copy_filled: None,
@@ -497,6 +507,16 @@ impl Applier {
                         return Ok(action);
                     }
                 }
+                State::SkipPayload(entry) => {
+                    self.state = State::SkipPayload(entry);
+                    if !self.section_ready("data segment")? {
+                        return Ok(Action::NeedInput);
+                    }
+                    self.patch_hasher.update(&self.inbuf);
+                    self.inbuf.clear();
+                    self.new_pos += u64::from(entry.new_len);
+                    self.state = State::Extent;
+                }
                 State::Trailer => {
                     self.state = State::Trailer;
                     if !self.section_ready("trailer")? {
@@ -607,7 +627,45 @@ impl Applier {
                 expected: header.new_len,
             });
         }
+        // Resuming: what ends before the resume point is already written.
+        let resume = self.cfg.resume_from;
+        if start + len <= resume && resume > 0 {
+            if let Extent::Data(entry) = extent {
+                self.segments_seen += 1;
+                let n = usize::try_from(entry.payload_len()).expect("payload is capped at 5 MiB");
+                self.expect_input(State::SkipPayload(entry), n);
+            } else {
+                self.new_pos += len;
+                self.state = State::Extent;
+            }
+            return Ok(None);
+        }
+        let done = resume.saturating_sub(start); // > 0 only for the extent the resume point is in
         match extent {
+            Extent::Copy { len, delta } if done > 0 => {
+                let src = self.source(start, delta, len, start)?;
+                if delta == 0 && self.cfg.skip_unchanged {
+                    self.new_pos += len;
+                    self.state = State::Extent;
+                    return Ok(None);
+                }
+                self.new_pos += done;
+                self.state = State::Copy {
+                    dst: start + done,
+                    src: src + done,
+                    remaining: len - done,
+                };
+                Ok(None)
+            }
+            Extent::Zero { len } if done > 0 => {
+                self.new_pos += len;
+                self.zeroed += len - done;
+                self.state = State::Extent;
+                Ok(Some(Action::Zero {
+                    offset: start + done,
+                    len: len - done,
+                }))
+            }
             Extent::Copy { len, delta } => {
                 let src = self.source(start, delta, len, start)?;
                 if delta == 0 && self.cfg.skip_unchanged {

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anypatch_apply::{ErrorClass, Progress, Summary};
 use anypatch_applypatch::{
-    apply_in_place, apply_to_new_file, check, hex, read_trusted_keys, DriveError, PatchSource,
+    apply_in_place, apply_to_new_file, check, hex, read_trusted_keys, DriveError, InPlaceOptions,
+    PatchSource,
 };
 use clap::Parser;
 
@@ -23,7 +24,8 @@ use clap::Parser;
     after_help = "EXAMPLES:
     applypatch old.img p.bin -o new.img      write the new image (atomic: temp file, fsync, rename)
     applypatch --check old.img p.bin         verify fully, write nothing, print the new BLAKE3
-    applypatch --in-place disk.img p.bin     rewrite only what changed in disk.img
+    applypatch --in-place disk.img p.bin     rewrite only what changed in disk.img;
+                                             after a crash, the same command finishes it
     applypatch --trusted-key release.pub old.img p.bin -o new.img   accept only patches signed by this key
     curl ... | applypatch old.img - -o new.img
 
@@ -50,6 +52,16 @@ struct Cli {
     /// Rewrite OLD in place, writing only what changes. The whole patch is verified first.
     #[arg(long, conflicts_with = "output")]
     in_place: bool,
+    /// With --in-place: where to keep the crash-recovery state [default: beside
+    /// a regular file as .NAME.anypatch-state; /var/lib/anypatch/NAME.anypatch-state
+    /// for a block device]. Killed or powered off mid-way, run the same command
+    /// again: it finishes the job from there.
+    #[arg(long, value_name = "FILE", requires = "in_place")]
+    state: Option<PathBuf>,
+    /// Advanced, with --in-place: most bytes the crash journal gathers before
+    /// each sync, 1..=4194304. Smaller redoes less after a crash; larger is faster.
+    #[arg(long, value_name = "BYTES", default_value_t = anypatch_applypatch::inplace::BATCH_BYTES, hide_short_help = true)]
+    journal_batch: usize,
     /// Accept only patches signed by this public key (a .pub file from
     /// `mkpatch keygen`). Repeat for several keys; any one of them suffices.
     /// The signature is checked before the old file is read or anything is written.
@@ -80,7 +92,11 @@ fn main() -> ExitCode {
         if cli.check {
             check(&cli.old, &patch, &keys, &mut on_progress)
         } else if cli.in_place {
-            apply_in_place(&cli.old, &patch, &keys, &mut on_progress)
+            let opts = InPlaceOptions {
+                state: cli.state.clone(),
+                batch_bytes: cli.journal_batch,
+            };
+            apply_in_place(&cli.old, &patch, &keys, &opts, &mut on_progress)
         } else {
             let out = cli
                 .output
@@ -93,6 +109,12 @@ fn main() -> ExitCode {
     match result {
         Ok(summary) => {
             report(&cli, &summary, started.elapsed());
+            ExitCode::SUCCESS
+        }
+        Err(DriveError::AlreadyApplied) => {
+            if !cli.quiet {
+                eprintln!("applypatch: {}", DriveError::AlreadyApplied);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -113,6 +135,7 @@ fn exit_code(e: &DriveError) -> u8 {
         },
         DriveError::NotInPlace(_) => 5,
         DriveError::Io { .. } | DriveError::Refused(_) => 1,
+        DriveError::AlreadyApplied => 0,
     }
 }
 

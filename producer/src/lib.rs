@@ -79,6 +79,9 @@ pub struct Options {
     pub spool_dir: Option<PathBuf>,
     /// Sign the header section with this Ed25519 key; `None`: unsigned.
     pub signing_key: Option<SecretKey>,
+    /// Make a patch that can be applied in place: never read old data at an
+    /// offset before the one being written (spec section 4.3).
+    pub in_place: bool,
 }
 
 impl Default for Options {
@@ -90,6 +93,7 @@ impl Default for Options {
             block_size: 4096,
             spool_dir: None,
             signing_key: None,
+            in_place: false,
         }
     }
 }
@@ -206,8 +210,11 @@ pub fn make_patch(
 
     let scanned = scan::scan(job)?;
     let index = index::OldIndex::build(scanned.index_entries);
-    let runs = matching::find_moves(job, &index, scanned.runs, &scanned.changed)?;
+    let mut runs = matching::find_moves(job, &index, scanned.runs, &scanned.changed)?;
     drop(index);
+    if opts.in_place {
+        make_in_place_safe(&mut runs);
+    }
     let plan = plan::plan(&runs, new.len, opts.block_size, opts.segment_len);
     drop(runs);
 
@@ -231,4 +238,20 @@ pub fn make_patch(
         out,
         progress,
     )
+}
+
+/// Applied in place, in new-file order, a block that moved backwards (its
+/// source lies before its destination) would be read after something else
+/// may have overwritten its source. Sending such blocks as changed data
+/// breaks every copy cycle, such as two swapped regions, at a bounded cost:
+/// at most the moved bytes, compressed. Blocks that moved forwards, and
+/// same-offset deltas, stay as they are.
+fn make_in_place_safe(runs: &mut [scan::Run]) {
+    for run in runs.iter_mut() {
+        if let scan::Class::Moved(delta) = run.class {
+            if delta < 0 {
+                run.class = scan::Class::Changed;
+            }
+        }
+    }
 }

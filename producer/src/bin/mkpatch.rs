@@ -20,6 +20,7 @@ Examples:
   mkpatch -j 8 --level 19 a.img b.img -o p   more threads, smaller patch, slower
   mkpatch inspect update.patch               check a patch and show what it contains
   mkpatch inspect --json - < update.patch    the same as one JSON object
+  mkpatch --in-place disk.img new.img -o p    a patch for applypatch --in-place, even with moved data
   mkpatch keygen -o release.key              make a signing key: release.key (secret) and release.pub
   mkpatch --sign release.key a.img b.img -o p    sign the patch (applypatch --trusted-key release.pub)
 
@@ -75,6 +76,12 @@ struct Cli {
     /// segments apply with less memory but compress worse.
     #[arg(long, value_name = "BYTES", hide_short_help = true)]
     segment_len: Option<u32>,
+
+    /// Make a patch that is safe to apply in place (`applypatch --in-place`):
+    /// data that moved backwards is sent as compressed data instead of a copy,
+    /// so no part of the apply reads bytes it already overwrote.
+    #[arg(long)]
+    in_place: bool,
 
     /// Sign the patch with this secret key file (made by `mkpatch keygen`).
     /// Appliers given the matching .pub with --trusted-key accept only
@@ -190,6 +197,7 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
     let mut opts = Options {
         threads: cli.threads.map_or(0, |n| n as usize),
         level: cli.level,
+        in_place: cli.in_place,
         ..Options::default()
     };
     if let Some(len) = cli.segment_len {

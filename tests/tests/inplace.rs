@@ -1,0 +1,303 @@
+//! In-place apply: writes only what changes, survives SIGKILL at any step
+//! (and during the resume), punches holes, works on a block device.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anypatch_tests::{bin, corpus_small};
+
+struct Pair {
+    name: &'static str,
+    dir: tempfile::TempDir,
+}
+
+impl Pair {
+    /// A pair with an in-place patch made by `mkpatch --in-place`.
+    fn new(name: &'static str) -> Self {
+        // SIGKILL leaves the page cache intact, so tmpfs exercises the same
+        // protocol without paying for real fsyncs hundreds of times.
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("tempdir");
+        let c = corpus_small();
+        let o = Command::new(bin("mkpatch"))
+            .arg("--in-place")
+            .arg(c.join(format!("{name}.old")))
+            .arg(c.join(format!("{name}.new")))
+            .arg("-o")
+            .arg(dir.path().join("p.anyp"))
+            .arg("-q")
+            .output()
+            .expect("runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Pair { name, dir }
+    }
+    fn old(&self) -> PathBuf {
+        corpus_small().join(format!("{}.old", self.name))
+    }
+    fn new_image(&self) -> Vec<u8> {
+        fs::read(corpus_small().join(format!("{}.new", self.name))).expect("new")
+    }
+    fn patch(&self) -> PathBuf {
+        self.dir.path().join("p.anyp")
+    }
+    fn disk(&self) -> PathBuf {
+        self.dir.path().join("disk.img")
+    }
+    fn fresh_disk(&self) {
+        let _ = fs::remove_file(self.state());
+        fs::copy(self.old(), self.disk()).expect("copy old");
+    }
+    fn state(&self) -> PathBuf {
+        self.dir.path().join(".disk.img.anypatch-state")
+    }
+    /// Applies in place with small journal batches, so a kill can land
+    /// between many batches.
+    fn apply(&self, kill_at: Option<u64>) -> Output {
+        let mut cmd = Command::new(bin("applypatch"));
+        cmd.arg("--in-place")
+            .arg(self.disk())
+            .arg(self.patch())
+            .args(["-q", "--journal-batch", "4096"]);
+        if let Some(k) = kill_at {
+            cmd.env("ANYPATCH_TEST_KILL_AT", k.to_string());
+        }
+        cmd.output().expect("runs")
+    }
+}
+
+fn killed(o: &Output) -> bool {
+    o.status.signal() == Some(9)
+}
+
+fn assert_ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what}: {} {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Kills applypatch at journal-protocol steps `points`, then kills the
+/// resume too, then lets it finish: the result is exact every time.
+fn crash_and_resume(name: &'static str, points: impl Iterator<Item = u64>) -> usize {
+    let p = Pair::new(name);
+    let want = p.new_image();
+    let mut kills = 0;
+    for k in points {
+        p.fresh_disk();
+        let first = p.apply(Some(k));
+        if !killed(&first) {
+            assert_ok(&first, "a run that was not killed");
+            assert!(
+                fs::read(p.disk()).expect("disk") == want,
+                "{name}: unkilled run at {k} is wrong"
+            );
+            continue;
+        }
+        kills += 1;
+        // Kill the resume as well, early in its protocol.
+        let second = p.apply(Some(1 + k % 5));
+        if !killed(&second) {
+            assert_ok(&second, "resume");
+        }
+        let last = p.apply(None);
+        assert_ok(&last, &format!("{name}: final run after kill at step {k}"));
+        assert!(
+            fs::read(p.disk()).expect("disk") == want,
+            "{name}: wrong result after kill at step {k}"
+        );
+        assert!(!p.state().exists(), "{name}: state file left after success");
+    }
+    kills
+}
+
+#[test]
+fn survives_sigkill_at_every_step_and_during_resume() {
+    // Every protocol step of sparse, zeros and grow; a spread of moved's and edits'.
+    let mut kills = 0;
+    kills += crash_and_resume("sparse", 1..=24);
+    kills += crash_and_resume("moved", (1..=138).step_by(3));
+    kills += crash_and_resume("zeros", 1..=12);
+    kills += crash_and_resume("grow", 1..=24);
+    kills += crash_and_resume("edits", (1..=1176).step_by(60));
+    assert!(kills >= 100, "only {kills} runs were killed mid-apply");
+}
+
+#[test]
+fn survives_sigkill_at_random_moments() {
+    let p = Pair::new("moved");
+    let want = p.new_image();
+    let mut rng = 0x2545_F491u64;
+    for _ in 0..12 {
+        p.fresh_disk();
+        let mut child = Command::new(bin("applypatch"))
+            .arg("--in-place")
+            .arg(p.disk())
+            .arg(p.patch())
+            .args(["-q", "--journal-batch", "4096"])
+            .spawn()
+            .expect("spawn");
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
+        std::thread::sleep(Duration::from_micros((rng >> 33) % 150_000));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_ok(&p.apply(None), "resume after a random kill");
+        assert!(
+            fs::read(p.disk()).expect("disk") == want,
+            "wrong result after a random kill"
+        );
+    }
+}
+
+#[test]
+fn writes_only_what_changes_and_punches_holes() {
+    let p = Pair::new("sparse");
+    p.fresh_disk();
+    let o = Command::new(bin("applypatch"))
+        .arg("--in-place")
+        .arg(p.disk())
+        .arg(p.patch())
+        .arg("--json")
+        .output()
+        .expect("runs");
+    assert_ok(&o, "sparse in place");
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let written = j["bytes_written"].as_u64().expect("bytes_written");
+    let old = fs::read(p.old()).expect("old");
+    let differing = old
+        .iter()
+        .zip(p.new_image())
+        .filter(|(a, b)| **a != *b)
+        .count() as u64;
+    assert!(
+        written as f64 <= 1.05 * differing as f64,
+        "wrote {written} bytes for {differing} differing"
+    );
+    assert!(written >= differing);
+
+    // Running it again is not an error: the target already is new.
+    let again = p.apply(None);
+    assert_ok(&again, "second run");
+
+    use std::os::unix::fs::MetadataExt;
+    let z = Pair::new("zeros");
+    z.fresh_disk();
+    let before = fs::metadata(z.disk()).expect("meta").blocks();
+    assert_ok(&z.apply(None), "zeros in place");
+    let after = fs::metadata(z.disk()).expect("meta").blocks();
+    assert!(fs::read(z.disk()).expect("disk") == z.new_image());
+    assert!(
+        after < before,
+        "no hole was punched: {before} -> {after} blocks"
+    );
+}
+
+#[test]
+fn refuses_a_state_file_of_another_patch_and_a_patch_not_made_for_in_place() {
+    let p = Pair::new("sparse");
+    p.fresh_disk();
+    assert!(killed(&p.apply(Some(8))));
+    assert!(p.state().exists());
+    // Another patch on the half-done target: refused, target unchanged.
+    let other = Pair::new("edits");
+    let before = fs::read(p.disk()).expect("disk");
+    let o = Command::new(bin("applypatch"))
+        .arg("--in-place")
+        .arg(p.disk())
+        .arg(other.patch())
+        .output()
+        .expect("runs");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different patch"));
+    assert!(fs::read(p.disk()).expect("disk") == before);
+    assert_ok(&p.apply(None), "finish with the right patch");
+    assert!(fs::read(p.disk()).expect("disk") == p.new_image());
+
+    // A patch made without --in-place whose moves go backwards: exit 5, untouched.
+    let c = corpus_small();
+    let plain = p.dir.path().join("plain.anyp");
+    let st = Command::new(bin("mkpatch"))
+        .arg(c.join("moved.old"))
+        .arg(c.join("moved.new"))
+        .arg("-o")
+        .arg(&plain)
+        .arg("-q")
+        .status()
+        .expect("runs");
+    assert!(st.success());
+    let disk = p.dir.path().join("moved.img");
+    fs::copy(c.join("moved.old"), &disk).expect("copy");
+    let o = Command::new(bin("applypatch"))
+        .arg("--in-place")
+        .arg(&disk)
+        .arg(&plain)
+        .output()
+        .expect("runs");
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(fs::read(&disk).expect("disk") == fs::read(c.join("moved.old")).expect("old"));
+}
+
+#[test]
+fn applies_to_a_loop_block_device_with_a_state_path() {
+    let p = Pair::new("sparse");
+    p.fresh_disk();
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(p.disk())
+        .output()
+        .expect("losetup runs (tests run as root)");
+    assert!(
+        out.status.success(),
+        "losetup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let state = p.dir.path().join("loop.state");
+    let run = |kill: Option<u64>| {
+        let mut cmd = Command::new(bin("applypatch"));
+        cmd.arg("--in-place")
+            .arg(&dev)
+            .arg(p.patch())
+            .arg("--state")
+            .arg(&state)
+            .args(["-q", "--journal-batch", "4096"]);
+        if let Some(k) = kill {
+            cmd.env("ANYPATCH_TEST_KILL_AT", k.to_string());
+        }
+        cmd.output().expect("runs")
+    };
+    let first = run(Some(7));
+    let last = run(None);
+    let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+    assert!(killed(&first), "{}", first.status);
+    assert_ok(&last, "resume on the block device");
+    assert!(
+        fs::read(p.disk()).expect("disk") == p.new_image(),
+        "block device result differs"
+    );
+    assert!(!state.exists());
+    assert!(!Path::new(&format!(
+        "/var/lib/anypatch/{}.anypatch-state",
+        dev.trim_start_matches("/dev/")
+    ))
+    .exists());
+}
