@@ -3,6 +3,7 @@
 //! engine, and helpers that run the real binaries on corpus pairs.
 
 pub mod builder;
+pub mod hostile;
 pub mod reference;
 pub mod vectors;
 
