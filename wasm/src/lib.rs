@@ -283,6 +283,12 @@ impl PatchMap {
         Ok(())
     }
 
+    /// Says the patch ended before the wanted range (a short read): the map
+    /// then fails as the engine would on a truncated patch.
+    pub fn truncated(&mut self) {
+        self.layout.truncated();
+    }
+
     /// Why the walk stopped early, as the engine would say it.
     pub fn error_message(&self) -> Option<String> {
         self.layout.error().map(str::to_owned)

@@ -207,6 +207,19 @@ impl Layout {
         }
     }
 
+    /// Says the patch ends before the wanted range: the walk fails with the
+    /// engine's sentence for a patch cut short in that section.
+    pub fn truncated(&mut self) {
+        let section = match self.section {
+            Section::Preamble => "preamble",
+            Section::Header(_) => "header",
+            Section::Page(_) => "manifest page",
+            Section::Done => return,
+        };
+        self.error = Some(ApplyError::Truncated { section }.to_string());
+        self.section = Section::Done;
+    }
+
     fn expect(&mut self, section: Section, at: u64, len: usize) {
         self.section = section;
         self.want_at = at;

@@ -1,0 +1,104 @@
+// The wasm module under node, on every make-corpus small pair: its output is
+// byte-identical to the native applier's (`applypatch -o`), and its errors
+// are the sentences the CLI prints.
+
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { load, applyPatch, mapPatch, hashBlob, ApplyFailure } from '../www/anypatch.js';
+import { www, work, corpus, patchOf, applypatch, corrupted, firstDifference } from './fixtures.mjs';
+
+let pairs;
+
+before(() => {
+  load(fs.readFileSync(path.join(www, 'pkg/anypatch_wasm_bg.wasm')));
+  pairs = corpus();
+  assert.ok(pairs.length >= 7, `make-corpus made only ${pairs.map((p) => p.name)}`);
+});
+
+/** Applies with the wasm module, writing the output to `out` through positional writes. */
+async function wasmApply(old, patch, out) {
+  const fd = fs.openSync(out, 'w');
+  try {
+    const sink = {
+      write: (offset, data) => { fs.writeSync(fd, data, 0, data.length, offset); },
+      zero: () => {}, // a fresh file reads as zero; the truncate below sizes it
+    };
+    const r = await applyPatch({ old: await fs.openAsBlob(old), patch: await fs.openAsBlob(patch), sink });
+    fs.ftruncateSync(fd, r.summary.new_len);
+    return r;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+test('every small corpus pair: wasm output is byte-identical to applypatch -o', async (t) => {
+  const outDir = path.join(work, 'out');
+  fs.mkdirSync(outDir, { recursive: true });
+  for (const pair of pairs) {
+    await t.test(pair.name, async () => {
+      const patch = patchOf(pair);
+      const native = path.join(outDir, `${pair.name}.native`);
+      const wasm = path.join(outDir, `${pair.name}.wasm`);
+      fs.rmSync(native, { force: true });
+      const r = applypatch(pair.old, patch, '-o', native);
+      assert.equal(r.status, 0, r.stderr);
+      const { header, summary, map } = await wasmApply(pair.old, patch, wasm);
+      assert.equal(fs.statSync(wasm).size, fs.statSync(native).size);
+      assert.equal(firstDifference(wasm, native), -1, `${pair.name}: outputs differ`);
+      assert.equal(summary.new_hash, header.new_hash);
+      assert.equal(await hashBlob(await fs.openAsBlob(wasm)), summary.new_hash, 'the Hasher agrees with the engine');
+      // The map covers the new image exactly, and the seek-only walk agrees with the streamed one.
+      assert.ok(map.complete);
+      assert.equal(map.totals.reduce((a, b) => a + b, 0), summary.new_len);
+      const seek = await mapPatch(await fs.openAsBlob(patch));
+      assert.deepEqual(seek.map.totals, map.totals);
+      assert.deepEqual([...seek.map.buckets], [...map.buckets]);
+      fs.rmSync(native);
+      fs.rmSync(wasm);
+    });
+  }
+});
+
+test('verify only: nothing is reported but the summary', async () => {
+  const pair = pairs.find((p) => p.name === 'sparse');
+  const r = await applyPatch({ old: await fs.openAsBlob(pair.old), patch: await fs.openAsBlob(patchOf(pair)) });
+  assert.equal(r.summary.bytes_written + r.summary.bytes_zeroed <= r.summary.new_len, true);
+  assert.equal(r.progress.baseChecked, fs.statSync(pair.old).size);
+});
+
+/** Expects the wasm apply to fail with the CLI's sentence (stderr is "applypatch: <sentence>"). */
+async function sameRefusal(old, patch, kind) {
+  const cli = applypatch('--check', old, patch);
+  assert.notEqual(cli.status, 0);
+  await assert.rejects(
+    applyPatch({ old: await fs.openAsBlob(old), patch: await fs.openAsBlob(patch) }),
+    (e) => {
+      assert.ok(e instanceof ApplyFailure, String(e));
+      assert.equal(e.kind, kind);
+      assert.equal(`applypatch: ${e.message}`, cli.stderr.split('\n').find((l) => l.startsWith('applypatch: ')));
+      return true;
+    },
+  );
+}
+
+test('a wrong base is refused with the CLI sentence', async () => {
+  const pair = pairs.find((p) => p.name === 'edits');
+  await sameRefusal(corrupted(pair.old, 12345, 'edits.old'), patchOf(pair), 'wrong_base');
+});
+
+test('a corrupted patch is refused with the CLI sentence', async () => {
+  const pair = pairs.find((p) => p.name === 'edits');
+  await sameRefusal(pair.old, corrupted(patchOf(pair), -200, 'edits.anyp'), 'corrupt_patch');
+});
+
+test('a truncated patch is refused with the CLI sentence', async () => {
+  const pair = pairs.find((p) => p.name === 'edits');
+  const cut = path.join(work, 'bad', 'edits.cut.anyp');
+  const data = fs.readFileSync(patchOf(pair));
+  fs.writeFileSync(cut, data.subarray(0, data.length - 1000));
+  await sameRefusal(pair.old, cut, 'corrupt_patch');
+  const seek = await mapPatch(await fs.openAsBlob(cut));
+  assert.equal(seek.map.complete, true, 'the manifest is intact; only the end is cut');
+});

@@ -1,0 +1,184 @@
+// anypatch.js: drives the wasm engine (pkg/anypatch_wasm.js) over Blobs.
+//
+// The same module runs in the page (File objects) and in the node tests
+// (fs.openAsBlob). Files are read through Blob.slice() in windows of a few
+// MiB and never loaded whole, so memory stays bounded whatever the image
+// size: two read windows per file, the engine's ~22 MiB, and one write.
+
+import init, { initSync, PatchSession, PatchMap, Hasher, version } from './pkg/anypatch_wasm.js';
+
+export { PatchSession, PatchMap, Hasher, version };
+
+/** Loads the wasm module: from its URL beside this file, or from bytes (node). */
+export async function load(bytes) {
+  if (bytes) initSync({ module: bytes });
+  else await init({ module_or_path: new URL('./pkg/anypatch_wasm_bg.wasm', import.meta.url) });
+}
+
+/** Reads a Blob in windows, prefetching the next window while the caller works. */
+export class BlobReader {
+  constructor(blob, window = 8 << 20) {
+    this.blob = blob;
+    this.window = window;
+    this.at = 0;
+    this.buf = new Uint8Array(0);
+    this.next = null; // { at, promise } of the prefetched window
+  }
+
+  #fetch(at) {
+    const end = Math.min(this.blob.size, at + this.window);
+    return this.blob.slice(at, end).arrayBuffer().then((b) => new Uint8Array(b));
+  }
+
+  /** `len` bytes at `offset` (fewer only at the end of the blob). A view: use it before the next read. */
+  async read(offset, len) {
+    const end = Math.min(offset + len, this.blob.size);
+    if (offset < this.at || end > this.at + this.buf.length) {
+      if (len > this.window) this.window = len;
+      if (this.next && this.next.at === offset) {
+        this.buf = await this.next.promise;
+      } else {
+        this.buf = await this.#fetch(offset);
+      }
+      this.at = offset;
+      const following = this.at + this.buf.length;
+      this.next = following < this.blob.size ? { at: following, promise: this.#fetch(following) } : null;
+      if (end > this.at + this.buf.length) {
+        // A request larger than one window: read it exactly.
+        this.buf = new Uint8Array(await this.blob.slice(offset, end).arrayBuffer());
+        this.next = null;
+      }
+    }
+    return this.buf.subarray(offset - this.at, end - this.at);
+  }
+}
+
+/** Why an apply failed: the engine's sentence, its class, and what was learnt before. */
+export class ApplyFailure extends Error {
+  constructor(message, kind, header, progress) {
+    super(message);
+    this.name = 'ApplyFailure';
+    this.kind = kind; // corrupt_patch | wrong_base | unsupported | not_in_place | untrusted | io
+    this.header = header; // null when the header itself was refused
+    this.progress = progress;
+  }
+}
+
+function progressOf(s, t0) {
+  return {
+    baseChecked: s.base_checked,
+    newDone: s.new_done,
+    patchConsumed: s.patch_consumed,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/**
+ * Applies (or only verifies) `patch` to `old`, both Blobs.
+ * - trustedKeys: texts of public key files; a valid signature by one is then required.
+ * - sink: { write(offset, Uint8Array), zero?(offset, len) }, awaited; null verifies only.
+ * - onHeader(header): the checked header and signers, before the base is read.
+ * - onProgress(progress): at most every `progressMs`.
+ * Resolves to { header, summary, map, progress }; rejects with ApplyFailure.
+ */
+export async function applyPatch({ old, patch, trustedKeys = [], sink = null, onHeader, onProgress, progressMs = 100, buckets }) {
+  const s = new PatchSession(old.size, buckets);
+  const t0 = performance.now();
+  let header = null;
+  let lastReport = 0;
+  try {
+    for (const k of trustedKeys) s.trust_key_file(k);
+    s.set_report_writes(sink !== null);
+    const oldReader = new BlobReader(old);
+    const patchReader = new BlobReader(patch, 4 << 20);
+    let patchPos = 0;
+    for (;;) {
+      switch (s.poll()) {
+        case 'need_input': {
+          if (patchPos >= patch.size) {
+            s.end();
+          } else {
+            const b = await patchReader.read(patchPos, Math.min(1 << 20, patch.size - patchPos));
+            patchPos += b.length;
+            s.feed(b);
+          }
+          break;
+        }
+        case 'header':
+          header = JSON.parse(s.header_json());
+          if (onHeader) await onHeader(header);
+          break;
+        case 'read_old': {
+          s.provide_old(await oldReader.read(s.offset, s.length));
+          if (onProgress && performance.now() - lastReport >= progressMs) {
+            lastReport = performance.now();
+            onProgress(progressOf(s, t0));
+          }
+          break;
+        }
+        case 'write':
+          await sink.write(s.offset, s.write_data());
+          break;
+        case 'zero':
+          if (sink.zero) await sink.zero(s.offset, s.length);
+          break;
+        case 'done': {
+          const progress = progressOf(s, t0);
+          if (onProgress) onProgress(progress);
+          return {
+            header,
+            summary: JSON.parse(s.summary_json()),
+            map: { ...JSON.parse(s.map_json()), buckets: s.map_buckets() },
+            progress,
+          };
+        }
+        case 'error':
+          throw new ApplyFailure(s.error_message(), s.error_class(), header, progressOf(s, t0));
+        default:
+          throw new Error('anypatch: unexpected request from the engine');
+      }
+    }
+  } finally {
+    s.free();
+  }
+}
+
+/**
+ * Reads only the header and the page chain of `patch` (a Blob) and sums the
+ * extents into `buckets`: what the patch copies, moves, changes and zeros.
+ * Resolves to { header, map } (header null and map.error set on failure).
+ */
+export async function mapPatch(patch, buckets) {
+  const m = new PatchMap(buckets);
+  try {
+    const reader = new BlobReader(patch, 1 << 20);
+    while (m.wanted_length > 0) {
+      const at = m.wanted_offset;
+      const want = m.wanted_length;
+      const b = await reader.read(at, want);
+      m.give(at, b);
+      if (b.length < want) m.truncated();
+    }
+    const h = m.header_json();
+    return { header: h ? JSON.parse(h) : null, map: { ...JSON.parse(m.map_json()), buckets: m.buckets() } };
+  } finally {
+    m.free();
+  }
+}
+
+/** BLAKE3 of a Blob, streamed; `onProgress(bytesDone)` after each window. */
+export async function hashBlob(blob, onProgress) {
+  const h = new Hasher();
+  try {
+    const reader = new BlobReader(blob);
+    for (let at = 0; at < blob.size; ) {
+      const b = await reader.read(at, Math.min(reader.window, blob.size - at));
+      h.update(b);
+      at += b.length;
+      if (onProgress) onProgress(at);
+    }
+    return h.finalize();
+  } finally {
+    h.free();
+  }
+}
