@@ -21,9 +21,10 @@ use std::sync::OnceLock;
 use anypatch_apply::{Applier, ApplyError, Config, ErrorClass, Event, Summary};
 use anypatch_format::{
     Codec, Extent, Header, Op, OpIter, Page, PageRef, Preamble, PreambleRepr, SegmentEntry,
-    Trailer, HASH_LEN, MAX_PAGE_EXTENTS, MAX_SEGMENT_LEN, PREAMBLE_LEN, TRAILER_LEN, VERSION_MINOR,
+    SignatureBlock, Trailer, HASH_LEN, MAX_PAGE_EXTENTS, MAX_SEGMENT_LEN, PREAMBLE_LEN,
+    TRAILER_LEN, VERSION_MINOR,
 };
-use anypatch_producer::{make_patch, Options};
+use anypatch_producer::{make_patch, Options, SecretKey};
 
 use crate::{reference, root, vectors::bytes};
 
@@ -32,6 +33,12 @@ use crate::{reference, root, vectors::bytes};
 /// that does not hash the new file (hashing terabytes of declared zeros is
 /// legitimate work for a sparse image, but not for a fuzzer).
 pub const KEEP_LIMIT: u64 = 16 << 20;
+
+/// The key the fuzz targets sign with: a fixed seed, so that crash files
+/// replay the same way.
+pub fn fuzz_key() -> SecretKey {
+    SecretKey::from_seed([0x5A; 32])
+}
 
 /// What a driven apply did.
 #[derive(Debug)]
@@ -62,6 +69,19 @@ pub fn drive(
     feed: usize,
     target: &mut Vec<u8>,
 ) -> Result<Run, ApplyError> {
+    drive_trusting(old, patch, cfg, &[], feed, target)
+}
+
+/// [`drive`], with the engine told to require a signature by one of
+/// `trusted_keys` (none: signatures are not required).
+pub fn drive_trusting(
+    old: &[u8],
+    patch: &[u8],
+    cfg: Config,
+    trusted_keys: &[[u8; 32]],
+    feed: usize,
+    target: &mut Vec<u8>,
+) -> Result<Run, ApplyError> {
     let in_place = cfg.skip_unchanged;
     let cap = target.capacity();
     target.clear();
@@ -70,6 +90,7 @@ pub fn drive(
         target.extend_from_slice(old);
     }
     let mut a = Applier::new(cfg);
+    a.require_signature(trusted_keys);
     let mut new_len: Option<u64> = None;
     let (mut at, mut reads, mut touched, mut out_end) = (0usize, 0u64, 0u64, 0u64);
     loop {
@@ -214,6 +235,10 @@ pub fn check_parse(data: &[u8]) {
             trailer.emit(&mut out);
             assert_eq!(out[..], *t, "trailer does not round-trip");
         }
+    }
+    if let Ok(block) = SignatureBlock::parse(data) {
+        assert_eq!(block.encoded_len(), data.len());
+        assert!(block.emit() == data, "signature block does not round-trip");
     }
     // A whole patch: its header and pages where the layout puts them.
     let _ = Layout::walk(data);
@@ -568,6 +593,19 @@ fn apply_all_ways(old: &[u8], patch: &[u8], layout: Option<&Layout>, feed: usize
         (Err(e), Ok(_)) => panic!("the engine refuses a patch the reference accepts ({e})"),
         (Err(_), Err(_)) => {}
     }
+    // Requiring a signature only ever refuses more.
+    let trusted = [fuzz_key().public_key()];
+    let signed = drive_trusting(
+        old,
+        patch,
+        Config::new(old_len),
+        &trusted,
+        feed,
+        &mut Vec::new(),
+    );
+    if let (Ok(_), Err(e)) = (&signed, &fresh) {
+        panic!("with a trusted key the engine accepts a patch it refuses without one ({e})");
+    }
     let checked = drive(old, patch, verify, feed / 2 + 1, &mut Vec::new());
     match (&checked, &fresh) {
         (Ok(_), Ok(_)) | (Err(_), Err(_)) => {}
@@ -653,6 +691,7 @@ pub fn pair_from(data: &[u8]) -> (Vec<u8>, Vec<u8>, Options) {
         level: 1 + i32::from(r.u8() % 3),
         segment_len: [4096, 10_000, 65_536, MAX_SEGMENT_LEN][usize::from(r.u8() % 4)],
         block_size: [4096, 512, 1024][usize::from(r.u8() % 3)],
+        signing_key: (r.u8() % 2 == 1).then(fuzz_key),
         ..Options::default()
     };
     (old, new, opts)
@@ -691,6 +730,39 @@ pub fn check_differential(data: &[u8]) {
     let run = drive(&old, &patch, Config::new(old.len() as u64), feed, &mut out)
         .unwrap_or_else(|e| panic!("the engine refuses a producer patch: {e}"));
     assert!(run.stored && out == new, "the engine's result is not new");
+    // Signed by the fuzz key: accepted when it is trusted, refused when
+    // another key is; unsigned: refused whenever a key is required.
+    let fuzz_pub = fuzz_key().public_key();
+    let signed = drive_trusting(
+        &old,
+        &patch,
+        Config::new(old.len() as u64),
+        &[fuzz_pub],
+        feed,
+        &mut Vec::new(),
+    );
+    let other = drive_trusting(
+        &old,
+        &patch,
+        Config::new(old.len() as u64),
+        &[[7; 32]],
+        feed,
+        &mut Vec::new(),
+    );
+    if opts.signing_key.is_some() {
+        signed.unwrap_or_else(|e| panic!("a patch signed by a trusted key is refused: {e}"));
+        assert!(
+            matches!(other, Err(ApplyError::UntrustedSigner { .. })),
+            "a patch signed by an untrusted key: {other:?}"
+        );
+    } else {
+        for r in [signed, other] {
+            assert!(
+                matches!(r, Err(ApplyError::Unsigned)),
+                "an unsigned patch with a trusted key: {r:?}"
+            );
+        }
+    }
     let r = reference::apply(&old, &patch)
         .unwrap_or_else(|e| panic!("the reference refuses a producer patch: {e}"));
     assert!(r == new, "the reference's result is not new");
