@@ -428,6 +428,16 @@ fn in_place_cli_leaves_the_target_unchanged() {
             fs::read(&disk).expect("read") == src.old,
             "{what}: the target changed"
         );
+        let mut left: Vec<String> = fs::read_dir(work.path())
+            .expect("work dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["disk.img", "p.anyp"],
+            "{what}: files left beside the target"
+        );
         runs += 1;
     }
 }
