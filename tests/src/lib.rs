@@ -32,49 +32,82 @@ pub fn apply_in_memory(
     cfg: Config,
     feed: usize,
 ) -> Result<MemoryApply, ApplyError> {
+    let in_place = cfg.skip_unchanged;
+    let mut target = if in_place { old.to_vec() } else { Vec::new() };
+    let run = drive_memory(
+        (!in_place).then_some(old),
+        &mut target,
+        patch,
+        cfg,
+        feed,
+        usize::MAX,
+    )?;
+    let summary = run.summary.expect("an unlimited run ends with Done");
+    target.truncate(summary.new_len as usize);
+    target.resize(summary.new_len as usize, 0);
+    Ok(MemoryApply {
+        target,
+        summary,
+        bytes_touched: run.bytes_touched,
+        old_reads: run.old_reads,
+    })
+}
+
+/// What [`drive_memory`] saw.
+#[derive(Debug, Default)]
+pub struct MemoryRun {
+    /// The summary, when the run reached `Done`.
+    pub summary: Option<Summary>,
+    /// Where each `Write` or `Zero` event ended, in order.
+    pub write_ends: Vec<u64>,
+    pub bytes_touched: u64,
+    pub old_reads: u64,
+}
+
+/// The engine's event loop over memory. Old bytes come from `old`, or from
+/// `target` itself when `old` is `None` (in place). Stops after `max_writes`
+/// writes, as if the process were killed right there.
+pub fn drive_memory(
+    old: Option<&[u8]>,
+    target: &mut Vec<u8>,
+    patch: &[u8],
+    cfg: Config,
+    feed: usize,
+    max_writes: usize,
+) -> Result<MemoryRun, ApplyError> {
     let mut a = Applier::new(cfg);
-    let mut target = if cfg.skip_unchanged {
-        old.to_vec()
-    } else {
-        Vec::new()
-    };
-    let (mut at, mut touched, mut reads) = (0usize, 0u64, 0u64);
-    loop {
+    let mut run = MemoryRun::default();
+    let mut at = 0usize;
+    while run.write_ends.len() < max_writes {
         match a.poll()? {
+            Event::NeedInput if at == patch.len() => a.end_of_input(),
             Event::NeedInput => {
-                if at == patch.len() {
-                    a.end_of_input();
-                } else {
-                    let end = (at + feed.max(1)).min(patch.len());
-                    at += a.feed(&patch[at..end]);
-                }
+                let end = (at + feed.max(1)).min(patch.len());
+                at += a.feed(&patch[at..end]);
             }
             Event::Header(_) => {}
             Event::ReadOld { offset, buf } => {
-                reads += 1;
-                let src = if cfg.skip_unchanged { &target } else { old };
+                run.old_reads += 1;
+                let src: &[u8] = old.unwrap_or(target);
                 buf.copy_from_slice(&src[offset as usize..offset as usize + buf.len()]);
             }
             Event::Write { offset, data } => {
-                put(&mut target, offset, data);
-                touched += data.len() as u64;
+                put(target, offset, data);
+                run.bytes_touched += data.len() as u64;
+                run.write_ends.push(offset + data.len() as u64);
             }
             Event::Zero { offset, len } => {
-                put(&mut target, offset, &vec![0; len as usize]);
-                touched += len;
+                put(target, offset, &vec![0; len as usize]);
+                run.bytes_touched += len;
+                run.write_ends.push(offset + len);
             }
             Event::Done(summary) => {
-                target.truncate(summary.new_len as usize);
-                target.resize(summary.new_len as usize, 0);
-                return Ok(MemoryApply {
-                    target,
-                    summary,
-                    bytes_touched: touched,
-                    old_reads: reads,
-                });
+                run.summary = Some(summary);
+                break;
             }
         }
     }
+    Ok(run)
 }
 
 fn put(target: &mut Vec<u8>, offset: u64, data: &[u8]) {

@@ -5,7 +5,7 @@ use std::fs;
 
 use anypatch_apply::Config;
 use anypatch_producer::{make_patch, Options};
-use anypatch_tests::{apply_in_memory, reference, vectors::bytes};
+use anypatch_tests::{apply_in_memory, drive_memory, reference, vectors::bytes};
 use proptest::prelude::*;
 
 /// An edit that turns old into new.
@@ -111,13 +111,18 @@ proptest! {
                 prop_assert!(ip.target == new, "in-place output differs");
                 // Killed after some writes, then resumed from the last write's
                 // end: the result is still exact.
-                let ends = write_ends(&old, &patch, in_place);
-                let cut = ends.get((seed as usize) % ends.len().max(1)).copied();
-                if let Some((units, resume_from)) = cut {
+                let ends = drive_memory(None, &mut old.clone(), &patch, in_place, 1 << 20, usize::MAX)
+                    .expect("applies")
+                    .write_ends;
+                if !ends.is_empty() {
+                    let units = 1 + (seed as usize) % ends.len();
                     let mut target = old.clone();
-                    replay_writes(&old, &patch, in_place, units, &mut target);
-                    let resumed = Config { verify_base: false, resume_from, ..in_place };
-                    let done = apply_over(&mut target, &patch, resumed).expect("resume applies");
+                    drive_memory(None, &mut target, &patch, in_place, 1 << 20, units).expect("applies");
+                    let resumed = Config { verify_base: false, resume_from: ends[units - 1], ..in_place };
+                    let done = drive_memory(None, &mut target, &patch, resumed, 1 << 20, usize::MAX)
+                        .expect("resume applies")
+                        .summary
+                        .expect("runs to the end");
                     prop_assert_eq!(done.new_len, new.len() as u64);
                     target.resize(new.len(), 0);
                     prop_assert!(target == new, "resumed in-place output differs");
@@ -126,75 +131,6 @@ proptest! {
             Err(e) => prop_assert_eq!(e.class(), anypatch_apply::ErrorClass::NotInPlace),
         }
     }
-}
-
-/// Runs the engine over `target` in place (reads come from the target itself).
-fn apply_over(
-    target: &mut Vec<u8>,
-    patch: &[u8],
-    cfg: Config,
-) -> Result<anypatch_apply::Summary, anypatch_apply::ApplyError> {
-    apply_events(target, patch, cfg, usize::MAX).map(|(s, _)| s.expect("ran to the end"))
-}
-
-/// (number of write units, new offset where that many units end), for every prefix.
-fn write_ends(old: &[u8], patch: &[u8], cfg: Config) -> Vec<(usize, u64)> {
-    let mut target = old.to_vec();
-    let (_, ends) = apply_events(&mut target, patch, cfg, usize::MAX).expect("applies");
-    ends.into_iter()
-        .enumerate()
-        .map(|(i, e)| (i + 1, e))
-        .collect()
-}
-
-/// Applies only the first `units` writes, as if killed right after them.
-fn replay_writes(_old: &[u8], patch: &[u8], cfg: Config, units: usize, target: &mut Vec<u8>) {
-    apply_events(target, patch, cfg, units).expect("applies");
-}
-
-/// Drives the engine in place over `target`, stopping after `max_units`
-/// writes. Returns the summary (when it ran to the end) and where each write ended.
-fn apply_events(
-    target: &mut Vec<u8>,
-    patch: &[u8],
-    cfg: Config,
-    max_units: usize,
-) -> Result<(Option<anypatch_apply::Summary>, Vec<u64>), anypatch_apply::ApplyError> {
-    use anypatch_apply::{Applier, Event};
-    let mut a = Applier::new(cfg);
-    let (mut at, mut ends) = (0, Vec::new());
-    loop {
-        if ends.len() == max_units {
-            return Ok((None, ends));
-        }
-        match a.poll()? {
-            Event::NeedInput if at == patch.len() => a.end_of_input(),
-            Event::NeedInput => at += a.feed(&patch[at..]),
-            Event::Header(_) => {}
-            Event::ReadOld { offset, buf } => {
-                let o = offset as usize;
-                let have = target.len().min(o + buf.len());
-                buf[..have.saturating_sub(o)].copy_from_slice(&target[o.min(have)..have]);
-            }
-            Event::Write { offset, data } => {
-                put(target, offset, data);
-                ends.push(offset + data.len() as u64);
-            }
-            Event::Zero { offset, len } => {
-                put(target, offset, &vec![0; len as usize]);
-                ends.push(offset + len);
-            }
-            Event::Done(s) => return Ok((Some(s), ends)),
-        }
-    }
-}
-
-fn put(target: &mut Vec<u8>, offset: u64, data: &[u8]) {
-    let end = offset as usize + data.len();
-    if target.len() < end {
-        target.resize(end, 0);
-    }
-    target[offset as usize..end].copy_from_slice(data);
 }
 
 /// Cheap deterministic randomness for the corruption test.
