@@ -15,41 +15,87 @@ export async function load(bytes) {
   else await init({ module_or_path: new URL('./pkg/anypatch_wasm_bg.wasm', import.meta.url) });
 }
 
-/** Reads a Blob in windows, prefetching the next window while the caller works. */
+/**
+ * Reads a Blob through a byte stream (`blob.slice(at).stream()`, BYOB), in
+ * two windows: while the caller works on one, the next is already being
+ * read. Sequential reads, the common case (hashing the base, copying
+ * unchanged extents), never reopen the stream; a jump reopens it at the new
+ * offset. Memory: two windows, whatever the blob size.
+ */
 export class BlobReader {
   constructor(blob, window = 8 << 20) {
     this.blob = blob;
     this.window = window;
-    this.at = 0;
-    this.buf = new Uint8Array(0);
-    this.next = null; // { at, promise } of the prefetched window
+    this.reader = null;
+    this.pos = 0; // where the stream will read next
+    this.cur = null; // { at, bytes }
+    this.next = null; // promise of the following { at, bytes }
+    this.spare = null; // an ArrayBuffer free for the next fill
   }
 
-  #fetch(at) {
-    const end = Math.min(this.blob.size, at + this.window);
-    return this.blob.slice(at, end).arrayBuffer().then((b) => new Uint8Array(b));
+  #open(at) {
+    if (this.reader) this.reader.cancel().catch(() => {});
+    this.reader = this.blob.slice(at).stream().getReader({ mode: 'byob' });
+    this.pos = at;
   }
 
-  /** `len` bytes at `offset` (fewer only at the end of the blob). A view: use it before the next read. */
+  /** Reads the stream's next window into `buffer`. */
+  async #fill(buffer) {
+    const at = this.pos;
+    let buf = buffer;
+    let filled = 0;
+    while (filled < buf.byteLength) {
+      const { value, done } = await this.reader.read(new Uint8Array(buf, filled, buf.byteLength - filled));
+      if (value) buf = value.buffer; // the read transfers the buffer and hands it back
+      if (done) break;
+      filled += value.byteLength;
+    }
+    this.pos = at + filled;
+    return { at, bytes: new Uint8Array(buf, 0, filled) };
+  }
+
+  #prefetch(buffer) {
+    this.next = this.pos < this.blob.size ? this.#fill(buffer || new ArrayBuffer(this.window)) : null;
+    if (!this.next) this.spare = buffer;
+  }
+
+  /** `len` bytes at `offset`, fewer only at the end of the blob. A view: use it before the next read. */
   async read(offset, len) {
     const end = Math.min(offset + len, this.blob.size);
-    if (offset < this.at || end > this.at + this.buf.length) {
-      if (len > this.window) this.window = len;
-      if (this.next && this.next.at === offset) {
-        this.buf = await this.next.promise;
-      } else {
-        this.buf = await this.#fetch(offset);
-      }
-      this.at = offset;
-      const following = this.at + this.buf.length;
-      this.next = following < this.blob.size ? { at: following, promise: this.#fetch(following) } : null;
-      if (end > this.at + this.buf.length) {
-        // A request larger than one window: read it exactly.
-        this.buf = new Uint8Array(await this.blob.slice(offset, end).arrayBuffer());
-        this.next = null;
-      }
+    if (end <= offset) return new Uint8Array(0);
+    if (end - offset > this.window) {
+      // Larger than a window (never asked by the engine): read it exactly.
+      return new Uint8Array(await this.blob.slice(offset, end).arrayBuffer());
     }
-    return this.buf.subarray(offset - this.at, end - this.at);
+    const cur = this.cur;
+    if (cur && offset >= cur.at && end <= cur.at + cur.bytes.length) {
+      return cur.bytes.subarray(offset - cur.at, end - cur.at);
+    }
+    if (cur && this.next && offset >= cur.at && offset <= cur.at + cur.bytes.length) {
+      // Sequential: the rest is in the window being read.
+      const nxt = await this.next;
+      if (end <= nxt.at + nxt.bytes.length) {
+        let out;
+        if (offset >= nxt.at) {
+          out = nxt.bytes.subarray(offset - nxt.at, end - nxt.at);
+        } else {
+          out = new Uint8Array(end - offset); // straddles the two windows
+          out.set(cur.bytes.subarray(offset - cur.at));
+          out.set(nxt.bytes.subarray(0, end - nxt.at), nxt.at - offset);
+        }
+        this.cur = nxt;
+        this.#prefetch(cur.bytes.buffer);
+        return out;
+      }
+      this.cur = nxt; // too short: the blob shrank, or a jump below
+    }
+    // A jump (or the first read): reopen the stream there.
+    if (this.next) await this.next.catch(() => {});
+    const buffers = [this.cur && this.cur.bytes.buffer, this.spare].filter((b) => b && b.byteLength === this.window);
+    this.#open(offset);
+    this.cur = await this.#fill(buffers.pop() || new ArrayBuffer(this.window));
+    this.#prefetch(buffers.pop());
+    return this.cur.bytes.subarray(0, Math.min(end - offset, this.cur.bytes.length));
   }
 }
 
@@ -172,7 +218,8 @@ export async function hashBlob(blob, onProgress) {
   try {
     const reader = new BlobReader(blob);
     for (let at = 0; at < blob.size; ) {
-      const b = await reader.read(at, Math.min(reader.window, blob.size - at));
+      // Pieces smaller than the window, so the next window is read while these hash.
+      const b = await reader.read(at, Math.min(1 << 20, blob.size - at));
       h.update(b);
       at += b.length;
       if (onProgress) onProgress(at);
