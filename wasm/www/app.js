@@ -243,6 +243,15 @@ async function run(save) {
     if (writable) await writable.abort().catch(() => {});
     const kind = e instanceof ApplyFailure ? e.kind : 'failed';
     const h = e.header || header;
+    if (e.progress) {
+      const done = e.progress.baseChecked + e.progress.newDone;
+      const all = old.size + (h ? h.new_len : 0);
+      $('progress').value = all > 0 ? done / all : 0;
+      $('throughput').textContent = `stopped after ${bytes(done)} of ${bytes(all)}`;
+    }
+    for (const id of ['check-base', 'check-patch', 'check-result', 'check-signature']) {
+      if ($(id).dataset.state === 'pending') setCheck(id, 'pending', 'not reached');
+    }
     if (kind === 'wrong_base') setCheck('check-base', 'bad', e.message);
     else if (h && e.progress && e.progress.baseChecked === old.size) setCheck('check-base', 'ok', `matches (BLAKE3 ${h.old_hash})`);
     if (kind === 'corrupt_patch' && e.message.startsWith('result check failed')) setCheck('check-result', 'bad', e.message);
