@@ -327,6 +327,7 @@ impl Applier {
 
     /// Starts buffering a section of `len` patch bytes.
     fn expect_input(&mut self, state: State, len: usize) {
+        reserve_exactly(&mut self.inbuf, len);
         self.inbuf.clear();
         self.want = len;
         self.state = state;
@@ -419,7 +420,9 @@ impl Applier {
                     let old_len = self.cfg.old_len;
                     if pos < old_len {
                         let n = (old_len - pos).min(CHUNK as u64) as usize;
-                        self.out.resize(n.max(self.out.len()), 0);
+                        if self.out.len() < n {
+                            sized(&mut self.out, n);
+                        }
                         self.state = State::VerifyBase {
                             pos: pos + n as u64,
                             hasher,
@@ -480,7 +483,9 @@ impl Applier {
                         continue;
                     }
                     let n = remaining.min(CHUNK as u64) as usize;
-                    self.out.resize(n.max(self.out.len()), 0);
+                    if self.out.len() < n {
+                        sized(&mut self.out, n);
+                    }
                     self.copy_filled = Some(n);
                     self.new_pos += n as u64;
                     self.state = State::Copy {
@@ -792,8 +797,7 @@ impl Applier {
             }
             Codec::Zstd => {
                 let needed = data_needed as usize; // at most new_len, capped at 4 MiB
-                self.data.clear();
-                self.data.resize(needed, 0);
+                sized(&mut self.data, needed);
                 let dec = self
                     .zstd
                     .get_or_insert_with(|| Box::new(FrameDecoder::new()));
@@ -802,8 +806,7 @@ impl Applier {
                 None
             }
         };
-        self.out.clear();
-        self.out.resize(entry.new_len as usize, 0);
+        sized(&mut self.out, entry.new_len as usize);
         Ok(SegmentRun {
             entry,
             start,
@@ -875,4 +878,21 @@ impl Applier {
             range: 0..new_len,
         }))
     }
+}
+
+/// Makes `buf`'s capacity at least `len` without the amortized doubling of
+/// `Vec` growth, freeing the old allocation first, so that the engine's
+/// peak memory is the sum of its buffers' limits and never more.
+fn reserve_exactly(buf: &mut Vec<u8>, len: usize) {
+    if buf.capacity() < len {
+        *buf = Vec::new();
+        buf.reserve_exact(len);
+    }
+}
+
+/// `buf` resized to `len` zero bytes, grown with [`reserve_exactly`].
+fn sized(buf: &mut Vec<u8>, len: usize) {
+    reserve_exactly(buf, len);
+    buf.clear();
+    buf.resize(len, 0);
 }
