@@ -5,8 +5,8 @@
 //! compare two independent readings of the spec.
 
 use anypatch_format::{
-    header_hash, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, Trailer, HASH_LEN,
-    MAX_ZSTD_WINDOW, PREAMBLE_LEN, TRAILER_LEN,
+    header_hash, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, SignatureBlock, Trailer,
+    HASH_LEN, MAX_ZSTD_WINDOW, PREAMBLE_LEN, TRAILER_LEN,
 };
 
 /// Applies `patch` to `old` and returns the new file, or why not.
@@ -35,6 +35,10 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
     if header.old_len != old.len() as u64 || blake3::hash(old).as_bytes() != &header.old_hash {
         return Err(e("wrong base"));
     }
+    let signatures = body_and_more
+        .get(hash_end..hash_end + pre.signature_len as usize)
+        .ok_or("truncated")?;
+    SignatureBlock::parse(signatures).map_err(|x| x.to_string())?;
     let mut at = hash_end + pre.signature_len as usize;
     let mut take = |n: usize| -> Result<&[u8], String> {
         let s = body_and_more.get(at..at + n).ok_or("truncated")?;
@@ -53,11 +57,14 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
         for extent in page.extents {
             extents += 1;
             let start = new.len() as i128;
+            if new.len() as u64 + extent.len() > header.new_len {
+                return Err(e("too long"));
+            }
             match extent {
                 Extent::Copy { len, delta } => {
                     new.extend_from_slice(old_range(old, start + delta as i128, len)?)
                 }
-                Extent::Zero { len } => new.resize(new.len() + len as usize, 0),
+                Extent::Zero { len } => new.resize(new.len() + len as usize, 0), // bounded by new_len, checked above
                 Extent::Data(s) => {
                     segments += 1;
                     if s.new_len > header.segment_max {
