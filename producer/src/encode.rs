@@ -1,15 +1,16 @@
 //! Phase 5a: build and compress every data segment, in parallel, and spool
 //! the payloads in segment order to a temporary file.
 //!
-//! A changed block whose same-offset old block exists becomes a `Delta` op
-//! when at least 1/16 of its bytes equal old's: small edits then turn into
-//! mostly-zero data that zstd shrinks to almost nothing. Otherwise it is a
-//! `Literal`.
+//! A changed block becomes a `Delta` op against the old bytes at its hint
+//! (the same offset, or the source of the shifted match next to it) when
+//! those exist and at least 1/16 of its bytes equal them: small edits then
+//! turn into mostly-zero data that zstd shrinks to almost nothing. Otherwise
+//! it is a `Literal`.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 
-use anypatch_format::{Codec, Op, SegmentEntry};
+use anypatch_format::{Codec, Op, SegmentEntry, MAX_OPS_LEN};
 
 use crate::exec::for_each_ordered;
 use crate::input::{Input, Job};
@@ -56,6 +57,8 @@ struct Worker {
     zstd: zstd::bulk::Compressor<'static>,
     new_buf: Vec<u8>,
     old_buf: Vec<u8>,
+    /// Old bytes at a changed part's hint, when it is not 0.
+    hint_buf: Vec<u8>,
     data: Vec<u8>,
 }
 
@@ -95,6 +98,7 @@ pub(crate) fn encode_all(
                 zstd,
                 new_buf: Vec::new(),
                 old_buf: Vec::new(),
+                hint_buf: Vec::new(),
                 data: Vec::new(),
             })
         },
@@ -152,28 +156,43 @@ fn encode_segment(
                 push_op(&mut ops, Op::Copy { len, delta });
             }
             Part::Zero(len) => push_op(&mut ops, Op::Zero { len }),
-            Part::Changed(len) => {
+            Part::Changed { len, hint } => {
                 let end = pos + u64::from(len);
+                // `near[i]` is the old byte for new offset `base + i`: the
+                // same offset, or the shifted match's source for a hint.
+                let (base, near) = if hint == 0 {
+                    (seg.start, old_bytes)
+                } else {
+                    let lo = pos.saturating_add_signed(hint).min(old.len);
+                    let hi = end.saturating_add_signed(hint).clamp(lo, old.len);
+                    let n = old.read_clamped(&mut w.hint_buf, lo, (hi - lo) as usize)?;
+                    match lo.checked_add_signed(hint.wrapping_neg()) {
+                        Some(base) => (base, &w.hint_buf[..n]),
+                        None => (pos, &w.hint_buf[..0]),
+                    }
+                };
                 let mut a = pos;
                 // One decision per block, so a local edit stays a delta.
                 while a < end {
                     let b = ((a / bs + 1) * bs).min(end);
-                    let (ra, rb) = ((a - seg.start) as usize, (b - seg.start) as usize);
-                    let n = &new_bytes[ra..rb];
+                    let n = &new_bytes[(a - seg.start) as usize..(b - seg.start) as usize];
                     let piece = (b - a) as u32;
-                    match old_bytes.get(ra..rb) {
-                        Some(o) if 16 * equal_bytes(n, o) >= n.len() => {
+                    // The hint first, then the same offset.
+                    let found = similar(n, a, base, near).map(|o| (o, hint)).or_else(|| {
+                        (hint != 0)
+                            .then(|| similar(n, a, seg.start, old_bytes).map(|o| (o, 0)))
+                            .flatten()
+                    });
+                    match found {
+                        Some((o, delta)) => {
                             w.data
                                 .extend(n.iter().zip(o).map(|(x, y)| x.wrapping_sub(*y)));
-                            push_op(
-                                &mut ops,
-                                Op::Delta {
-                                    len: piece,
-                                    delta: 0,
-                                },
-                            );
+                            safe &= a
+                                .checked_add_signed(delta)
+                                .is_some_and(|src| src >= seg.start);
+                            push_op(&mut ops, Op::Delta { len: piece, delta });
                         }
-                        _ => {
+                        None => {
                             w.data.extend_from_slice(n);
                             push_op(&mut ops, Op::Literal { len: piece });
                         }
@@ -189,6 +208,11 @@ fn encode_segment(
     for op in &ops {
         op.emit(&mut payload);
     }
+    // The planner's part limit keeps every ops block within the format's.
+    assert!(
+        payload.len() <= MAX_OPS_LEN as usize,
+        "ops block over MAX_OPS_LEN"
+    );
     let ops_len = payload.len() as u32;
     let codec = if w.data.is_empty() {
         Codec::Stored
@@ -214,6 +238,15 @@ fn encode_segment(
         hash: *blake3::hash(new_bytes).as_bytes(),
     };
     Ok((entry, payload, safe))
+}
+
+/// The old bytes for new bytes `n` at offset `a`, where `near[i]` is the
+/// old byte for new offset `base + i`, if they exist and at least 1/16 of
+/// them are equal.
+fn similar<'o>(n: &[u8], a: u64, base: u64, near: &'o [u8]) -> Option<&'o [u8]> {
+    let ra = usize::try_from(a.checked_sub(base)?).ok()?;
+    let o = near.get(ra..ra + n.len())?;
+    (16 * equal_bytes(n, o) >= n.len()).then_some(o)
 }
 
 fn equal_bytes(a: &[u8], b: &[u8]) -> usize {

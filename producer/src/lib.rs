@@ -6,12 +6,18 @@
 //! 1. **Scan** (parallel over 1 MiB windows): hashes both files with BLAKE3
 //!    (window chaining values merged into the whole-file hash, so the two
 //!    files are hashed in the same pass), indexes every non-zero old block
-//!    by xxh3, and classifies each new block as same-as-old, zero or changed.
+//!    by xxh3 and by a rolling hash of one 64-byte window (from its first
+//!    non-zero byte), and classifies each new block as same-as-old, zero or
+//!    changed.
 //! 2. **Index**: sorts the old blocks' `(xxh3, offset)` pairs.
 //! 3. **Match** (parallel): looks each changed new block up in the index and
-//!    verifies hits byte for byte, so moved data becomes a copy.
-//! 4. **Plan** (sequential): turns block classes into extents and data
-//!    segments.
+//!    verifies hits byte for byte, so moved data becomes a copy. Then the
+//!    changed bytes that are left are searched for data shifted by any
+//!    number of bytes: a 64-byte rolling window looked up in the second
+//!    index, verified and extended byte by byte (module `shift`), so an
+//!    insertion or deletion costs about its own bytes.
+//! 4. **Plan** (sequential): turns the byte spans into extents and data
+//!    segments; shifted matches become copy extents, or copy ops when short.
 //! 5. **Encode** (parallel, bounded): builds each segment's ops and data,
 //!    compresses with zstd, and spools the payloads, in order, to a temporary
 //!    file. Then the header, pages, payloads and trailer are written out.
@@ -25,11 +31,18 @@
 //! files:
 //! - the old-block index: 16 bytes per 4 KiB old block (0.4% of the old
 //!   file, 8 MiB for a 2 GiB image);
+//! - the shift index: 8 bytes per 4 KiB old block plus a bitset of at most
+//!   1 byte per block (at most 16 MiB), 9 bytes per block in all (4.5 MiB
+//!   for a 2 GiB image). Its entries are collected during the scan, beside
+//!   the xxh3 index, so the peak is 24 bytes per old block plus the bitset;
+//! - the spans of the new file: 24 bytes per run of one kind (a shifted
+//!   match, a zero run, or changed bytes);
 //! - 16 bytes per changed new block (its xxh3 and number) until matched;
 //! - the plan: about 50 bytes per extent;
 //! - 32 bytes per MiB of each file for the BLAKE3 tree.
 //!
-//! Scanning uses two 64 KiB buffers per thread. Encoding keeps at most
+//! Scanning uses two 64 KiB buffers per thread; shift matching 1 MiB of new
+//! bytes and at most 64 KiB of old bytes per thread. Encoding keeps at most
 //! `2 × workers` segments (each at most 4 MiB of new data) in flight, and
 //! starts only as many workers (each with a zstd context) as fit a 320 MiB
 //! budget at the chosen level; finished payloads go to the spool file, not
@@ -49,6 +62,7 @@ mod keys;
 mod matching;
 mod plan;
 mod scan;
+mod shift;
 mod write;
 
 use std::io::Write;
@@ -212,11 +226,17 @@ pub fn make_patch(
     let index = index::OldIndex::build(scanned.index_entries);
     let mut runs = matching::find_moves(job, &index, scanned.runs, &scanned.changed)?;
     drop(index);
+    drop(scanned.changed);
     if opts.in_place {
         make_in_place_safe(&mut runs);
     }
-    let plan = plan::plan(&runs, new.len, opts.block_size, opts.segment_len);
+    let spans = scan::spans_of(&runs, new.len, opts.block_size);
     drop(runs);
+    let shift_index = shift::ShiftIndex::build(scanned.shift_entries);
+    let spans = shift::find_shifted(job, &shift_index, spans, opts.in_place)?;
+    drop(shift_index);
+    let plan = plan::plan(&spans, opts.block_size, opts.segment_len);
+    drop(spans);
 
     let spool = match &opts.spool_dir {
         Some(dir) => tempfile::tempfile_in(dir),
@@ -250,7 +270,7 @@ fn make_in_place_safe(runs: &mut [scan::Run]) {
     for run in runs.iter_mut() {
         if let scan::Class::Moved(delta) = run.class {
             if delta < 0 {
-                run.class = scan::Class::Changed;
+                run.class = scan::Class::Changed(0);
             }
         }
     }

@@ -70,12 +70,12 @@ pub(crate) fn find_moves(
     let mut block = 0u64;
     for run in runs {
         let end = block + run.blocks;
-        if run.class == Class::Changed {
+        if let Class::Changed(_) = run.class {
             while let Some(&(b, delta)) = moves.peek() {
                 if b >= end {
                     break;
                 }
-                push_run(&mut out, Class::Changed, b - block);
+                push_run(&mut out, Class::Changed(0), b - block);
                 push_run(&mut out, Class::Moved(delta), 1);
                 block = b + 1;
                 moves.next();

@@ -1,16 +1,22 @@
-//! Phase 4: turn block classes into extents and data segments (sequential
-//! and cheap: it only looks at runs, never at file bytes).
+//! Phase 4: turn classified spans into extents and data segments (sequential
+//! and cheap: it only looks at spans, never at file bytes).
 //!
-//! Same runs become `Copy { delta: 0 }`, moved runs `Copy { delta }`, zero
-//! runs `Zero`, and changed runs data segments of at most `segment_len` new
-//! bytes. Two changed regions less than [`MERGE_GAP_BLOCKS`] blocks apart
-//! share a segment (the gap becomes copy or zero ops) when it stays small
-//! enough: one segment costs less than three extents and two frames.
+//! Same spans become `Copy { delta: 0 }`, moved spans `Copy { delta }`, zero
+//! spans `Zero`, and changed spans data segments of at most `segment_len`
+//! new bytes. Two changed regions less than [`MERGE_GAP_BLOCKS`] blocks
+//! apart share a segment (the gap becomes copy or zero ops) when it stays
+//! small enough: one segment costs less than three extents and two frames.
+//! So a shifted match shorter than that becomes a copy op, a longer one a
+//! copy extent.
 
-use crate::scan::{Class, Run};
+use crate::scan::{Class, Span};
 
 /// Changed regions closer than this many blocks are merged into one segment.
 pub(crate) const MERGE_GAP_BLOCKS: u64 = 4;
+/// Most parts in one segment. A part becomes at most `2 + len / block_size`
+/// ops of at most 16 bytes, so with 4 MiB of 512-byte blocks the ops block
+/// stays under `2 × 16384 × 16 + 8192 × 16` bytes, well within `MAX_OPS_LEN`.
+pub(crate) const MAX_PARTS: usize = 16384;
 
 /// One extent of the new file, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +35,12 @@ pub(crate) enum Item {
 /// Part of a data segment, in order. Lengths are at most the segment length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Part {
-    /// New bytes to encode as literal or delta ops.
-    Changed(u32),
+    /// New bytes to encode as literal or delta ops; `hint` is the delta of
+    /// old bytes that may be similar (see [`Class::Changed`]).
+    Changed {
+        len: u32,
+        hint: i64,
+    },
     Copy {
         len: u32,
         delta: i64,
@@ -41,7 +51,7 @@ pub(crate) enum Part {
 impl Part {
     pub fn len(&self) -> u32 {
         match *self {
-            Part::Changed(len) | Part::Copy { len, .. } | Part::Zero(len) => len,
+            Part::Changed { len, .. } | Part::Copy { len, .. } | Part::Zero(len) => len,
         }
     }
 }
@@ -60,16 +70,16 @@ pub(crate) struct Plan {
     pub segments: Vec<SegmentPlan>,
 }
 
-/// A run in bytes: `[start, end)` of the new file.
+/// A span placed in the new file: bytes `[start, end)`.
 #[derive(Debug, Clone, Copy)]
-struct Span {
+struct Placed {
     class: Class,
     start: u64,
     end: u64,
 }
 
-/// Builds the plan. `runs` tile `ceil(new_len / block_size)` blocks.
-pub(crate) fn plan(runs: &[Run], new_len: u64, block_size: u32, segment_len: u32) -> Plan {
+/// Builds the plan. `spans` tile the new file.
+pub(crate) fn plan(spans: &[Span], block_size: u32, segment_len: u32) -> Plan {
     let bs = u64::from(block_size);
     let mut b = Builder {
         plan: Plan::default(),
@@ -77,25 +87,23 @@ pub(crate) fn plan(runs: &[Run], new_len: u64, block_size: u32, segment_len: u32
         gap: Vec::new(),
         segment_len: u64::from(segment_len),
     };
-    let mut block = 0u64;
-    for run in runs {
-        let start = block * bs;
-        block += run.blocks;
-        let end = (block * bs).min(new_len);
-        let span = Span {
-            class: run.class,
+    let mut start = 0u64;
+    for span in spans {
+        let placed = Placed {
+            class: span.class,
             start,
-            end,
+            end: start + span.len,
         };
-        if run.class == Class::Changed {
-            b.changed(span);
+        start = placed.end;
+        if let Class::Changed(hint) = span.class {
+            b.changed(placed, hint);
         } else if b.pending.is_some() {
-            b.gap.push(span);
-            if b.gap_len() >= MERGE_GAP_BLOCKS * bs {
+            b.gap.push(placed);
+            if b.gap_len() >= MERGE_GAP_BLOCKS * bs || b.gap.len() >= MAX_PARTS / 4 {
                 b.flush();
             }
         } else {
-            b.extent(span);
+            b.extent(placed);
         }
     }
     b.flush();
@@ -107,7 +115,7 @@ struct Builder {
     /// The open segment, which may still absorb a gap and more changes.
     pending: Option<SegmentPlan>,
     /// Unchanged spans after `pending`, not yet committed to either side.
-    gap: Vec<Span>,
+    gap: Vec<Placed>,
     segment_len: u64,
 }
 
@@ -129,13 +137,13 @@ impl Builder {
         }
     }
 
-    fn extent(&mut self, span: Span) {
+    fn extent(&mut self, span: Placed) {
         let len = span.end - span.start;
         let item = match span.class {
             Class::Same => Item::Copy { len, delta: 0 },
             Class::Moved(delta) => Item::Copy { len, delta },
             Class::Zero => Item::Zero { len },
-            Class::Changed => unreachable!("changed spans go to segments"),
+            Class::Changed(_) => unreachable!("changed spans go to segments"),
         };
         match (self.plan.items.last_mut(), item) {
             (Some(Item::Copy { len: l, delta: d }), Item::Copy { len, delta }) if *d == delta => {
@@ -146,11 +154,11 @@ impl Builder {
         }
     }
 
-    fn changed(&mut self, span: Span) {
+    fn changed(&mut self, span: Placed, hint: i64) {
         let mut start = span.start;
         if let Some(seg) = &self.pending {
             let room = (seg.start + self.segment_len).saturating_sub(span.start);
-            if room > 0 {
+            if room > 0 && seg.parts.len() + self.gap.len() < MAX_PARTS {
                 // Absorb the (short) gap and as much of the change as fits.
                 let gap = std::mem::take(&mut self.gap);
                 let take = room.min(span.end - span.start);
@@ -166,7 +174,13 @@ impl Builder {
                         },
                     );
                 }
-                push_part(&mut seg.parts, Part::Changed(take as u32));
+                push_part(
+                    &mut seg.parts,
+                    Part::Changed {
+                        len: take as u32,
+                        hint,
+                    },
+                );
                 seg.len = (span.start + take - seg.start) as u32;
                 start += take;
             }
@@ -177,7 +191,10 @@ impl Builder {
             self.pending = Some(SegmentPlan {
                 start,
                 len: len as u32,
-                parts: vec![Part::Changed(len as u32)],
+                parts: vec![Part::Changed {
+                    len: len as u32,
+                    hint,
+                }],
             });
             start += len;
         }
@@ -186,10 +203,11 @@ impl Builder {
 
 fn push_part(parts: &mut Vec<Part>, part: Part) {
     match (parts.last_mut(), part) {
-        (Some(Part::Changed(l)), Part::Changed(len)) | (Some(Part::Zero(l)), Part::Zero(len)) => {
-            *l += len
-        }
-        (Some(Part::Copy { len: l, delta: d }), Part::Copy { len, delta }) if *d == delta => {
+        (Some(Part::Zero(l)), Part::Zero(len)) => *l += len,
+        (Some(Part::Changed { len: l, hint: h }), Part::Changed { len, hint })
+        | (Some(Part::Copy { len: l, delta: h }), Part::Copy { len, delta: hint })
+            if *h == hint =>
+        {
             *l += len
         }
         _ => parts.push(part),
@@ -200,10 +218,20 @@ fn push_part(parts: &mut Vec<Part>, part: Part) {
 mod tests {
     use super::*;
 
+    use crate::scan::{spans_of, Run};
+
     fn runs(list: &[(Class, u64)]) -> Vec<Run> {
         list.iter()
             .map(|&(class, blocks)| Run { class, blocks })
             .collect()
+    }
+
+    fn plan_runs(runs: &[Run], new_len: u64, block_size: u32, segment_len: u32) -> Plan {
+        plan(
+            &spans_of(runs, new_len, block_size),
+            block_size,
+            segment_len,
+        )
     }
 
     #[test]
@@ -214,7 +242,7 @@ mod tests {
             (Class::Zero, 5),
             (Class::Same, 1),
         ]);
-        let p = plan(&r, 11 * 4096 - 10, 4096, 1 << 22);
+        let p = plan_runs(&r, 11 * 4096 - 10, 4096, 1 << 22);
         assert_eq!(
             p.items,
             [
@@ -239,14 +267,14 @@ mod tests {
     #[test]
     fn close_changes_share_a_segment() {
         let r = runs(&[
-            (Class::Changed, 1),
+            (Class::Changed(0), 1),
             (Class::Same, 2),
             (Class::Zero, 1),
-            (Class::Changed, 1),
+            (Class::Changed(0), 1),
             (Class::Same, 4),
-            (Class::Changed, 1),
+            (Class::Changed(0), 1),
         ]);
-        let p = plan(&r, 10 * 4096, 4096, 1 << 22);
+        let p = plan_runs(&r, 10 * 4096, 4096, 1 << 22);
         assert_eq!(
             p.items,
             [
@@ -261,13 +289,13 @@ mod tests {
         assert_eq!(
             p.segments[0].parts,
             [
-                Part::Changed(4096),
+                Part::Changed { len: 4096, hint: 0 },
                 Part::Copy {
                     len: 8192,
                     delta: 0
                 },
                 Part::Zero(4096),
-                Part::Changed(4096)
+                Part::Changed { len: 4096, hint: 0 }
             ]
         );
         assert_eq!(p.segments[0].len, 5 * 4096);
@@ -276,8 +304,12 @@ mod tests {
 
     #[test]
     fn long_changes_split_at_segment_len() {
-        let r = runs(&[(Class::Changed, 3), (Class::Same, 1), (Class::Changed, 2)]);
-        let p = plan(&r, 6 * 4096 - 1, 4096, 4096);
+        let r = runs(&[
+            (Class::Changed(0), 3),
+            (Class::Same, 1),
+            (Class::Changed(0), 2),
+        ]);
+        let p = plan_runs(&r, 6 * 4096 - 1, 4096, 4096);
         assert_eq!(p.segments.len(), 5);
         assert!(p.segments.iter().all(|s| s.len <= 4096));
         assert_eq!(p.segments[4].len, 4095);

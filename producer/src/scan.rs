@@ -2,8 +2,10 @@
 //!
 //! Each worker takes 1 MiB windows, reads the old and new window with `pread`
 //! into its own buffers, and computes: both windows' BLAKE3 tree values, the
-//! xxh3 of every full non-zero old block (for the index), and a class for
-//! every new block. Results are kept per window and joined in window order.
+//! xxh3 of every full non-zero old block (for the index), the rolling hash of
+//! one [`shift::KEY_LEN`]-byte window of each such block (for the shift
+//! index), and a class for every new block. Results are kept per window and
+//! joined in window order.
 
 use blake3::hazmat::ChainingValue;
 use xxhash_rust::xxh3::xxh3_64;
@@ -12,6 +14,7 @@ use crate::exec::map_indexed;
 use crate::hashtree;
 pub(crate) use crate::hashtree::WINDOW;
 use crate::input::{Input, Job};
+use crate::shift;
 use crate::{Phase, ProduceError, Progress};
 
 /// What a new block is, relative to the old file.
@@ -23,8 +26,11 @@ pub(crate) enum Class {
     Zero,
     /// Equal to the old bytes at `offset + delta` (found by the matcher).
     Moved(i64),
-    /// Anything else: goes into a data segment.
-    Changed,
+    /// Anything else: goes into a data segment. The value is a hint for the
+    /// encoder: the old bytes at `offset + hint` may be similar enough for a
+    /// bytewise delta (0, the same offset, unless a shifted match says
+    /// otherwise).
+    Changed(i64),
 }
 
 /// `blocks` consecutive new blocks of one class. Runs tile the new file.
@@ -43,6 +49,37 @@ pub(crate) fn push_run(runs: &mut Vec<Run>, class: Class, blocks: u64) {
     }
 }
 
+/// `len` consecutive new bytes of one class: the byte-granular form of
+/// [`Run`]s that the shift matcher refines. Spans tile the new file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub class: Class,
+    pub len: u64,
+}
+
+/// Appends `len` bytes of `class`, extending the last span when it matches.
+pub(crate) fn push_span(spans: &mut Vec<Span>, class: Class, len: u64) {
+    match spans.last_mut() {
+        Some(last) if last.class == class => last.len += len,
+        _ if len > 0 => spans.push(Span { class, len }),
+        _ => {}
+    }
+}
+
+/// Turns `runs`, which tile `ceil(new_len / block_size)` blocks, into spans
+/// that tile `new_len` bytes.
+pub(crate) fn spans_of(runs: &[Run], new_len: u64, block_size: u32) -> Vec<Span> {
+    let bs = u64::from(block_size);
+    let mut spans = Vec::with_capacity(runs.len());
+    let mut start = 0u64;
+    for run in runs {
+        let end = (start + run.blocks * bs).min(new_len);
+        push_span(&mut spans, run.class, end - start);
+        start = end;
+    }
+    spans
+}
+
 /// What the scan found.
 #[derive(Debug)]
 pub(crate) struct Scanned {
@@ -54,6 +91,8 @@ pub(crate) struct Scanned {
     pub runs: Vec<Run>,
     /// `(block number, xxh3)` of every full `Changed` new block, in order.
     pub changed: Vec<(u64, u64)>,
+    /// [`shift::entry`]s of the full non-zero old blocks, unsorted.
+    pub shift_entries: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +100,7 @@ struct WindowScan {
     old_value: Option<ChainingValue>,
     new_value: Option<ChainingValue>,
     index: Vec<(u64, u64)>,
+    shift: Vec<u64>,
     runs: Vec<Run>,
     changed: Vec<(u64, u64)>,
 }
@@ -68,7 +108,7 @@ struct WindowScan {
 /// All-zero bytes to compare blocks against (`memcmp` is the fastest test).
 static ZEROS: [u8; WINDOW as usize] = [0; WINDOW as usize];
 
-fn is_zero(bytes: &[u8]) -> bool {
+pub(crate) fn is_zero(bytes: &[u8]) -> bool {
     bytes == &ZEROS[..bytes.len()]
 }
 
@@ -108,6 +148,7 @@ pub(crate) fn scan(job: Job<'_>) -> Result<Scanned, ProduceError> {
         index_entries: Vec::with_capacity(results.iter().map(|w| w.index.len()).sum()),
         runs: Vec::new(),
         changed: Vec::with_capacity(results.iter().map(|w| w.changed.len()).sum()),
+        shift_entries: Vec::with_capacity(results.iter().map(|w| w.shift.len()).sum()),
     };
     for w in results {
         old_values.extend(w.old_value);
@@ -117,6 +158,7 @@ pub(crate) fn scan(job: Job<'_>) -> Result<Scanned, ProduceError> {
             push_run(&mut scanned.runs, run.class, run.blocks);
         }
         scanned.changed.extend_from_slice(&w.changed);
+        scanned.shift_entries.extend_from_slice(&w.shift);
     }
     scanned.old_hash = hashtree::root(old.len, &old_values);
     scanned.new_hash = hashtree::root(new.len, &new_values);
@@ -164,12 +206,13 @@ fn scan_window(
 /// Indexes and classifies the blocks of one piece starting at `start`, a
 /// multiple of the block size.
 fn scan_piece(w: &mut WindowScan, start: u64, bs: usize, old_bytes: &[u8], new_bytes: &[u8]) {
+    let first_block = start / bs as u64;
     for (k, block) in old_bytes.chunks_exact(bs).enumerate() {
         if !is_zero(block) {
             w.index.push((xxh3_64(block), start + (k * bs) as u64));
+            w.shift.extend(shift::entry(block, first_block + k as u64));
         }
     }
-    let first_block = start / bs as u64;
     for (k, block) in new_bytes.chunks(bs).enumerate() {
         let at = k * bs;
         let class = if old_bytes.get(at..at + block.len()) == Some(block) {
@@ -180,7 +223,7 @@ fn scan_piece(w: &mut WindowScan, start: u64, bs: usize, old_bytes: &[u8], new_b
             if block.len() == bs {
                 w.changed.push((first_block + k as u64, xxh3_64(block)));
             }
-            Class::Changed
+            Class::Changed(0)
         };
         push_run(&mut w.runs, class, 1);
     }
@@ -223,15 +266,16 @@ mod tests {
                 (Class::Same, 1),
                 (Class::Zero, 1),
                 (Class::Same, 1),
-                (Class::Changed, 1),
+                (Class::Changed(0), 1),
                 (Class::Same, 1),
-                (Class::Changed, 1),
+                (Class::Changed(0), 1),
             ]
         );
         assert_eq!(s.changed.len(), 1);
         assert_eq!(s.changed[0].0, 3);
         // Old blocks 0, 2, 3, 4 hold 7s and block 1 holds 1s: all indexed.
         assert_eq!(s.index_entries.len(), 5);
+        assert_eq!(s.shift_entries.len(), 5);
         assert_eq!(s.old_hash, *blake3::hash(&old).as_bytes());
         assert_eq!(s.new_hash, *blake3::hash(&new).as_bytes());
     }
