@@ -242,19 +242,19 @@ pub fn file_len(file: &File) -> io::Result<u64> {
 pub fn check(
     old: &Path,
     patch: &PatchSource,
-    trusted_keys: &[[u8; 32]],
+    policy: &Policy,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
     let (old_file, old_len) = open_old(old)?;
     let mut reader = patch.open()?;
     let mut applier = Applier::new(Config::new(old_len));
-    applier.require_signature(trusted_keys);
+    applier.require_signature(&policy.trusted_keys);
     drive(
         &mut applier,
         &mut reader,
         &old_file,
         &mut NullSink,
-        &mut |_| Ok(()),
+        &mut |h| policy.check_header(h),
         on_progress,
     )
 }
@@ -266,7 +266,7 @@ pub fn apply_to_new_file(
     old: &Path,
     patch: &PatchSource,
     new: &Path,
-    trusted_keys: &[[u8; 32]],
+    policy: &Policy,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
     let (old_file, old_len) = open_old(old)?;
@@ -296,7 +296,7 @@ pub fn apply_to_new_file(
         )))?;
     let mut reader = patch.open()?;
     let mut applier = Applier::new(Config::new(old_len));
-    applier.require_signature(trusted_keys);
+    applier.require_signature(&policy.trusted_keys);
     let mut sink = FileSink {
         file: tmp.as_file(),
         fresh: true,
@@ -306,7 +306,7 @@ pub fn apply_to_new_file(
         &mut reader,
         &old_file,
         &mut sink,
-        &mut |_| Ok(()),
+        &mut |h| policy.check_header(h),
         on_progress,
     )?;
     let f = tmp.as_file();
@@ -361,7 +361,7 @@ impl Default for InPlaceOptions {
 pub fn apply_in_place(
     target: &Path,
     patch: &PatchSource,
-    trusted_keys: &[[u8; 32]],
+    policy: &Policy,
     opts: &InPlaceOptions,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
@@ -387,15 +387,7 @@ pub fn apply_in_place(
     let mut t = inplace::InPlaceTarget::new(&file, target, is_regular);
 
     if let Some(state) = inplace::State::open(&state_path)? {
-        return resume(
-            state,
-            &mut t,
-            patch,
-            patch_path,
-            trusted_keys,
-            opts,
-            on_progress,
-        );
+        return resume(state, &mut t, patch, patch_path, policy, opts, on_progress);
     }
 
     // Pass 1: verify everything, write nothing.
@@ -404,13 +396,14 @@ pub fn apply_in_place(
         in_place: true,
         ..Config::new(old_len)
     });
-    applier.require_signature(trusted_keys);
+    applier.require_signature(&policy.trusted_keys);
     let verified = drive(
         &mut applier,
         &mut patch.open()?,
         &file,
         &mut NullSink,
         &mut |h| {
+            policy.check_header(h)?;
             // Refuse from the header alone, before hashing the whole base.
             if h.flags & FLAG_IN_PLACE_SAFE == 0 {
                 return Err(DriveError::NotInPlace(
@@ -456,7 +449,7 @@ pub fn apply_in_place(
         &mut state,
         &mut t,
         patch,
-        trusted_keys,
+        policy,
         opts,
         &mut |h| {
             if first_header.as_ref() != Some(h) {
@@ -501,7 +494,7 @@ fn resume(
     t: &mut inplace::InPlaceTarget<'_>,
     patch: &PatchSource,
     patch_path: &Path,
-    trusted_keys: &[[u8; 32]],
+    policy: &Policy,
     opts: &InPlaceOptions,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
@@ -517,7 +510,7 @@ fn resume(
         &mut state,
         t,
         patch,
-        trusted_keys,
+        policy,
         opts,
         &mut |h| {
             if h.new_hash != identity.new_hash || h.old_len != identity.old_len {
@@ -542,7 +535,7 @@ fn write_pass(
     state: &mut inplace::State,
     t: &mut inplace::InPlaceTarget<'_>,
     patch: &PatchSource,
-    trusted_keys: &[[u8; 32]],
+    policy: &Policy,
     opts: &InPlaceOptions,
     on_header: &mut dyn FnMut(&Header) -> Result<(), DriveError>,
     on_progress: &mut dyn FnMut(Progress),
@@ -555,7 +548,7 @@ fn write_pass(
         ..Config::new(state.identity.old_len)
     };
     let mut applier = Applier::new(cfg);
-    applier.require_signature(trusted_keys);
+    applier.require_signature(&policy.trusted_keys);
     let file = t.file;
     let mut sink = inplace::JournaledSink::new(
         state,
@@ -634,6 +627,30 @@ fn hash_patch_file(path: &Path) -> Result<Hash, DriveError> {
         at += n as u64;
     }
     Ok(*h.finalize().as_bytes())
+}
+
+/// What an applier accepts, decided from the header before any old byte
+/// is read or anything written.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Public keys of which one must have signed the patch; empty: any patch.
+    pub trusted_keys: Vec<[u8; 32]>,
+    /// Refuse patches whose new image is larger than this. An unsigned
+    /// patch costs work in proportion to the size it declares.
+    pub max_new_len: Option<u64>,
+}
+
+impl Policy {
+    /// Refuses a header this policy does not accept.
+    pub fn check_header(&self, h: &Header) -> Result<(), DriveError> {
+        match self.max_new_len {
+            Some(max) if h.new_len > max => Err(DriveError::Refused(format!(
+                "the patch makes a {}-byte image, above --max-new-size {max}",
+                h.new_len
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Reads public key files given with `--trusted-key`.

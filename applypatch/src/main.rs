@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anypatch_apply::{ErrorClass, Progress, Summary};
 use anypatch_applypatch::{
     apply_in_place, apply_to_new_file, check, hex, read_trusted_keys, DriveError, InPlaceOptions,
-    PatchSource,
+    PatchSource, Policy,
 };
 use clap::Parser;
 
@@ -67,6 +67,11 @@ struct Cli {
     /// The signature is checked before the old file is read or anything is written.
     #[arg(long, value_name = "KEYFILE")]
     trusted_key: Vec<PathBuf>,
+    /// Refuse a patch whose new image would be larger than BYTES, before
+    /// reading the old file. Use it for patches from untrusted sources that
+    /// are not signed: a patch declares its size, and work follows it.
+    #[arg(long, value_name = "BYTES")]
+    max_new_size: Option<u64>,
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -88,7 +93,11 @@ fn main() -> ExitCode {
     let patch = PatchSource::parse(&cli.patch);
     let mut meter = Meter::new(!cli.quiet && std::io::stderr().is_terminal());
     let mut on_progress = |p: Progress| meter.show(p);
-    let result = read_trusted_keys(&cli.trusted_key).and_then(|keys| {
+    let policy = read_trusted_keys(&cli.trusted_key).map(|trusted_keys| Policy {
+        trusted_keys,
+        max_new_len: cli.max_new_size,
+    });
+    let result = policy.and_then(|keys| {
         if cli.check {
             check(&cli.old, &patch, &keys, &mut on_progress)
         } else if cli.in_place {

@@ -226,3 +226,36 @@ fn missing_files_and_bad_usage_are_clear() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("--output"));
 }
+
+#[test]
+fn max_new_size_refuses_large_images_before_reading_old() {
+    let c = sparse_case();
+    let p = c.work.path().join("limit.anyp");
+    fs::write(&p, &c.patch).expect("write");
+    for mode in [&["--check"][..], &["-o", "limited.out"][..]] {
+        let o = Command::new(bin("applypatch"))
+            .current_dir(c.work.path())
+            .args(["--max-new-size", "1000"])
+            .args(mode)
+            .arg(&c.old)
+            .arg(&p)
+            .output()
+            .expect("runs");
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--max-new-size"));
+        assert!(!c.work.path().join("limited.out").exists());
+    }
+    // A limit the image fits in changes nothing.
+    let o = Command::new(bin("applypatch"))
+        .args(["--max-new-size", "16777216", "--check"])
+        .arg(&c.old)
+        .arg(&p)
+        .output()
+        .expect("runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
