@@ -90,30 +90,18 @@ impl Sink for NullSink {
     }
 }
 
-/// Writes into a file with positional writes.
+/// Writes a new file with positional writes. The file starts empty and is
+/// sized at the end, so zero runs are left as holes.
 #[derive(Debug)]
-pub struct FileSink<'a> {
+pub struct NewFileSink<'a> {
     file: &'a File,
-    /// A fresh file reads as zero where nothing was written, so zero runs are
-    /// left as holes; an existing target gets real zeros written.
-    fresh: bool,
 }
 
-impl Sink for FileSink<'_> {
+impl Sink for NewFileSink<'_> {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)
     }
-    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        if self.fresh {
-            return Ok(());
-        }
-        static ZEROS: [u8; 0x1_0000] = [0; 0x1_0000];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(ZEROS.len() as u64) as usize;
-            self.file.write_all_at(&ZEROS[..n], offset + done)?;
-            done += n as u64;
-        }
+    fn zero(&mut self, _: u64, _: u64) -> io::Result<()> {
         Ok(())
     }
 }
@@ -297,9 +285,8 @@ pub fn apply_to_new_file(
     let mut reader = patch.open()?;
     let mut applier = Applier::new(Config::new(old_len));
     applier.require_signature(&policy.trusted_keys);
-    let mut sink = FileSink {
+    let mut sink = NewFileSink {
         file: tmp.as_file(),
-        fresh: true,
     };
     let summary = drive(
         &mut applier,
