@@ -40,7 +40,7 @@ pub use header::{header_hash, Header, PageRef};
 pub use keyfile::{key_file_text, parse_key_file, KeyFileError, KeyKind};
 pub use page::{Extent, Page, SegmentEntry};
 pub use preamble::{Preamble, PreambleRepr};
-pub use segment::{Codec, Op, OpIter};
+pub use segment::{Codec, Op, OpIter, PrefixRef};
 pub use signature::{
     key_id, signed_message, SignatureBlock, SignatureEntry, MAX_SIGNATURES, SIGNATURE_CONTEXT,
     SIGNATURE_ENTRY_LEN, SIG_ALG_ED25519,
@@ -62,10 +62,13 @@ pub const VERSION_MAJOR: u16 = 0x0001;
 /// append header fields and define new flags; a minor that needs an applier
 /// to understand something new sets a must-understand feature bit, which
 /// older appliers refuse (see the spec's stability policy).
-pub const VERSION_MINOR: u16 = 0x0000;
+pub const VERSION_MINOR: u16 = 0x0001;
 
-/// Must-understand feature bits this crate understands. Version 1.0 defines none.
-pub const KNOWN_REQUIRED_FEATURES: u32 = 0x0000_0000;
+/// Must-understand feature bit (version 1.1): some data segment uses
+/// [`Codec::ZstdPrefix`], zstd with old bytes as its history.
+pub const FEATURE_OLD_PREFIX: u32 = 0x0000_0001;
+/// Must-understand feature bits this crate understands.
+pub const KNOWN_REQUIRED_FEATURES: u32 = FEATURE_OLD_PREFIX;
 
 /// Length of the fixed preamble.
 pub const PREAMBLE_LEN: usize = 24;
@@ -92,6 +95,10 @@ pub const MAX_PRODUCER_LEN: usize = 0x40;
 /// Largest zstd window a data segment's frame may declare. A frame never needs
 /// more than its content, which is at most [`MAX_SEGMENT_LEN`].
 pub const MAX_ZSTD_WINDOW: u64 = MAX_SEGMENT_LEN as u64;
+/// Most old bytes a [`Codec::ZstdPrefix`] frame may use as its history. The
+/// applier reads them into the segment output buffer and the zstd decoder
+/// keeps one copy, so the bound adds this once to the applier's memory.
+pub const MAX_PREFIX_LEN: u32 = 0x0040_0000;
 
 /// Header flag: every old byte the patch reads while producing an extent lies
 /// at or after that extent's start, so the patch can be applied in place.
@@ -99,13 +106,15 @@ pub const FLAG_IN_PLACE_SAFE: u32 = 0x0000_0001;
 
 /// Worst-case memory an applier needs, in bytes, as stated in the spec:
 /// one page and its decoded extents, one segment's payload, its decoded data,
-/// its output, and the zstd decoder's window and block buffers.
+/// its output, the zstd decoder's window and block buffers, and the
+/// decoder's copy of a prefix.
 pub const APPLIER_WORST_CASE_MEMORY: u64 = MAX_PAGE_LEN as u64          // raw page
     + (MAX_PAGE_EXTENTS as u64) * 64                                    // decoded extents
     + (MAX_OPS_LEN as u64) + (MAX_SEGMENT_LEN as u64)                   // payload
     + (MAX_SEGMENT_LEN as u64)                                          // decoded data
     + (MAX_SEGMENT_LEN as u64)                                          // output
-    + 2 * MAX_ZSTD_WINDOW + 0x0004_0000; // decoder ring buffer, block scratch
+    + 2 * MAX_ZSTD_WINDOW + 0x0004_0000 // decoder ring buffer, block scratch
+    + MAX_PREFIX_LEN as u64; // the decoder's copy of a prefix
 
 // The memory bound above counts 64 bytes per decoded extent.
 const _: () = assert!(core::mem::size_of::<Extent>() <= 64);

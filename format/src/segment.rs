@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::FormatError;
+use crate::{FormatError, MAX_PREFIX_LEN};
 
 /// How a data block is coded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,10 @@ pub enum Codec {
     Stored = 0x00,
     /// 0x01: one standard zstd frame, window at most [`crate::MAX_ZSTD_WINDOW`].
     Zstd = 0x01,
+    /// 0x02 (version 1.1, [`crate::FEATURE_OLD_PREFIX`]): a [`PrefixRef`],
+    /// then one zstd frame whose history is those old bytes, as with the
+    /// reference encoder's `ZSTD_CCtx_refPrefix`.
+    ZstdPrefix = 0x02,
 }
 
 impl TryFrom<u8> for Codec {
@@ -24,8 +28,48 @@ impl TryFrom<u8> for Codec {
         match v {
             0x00 => Ok(Codec::Stored),
             0x01 => Ok(Codec::Zstd),
+            0x02 => Ok(Codec::ZstdPrefix),
             got => Err(FormatError::UnknownCodec { got }),
         }
+    }
+}
+
+/// The head of a [`Codec::ZstdPrefix`] data block: the frame after it is
+/// decoded with old bytes `[segment_offset + delta, + len)` as its prefix
+/// (a raw-content dictionary with the default repeat offsets 1, 4, 8).
+/// Encoded as postcard: `delta` zigzag varint, then `len` varint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixRef {
+    pub delta: i64,
+    /// 1..=[`MAX_PREFIX_LEN`].
+    pub len: u32,
+}
+
+impl PrefixRef {
+    /// Appends the encoding to `out`.
+    pub fn emit(&self, out: &mut alloc::vec::Vec<u8>) {
+        let mut buf = [0u8; 16];
+        let used = postcard::to_slice(self, &mut buf).expect("a prefix ref encodes in 15 bytes");
+        out.extend_from_slice(used);
+    }
+
+    /// Splits a `ZstdPrefix` data block into its prefix ref and the frame.
+    pub fn parse(block: &[u8]) -> Result<(Self, &[u8]), FormatError> {
+        let (r, frame) = postcard::take_from_bytes::<Self>(block)
+            .map_err(|_| FormatError::Malformed { what: "prefix ref" })?;
+        if r.len == 0 {
+            return Err(FormatError::ZeroLength {
+                field: "prefix.len",
+            });
+        }
+        if r.len > MAX_PREFIX_LEN {
+            return Err(FormatError::TooLarge {
+                field: "prefix.len",
+                got: r.len.into(),
+                max: MAX_PREFIX_LEN.into(),
+            });
+        }
+        Ok((r, frame))
     }
 }
 
@@ -143,8 +187,25 @@ mod tests {
         assert!(OpIter::new(&[0x07, 0x01]).any(|r| r.is_err()));
         assert!(OpIter::new(&[0x00]).any(|r| r.is_err()));
         assert_eq!(
-            Codec::try_from(2),
-            Err(FormatError::UnknownCodec { got: 2 })
+            Codec::try_from(3),
+            Err(FormatError::UnknownCodec { got: 3 })
         );
+    }
+
+    #[test]
+    fn prefix_ref_byte_table() {
+        let mut out = Vec::new();
+        PrefixRef {
+            delta: -1,
+            len: 300,
+        }
+        .emit(&mut out);
+        out.push(0x28);
+        assert_eq!(out, [0x01, 0xAC, 0x02, 0x28]);
+        let (r, rest) = PrefixRef::parse(&out).expect("valid");
+        assert_eq!((r.delta, r.len, rest), (-1, 300, &[0x28][..]));
+        assert!(PrefixRef::parse(&[0x00, 0x00]).is_err());
+        assert!(PrefixRef::parse(&[0x00, 0x81, 0x80, 0x80, 0x02]).is_err()); // 4 MiB + 1
+        assert!(PrefixRef::parse(&[0x00]).is_err());
     }
 }

@@ -5,12 +5,19 @@
 //! (the same offset, or the source of the shifted match next to it) when
 //! those exist and at least 1/16 of its bytes equal them: small edits then
 //! turn into mostly-zero data that zstd shrinks to almost nothing. Otherwise
-//! it is a `Literal`.
+//! it is a `Literal`. Unchanged bytes between two delta ops with the same
+//! source delta join them as zero data: zstd codes a run of zeros in a few
+//! bits, less than the copy op and second delta op it replaces.
+//!
+//! With [`Settings::prefix`], a data block with literals is also compressed
+//! with up to [`MAX_PREFIX_LEN`] old bytes around the segment's main source
+//! as zstd history (codec `ZstdPrefix`), and that frame is kept when smaller.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 
-use anypatch_format::{Codec, Op, SegmentEntry, MAX_OPS_LEN};
+use anypatch_format::{Codec, Op, PrefixRef, SegmentEntry, MAX_OPS_LEN, MAX_PREFIX_LEN};
+use zstd::zstd_safe::{self, CParameter};
 
 use crate::exec::for_each_ordered;
 use crate::input::{Input, Job};
@@ -24,6 +31,21 @@ const BUFFERS_PER_WORKER: u64 = 4;
 /// many cores or a high level cannot push peak memory over 512 MiB.
 const ENCODE_MEMORY_BUDGET: u64 = 320 << 20;
 
+/// Least literal bytes for which a segment tries old bytes as history:
+/// below it the frame is too small for the history to pay for its search.
+const PREFIX_MIN_LITERALS: usize = 512;
+/// zstd's window log for prefix frames: their window stays within the
+/// format's `MAX_ZSTD_WINDOW`.
+const PREFIX_WINDOW_LOG: i32 = 22;
+
+/// What the encoder does, from the producer's options.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub level: i32,
+    pub prefix: bool,
+    pub in_place: bool,
+}
+
 /// The spooled payloads and their manifest entries.
 #[derive(Debug)]
 pub(crate) struct Encoded {
@@ -33,6 +55,8 @@ pub(crate) struct Encoded {
     pub spool: File,
     /// Whether every op reads old bytes at or after its segment's start.
     pub in_place_safe: bool,
+    /// Whether some segment uses `ZstdPrefix` (format 1.1's feature bit).
+    pub uses_prefix: bool,
 }
 
 /// A rough upper bound of a zstd compression context at `level` for a
@@ -46,9 +70,16 @@ fn zstd_context_memory(level: i32) -> u64 {
     }
 }
 
-/// How many encoding workers fit the memory budget (at least one).
-pub(crate) fn encode_workers(threads: usize, level: i32, segment_len: u32) -> usize {
-    let per_worker = BUFFERS_PER_WORKER * u64::from(segment_len) + zstd_context_memory(level);
+/// How many encoding workers fit the memory budget (at least one). A
+/// worker trying a prefix holds the old bytes and a second zstd context.
+pub(crate) fn encode_workers(threads: usize, level: i32, segment_len: u32, prefix: bool) -> usize {
+    let per_worker = BUFFERS_PER_WORKER * u64::from(segment_len)
+        + zstd_context_memory(level)
+        + if prefix {
+            u64::from(MAX_PREFIX_LEN) + 2 * zstd_context_memory(level)
+        } else {
+            0
+        };
     let fit = (ENCODE_MEMORY_BUDGET / per_worker).max(1);
     threads.min(fit as usize).max(1)
 }
@@ -60,15 +91,18 @@ struct Worker {
     /// Old bytes at a changed part's hint, when it is not 0.
     hint_buf: Vec<u8>,
     data: Vec<u8>,
+    /// Old bytes used as history for a `ZstdPrefix` frame.
+    prefix_buf: Vec<u8>,
 }
 
 /// Encodes every segment of `plan` and spools the payloads.
 pub(crate) fn encode_all(
     job: Job<'_>,
     plan: &Plan,
-    level: i32,
+    settings: Settings,
     spool: File,
 ) -> Result<Encoded, ProduceError> {
+    let level = settings.level;
     let Job {
         old,
         new,
@@ -77,10 +111,11 @@ pub(crate) fn encode_all(
         progress,
     } = job;
     let segment_max = plan.segments.iter().map(|s| s.len).max().unwrap_or(1);
-    let workers = encode_workers(threads, level, segment_max);
+    let workers = encode_workers(threads, level, segment_max, settings.prefix);
     let total = plan.segments.len() as u64;
     let mut entries = Vec::with_capacity(plan.segments.len());
     let mut in_place_safe = true;
+    let mut uses_prefix = false;
     let mut spool = BufWriter::with_capacity(1 << 20, spool);
     let compress_err = |source| ProduceError::Compress { source };
     for_each_ordered(
@@ -100,13 +135,15 @@ pub(crate) fn encode_all(
                 old_buf: Vec::new(),
                 hint_buf: Vec::new(),
                 data: Vec::new(),
+                prefix_buf: Vec::new(),
             })
         },
-        |w, i| encode_segment(old, new, &plan.segments[i], block_size, w),
+        |w, i| encode_segment(old, new, &plan.segments[i], block_size, settings, w),
         |i, (entry, payload, safe)| {
             spool
                 .write_all(&payload)
                 .map_err(|source| ProduceError::Spool { source })?;
+            uses_prefix |= entry.codec == Codec::ZstdPrefix as u8;
             entries.push(entry);
             in_place_safe &= safe;
             progress(Progress {
@@ -124,6 +161,7 @@ pub(crate) fn encode_all(
         entries,
         spool,
         in_place_safe,
+        uses_prefix,
     })
 }
 
@@ -134,6 +172,7 @@ fn encode_segment(
     new: &Input,
     seg: &SegmentPlan,
     block_size: u32,
+    settings: Settings,
     w: &mut Worker,
 ) -> Result<(SegmentEntry, Vec<u8>, bool), ProduceError> {
     let len = seg.len as usize;
@@ -155,7 +194,19 @@ fn encode_segment(
                     .is_some_and(|src| src >= seg.start);
                 push_op(&mut ops, Op::Copy { len, delta });
             }
-            Part::Zero(len) => push_op(&mut ops, Op::Zero { len }),
+            Part::Zero(len) => {
+                // Zeros that are zeros in the old file too are unchanged
+                // bytes: a copy, which joins the copies around it.
+                let at = (pos - seg.start) as usize;
+                let unchanged = old_bytes
+                    .get(at..at + len as usize)
+                    .is_some_and(crate::scan::is_zero);
+                if unchanged {
+                    push_op(&mut ops, Op::Copy { len, delta: 0 });
+                } else {
+                    push_op(&mut ops, Op::Zero { len });
+                }
+            }
             Part::Changed { len, hint } => {
                 let end = pos + u64::from(len);
                 // `near[i]` is the old byte for new offset `base + i`: the
@@ -185,6 +236,7 @@ fn encode_segment(
                     });
                     match found {
                         Some((o, delta)) => {
+                            absorb_gap(&mut ops, &mut w.data, delta, a, seg.start, old_bytes);
                             w.data
                                 .extend(n.iter().zip(o).map(|(x, y)| x.wrapping_sub(*y)));
                             safe &= a
@@ -214,15 +266,50 @@ fn encode_segment(
         "ops block over MAX_OPS_LEN"
     );
     let ops_len = payload.len() as u32;
+    let mut prefix_safe = true;
     let codec = if w.data.is_empty() {
         Codec::Stored
     } else {
-        let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(w.data.len()));
+        let mut frame = Vec::with_capacity(zstd_safe::compress_bound(w.data.len()));
         w.zstd
             .compress_to_buffer(&w.data, &mut frame)
             .map_err(|source| ProduceError::Compress { source })?;
+        let literals: usize = ops
+            .iter()
+            .map(|op| match op {
+                Op::Literal { len } => *len as usize,
+                _ => 0,
+            })
+            .sum();
+        // Data zstd cannot shrink by an eighth on its own is taken to be
+        // compressed or random, which old bytes do not predict either.
+        let compressible = 8 * frame.len() <= 7 * w.data.len();
+        let with_prefix = if settings.prefix && literals >= PREFIX_MIN_LITERALS && compressible {
+            let window = prefix_window(&ops, seg, old.len, settings.in_place);
+            match window {
+                Some(r) => {
+                    prefix_safe = r.0 >= seg.start;
+                    compress_with_prefix(
+                        old,
+                        seg.start,
+                        r,
+                        settings.level,
+                        &mut w.prefix_buf,
+                        &w.data,
+                    )?
+                    .filter(|f| f.len() < frame.len())
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
         // Stored when zstd does not help, so data_len <= new_len always.
-        if frame.len() < w.data.len() {
+        if let Some(f) = with_prefix.filter(|f| f.len() < w.data.len()) {
+            safe &= prefix_safe;
+            payload.extend_from_slice(&f);
+            Codec::ZstdPrefix
+        } else if frame.len() < w.data.len() {
             payload.extend_from_slice(&frame);
             Codec::Zstd
         } else {
@@ -238,6 +325,120 @@ fn encode_segment(
         hash: *blake3::hash(new_bytes).as_bytes(),
     };
     Ok((entry, payload, safe))
+}
+
+/// Before a delta op at new offset `at` with source `delta`: when the ops
+/// end with a delta op of the same `delta` and then a copy op with that
+/// delta, or a zero op over old zeros (checked for `delta == 0` only, where
+/// `old_bytes` holds the old bytes from `seg_start`), the gap joins the
+/// delta op as zero data.
+fn absorb_gap(
+    ops: &mut Vec<Op>,
+    data: &mut Vec<u8>,
+    delta: i64,
+    at: u64,
+    seg_start: u64,
+    old_bytes: &[u8],
+) {
+    let [.., Op::Delta { delta: d, .. }, gap] = ops.as_slice() else {
+        return;
+    };
+    if *d != delta {
+        return;
+    }
+    let len = gap.len();
+    let joins = match *gap {
+        Op::Copy { delta: g, .. } => g == delta,
+        Op::Zero { .. } if delta == 0 => {
+            let lo = (at - seg_start) as usize - len as usize;
+            old_bytes
+                .get(lo..lo + len as usize)
+                .is_some_and(crate::scan::is_zero)
+        }
+        _ => false,
+    };
+    if joins {
+        ops.pop();
+        data.resize(data.len() + len as usize, 0);
+        push_op(ops, Op::Delta { len, delta });
+    }
+}
+
+/// The old range (offset, length) to use as history: [`MAX_PREFIX_LEN`]
+/// bytes centred on where the segment's copy and delta ops read most
+/// (the same offset when they read nothing), inside the old file and, for
+/// in-place patches, not before the segment.
+fn prefix_window(
+    ops: &[Op],
+    seg: &SegmentPlan,
+    old_len: u64,
+    in_place: bool,
+) -> Option<(u64, u32)> {
+    let mut by_delta: Vec<(i64, u64)> = Vec::new();
+    for op in ops {
+        if let Op::Copy { len, delta } | Op::Delta { len, delta } = *op {
+            match by_delta.iter_mut().find(|(d, _)| *d == delta) {
+                Some((_, n)) => *n += u64::from(len),
+                None => by_delta.push((delta, u64::from(len))),
+            }
+        }
+    }
+    let delta = by_delta
+        .iter()
+        .max_by_key(|(d, n)| (*n, std::cmp::Reverse(d.unsigned_abs())))
+        .map_or(0, |(d, _)| *d);
+    let len = u64::from(MAX_PREFIX_LEN).min(old_len);
+    let centre = seg.start.saturating_add_signed(delta) + u64::from(seg.len) / 2;
+    let mut lo = centre.saturating_sub(len / 2).min(old_len - len);
+    if in_place {
+        lo = lo.max(seg.start);
+    }
+    let len = len.min(old_len.saturating_sub(lo));
+    (len > 0).then_some((lo, len as u32))
+}
+
+/// Compresses the worker's data with old bytes `window` as history;
+/// returns the data block (prefix ref, then frame), or `None` when zstd
+/// fails to make a frame no larger than the data.
+fn compress_with_prefix(
+    old: &Input,
+    seg_start: u64,
+    (lo, len): (u64, u32),
+    level: i32,
+    prefix_buf: &mut Vec<u8>,
+    data: &[u8],
+) -> Result<Option<Vec<u8>>, ProduceError> {
+    let n = old.read_clamped(prefix_buf, lo, len as usize)?;
+    let prefix = &prefix_buf[..n];
+    let err = |code| ProduceError::Compress {
+        source: std::io::Error::other(zstd_safe::get_error_name(code)),
+    };
+    let mut cctx = zstd_safe::CCtx::create();
+    for p in [
+        CParameter::CompressionLevel(level),
+        CParameter::WindowLog(PREFIX_WINDOW_LOG as u32),
+        CParameter::ContentSizeFlag(true),
+        CParameter::ChecksumFlag(false),
+        CParameter::DictIdFlag(false),
+    ] {
+        cctx.set_parameter(p).map_err(err)?;
+    }
+    cctx.ref_prefix(prefix).map_err(err)?;
+    let mut block = Vec::with_capacity(16 + zstd_safe::compress_bound(data.len()));
+    PrefixRef {
+        delta: (lo as i128 - seg_start as i128) as i64,
+        len: n as u32,
+    }
+    .emit(&mut block);
+    let head = block.len();
+    let mut frame = Vec::with_capacity(zstd_safe::compress_bound(data.len()));
+    match cctx.compress2(&mut frame, data) {
+        Ok(_) => {
+            block.extend_from_slice(&frame);
+            Ok(Some(block).filter(|b| b.len() - head <= data.len()))
+        }
+        Err(code) => Err(err(code)),
+    }
 }
 
 /// The old bytes for new bytes `n` at offset `a`, where `near[i]` is the
@@ -298,8 +499,9 @@ mod tests {
 
     #[test]
     fn workers_fit_the_budget() {
-        assert_eq!(encode_workers(2, 9, 4 << 20), 2);
-        assert!(encode_workers(256, 19, 4 << 20) * (16 + 96) <= 320);
-        assert_eq!(encode_workers(0, 19, 4 << 20), 1);
+        assert_eq!(encode_workers(2, 9, 4 << 20, true), 2);
+        assert!(encode_workers(256, 19, 4 << 20, false) * (16 + 96) <= 320);
+        assert!(encode_workers(256, 19, 4 << 20, true) * (16 + 4 + 3 * 96) <= 320);
+        assert_eq!(encode_workers(0, 19, 4 << 20, true), 1);
     }
 }

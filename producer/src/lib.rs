@@ -16,6 +16,8 @@
 //!    number of bytes: a 64-byte rolling window looked up in the second
 //!    index, verified and extended byte by byte (module `shift`), so an
 //!    insertion or deletion costs about its own bytes.
+//!    Short zero or unchanged runs between two copies with the same delta
+//!    join them when the old bytes agree (module `coalesce`).
 //! 4. **Plan** (sequential): turns the byte spans into extents and data
 //!    segments; shifted matches become copy extents, or copy ops when short.
 //! 5. **Encode** (parallel, bounded): builds each segment's ops and data,
@@ -51,6 +53,7 @@
 //! changed.
 #![forbid(unsafe_code)]
 
+mod coalesce;
 mod encode;
 mod error;
 mod exec;
@@ -76,7 +79,37 @@ pub use keys::SecretKey;
 /// The producer name written into every header.
 pub const PRODUCER: &str = concat!("anypatch-mkpatch ", env!("CARGO_PKG_VERSION"));
 
-/// How to make a patch. Start from [`Options::default`] and change fields.
+/// A speed/size trade-off: what `mkpatch --level fast|default|best` picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// zstd level 3, small segments, no old-byte history: the least CPU.
+    Fast,
+    /// zstd level 9, changes up to 1 MiB apart share a segment, and literal
+    /// data is compressed with nearby old bytes as zstd history.
+    Default,
+    /// zstd level 19, whole 4 MiB segments, and a wider search for history.
+    Best,
+}
+
+impl Level {
+    /// The options this level sets; other fields keep their defaults.
+    pub fn options(self) -> Options {
+        let (level, merge_gap, prefix) = match self {
+            Level::Fast => (3, 16 << 10, false),
+            Level::Default => (9, 1 << 20, true),
+            Level::Best => (19, MAX_SEGMENT_LEN, true),
+        };
+        Options {
+            level,
+            merge_gap,
+            prefix,
+            ..Options::base()
+        }
+    }
+}
+
+/// How to make a patch. Start from [`Options::default`] (or
+/// [`Level::options`]) and change fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// Worker threads; 0 means one per available core. The output does not
@@ -84,6 +117,13 @@ pub struct Options {
     pub threads: usize,
     /// zstd level for data blocks, 1..=19 (default 9).
     pub level: i32,
+    /// Changed regions at most this many bytes apart share one data segment
+    /// (the bytes between become ops, not extents). Larger values make
+    /// smaller patches of scattered edits; 0 keeps every change apart.
+    pub merge_gap: u32,
+    /// Compress literal data with old bytes as zstd history (codec
+    /// `ZstdPrefix`, format 1.1), kept per segment when it is smaller.
+    pub prefix: bool,
     /// Most new bytes one data segment produces, 1..=4 MiB (default 4 MiB).
     /// Smaller values make more, smaller segments (useful in tests).
     pub segment_len: u32,
@@ -100,9 +140,18 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
+        Level::Default.options()
+    }
+}
+
+impl Options {
+    /// Every field at its default except those the level sets.
+    fn base() -> Self {
         Self {
             threads: 0,
             level: 9,
+            merge_gap: 1 << 20,
+            prefix: true,
             segment_len: MAX_SEGMENT_LEN,
             block_size: 4096,
             spool_dir: None,
@@ -110,9 +159,7 @@ impl Default for Options {
             in_place: false,
         }
     }
-}
 
-impl Options {
     /// The thread count to use: `threads`, or the number of cores when 0.
     pub fn effective_threads(&self) -> usize {
         if self.threads > 0 {
@@ -235,7 +282,8 @@ pub fn make_patch(
     let shift_index = shift::ShiftIndex::build(scanned.shift_entries);
     let spans = shift::find_shifted(job, &shift_index, spans, opts.in_place)?;
     drop(shift_index);
-    let plan = plan::plan(&spans, opts.block_size, opts.segment_len);
+    let spans = coalesce::join_copies(&old, &new, spans)?;
+    let plan = plan::plan(&spans, opts.block_size, opts.segment_len, opts.merge_gap);
     drop(spans);
 
     let spool = match &opts.spool_dir {
@@ -243,7 +291,16 @@ pub fn make_patch(
         None => tempfile::tempfile(),
     }
     .map_err(|source| ProduceError::Spool { source })?;
-    let encoded = encode::encode_all(job, &plan, opts.level, spool)?;
+    let encoded = encode::encode_all(
+        job,
+        &plan,
+        encode::Settings {
+            level: opts.level,
+            prefix: opts.prefix,
+            in_place: opts.in_place,
+        },
+        spool,
+    )?;
     write::write_patch(
         &plan,
         encoded,

@@ -3,16 +3,18 @@
 //!
 //! Same spans become `Copy { delta: 0 }`, moved spans `Copy { delta }`, zero
 //! spans `Zero`, and changed spans data segments of at most `segment_len`
-//! new bytes. Two changed regions less than [`MERGE_GAP_BLOCKS`] blocks
-//! apart share a segment (the gap becomes copy or zero ops) when it stays
-//! small enough: one segment costs less than three extents and two frames.
-//! So a shifted match shorter than that becomes a copy op, a longer one a
-//! copy extent.
+//! new bytes. Two changed regions at most `merge_gap` bytes apart (and
+//! never less than [`MIN_MERGE_GAP_BLOCKS`] blocks) share a segment, the
+//! gap becoming copy or zero ops: a separate segment costs a 32-byte hash,
+//! its entry, an extent and a zstd frame, while a copy op costs about 5
+//! bytes. So a shifted match shorter than the gap becomes a copy op, a
+//! longer one a copy extent. Larger gaps cost the applier reads of
+//! unchanged bytes that an in-place apply could otherwise skip.
 
 use crate::scan::{Class, Span};
 
-/// Changed regions closer than this many blocks are merged into one segment.
-pub(crate) const MERGE_GAP_BLOCKS: u64 = 4;
+/// Changed regions closer than this many blocks are always merged.
+pub(crate) const MIN_MERGE_GAP_BLOCKS: u64 = 4;
 /// Most parts in one segment. A part becomes at most `2 + len / block_size`
 /// ops of at most 16 bytes, so with 4 MiB of 512-byte blocks the ops block
 /// stays under `2 × 16384 × 16 + 8192 × 16` bytes, well within `MAX_OPS_LEN`.
@@ -79,12 +81,13 @@ struct Placed {
 }
 
 /// Builds the plan. `spans` tile the new file.
-pub(crate) fn plan(spans: &[Span], block_size: u32, segment_len: u32) -> Plan {
-    let bs = u64::from(block_size);
+pub(crate) fn plan(spans: &[Span], block_size: u32, segment_len: u32, merge_gap: u32) -> Plan {
+    let max_gap = u64::from(merge_gap).max(MIN_MERGE_GAP_BLOCKS * u64::from(block_size));
     let mut b = Builder {
         plan: Plan::default(),
         pending: None,
         gap: Vec::new(),
+        gap_len: 0,
         segment_len: u64::from(segment_len),
     };
     let mut start = 0u64;
@@ -99,7 +102,9 @@ pub(crate) fn plan(spans: &[Span], block_size: u32, segment_len: u32) -> Plan {
             b.changed(placed, hint);
         } else if b.pending.is_some() {
             b.gap.push(placed);
-            if b.gap_len() >= MERGE_GAP_BLOCKS * bs || b.gap.len() >= MAX_PARTS / 4 {
+            b.gap_len += placed.end - placed.start;
+            let seg_end = b.pending.as_ref().map_or(0, |s| s.start + b.segment_len);
+            if b.gap_len >= max_gap || b.gap.len() >= MAX_PARTS / 4 || placed.end >= seg_end {
                 b.flush();
             }
         } else {
@@ -116,14 +121,12 @@ struct Builder {
     pending: Option<SegmentPlan>,
     /// Unchanged spans after `pending`, not yet committed to either side.
     gap: Vec<Placed>,
+    /// Bytes in `gap`.
+    gap_len: u64,
     segment_len: u64,
 }
 
 impl Builder {
-    fn gap_len(&self) -> u64 {
-        self.gap.iter().map(|s| s.end - s.start).sum()
-    }
-
     /// Closes the open segment and emits the gap after it as extents.
     fn flush(&mut self) {
         if let Some(seg) = self.pending.take() {
@@ -132,6 +135,7 @@ impl Builder {
                 .push(Item::Segment(self.plan.segments.len()));
             self.plan.segments.push(seg);
         }
+        self.gap_len = 0;
         for span in std::mem::take(&mut self.gap) {
             self.extent(span);
         }
@@ -161,6 +165,7 @@ impl Builder {
             if room > 0 && seg.parts.len() + self.gap.len() < MAX_PARTS {
                 // Absorb the (short) gap and as much of the change as fits.
                 let gap = std::mem::take(&mut self.gap);
+                self.gap_len = 0;
                 let take = room.min(span.end - span.start);
                 let seg = self.pending.as_mut().expect("checked above");
                 for g in gap {
@@ -231,6 +236,7 @@ mod tests {
             &spans_of(runs, new_len, block_size),
             block_size,
             segment_len,
+            0,
         )
     }
 

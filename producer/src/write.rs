@@ -62,7 +62,13 @@ pub(crate) fn write_patch(
         entries,
         mut spool,
         in_place_safe,
+        uses_prefix,
     } = encoded;
+    let required_features = if uses_prefix {
+        anypatch_format::FEATURE_OLD_PREFIX
+    } else {
+        0
+    };
     let mut summary = Summary {
         old_len: id.old_len,
         new_len: id.new_len,
@@ -147,7 +153,7 @@ pub(crate) fn write_patch(
     // fixed point (two or three rounds; the length only grows).
     let sig_len = SignatureBlock::encoded_len_for(usize::from(signer.is_some()));
     let header_bytes = loop {
-        let bytes = header.emit(0, sig_len as u32);
+        let bytes = header.emit(required_features, sig_len as u32);
         let total = (bytes.len() + sig_len) as u64 + pages_len + payloads_len + TRAILER_LEN as u64;
         if total == header.patch_len {
             break bytes;

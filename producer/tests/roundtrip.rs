@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use anypatch_format::{
-    header_hash, Codec, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, Trailer,
-    FLAG_IN_PLACE_SAFE, HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
+    header_hash, Codec, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, PrefixRef,
+    Trailer, FEATURE_OLD_PREFIX, FLAG_IN_PLACE_SAFE, HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
 };
-use anypatch_producer::{inspect::inspect, make_patch, Options, Summary};
+use anypatch_producer::{inspect::inspect, make_patch, Level, Options, Summary};
 
 const BS: usize = 4096;
 
@@ -114,6 +114,18 @@ fn apply(old: &[u8], patch: &[u8]) -> Vec<u8> {
                             assert_eq!(coded[4] & 0x20, 0x20, "single-segment frame");
                             zstd::bulk::decompress(coded, 1 << 22).expect("zstd")
                         }
+                        Codec::ZstdPrefix => {
+                            assert_ne!(pre.required_features & FEATURE_OLD_PREFIX, 0);
+                            let (r, frame) = PrefixRef::parse(coded).expect("prefix ref");
+                            let lo = (out.len() as i64 + r.delta) as usize;
+                            in_place_safe &= lo >= out.len();
+                            let prefix = &old[lo..lo + r.len as usize];
+                            let mut dctx = zstd::zstd_safe::DCtx::create();
+                            dctx.ref_prefix(prefix).expect("prefix");
+                            let mut data = Vec::with_capacity(1 << 22);
+                            dctx.decompress(&mut data, frame).expect("zstd with prefix");
+                            data
+                        }
                     };
                     let mut d = 0;
                     let seg_start = out.len();
@@ -172,11 +184,20 @@ fn apply(old: &[u8], patch: &[u8]) -> Vec<u8> {
 fn round_trips_every_kind_of_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (old, new) = pair();
+    for level in [Level::Default, Level::Best] {
+        let opts = Options {
+            threads: 3,
+            ..level.options()
+        };
+        let (patch, _) = make(dir.path(), &old, &new, &opts);
+        assert_eq!(apply(&old, &patch), new, "{level:?}");
+    }
+    // The fast level keeps changes apart, so the summary shows each kind.
     for segment_len in [4096, 3 * 4096 + 1, 1 << 22] {
         let opts = Options {
             threads: 3,
             segment_len,
-            ..Options::default()
+            ..Level::Fast.options()
         };
         let (patch, s) = make(dir.path(), &old, &new, &opts);
         assert_eq!(apply(&old, &patch), new, "segment_len {segment_len}");
@@ -292,7 +313,7 @@ fn planner_choices() {
     new[12 * BS..].fill(0xEE); // zero run in old replaced: literal
     new[14 * BS..].fill(0); // back to zero: same as old
     new[10 * BS..11 * BS].fill(0); // zeroed block
-    let (patch, s) = make(dir.path(), &old, &new, &Options::default());
+    let (patch, s) = make(dir.path(), &old, &new, &Level::Fast.options());
     assert_eq!(apply(&old, &patch), new);
     let e = extents(&patch);
     assert_eq!(
@@ -323,4 +344,61 @@ fn planner_choices() {
     assert!(s.in_place_safe, "the only move reads ahead (delta > 0)");
     let report = inspect(&mut &patch[..]).expect("inspect");
     assert_eq!((report.ops.delta, report.ops.literal), (1, 1));
+}
+
+/// Text-like bytes: words from a small random vocabulary.
+fn words(rng: &mut Rng, len: usize) -> Vec<u8> {
+    let vocab: Vec<Vec<u8>> = (0..300)
+        .map(|_| {
+            let mut w = vec![0u8; 3 + (rng.next() % 9) as usize];
+            rng.fill(&mut w);
+            w
+        })
+        .collect();
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        out.extend_from_slice(&vocab[(rng.next() % 300) as usize]);
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn near_matches_use_old_bytes_as_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = Rng(7);
+    let old = words(&mut rng, 64 * BS);
+    // New: a stretch of old text edited every 40 bytes (too often for the
+    // shifted-match search), moved 5 blocks on: only history finds it.
+    let mut new = old.clone();
+    let (src, dst, len) = (20 * BS + 3, 40 * BS, 8 * BS);
+    let mut edited = old[src..src + len].to_vec();
+    for i in (0..len).step_by(40) {
+        edited[i] ^= 0x5A;
+    }
+    new[dst..dst + len].copy_from_slice(&edited);
+    let sizes: Vec<usize> = [Level::Fast, Level::Default, Level::Best]
+        .iter()
+        .map(|level| {
+            let (patch, _) = make(dir.path(), &old, &new, &level.options());
+            assert_eq!(apply(&old, &patch), new, "{level:?}");
+            let prefixed = extents(&patch)
+                .iter()
+                .any(|e| matches!(e, Extent::Data(d) if d.codec == Codec::ZstdPrefix as u8));
+            assert_eq!(prefixed, *level != Level::Fast, "{level:?}");
+            patch.len()
+        })
+        .collect();
+    assert!(
+        sizes[1] * 2 < sizes[0],
+        "history should at least halve the patch: {sizes:?}"
+    );
+    // In-place patches take history only from at or after the segment.
+    let opts = Options {
+        in_place: true,
+        ..Options::default()
+    };
+    let (patch, s) = make(dir.path(), &old, &new, &opts);
+    assert_eq!(apply(&old, &patch), new);
+    assert!(s.in_place_safe);
 }

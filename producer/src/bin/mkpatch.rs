@@ -10,14 +10,17 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use anypatch_format::{key_file_text, key_id, parse_key_file, KeyKind, VERSION_MAJOR};
 use anypatch_producer::inspect::{inspect, InspectError, Inspection};
-use anypatch_producer::{make_patch, Options, Phase, ProduceError, Progress, SecretKey, Summary};
+use anypatch_producer::{
+    make_patch, Level, Options, Phase, ProduceError, Progress, SecretKey, Summary,
+};
 use clap::{Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 Examples:
   mkpatch old.img new.img -o update.patch    make a patch (file appears only when complete)
   mkpatch old.img new.img > update.patch     the same, to stdout
-  mkpatch -j 8 --level 19 a.img b.img -o p   more threads, smaller patch, slower
+  mkpatch --level best a.img b.img -o p      smallest patch (zstd 19, wider search), slower
+  mkpatch --level fast a.img b.img -o p      least CPU, larger patch
   mkpatch inspect update.patch               check a patch and show what it contains
   mkpatch inspect --json - < update.patch    the same as one JSON object
   mkpatch --in-place disk.img new.img -o p    a patch for applypatch --in-place, even with moved data
@@ -68,9 +71,12 @@ struct Cli {
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
 
-    /// zstd level for changed data, 1 (fast) to 19 (small).
-    #[arg(long, value_name = "N", default_value_t = 9, value_parser = clap::value_parser!(i32).range(1..=19))]
-    level: i32,
+    /// Speed against size: `fast` (zstd 3, no old-byte history), `default`
+    /// (zstd 9, changes up to 1 MiB apart share a segment, literal data
+    /// compressed against nearby old bytes) or `best` (zstd 19, 4 MiB
+    /// segments). A number 1..=19 is `default` with that zstd level.
+    #[arg(long, value_name = "LEVEL", default_value = "default", value_parser = parse_level)]
+    level: LevelArg,
 
     /// Advanced: most new bytes per data segment, 1..=4194304. Smaller
     /// segments apply with less memory but compress worse.
@@ -178,6 +184,25 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// `--level`: a named preset or a zstd level.
+#[derive(Debug, Clone, Copy)]
+enum LevelArg {
+    Named(Level),
+    Zstd(i32),
+}
+
+fn parse_level(s: &str) -> Result<LevelArg, String> {
+    match s {
+        "fast" => Ok(LevelArg::Named(Level::Fast)),
+        "default" => Ok(LevelArg::Named(Level::Default)),
+        "best" => Ok(LevelArg::Named(Level::Best)),
+        _ => match s.parse::<i32>() {
+            Ok(n) if (1..=19).contains(&n) => Ok(LevelArg::Zstd(n)),
+            _ => Err("use fast, default, best, or a zstd level 1..=19".into()),
+        },
+    }
+}
+
 fn is_dash(p: &Path) -> bool {
     p.as_os_str() == "-"
 }
@@ -194,11 +219,17 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
             .into());
         }
     }
+    let base = match cli.level {
+        LevelArg::Named(level) => level.options(),
+        LevelArg::Zstd(n) => Options {
+            level: n,
+            ..Options::default()
+        },
+    };
     let mut opts = Options {
         threads: cli.threads.map_or(0, |n| n as usize),
-        level: cli.level,
         in_place: cli.in_place,
-        ..Options::default()
+        ..base
     };
     if let Some(len) = cli.segment_len {
         opts.segment_len = len;
