@@ -40,7 +40,7 @@ pub use header::{header_hash, Header, PageRef};
 pub use keyfile::{key_file_text, parse_key_file, KeyFileError, KeyKind};
 pub use page::{Extent, Page, SegmentEntry};
 pub use preamble::{Preamble, PreambleRepr};
-pub use segment::{Codec, Op, OpIter, PrefixRef};
+pub use segment::{Codec, Op, OpIter, PrefixRef, PACKED_OPS};
 pub use signature::{
     key_id, signed_message, SignatureBlock, SignatureEntry, MAX_SIGNATURES, SIGNATURE_CONTEXT,
     SIGNATURE_ENTRY_LEN, SIG_ALG_ED25519,
@@ -67,8 +67,11 @@ pub const VERSION_MINOR: u16 = 0x0001;
 /// Must-understand feature bit (version 1.1): some data segment uses
 /// [`Codec::ZstdPrefix`], zstd with old bytes as its history.
 pub const FEATURE_OLD_PREFIX: u32 = 0x0000_0001;
+/// Must-understand feature bit (version 1.1): some data segment's ops block
+/// is packed, that is zstd-compressed ([`PACKED_OPS`] in its codec byte).
+pub const FEATURE_PACKED_OPS: u32 = 0x0000_0002;
 /// Must-understand feature bits this crate understands.
-pub const KNOWN_REQUIRED_FEATURES: u32 = FEATURE_OLD_PREFIX;
+pub const KNOWN_REQUIRED_FEATURES: u32 = FEATURE_OLD_PREFIX | FEATURE_PACKED_OPS;
 
 /// Length of the fixed preamble.
 pub const PREAMBLE_LEN: usize = 24;

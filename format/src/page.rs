@@ -26,7 +26,8 @@ pub enum Extent {
 pub struct SegmentEntry {
     /// New bytes the segment produces, 1..=[`MAX_SEGMENT_LEN`].
     pub new_len: u32,
-    /// How the data block is coded, a [`Codec`] byte.
+    /// How the data block is coded, a [`Codec`] byte, with
+    /// [`crate::PACKED_OPS`] set when the ops block is packed.
     pub codec: u8,
     /// Length of the ops block, 1..=[`MAX_OPS_LEN`].
     pub ops_len: u32,
@@ -67,7 +68,7 @@ impl Extent {
             }),
             Extent::Copy { .. } | Extent::Zero { .. } => Ok(()),
             Extent::Data(s) => {
-                Codec::try_from(s.codec)?;
+                Codec::split(s.codec)?;
                 if s.new_len == 0 {
                     return Err(FormatError::ZeroLength {
                         field: "segment.new_len",

@@ -8,6 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{FormatError, MAX_PREFIX_LEN};
 
+/// Bit of a segment entry's codec byte (version 1.1,
+/// [`crate::FEATURE_PACKED_OPS`]): the `ops_len` bytes of the ops block are
+/// one zstd frame (window at most [`crate::MAX_ZSTD_WINDOW`]) that decodes
+/// to the ops, at most [`crate::MAX_OPS_LEN`] bytes. The other seven bits
+/// are the data block's [`Codec`].
+pub const PACKED_OPS: u8 = 0x80;
+
 /// How a data block is coded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -20,6 +27,14 @@ pub enum Codec {
     /// then one zstd frame whose history is those old bytes, as with the
     /// reference encoder's `ZSTD_CCtx_refPrefix`.
     ZstdPrefix = 0x02,
+}
+
+impl Codec {
+    /// The data codec and whether the ops block is packed, from a segment
+    /// entry's codec byte.
+    pub fn split(byte: u8) -> Result<(Self, bool), FormatError> {
+        Ok((Self::try_from(byte & !PACKED_OPS)?, byte & PACKED_OPS != 0))
+    }
 }
 
 impl TryFrom<u8> for Codec {
@@ -190,6 +205,14 @@ mod tests {
             Codec::try_from(3),
             Err(FormatError::UnknownCodec { got: 3 })
         );
+    }
+
+    #[test]
+    fn codec_byte_splits() {
+        assert_eq!(Codec::split(0x01), Ok((Codec::Zstd, false)));
+        assert_eq!(Codec::split(0x82), Ok((Codec::ZstdPrefix, true)));
+        assert!(Codec::split(0x83).is_err());
+        assert!(Codec::try_from(0x80).is_err());
     }
 
     #[test]

@@ -10,13 +10,13 @@
 //! bits, less than the copy op and second delta op it replaces.
 //!
 //! With [`Settings::prefix`], a data block with literals is also compressed
-//! with up to [`MAX_PREFIX_LEN`] old bytes around the segment's main source
+//! with up to `prefix_len` old bytes around the segment's main source
 //! as zstd history (codec `ZstdPrefix`), and that frame is kept when smaller.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 
-use anypatch_format::{Codec, Op, PrefixRef, SegmentEntry, MAX_OPS_LEN, MAX_PREFIX_LEN};
+use anypatch_format::{Codec, Op, PrefixRef, SegmentEntry, MAX_OPS_LEN, PACKED_OPS};
 use zstd::zstd_safe::{self, CParameter};
 
 use crate::exec::for_each_ordered;
@@ -34,6 +34,8 @@ const ENCODE_MEMORY_BUDGET: u64 = 320 << 20;
 /// Least literal bytes for which a segment tries old bytes as history:
 /// below it the frame is too small for the history to pay for its search.
 const PREFIX_MIN_LITERALS: usize = 512;
+/// Shortest ops block worth packing: a zstd frame costs about 10 bytes.
+const PACK_OPS_MIN: usize = 32;
 /// zstd's window log for prefix frames: their window stays within the
 /// format's `MAX_ZSTD_WINDOW`.
 const PREFIX_WINDOW_LOG: i32 = 22;
@@ -42,7 +44,12 @@ const PREFIX_WINDOW_LOG: i32 = 22;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
     pub level: i32,
-    pub prefix: bool,
+    /// Old bytes to try as history; 0: none.
+    pub prefix_len: u32,
+    /// Inside near matches, equal runs this long become copy ops; 0: never.
+    pub min_copy: u32,
+    /// zstd-compress ops blocks when that makes them smaller.
+    pub pack_ops: bool,
     pub in_place: bool,
 }
 
@@ -57,6 +64,8 @@ pub(crate) struct Encoded {
     pub in_place_safe: bool,
     /// Whether some segment uses `ZstdPrefix` (format 1.1's feature bit).
     pub uses_prefix: bool,
+    /// Whether some segment's ops block is packed (another 1.1 feature bit).
+    pub packs_ops: bool,
 }
 
 /// A rough upper bound of a zstd compression context at `level` for a
@@ -72,11 +81,16 @@ fn zstd_context_memory(level: i32) -> u64 {
 
 /// How many encoding workers fit the memory budget (at least one). A
 /// worker trying a prefix holds the old bytes and a second zstd context.
-pub(crate) fn encode_workers(threads: usize, level: i32, segment_len: u32, prefix: bool) -> usize {
+pub(crate) fn encode_workers(
+    threads: usize,
+    level: i32,
+    segment_len: u32,
+    prefix_len: u32,
+) -> usize {
     let per_worker = BUFFERS_PER_WORKER * u64::from(segment_len)
         + zstd_context_memory(level)
-        + if prefix {
-            u64::from(MAX_PREFIX_LEN) + 2 * zstd_context_memory(level)
+        + if prefix_len > 0 {
+            u64::from(prefix_len) + 2 * zstd_context_memory(level)
         } else {
             0
         };
@@ -111,11 +125,12 @@ pub(crate) fn encode_all(
         progress,
     } = job;
     let segment_max = plan.segments.iter().map(|s| s.len).max().unwrap_or(1);
-    let workers = encode_workers(threads, level, segment_max, settings.prefix);
+    let workers = encode_workers(threads, level, segment_max, settings.prefix_len);
     let total = plan.segments.len() as u64;
     let mut entries = Vec::with_capacity(plan.segments.len());
     let mut in_place_safe = true;
     let mut uses_prefix = false;
+    let mut packs_ops = false;
     let mut spool = BufWriter::with_capacity(1 << 20, spool);
     let compress_err = |source| ProduceError::Compress { source };
     for_each_ordered(
@@ -143,7 +158,8 @@ pub(crate) fn encode_all(
             spool
                 .write_all(&payload)
                 .map_err(|source| ProduceError::Spool { source })?;
-            uses_prefix |= entry.codec == Codec::ZstdPrefix as u8;
+            uses_prefix |= entry.codec & !PACKED_OPS == Codec::ZstdPrefix as u8;
+            packs_ops |= entry.codec & PACKED_OPS != 0;
             entries.push(entry);
             in_place_safe &= safe;
             progress(Progress {
@@ -162,6 +178,7 @@ pub(crate) fn encode_all(
         spool,
         in_place_safe,
         uses_prefix,
+        packs_ops,
     })
 }
 
@@ -236,13 +253,16 @@ fn encode_segment(
                     });
                     match found {
                         Some((o, delta)) => {
-                            absorb_gap(&mut ops, &mut w.data, delta, a, seg.start, old_bytes);
-                            w.data
-                                .extend(n.iter().zip(o).map(|(x, y)| x.wrapping_sub(*y)));
                             safe &= a
                                 .checked_add_signed(delta)
                                 .is_some_and(|src| src >= seg.start);
-                            push_op(&mut ops, Op::Delta { len: piece, delta });
+                            let near = Near {
+                                delta,
+                                seg_start: seg.start,
+                                old_bytes,
+                                min_copy: settings.min_copy,
+                            };
+                            near.push(&mut ops, &mut w.data, a, n, o);
                         }
                         None => {
                             w.data.extend_from_slice(n);
@@ -265,6 +285,17 @@ fn encode_segment(
         payload.len() <= MAX_OPS_LEN as usize,
         "ops block over MAX_OPS_LEN"
     );
+    let mut packed = false;
+    if settings.pack_ops && payload.len() >= PACK_OPS_MIN {
+        let mut frame = Vec::with_capacity(zstd_safe::compress_bound(payload.len()));
+        w.zstd
+            .compress_to_buffer(&payload[..], &mut frame)
+            .map_err(|source| ProduceError::Compress { source })?;
+        if frame.len() < payload.len() {
+            payload = frame;
+            packed = true;
+        }
+    }
     let ops_len = payload.len() as u32;
     let mut prefix_safe = true;
     let codec = if w.data.is_empty() {
@@ -284,26 +315,28 @@ fn encode_segment(
         // Data zstd cannot shrink by an eighth on its own is taken to be
         // compressed or random, which old bytes do not predict either.
         let compressible = 8 * frame.len() <= 7 * w.data.len();
-        let with_prefix = if settings.prefix && literals >= PREFIX_MIN_LITERALS && compressible {
-            let window = prefix_window(&ops, seg, old.len, settings.in_place);
-            match window {
-                Some(r) => {
-                    prefix_safe = r.0 >= seg.start;
-                    compress_with_prefix(
-                        old,
-                        seg.start,
-                        r,
-                        settings.level,
-                        &mut w.prefix_buf,
-                        &w.data,
-                    )?
-                    .filter(|f| f.len() < frame.len())
+        let with_prefix =
+            if settings.prefix_len > 0 && literals >= PREFIX_MIN_LITERALS && compressible {
+                let window =
+                    prefix_window(&ops, seg, old.len, settings.prefix_len, settings.in_place);
+                match window {
+                    Some(r) => {
+                        prefix_safe = r.0 >= seg.start;
+                        compress_with_prefix(
+                            old,
+                            seg.start,
+                            r,
+                            settings.level,
+                            &mut w.prefix_buf,
+                            &w.data,
+                        )?
+                        .filter(|f| f.len() < frame.len())
+                    }
+                    None => None,
                 }
-                None => None,
-            }
-        } else {
-            None
-        };
+            } else {
+                None
+            };
         // Stored when zstd does not help, so data_len <= new_len always.
         if let Some(f) = with_prefix.filter(|f| f.len() < w.data.len()) {
             safe &= prefix_safe;
@@ -319,7 +352,7 @@ fn encode_segment(
     };
     let entry = SegmentEntry {
         new_len: seg.len,
-        codec: codec as u8,
+        codec: codec as u8 | if packed { PACKED_OPS } else { 0 },
         ops_len,
         data_len: (payload.len() as u32) - ops_len,
         hash: *blake3::hash(new_bytes).as_bytes(),
@@ -327,51 +360,104 @@ fn encode_segment(
     Ok((entry, payload, safe))
 }
 
-/// Before a delta op at new offset `at` with source `delta`: when the ops
-/// end with a delta op of the same `delta` and then a copy op with that
-/// delta, or a zero op over old zeros (checked for `delta == 0` only, where
-/// `old_bytes` holds the old bytes from `seg_start`), the gap joins the
-/// delta op as zero data.
-fn absorb_gap(
-    ops: &mut Vec<Op>,
-    data: &mut Vec<u8>,
+/// New bytes coded against similar old bytes at `delta`.
+struct Near<'o> {
     delta: i64,
-    at: u64,
     seg_start: u64,
-    old_bytes: &[u8],
-) {
-    let [.., Op::Delta { delta: d, .. }, gap] = ops.as_slice() else {
-        return;
-    };
-    if *d != delta {
-        return;
-    }
-    let len = gap.len();
-    let joins = match *gap {
-        Op::Copy { delta: g, .. } => g == delta,
-        Op::Zero { .. } if delta == 0 => {
-            let lo = (at - seg_start) as usize - len as usize;
-            old_bytes
-                .get(lo..lo + len as usize)
-                .is_some_and(crate::scan::is_zero)
+    /// Old bytes from `seg_start` at the same offset.
+    old_bytes: &'o [u8],
+    /// Equal runs at least this long become copy ops; 0: never.
+    min_copy: u32,
+}
+
+impl Near<'_> {
+    /// Codes new bytes `n` at offset `at` against old bytes `o`: equal runs
+    /// of at least `min_copy` bytes as copies, the rest as delta ops.
+    fn push(&self, ops: &mut Vec<Op>, data: &mut Vec<u8>, at: u64, n: &[u8], o: &[u8]) {
+        let min = self.min_copy as usize;
+        let mut from = 0; // start of the bytes not yet coded
+        let mut i = 0;
+        while min > 0 && i < n.len() {
+            if n[i] != o[i] {
+                i += 1;
+                continue;
+            }
+            let run = n[i..]
+                .iter()
+                .zip(&o[i..])
+                .take_while(|(x, y)| x == y)
+                .count();
+            if run >= min {
+                self.delta_op(ops, data, at + from as u64, &n[from..i], &o[from..i]);
+                push_op(
+                    ops,
+                    Op::Copy {
+                        len: run as u32,
+                        delta: self.delta,
+                    },
+                );
+                from = i + run;
+            }
+            i += run;
         }
-        _ => false,
-    };
-    if joins {
-        ops.pop();
-        data.resize(data.len() + len as usize, 0);
-        push_op(ops, Op::Delta { len, delta });
+        self.delta_op(ops, data, at + from as u64, &n[from..], &o[from..]);
+    }
+
+    /// Appends a delta op for `n` at `at` (nothing when empty). When the ops
+    /// end with a delta op of the same delta and then a short copy with that
+    /// delta, or zeros over old zeros, that gap joins the delta as zero data:
+    /// zstd codes a run of zeros in a few bits, less than two ops.
+    fn delta_op(&self, ops: &mut Vec<Op>, data: &mut Vec<u8>, at: u64, n: &[u8], o: &[u8]) {
+        if n.is_empty() {
+            return;
+        }
+        if let [.., Op::Delta { delta: d, .. }, gap] = ops.as_slice() {
+            let len = gap.len();
+            let short = self.min_copy == 0 || len < self.min_copy;
+            let joins = *d == self.delta
+                && short
+                && match *gap {
+                    Op::Copy { delta: g, .. } => g == self.delta,
+                    Op::Zero { .. } if self.delta == 0 => {
+                        let lo = (at - self.seg_start) as usize - len as usize;
+                        self.old_bytes
+                            .get(lo..lo + len as usize)
+                            .is_some_and(crate::scan::is_zero)
+                    }
+                    _ => false,
+                };
+            if joins {
+                ops.pop();
+                data.resize(data.len() + len as usize, 0);
+                push_op(
+                    ops,
+                    Op::Delta {
+                        len,
+                        delta: self.delta,
+                    },
+                );
+            }
+        }
+        data.extend(n.iter().zip(o).map(|(x, y)| x.wrapping_sub(*y)));
+        push_op(
+            ops,
+            Op::Delta {
+                len: n.len() as u32,
+                delta: self.delta,
+            },
+        );
     }
 }
 
-/// The old range (offset, length) to use as history: [`MAX_PREFIX_LEN`]
-/// bytes centred on where the segment's copy and delta ops read most
+/// The old range (offset, length) to use as history: `prefix_len` bytes
+/// centred on where the segment's copy and delta ops read most
 /// (the same offset when they read nothing), inside the old file and, for
 /// in-place patches, not before the segment.
 fn prefix_window(
     ops: &[Op],
     seg: &SegmentPlan,
     old_len: u64,
+    prefix_len: u32,
     in_place: bool,
 ) -> Option<(u64, u32)> {
     let mut by_delta: Vec<(i64, u64)> = Vec::new();
@@ -387,7 +473,7 @@ fn prefix_window(
         .iter()
         .max_by_key(|(d, n)| (*n, std::cmp::Reverse(d.unsigned_abs())))
         .map_or(0, |(d, _)| *d);
-    let len = u64::from(MAX_PREFIX_LEN).min(old_len);
+    let len = u64::from(prefix_len).min(old_len);
     let centre = seg.start.saturating_add_signed(delta) + u64::from(seg.len) / 2;
     let mut lo = centre.saturating_sub(len / 2).min(old_len - len);
     if in_place {
@@ -499,9 +585,9 @@ mod tests {
 
     #[test]
     fn workers_fit_the_budget() {
-        assert_eq!(encode_workers(2, 9, 4 << 20, true), 2);
-        assert!(encode_workers(256, 19, 4 << 20, false) * (16 + 96) <= 320);
-        assert!(encode_workers(256, 19, 4 << 20, true) * (16 + 4 + 3 * 96) <= 320);
-        assert_eq!(encode_workers(0, 19, 4 << 20, true), 1);
+        assert_eq!(encode_workers(2, 9, 4 << 20, 1 << 20), 2);
+        assert!(encode_workers(256, 19, 4 << 20, 0) * (16 + 96) <= 320);
+        assert!(encode_workers(256, 19, 4 << 20, 4 << 20) * (16 + 4 + 3 * 96) <= 320);
+        assert_eq!(encode_workers(0, 19, 4 << 20, 4 << 20), 1);
     }
 }

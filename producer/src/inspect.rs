@@ -6,8 +6,9 @@ use std::fmt;
 use std::io::{self, Read};
 
 use anypatch_format::{
-    header_hash, key_id, Extent, FormatError, Hash, Header, Op, OpIter, Page, Preamble,
-    PreambleRepr, SignatureBlock, Trailer, FLAG_IN_PLACE_SAFE, HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
+    header_hash, key_id, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, Preamble,
+    PreambleRepr, SignatureBlock, Trailer, FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_OPS_LEN, PREAMBLE_LEN,
+    TRAILER_LEN,
 };
 
 /// New-file bytes and extent count of one extent kind.
@@ -24,6 +25,21 @@ pub struct OpCounts {
     pub literal: u64,
     pub delta: u64,
     pub zero: u64,
+}
+
+/// Data segments by how their blocks are coded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CodecCounts {
+    pub stored: u64,
+    pub zstd: u64,
+    /// zstd with old bytes as history (format 1.1).
+    pub zstd_prefix: u64,
+    /// Segments whose ops block is packed (format 1.1).
+    pub packed_ops: u64,
+    /// Patch bytes of all ops blocks, as stored.
+    pub ops_bytes: u64,
+    /// Patch bytes of all data blocks, as stored.
+    pub data_bytes: u64,
 }
 
 /// What [`inspect`] found.
@@ -44,6 +60,7 @@ pub struct Inspection {
     pub zero: KindCount,
     pub data: KindCount,
     pub ops: OpCounts,
+    pub codecs: CodecCounts,
     /// Bytes read, trailer included.
     pub patch_len: u64,
     pub patch_hash: Hash,
@@ -172,6 +189,7 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, InspectError> {
         zero: KindCount::default(),
         data: KindCount::default(),
         ops: OpCounts::default(),
+        codecs: CodecCounts::default(),
         patch_len: 0,
         patch_hash: [0; 32],
         patch_hash_ok: false,
@@ -195,7 +213,23 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, InspectError> {
             kind.extents += 1;
             kind.bytes = kind.bytes.saturating_add(extent.len());
             if let Extent::Data(seg) = extent {
-                let ops = take(r, &mut hasher, seg.ops_len as usize)?;
+                let (codec, packed) = Codec::split(seg.codec)?;
+                *match codec {
+                    Codec::Stored => &mut report.codecs.stored,
+                    Codec::Zstd => &mut report.codecs.zstd,
+                    Codec::ZstdPrefix => &mut report.codecs.zstd_prefix,
+                } += 1;
+                report.codecs.ops_bytes += u64::from(seg.ops_len);
+                report.codecs.data_bytes += u64::from(seg.data_len);
+                let mut ops = take(r, &mut hasher, seg.ops_len as usize)?;
+                if packed {
+                    report.codecs.packed_ops += 1;
+                    ops = zstd::bulk::decompress(&ops, MAX_OPS_LEN as usize).map_err(|_| {
+                        FormatError::Malformed {
+                            what: "packed ops block",
+                        }
+                    })?;
+                }
                 for op in OpIter::new(&ops) {
                     match op? {
                         Op::Copy { .. } => report.ops.copy += 1,

@@ -71,7 +71,7 @@ mod write;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anypatch_format::{Hash, MAX_SEGMENT_LEN};
+use anypatch_format::{Hash, MAX_PREFIX_LEN, MAX_SEGMENT_LEN};
 
 pub use error::ProduceError;
 pub use keys::SecretKey;
@@ -94,15 +94,17 @@ pub enum Level {
 impl Level {
     /// The options this level sets; other fields keep their defaults.
     pub fn options(self) -> Options {
-        let (level, merge_gap, prefix) = match self {
-            Level::Fast => (3, 16 << 10, false),
-            Level::Default => (9, 1 << 20, true),
-            Level::Best => (19, MAX_SEGMENT_LEN, true),
+        let (level, merge_gap, prefix_len, min_copy, pack_ops) = match self {
+            Level::Fast => (3, 16 << 10, 0, 0, false),
+            Level::Default => (9, 1 << 20, 1 << 20, 24, true),
+            Level::Best => (19, MAX_SEGMENT_LEN, MAX_PREFIX_LEN, 24, true),
         };
         Options {
             level,
             merge_gap,
-            prefix,
+            prefix_len,
+            min_copy,
+            pack_ops,
             ..Options::base()
         }
     }
@@ -121,9 +123,18 @@ pub struct Options {
     /// (the bytes between become ops, not extents). Larger values make
     /// smaller patches of scattered edits; 0 keeps every change apart.
     pub merge_gap: u32,
-    /// Compress literal data with old bytes as zstd history (codec
-    /// `ZstdPrefix`, format 1.1), kept per segment when it is smaller.
-    pub prefix: bool,
+    /// Compress literal data with up to this many old bytes, around where
+    /// the segment's copies read, as zstd history (codec `ZstdPrefix`,
+    /// format 1.1), kept per segment when it is smaller. 0 turns it off;
+    /// at most `MAX_PREFIX_LEN` (4 MiB). More finds more, at more CPU.
+    pub prefix_len: u32,
+    /// Inside a near match (bytes coded as a delta against similar old
+    /// bytes), equal runs of at least this many bytes become copy ops; 0
+    /// keeps whole blocks as one delta.
+    pub min_copy: u32,
+    /// zstd-compress each ops block when that makes it smaller (format 1.1
+    /// feature `PACKED_OPS`): scattered edits are mostly ops.
+    pub pack_ops: bool,
     /// Most new bytes one data segment produces, 1..=4 MiB (default 4 MiB).
     /// Smaller values make more, smaller segments (useful in tests).
     pub segment_len: u32,
@@ -151,7 +162,9 @@ impl Options {
             threads: 0,
             level: 9,
             merge_gap: 1 << 20,
-            prefix: true,
+            prefix_len: 1 << 20,
+            min_copy: 24,
+            pack_ops: true,
             segment_len: MAX_SEGMENT_LEN,
             block_size: 4096,
             spool_dir: None,
@@ -174,6 +187,12 @@ impl Options {
             return Err(ProduceError::InvalidOption {
                 name: "level",
                 reason: format!("is {}; use a zstd level in 1..=19", self.level),
+            });
+        }
+        if self.prefix_len > MAX_PREFIX_LEN {
+            return Err(ProduceError::InvalidOption {
+                name: "prefix_len",
+                reason: format!("is {}; use 0..={MAX_PREFIX_LEN}", self.prefix_len),
             });
         }
         if !(1..=MAX_SEGMENT_LEN).contains(&self.segment_len) {
@@ -296,7 +315,9 @@ pub fn make_patch(
         &plan,
         encode::Settings {
             level: opts.level,
-            prefix: opts.prefix,
+            prefix_len: opts.prefix_len,
+            min_copy: opts.min_copy,
+            pack_ops: opts.pack_ops,
             in_place: opts.in_place,
         },
         spool,

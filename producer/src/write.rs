@@ -63,9 +63,14 @@ pub(crate) fn write_patch(
         mut spool,
         in_place_safe,
         uses_prefix,
+        packs_ops,
     } = encoded;
     let required_features = if uses_prefix {
         anypatch_format::FEATURE_OLD_PREFIX
+    } else {
+        0
+    } | if packs_ops {
+        anypatch_format::FEATURE_PACKED_OPS
     } else {
         0
     };

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use anypatch_format::{
     header_hash, Codec, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, PrefixRef,
-    Trailer, FEATURE_OLD_PREFIX, FLAG_IN_PLACE_SAFE, HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
+    Trailer, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, HASH_LEN, PACKED_OPS,
+    PREAMBLE_LEN, TRAILER_LEN,
 };
 use anypatch_producer::{inspect::inspect, make_patch, Level, Options, Summary};
 
@@ -103,11 +104,16 @@ fn apply(old: &[u8], patch: &[u8]) -> Vec<u8> {
                 Extent::Data(s) => {
                     segments += 1;
                     segment_max = segment_max.max(s.new_len);
-                    let ops = &patch[pos..pos + s.ops_len as usize];
+                    let (codec, packed) = Codec::split(s.codec).expect("codec");
+                    let mut ops = patch[pos..pos + s.ops_len as usize].to_vec();
                     pos += s.ops_len as usize;
+                    if packed {
+                        assert_ne!(pre.required_features & FEATURE_PACKED_OPS, 0);
+                        ops = zstd::bulk::decompress(&ops, 1 << 20).expect("packed ops");
+                    }
                     let coded = &patch[pos..pos + s.data_len as usize];
                     pos += s.data_len as usize;
-                    let data = match Codec::try_from(s.codec).expect("codec") {
+                    let data = match codec {
                         Codec::Stored => coded.to_vec(),
                         Codec::Zstd => {
                             // One frame, single segment, with its content size.
@@ -129,7 +135,7 @@ fn apply(old: &[u8], patch: &[u8]) -> Vec<u8> {
                     };
                     let mut d = 0;
                     let seg_start = out.len();
-                    for op in OpIter::new(ops) {
+                    for op in OpIter::new(&ops) {
                         let op = op.expect("op");
                         let at = out.len() as i64;
                         let len = op.len() as usize;
@@ -401,4 +407,41 @@ fn near_matches_use_old_bytes_as_history() {
     let (patch, s) = make(dir.path(), &old, &new, &opts);
     assert_eq!(apply(&old, &patch), new);
     assert!(s.in_place_safe);
+}
+
+#[test]
+fn scattered_edits_share_segments_and_pack_ops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = Rng(11);
+    let mut old = vec![0u8; 256 * BS];
+    rng.fill(&mut old);
+    let mut new = old.clone();
+    for _ in 0..200 {
+        let at = (rng.next() % (new.len() as u64 - 4)) as usize;
+        rng.fill(&mut new[at..at + 4]);
+    }
+    let (fast, _) = make(dir.path(), &old, &new, &Level::Fast.options());
+    let (default, _) = make(dir.path(), &old, &new, &Options::default());
+    assert_eq!(apply(&old, &fast), new);
+    assert_eq!(apply(&old, &default), new);
+    let segments = |p: &[u8]| -> Vec<u8> {
+        extents(p)
+            .iter()
+            .filter_map(|e| match e {
+                Extent::Data(d) => Some(d.codec),
+                _ => None,
+            })
+            .collect()
+    };
+    // One segment per 4 MiB, not per edit, with its ops packed.
+    let codecs = segments(&default);
+    assert_eq!(codecs.len(), 1);
+    assert_ne!(codecs[0] & PACKED_OPS, 0);
+    assert!(segments(&fast).len() > 100);
+    assert!(
+        default.len() * 3 < fast.len(),
+        "{} vs {}",
+        default.len(),
+        fast.len()
+    );
 }

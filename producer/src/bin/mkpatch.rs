@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use anypatch_format::{key_file_text, key_id, parse_key_file, KeyKind, VERSION_MAJOR};
+use anypatch_format::{
+    key_file_text, key_id, parse_key_file, KeyKind, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS,
+    VERSION_MAJOR,
+};
 use anypatch_producer::inspect::{inspect, InspectError, Inspection};
 use anypatch_producer::{
     make_patch, Level, Options, Phase, ProduceError, Progress, SecretKey, Summary,
@@ -480,7 +483,14 @@ fn text_report(r: &Inspection) -> String {
     let features = if r.required_features == 0 {
         "none".to_string()
     } else {
-        format!("{:#010x}", r.required_features)
+        let mut names = Vec::new();
+        if r.required_features & FEATURE_OLD_PREFIX != 0 {
+            names.push("old-byte history");
+        }
+        if r.required_features & FEATURE_PACKED_OPS != 0 {
+            names.push("packed ops");
+        }
+        format!("{:#010x}: {}", r.required_features, names.join(", "))
     };
     let kind = |name: &str, k: &anypatch_producer::inspect::KindCount| {
         format!(
@@ -519,6 +529,14 @@ fn text_report(r: &Inspection) -> String {
     s += &format!(
         "ops           copy {}, literal {}, delta {}, zero {}\n",
         r.ops.copy, r.ops.literal, r.ops.delta, r.ops.zero
+    );
+    s += &format!(
+        "segments      stored {}, zstd {}, zstd with old-byte history {}; ops packed in {}\n",
+        r.codecs.stored, r.codecs.zstd, r.codecs.zstd_prefix, r.codecs.packed_ops
+    );
+    s += &format!(
+        "payload       ops {} bytes, data {} bytes\n",
+        r.codecs.ops_bytes, r.codecs.data_bytes
     );
     if r.signers.is_empty() {
         s += "signature     none (unsigned)\n";
@@ -571,6 +589,14 @@ fn json_report(r: &Inspection) -> String {
             "literal": r.ops.literal,
             "delta": r.ops.delta,
             "zero": r.ops.zero,
+        },
+        "segments": {
+            "stored": r.codecs.stored,
+            "zstd": r.codecs.zstd,
+            "zstd_prefix": r.codecs.zstd_prefix,
+            "packed_ops": r.codecs.packed_ops,
+            "ops_bytes": r.codecs.ops_bytes,
+            "data_bytes": r.codecs.data_bytes,
         },
         "signature_len": r.signature_len,
         "signers": r.signers.iter().map(|s| serde_json::json!({
