@@ -413,10 +413,10 @@ fn near_matches_use_old_bytes_as_history() {
 fn scattered_edits_share_segments_and_pack_ops() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = Rng(11);
-    let mut old = vec![0u8; 256 * BS];
+    let mut old = vec![0u8; 2048 * BS];
     rng.fill(&mut old);
     let mut new = old.clone();
-    for _ in 0..200 {
+    for _ in 0..100 {
         let at = (rng.next() % (new.len() as u64 - 4)) as usize;
         rng.fill(&mut new[at..at + 4]);
     }
@@ -435,9 +435,9 @@ fn scattered_edits_share_segments_and_pack_ops() {
     };
     // One segment per 4 MiB, not per edit, with its ops packed.
     let codecs = segments(&default);
-    assert_eq!(codecs.len(), 1);
-    assert_ne!(codecs[0] & PACKED_OPS, 0);
-    assert!(segments(&fast).len() > 100);
+    assert_eq!(codecs.len(), 2);
+    assert!(codecs.iter().all(|c| c & PACKED_OPS != 0));
+    assert!(segments(&fast).len() > 50, "{}", segments(&fast).len());
     assert!(
         default.len() * 3 < fast.len(),
         "{} vs {}",
