@@ -6,7 +6,9 @@
 //! three extents, or three ops, where one copy would do. Here a span of at
 //! most [`MAX_JOIN`] bytes between two copies with the same delta joins
 //! them when the old bytes at that delta equal its new bytes, which is
-//! checked by reading both (a few short reads per shifted region).
+//! checked by reading both (a few short reads per shifted region). Likewise
+//! zeros that were already zero, inside a zeroed region, join the zero
+//! extent around them.
 
 use crate::input::Input;
 use crate::scan::{push_span, Class, Span};
@@ -45,22 +47,26 @@ pub(crate) fn join_copies(
     for (i, span) in spans.iter().enumerate() {
         let start = at;
         at += span.len;
-        let around = out.last().and_then(|p| delta_of(p.class));
-        let joinable = match (around, spans.get(i + 1).and_then(|n| delta_of(n.class))) {
-            (Some(d), Some(e)) => {
-                d == e
-                    && span.len <= MAX_JOIN
-                    && delta_of(span.class) != Some(d)
-                    && !matches!(span.class, Class::Changed(_))
+        let prev = out.last().map(|p| p.class);
+        let next = spans.get(i + 1).map(|n| n.class);
+        let short = span.len <= MAX_JOIN && !matches!(span.class, Class::Changed(_));
+        match (prev.and_then(delta_of), next.and_then(delta_of)) {
+            (Some(d), Some(e)) if short && d == e && delta_of(span.class) != Some(d) => {
+                if agrees(old, new, start, span.len, d, &mut new_buf, &mut old_buf)? {
+                    push_span(&mut out, copy_class(d), span.len);
+                    continue;
+                }
             }
-            _ => false,
-        };
-        if joinable {
-            let d = around.expect("joinable has a delta");
-            if agrees(old, new, start, span.len, d, &mut new_buf, &mut old_buf)? {
-                push_span(&mut out, copy_class(d), span.len);
-                continue;
+            // Unchanged zeros inside a zeroed region: one zero extent.
+            _ if short && prev == Some(Class::Zero) && next == Some(Class::Zero) => {
+                new_buf.resize(span.len as usize, 0);
+                new.read_exact_at(&mut new_buf, start)?;
+                if crate::scan::is_zero(&new_buf) {
+                    push_span(&mut out, Class::Zero, span.len);
+                    continue;
+                }
             }
+            _ => {}
         }
         // A shifted match with delta 0 is unchanged data: one class for both.
         let class = match span.class {
