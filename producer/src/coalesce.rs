@@ -50,23 +50,22 @@ pub(crate) fn join_copies(
         let prev = out.last().map(|p| p.class);
         let next = spans.get(i + 1).map(|n| n.class);
         let short = span.len <= MAX_JOIN && !matches!(span.class, Class::Changed(_));
-        match (prev.and_then(delta_of), next.and_then(delta_of)) {
+        let joined = match (prev.and_then(delta_of), next.and_then(delta_of)) {
             (Some(d), Some(e)) if short && d == e && delta_of(span.class) != Some(d) => {
-                if agrees(old, new, start, span.len, d, &mut new_buf, &mut old_buf)? {
-                    push_span(&mut out, copy_class(d), span.len);
-                    continue;
-                }
+                agrees(old, new, start, span.len, d, &mut new_buf, &mut old_buf)?
+                    .then(|| copy_class(d))
             }
             // Unchanged zeros inside a zeroed region: one zero extent.
             _ if short && prev == Some(Class::Zero) && next == Some(Class::Zero) => {
                 new_buf.resize(span.len as usize, 0);
                 new.read_exact_at(&mut new_buf, start)?;
-                if crate::scan::is_zero(&new_buf) {
-                    push_span(&mut out, Class::Zero, span.len);
-                    continue;
-                }
+                crate::scan::is_zero(&new_buf).then_some(Class::Zero)
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(class) = joined {
+            push_span(&mut out, class, span.len);
+            continue;
         }
         // A shifted match with delta 0 is unchanged data: one class for both.
         let class = match span.class {
