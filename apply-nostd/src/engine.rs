@@ -6,8 +6,8 @@ use core::ops::Range;
 
 use anypatch_format::{
     header_hash, key_id, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, PageRef,
-    Preamble, PreambleRepr, SegmentEntry, SignatureBlock, Trailer, HASH_LEN, PREAMBLE_LEN,
-    TRAILER_LEN,
+    Preamble, PreambleRepr, PrefixRef, SegmentEntry, SignatureBlock, Trailer, FEATURE_OLD_PREFIX,
+    HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
 };
 use ruzstd::decoding::FrameDecoder;
 
@@ -126,6 +126,14 @@ enum State {
         remaining: u64,
     },
     Payload(SegmentEntry),
+    /// A `ZstdPrefix` segment whose ops are checked and whose prefix (old
+    /// bytes) is being read into `out`; its frame, at `frame_at` in `inbuf`,
+    /// is decoded next.
+    Prefix {
+        entry: SegmentEntry,
+        data_needed: u64,
+        frame_at: usize,
+    },
     /// A data segment before the resume point: read and hash, do not run.
     SkipPayload(SegmentEntry),
     Segment(SegmentRun),
@@ -167,6 +175,8 @@ pub struct Applier {
     want: usize,
     eof: bool,
     header: Option<Header>,
+    /// The preamble's must-understand feature bits.
+    required_features: u32,
     page: Option<Page>,
     extent_idx: usize,
     page_no: u64,
@@ -215,6 +225,7 @@ impl Applier {
             want: PREAMBLE_LEN,
             eof: false,
             header: None,
+            required_features: 0,
             page: None,
             extent_idx: 0,
             page_no: 0,
@@ -375,6 +386,8 @@ impl Applier {
                         return Err(FormatError::HeaderHashMismatch.into());
                     }
                     let header = Header::parse(&self.inbuf[PREAMBLE_LEN..body_end], repr.minor)?;
+                    self.required_features = repr.required_features;
+                    self.check_codec_feature(header.codec, "codec")?;
                     self.patch_hasher.update(&self.inbuf);
                     self.header = Some(header);
                     // Keep the header section: signatures are over it.
@@ -504,7 +517,31 @@ impl Applier {
                         return Ok(Action::NeedInput);
                     }
                     self.patch_hasher.update(&self.inbuf);
-                    let run = self.start_segment(entry)?;
+                    let data_needed = self.check_ops(&entry)?;
+                    if Codec::try_from(entry.codec)? == Codec::ZstdPrefix {
+                        // The frame's history is old bytes: read them first.
+                        let (offset, len, frame_at) = self.prefix_range(&entry)?;
+                        sized(&mut self.out, len);
+                        self.state = State::Prefix {
+                            entry,
+                            data_needed,
+                            frame_at,
+                        };
+                        return Ok(Action::ReadOld {
+                            offset,
+                            range: 0..len,
+                        });
+                    }
+                    let run = self.start_segment(entry, data_needed, None)?;
+                    self.state = State::Segment(run);
+                }
+                State::Prefix {
+                    entry,
+                    data_needed,
+                    frame_at,
+                } => {
+                    let prefix = core::mem::take(&mut self.out);
+                    let run = self.start_segment(entry, data_needed, Some((prefix, frame_at)))?;
                     self.state = State::Segment(run);
                 }
                 State::Segment(run) => {
@@ -757,9 +794,21 @@ impl Applier {
         Ok(source)
     }
 
-    /// Validates a buffered payload's ops and decodes its data block.
-    fn start_segment(&mut self, entry: SegmentEntry) -> Result<SegmentRun, ApplyError> {
-        let segment = self.segments_seen - 1;
+    /// Refuses codec 0x02 in a patch whose preamble lacks `FEATURE_OLD_PREFIX`.
+    fn check_codec_feature(&self, codec: u8, field: &'static str) -> Result<(), ApplyError> {
+        if codec == Codec::ZstdPrefix as u8 && self.required_features & FEATURE_OLD_PREFIX == 0 {
+            return Err(FormatError::Invalid {
+                field,
+                reason: "is 0x02 (zstd with an old prefix), but required_features lacks FEATURE_OLD_PREFIX (0x1)",
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Checks a buffered payload's ops: every length and source, before any
+    /// read. Returns how many data bytes they take.
+    fn check_ops(&self, entry: &SegmentEntry) -> Result<u64, ApplyError> {
         let start = self.new_pos;
         let ops_len = entry.ops_len as usize;
         // One pass over the ops checks every length and source before any read.
@@ -783,6 +832,34 @@ impl Applier {
                 expected: entry.new_len.into(),
             });
         }
+        Ok(data_needed)
+    }
+
+    /// A `ZstdPrefix` segment's prefix: its old offset and length, checked
+    /// like an op source (in the old file and, in place, at or after the
+    /// segment's start), and where its frame starts in `inbuf`.
+    fn prefix_range(&self, entry: &SegmentEntry) -> Result<(u64, usize, usize), ApplyError> {
+        self.check_codec_feature(entry.codec, "segment.codec")?;
+        let ops_len = entry.ops_len as usize;
+        let block = &self.inbuf[ops_len..];
+        let (prefix, frame) = PrefixRef::parse(block)?;
+        let start = self.new_pos;
+        let offset = self.source(start, prefix.delta, prefix.len.into(), start)?;
+        let frame_at = self.inbuf.len() - frame.len();
+        Ok((offset, prefix.len as usize, frame_at)) // len is at most MAX_PREFIX_LEN
+    }
+
+    /// Decodes a checked payload's data block; for `ZstdPrefix`, `prefix`
+    /// holds the old bytes just read and where the frame starts.
+    fn start_segment(
+        &mut self,
+        entry: SegmentEntry,
+        data_needed: u64,
+        prefix: Option<(Vec<u8>, usize)>,
+    ) -> Result<SegmentRun, ApplyError> {
+        let segment = self.segments_seen - 1;
+        let start = self.new_pos;
+        let ops_len = entry.ops_len as usize;
         let data_block = &self.inbuf[ops_len..];
         let data_in_inbuf = match Codec::try_from(entry.codec)? {
             Codec::Stored => {
@@ -801,8 +878,25 @@ impl Applier {
                 let dec = self
                     .zstd
                     .get_or_insert_with(|| Box::new(FrameDecoder::new()));
-                crate::zstd::decode_frame(dec, data_block, &mut self.data)
+                crate::zstd::decode_frame(dec, data_block, &mut self.data, None)
                     .map_err(|()| ApplyError::Decode { segment })?;
+                None
+            }
+            Codec::ZstdPrefix => {
+                let (prefix, frame_at) =
+                    prefix.expect("a ZstdPrefix segment reads its prefix before it starts");
+                sized(&mut self.data, data_needed as usize); // at most new_len, capped at 4 MiB
+                                                             // A fresh decoder, dropped after this frame: the dictionary
+                                                             // copy it makes is sized exactly and outlives no segment.
+                self.zstd = None;
+                let mut dec = FrameDecoder::new();
+                crate::zstd::decode_frame(
+                    &mut dec,
+                    &self.inbuf[frame_at..],
+                    &mut self.data,
+                    Some(prefix),
+                )
+                .map_err(|()| ApplyError::Decode { segment })?;
                 None
             }
         };

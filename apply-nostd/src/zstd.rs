@@ -1,20 +1,41 @@
 //! Decoding one zstd frame into a buffer of known size, with bounded memory.
 
-use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
+use alloc::vec::Vec;
+
+use ruzstd::decoding::{BlockDecodingStrategy, Dictionary, FrameDecoder};
 use ruzstd::io::Read;
 
 use anypatch_format::MAX_ZSTD_WINDOW;
 
+/// The id under which a prefix is handed to the decoder. Frames never name
+/// it: a frame that declares any dictionary id is refused, since
+/// [`decode_frame`] registers the prefix only after reading the frame header.
+const PREFIX_DICT_ID: u32 = 0x1;
+
 /// Decodes exactly one zstd frame from `input` into all of `out`. Fails when
-/// the frame declares a window above [`MAX_ZSTD_WINDOW`], decodes to more or
-/// fewer bytes than `out.len()`, or leaves input unread.
+/// the frame declares a window above [`MAX_ZSTD_WINDOW`] or a dictionary,
+/// decodes to more or fewer bytes than `out.len()`, or leaves input unread.
+///
+/// With `prefix`, the frame's history is those bytes, as a raw-content
+/// dictionary (what the reference library's `ZSTD_DCtx_refPrefix` does:
+/// no entropy tables, repeat offsets 1, 4, 8). The decoder copies them, and
+/// `prefix` is freed before any block is decoded, so they are held once.
+/// Give a prefix only to a fresh decoder, which is then dropped: the copy
+/// would otherwise stay, and grow by reallocation for a longer prefix.
 pub(crate) fn decode_frame(
     dec: &mut FrameDecoder,
     mut input: &[u8],
     out: &mut [u8],
+    prefix: Option<Vec<u8>>,
 ) -> Result<(), ()> {
     dec.set_max_window_size(MAX_ZSTD_WINDOW);
     dec.init(&mut input).map_err(drop)?;
+    if let Some(content) = prefix {
+        dec.add_dict(raw_content(content)).map_err(drop)?;
+        dec.force_dict(PREFIX_DICT_ID).map_err(drop)?;
+        // Replacing the entry frees our buffer; the decoder keeps its copy.
+        dec.add_dict(raw_content(Vec::new())).map_err(drop)?;
+    }
     let mut written = 0;
     loop {
         let finished = dec
@@ -39,4 +60,15 @@ pub(crate) fn decode_frame(
         return Err(());
     }
     Ok(())
+}
+
+/// A raw-content dictionary: `content` as history, default repeat offsets.
+fn raw_content(content: Vec<u8>) -> Dictionary {
+    Dictionary {
+        id: PREFIX_DICT_ID,
+        fse: Default::default(),
+        huf: Default::default(),
+        dict_content: content,
+        offset_hist: [1, 4, 8],
+    }
 }

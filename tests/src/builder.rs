@@ -2,9 +2,10 @@
 //! hostile-input tests that need shapes the producer never makes.
 
 use anypatch_format::{
-    Codec, Extent, Header, Op, Page, PageRef, SegmentEntry, Trailer, FLAG_IN_PLACE_SAFE,
-    TRAILER_LEN,
+    Codec, Extent, Header, Op, Page, PageRef, PrefixRef, SegmentEntry, Trailer, FEATURE_OLD_PREFIX,
+    FLAG_IN_PLACE_SAFE, MAX_ZSTD_WINDOW, TRAILER_LEN,
 };
+use zstd::zstd_safe::{CCtx, CParameter};
 
 /// One piece of the new file.
 #[derive(Debug, Clone)]
@@ -20,6 +21,14 @@ pub enum Part {
         ops: Vec<Op>,
         data: Vec<u8>,
         codec: Codec,
+    },
+    /// A segment with codec 0x02: `data` compressed with the old bytes
+    /// `prefix` names (relative to the segment's start) as zstd history.
+    /// The builder sets `FEATURE_OLD_PREFIX` when a patch has one.
+    PrefixSegment {
+        ops: Vec<Op>,
+        data: Vec<u8>,
+        prefix: PrefixRef,
     },
 }
 
@@ -51,6 +60,7 @@ impl PatchBuilder {
         let mut extents = Vec::new();
         let mut payloads: Vec<Vec<u8>> = Vec::new();
         let mut segment_max = 0u32;
+        let mut required_features = self.required_features;
         for part in &self.parts {
             let start = new.len;
             match part {
@@ -68,21 +78,38 @@ impl PatchBuilder {
                     extents.push(Extent::Zero { len: *len });
                     payloads.push(Vec::new());
                 }
-                Part::Segment { ops, data, codec } => {
+                Part::Segment { .. } | Part::PrefixSegment { .. } => {
+                    let (ops, data, codec, coded) = match part {
+                        Part::Segment { ops, data, codec } => {
+                            let coded = match codec {
+                                Codec::Stored => data.clone(),
+                                Codec::Zstd => zstd::bulk::compress(data, 3)
+                                    .expect("zstd compresses in memory"),
+                                Codec::ZstdPrefix => {
+                                    panic!("use Part::PrefixSegment for codec 0x02")
+                                }
+                            };
+                            (ops, data, *codec, coded)
+                        }
+                        Part::PrefixSegment { ops, data, prefix } => {
+                            required_features |= FEATURE_OLD_PREFIX;
+                            let s = (start as i64 + prefix.delta) as usize;
+                            let history = &old[s..s + prefix.len as usize];
+                            let mut coded = Vec::new();
+                            prefix.emit(&mut coded);
+                            coded.extend(compress_with_prefix(data, history, 3));
+                            (ops, data, Codec::ZstdPrefix, coded)
+                        }
+                        _ => unreachable!("matched above"),
+                    };
                     let out = run_ops(old, start, ops, data);
                     let mut ops_block = Vec::new();
                     for op in ops {
                         op.emit(&mut ops_block);
                     }
-                    let coded = match codec {
-                        Codec::Stored => data.clone(),
-                        Codec::Zstd => {
-                            zstd::bulk::compress(data, 3).expect("zstd compresses in memory")
-                        }
-                    };
                     let entry = SegmentEntry {
                         new_len: out.len() as u32,
-                        codec: *codec as u8,
+                        codec: codec as u8,
                         ops_len: ops_block.len() as u32,
                         data_len: coded.len() as u32,
                         hash: *blake3::hash(&out).as_bytes(),
@@ -137,10 +164,10 @@ impl PatchBuilder {
         };
         // patch_len is part of the header, so settle its varint length first.
         for _ in 0..2 {
-            let head = header.emit(self.required_features, self.signature.len() as u32);
+            let head = header.emit(required_features, self.signature.len() as u32);
             header.patch_len = (head.len() + self.signature.len() + body_len + TRAILER_LEN) as u64;
         }
-        let mut out = header.emit(self.required_features, self.signature.len() as u32);
+        let mut out = header.emit(required_features, self.signature.len() as u32);
         out.extend_from_slice(&self.signature);
         for (p, d) in encoded {
             out.extend_from_slice(&p);
@@ -198,6 +225,27 @@ impl NewImage {
     pub fn hash(&self) -> [u8; 32] {
         *self.hasher.finalize().as_bytes()
     }
+}
+
+/// One zstd frame of `data` with `prefix` as its history, as codec 0x02
+/// needs: window at most `MAX_ZSTD_WINDOW`, content size given, no checksum
+/// and no dictionary id.
+pub fn compress_with_prefix(data: &[u8], prefix: &[u8], level: i32) -> Vec<u8> {
+    let mut c = CCtx::create();
+    for p in [
+        CParameter::CompressionLevel(level),
+        CParameter::WindowLog(MAX_ZSTD_WINDOW.trailing_zeros()),
+        CParameter::ContentSizeFlag(true),
+        CParameter::ChecksumFlag(false),
+        CParameter::DictIdFlag(false),
+    ] {
+        c.set_parameter(p).expect("valid zstd parameter");
+    }
+    c.ref_prefix(prefix).expect("zstd takes the prefix");
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    c.compress2(&mut out, data)
+        .expect("zstd compresses in memory");
+    out
 }
 
 fn run_ops(old: &[u8], start: u64, ops: &[Op], data: &[u8]) -> Vec<u8> {

@@ -20,9 +20,9 @@ use std::sync::OnceLock;
 
 use anypatch_apply::{Applier, ApplyError, Config, ErrorClass, Event, Summary};
 use anypatch_format::{
-    Codec, Extent, Header, Op, OpIter, Page, PageRef, Preamble, PreambleRepr, SegmentEntry,
-    SignatureBlock, Trailer, HASH_LEN, MAX_PAGE_EXTENTS, MAX_SEGMENT_LEN, PREAMBLE_LEN,
-    TRAILER_LEN, VERSION_MINOR,
+    Codec, Extent, Header, Op, OpIter, Page, PageRef, Preamble, PreambleRepr, PrefixRef,
+    SegmentEntry, SignatureBlock, Trailer, HASH_LEN, MAX_PAGE_EXTENTS, MAX_SEGMENT_LEN,
+    PREAMBLE_LEN, TRAILER_LEN, VERSION_MINOR,
 };
 use anypatch_producer::{make_patch, Options, SecretKey};
 
@@ -229,6 +229,16 @@ pub fn check_parse(data: &[u8]) {
         ops.next().is_none(),
         "OpIter yields after an error or the end"
     );
+    if let Ok((r, frame)) = PrefixRef::parse(data) {
+        let mut enc = Vec::new();
+        r.emit(&mut enc);
+        assert!(enc.len() + frame.len() <= data.len());
+        assert_eq!(
+            PrefixRef::parse(&enc),
+            Ok((r, &[][..])),
+            "prefix ref does not round-trip"
+        );
+    }
     if let Some(t) = data.len().checked_sub(TRAILER_LEN).map(|s| &data[s..]) {
         if let Ok(trailer) = Trailer::parse(t) {
             let mut out = [0u8; TRAILER_LEN];
@@ -456,6 +466,15 @@ fn run_segment(old: &[u8], start: u64, s: &SegmentEntry, payload: &[u8]) -> Opti
     let data = match Codec::try_from(s.codec).ok()? {
         Codec::Stored => coded.to_vec(),
         Codec::Zstd => zstd::bulk::decompress(coded, MAX_SEGMENT_LEN as usize).ok()?,
+        Codec::ZstdPrefix => {
+            let (p, frame) = PrefixRef::parse(coded).ok()?;
+            let prefix = old_range(old, i128::from(start) + i128::from(p.delta), p.len.into())?;
+            let mut d = zstd::zstd_safe::DCtx::create();
+            d.ref_prefix(prefix).ok()?;
+            let mut out = Vec::with_capacity(MAX_SEGMENT_LEN as usize);
+            d.decompress(&mut out, frame).ok()?;
+            out
+        }
     };
     let mut out = Vec::new();
     let mut d = data.as_slice();

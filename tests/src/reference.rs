@@ -5,8 +5,9 @@
 //! compare two independent readings of the spec.
 
 use anypatch_format::{
-    header_hash, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, SignatureBlock, Trailer,
-    HASH_LEN, MAX_ZSTD_WINDOW, PREAMBLE_LEN, TRAILER_LEN,
+    header_hash, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, PrefixRef,
+    SignatureBlock, Trailer, FEATURE_OLD_PREFIX, HASH_LEN, MAX_SEGMENT_LEN, MAX_ZSTD_WINDOW,
+    PREAMBLE_LEN, TRAILER_LEN,
 };
 
 /// Applies `patch` to `old` and returns the new file, or why not.
@@ -32,6 +33,11 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
     }
     let header =
         Header::parse(&section[PREAMBLE_LEN..body_end], pre.minor).map_err(|x| x.to_string())?;
+    // Codec 0x02 is allowed only in a patch that declares it (version 1.1).
+    let prefix_allowed = pre.required_features & FEATURE_OLD_PREFIX != 0;
+    if header.codec == 2 && !prefix_allowed {
+        return Err(e("codec 2 without FEATURE_OLD_PREFIX"));
+    }
     if header.old_len != old.len() as u64 || blake3::hash(old).as_bytes() != &header.old_hash {
         return Err(e("wrong base"));
     }
@@ -74,7 +80,14 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
                     let coded = take(s.data_len as usize)?;
                     let data = match s.codec {
                         0 => coded.to_vec(),
-                        1 => decode_zstd(coded)?,
+                        1 => decode_zstd(coded, &[])?,
+                        2 if prefix_allowed => {
+                            let (p, frame) = PrefixRef::parse(coded).map_err(|x| x.to_string())?;
+                            decode_zstd(
+                                frame,
+                                old_range(old, start + p.delta as i128, p.len.into())?,
+                            )?
+                        }
                         _ => return Err(e("codec")),
                     };
                     let mut out = Vec::new();
@@ -137,14 +150,32 @@ fn old_range(old: &[u8], start: i128, len: u64) -> Result<&[u8], String> {
     Ok(&old[start as usize..end as usize])
 }
 
-/// Exactly one zstd frame, as the spec requires.
-fn decode_zstd(coded: &[u8]) -> Result<Vec<u8>, String> {
+/// Exactly one zstd frame, as the spec requires, with `prefix` (codec 2's
+/// old bytes; empty for codec 1) as its history. Decoded as a stream, since
+/// the C library checks the window limit (`windowLogMax`) only there.
+fn decode_zstd(coded: &[u8], prefix: &[u8]) -> Result<Vec<u8>, String> {
+    use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer};
     if zstd::zstd_safe::find_frame_compressed_size(coded) != Ok(coded.len()) {
         return Err("data block is not exactly one zstd frame".into());
     }
-    let mut d = zstd::bulk::Decompressor::new().map_err(|x| x.to_string())?;
-    d.window_log_max(MAX_ZSTD_WINDOW.trailing_zeros())
-        .map_err(|x| x.to_string())?;
-    d.decompress(coded, anypatch_format::MAX_SEGMENT_LEN as usize)
-        .map_err(|x| x.to_string())
+    let err = |code| zstd::zstd_safe::get_error_name(code).to_string();
+    let mut d = DCtx::create();
+    d.set_parameter(DParameter::WindowLogMax(MAX_ZSTD_WINDOW.trailing_zeros()))
+        .map_err(err)?;
+    if !prefix.is_empty() {
+        d.ref_prefix(prefix).map_err(err)?;
+    }
+    let mut out = Vec::with_capacity(MAX_SEGMENT_LEN as usize);
+    let mut output = OutBuffer::around(&mut out);
+    let mut input = InBuffer::around(coded);
+    loop {
+        let before = (input.pos(), output.pos());
+        if d.decompress_stream(&mut output, &mut input).map_err(err)? == 0 {
+            break; // the frame is complete
+        }
+        if (input.pos(), output.pos()) == before {
+            return Err("zstd frame decodes to more than MAX_SEGMENT_LEN".into());
+        }
+    }
+    Ok(out)
 }

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use anypatch_format::{Codec, Op};
+use anypatch_format::{Codec, Op, PrefixRef};
 use anypatch_producer::{make_patch, Options};
 
 use crate::builder::{Part, PatchBuilder};
@@ -235,6 +235,46 @@ pub fn all() -> Vec<Vector> {
         "every extent and op kind, both codecs, three chained pages",
         old,
         pages,
+    ));
+
+    let old = bytes("old-prefix", 8 * B);
+    let mut ahead = old[2 * B..5 * B].to_vec();
+    for at in [10, 3000, 9000] {
+        ahead[at..at + 4].copy_from_slice(b"1.1!");
+    }
+    let prefixed = PatchBuilder::new(vec![
+        Part::Copy {
+            len: B as u64,
+            delta: 0,
+        },
+        Part::PrefixSegment {
+            ops: vec![Op::Literal { len: 3 * B as u32 }],
+            data: ahead,
+            prefix: PrefixRef {
+                delta: B as i64,
+                len: 4 * B as u32,
+            },
+        },
+        Part::PrefixSegment {
+            ops: vec![
+                Op::Literal { len: 600 },
+                Op::Copy {
+                    len: 50,
+                    delta: -3000,
+                },
+            ],
+            data: old[B..B + 600].iter().rev().copied().collect(),
+            prefix: PrefixRef {
+                delta: -3 * B as i64,
+                len: 1000,
+            },
+        },
+    ]);
+    v.push(built(
+        "old-prefix",
+        "codec 0x02: zstd frames with old bytes ahead of and behind the segment as history",
+        old,
+        prefixed,
     ));
     v
 }

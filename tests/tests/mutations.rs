@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use anypatch_apply::{ApplyError, Config};
 use anypatch_format::{
-    Codec, Extent, FormatError, Header, Op, Page, PageRef, SegmentEntry, APPLIER_WORST_CASE_MEMORY,
-    FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_PAGE_EXTENTS, MAX_SEGMENT_LEN, PREAMBLE_LEN,
+    Codec, Extent, FormatError, Header, Op, Page, PageRef, PrefixRef, SegmentEntry,
+    APPLIER_WORST_CASE_MEMORY, FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_PAGE_EXTENTS, MAX_PREFIX_LEN,
+    MAX_SEGMENT_LEN, PREAMBLE_LEN,
 };
 use anypatch_producer::Options;
 use anypatch_tests::builder::{Part, PatchBuilder};
@@ -117,7 +118,7 @@ fn sources() -> Vec<Source> {
         patch: produce(&old, &new, &opts),
         old: old.clone(),
     });
-    // The producer on an in-place-safe pair (edits and zeros, no moves).
+    // The producer in place on an in-place-safe pair (edits and zeros, no moves).
     let mut new = old.clone();
     for (i, at) in [5_000usize, 77_777, 200_000, 333_333]
         .into_iter()
@@ -126,7 +127,14 @@ fn sources() -> Vec<Source> {
         new[at..at + 2500].copy_from_slice(&bytes(&format!("mutations-ip-{i}"), 2500));
     }
     new[250_000..270_000].fill(0);
-    let patch = produce(&old, &new, &opts);
+    // In-place mode keeps codec 0x02 prefixes at or after their segment, and
+    // no merging keeps the edits in separate segments.
+    let in_place = Options {
+        in_place: true,
+        merge_gap: 0,
+        ..opts.clone()
+    };
+    let patch = produce(&old, &new, &in_place);
     let l = Layout::walk(&patch).expect("walks");
     assert!(
         l.header.flags & FLAG_IN_PLACE_SAFE != 0,
@@ -190,6 +198,43 @@ fn sources() -> Vec<Source> {
     out.push(Source {
         name: "built-pages".into(),
         patch: b.build(&small).0,
+        old: small.clone(),
+    });
+    // Built: codec 0x02 segments with prefixes behind, at and ahead of their
+    // start, between copies and zeros (format 1.1).
+    let pseg = |k: usize, delta: i64, len: u32| {
+        let mut data = small[8000 + k * 1000..8000 + k * 1000 + 1500].to_vec();
+        data[100..110].copy_from_slice(b"0123456789");
+        Part::PrefixSegment {
+            ops: vec![
+                Op::Literal { len: 1200 },
+                Op::Copy {
+                    len: 100,
+                    delta: 10,
+                },
+                Op::Delta {
+                    len: 300,
+                    delta: -20,
+                },
+            ],
+            data,
+            prefix: PrefixRef { delta, len },
+        }
+    };
+    let parts = vec![
+        pseg(1, 500, 6000),
+        Part::Copy {
+            len: 3000,
+            delta: 0,
+        },
+        pseg(2, -4000, 4000),
+        Part::Zero { len: 2000 },
+        pseg(3, 0, 1),
+        pseg(4, 1000, 19_000),
+    ];
+    out.push(Source {
+        name: "built-prefix".into(),
+        patch: PatchBuilder::new(parts).build(&small).0,
         old: small,
     });
     // The spec's vectors with a checked-in new file.
@@ -823,6 +868,71 @@ fn worst_case_patch_stays_within_the_stated_bound() {
         run.expect("the engine applies the worst case");
         println!(
             "worst-case patch, fed {feed} bytes at a time: engine peak {peak} bytes ({:.1} MiB), bound {APPLIER_WORST_CASE_MEMORY}",
+            peak as f64 / f64::from(1 << 20)
+        );
+        assert!(
+            peak <= APPLIER_WORST_CASE_MEMORY,
+            "fed {feed} bytes at a time, the engine allocated {peak} bytes, above APPLIER_WORST_CASE_MEMORY ({APPLIER_WORST_CASE_MEMORY})"
+        );
+    }
+}
+
+/// The worst case with codec 0x02: a page of 8192 extents, then a 4 MiB
+/// segment with a 1 MiB ops block and a frame of about 4 MiB that uses a
+/// 4 MiB prefix. The prefix is read into the output buffer, handed to the
+/// decoder (which copies it) and freed, so the peak stays within
+/// `APPLIER_WORST_CASE_MEMORY`, which counts the prefix once.
+#[test]
+fn worst_case_prefix_patch_stays_within_the_stated_bound() {
+    let _serial = serial();
+    let max = MAX_SEGMENT_LEN as usize;
+    let mut old = vec![0u8; MAX_PREFIX_LEN as usize + 4096];
+    blake3::Hasher::new()
+        .update(b"worst-prefix-old")
+        .finalize_xof()
+        .fill(&mut old);
+    let zeros = 524_000usize; // Op::Zero { len: 1 } encodes in 2 bytes
+    let literal = max - zeros;
+    let mut data = vec![0u8; literal];
+    blake3::Hasher::new().finalize_xof().fill(&mut data);
+    data[..100_000].copy_from_slice(&old[1000..101_000]); // something to find in the prefix
+    let mut ops = vec![Op::Zero { len: 1 }; zeros];
+    ops.push(Op::Literal {
+        len: literal as u32,
+    });
+    let mut parts = vec![Part::Zero { len: 1 }; MAX_PAGE_EXTENTS - 1];
+    parts.push(Part::PrefixSegment {
+        ops,
+        data,
+        prefix: PrefixRef {
+            delta: -((MAX_PAGE_EXTENTS - 1) as i64),
+            len: MAX_PREFIX_LEN,
+        },
+    });
+    let mut b = PatchBuilder::new(parts);
+    b.extents_per_page = MAX_PAGE_EXTENTS;
+    let patch = b.build(&old).0;
+    let l = Layout::walk(&patch).expect("walks");
+    let Some(Extent::Data(s)) = l.pages[0].0.extents.last() else {
+        unreachable!("the last extent is the segment")
+    };
+    assert!(s.ops_len > 1_000_000 && s.data_len > 3 << 20 && s.codec == 2);
+    reference::apply(&old, &patch).expect("the reference applies the worst case");
+
+    for feed in [4096, 1 << 20, patch.len()] {
+        let mut target = Vec::with_capacity(max + MAX_PAGE_EXTENTS);
+        let (run, peak) = measured(|| {
+            drive(
+                &old,
+                &patch,
+                Config::new(old.len() as u64),
+                feed,
+                &mut target,
+            )
+        });
+        run.expect("the engine applies the worst case");
+        println!(
+            "worst-case prefix patch, fed {feed} bytes at a time: engine peak {peak} bytes ({:.1} MiB), bound {APPLIER_WORST_CASE_MEMORY}",
             peak as f64 / f64::from(1 << 20)
         );
         assert!(

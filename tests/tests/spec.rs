@@ -7,11 +7,12 @@ use std::collections::BTreeSet;
 use std::fs;
 
 use anypatch_format::{
-    Extent, Header, Op, Page, PageRef, PreambleRepr, SegmentEntry, SignatureBlock, SignatureEntry,
-    Trailer, APPLIER_WORST_CASE_MEMORY, FLAG_IN_PLACE_SAFE, HASH_LEN, KNOWN_REQUIRED_FEATURES,
-    MAGIC, MAX_HEADER_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_PRODUCER_LEN,
-    MAX_SEGMENT_LEN, MAX_SIGNATURES, MAX_SIGNATURE_LEN, MAX_ZSTD_WINDOW, PREAMBLE_LEN,
-    SIGNATURE_ENTRY_LEN, SIG_ALG_ED25519, TRAILER_LEN, TRAILER_MAGIC, VERSION_MAJOR, VERSION_MINOR,
+    Extent, Header, Op, Page, PageRef, PreambleRepr, PrefixRef, SegmentEntry, SignatureBlock,
+    SignatureEntry, Trailer, APPLIER_WORST_CASE_MEMORY, FEATURE_OLD_PREFIX, FLAG_IN_PLACE_SAFE,
+    HASH_LEN, KNOWN_REQUIRED_FEATURES, MAGIC, MAX_HEADER_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS,
+    MAX_PAGE_LEN, MAX_PREFIX_LEN, MAX_PRODUCER_LEN, MAX_SEGMENT_LEN, MAX_SIGNATURES,
+    MAX_SIGNATURE_LEN, MAX_ZSTD_WINDOW, PREAMBLE_LEN, SIGNATURE_ENTRY_LEN, SIG_ALG_ED25519,
+    TRAILER_LEN, TRAILER_MAGIC, VERSION_MAJOR, VERSION_MINOR,
 };
 use anypatch_tests::root;
 
@@ -208,6 +209,10 @@ impl Reader<'_> {
     fn item(&mut self, ty: &str) -> Value {
         match ty {
             "varint u64" | "varint u32" => Value::Int(self.varint()),
+            "zigzag i64" => {
+                let v = self.varint();
+                Value::Signed((v >> 1) as i64 ^ -((v & 1) as i64))
+            }
             "u8" => Value::Int(self.take(1)[0].into()),
             "[u8; 32]" => Value::Bytes(self.take(32).to_vec()),
             "String" => {
@@ -222,6 +227,7 @@ impl Reader<'_> {
 #[derive(Debug, PartialEq)]
 enum Value {
     Int(u64),
+    Signed(i64),
     Bytes(Vec<u8>),
 }
 
@@ -274,6 +280,8 @@ fn constants_table_matches_code() {
             "VERSION_MAJOR" => K::Int(VERSION_MAJOR.into()),
             "VERSION_MINOR" => K::Int(VERSION_MINOR.into()),
             "KNOWN_REQUIRED_FEATURES" => K::Int(KNOWN_REQUIRED_FEATURES.into()),
+            "FEATURE_OLD_PREFIX" => K::Int(FEATURE_OLD_PREFIX.into()),
+            "MAX_PREFIX_LEN" => K::Int(MAX_PREFIX_LEN.into()),
             "FLAG_IN_PLACE_SAFE" => K::Int(FLAG_IN_PLACE_SAFE.into()),
             "PREAMBLE_LEN" => K::Int(PREAMBLE_LEN as u64),
             "HASH_LEN" => K::Int(HASH_LEN as u64),
@@ -334,6 +342,7 @@ fn constants_table_matches_code() {
         "VERSION_MAJOR",
         "VERSION_MINOR",
         "KNOWN_REQUIRED_FEATURES",
+        "FEATURE_OLD_PREFIX",
         "FLAG_IN_PLACE_SAFE",
         "PREAMBLE_LEN",
         "HASH_LEN",
@@ -349,6 +358,7 @@ fn constants_table_matches_code() {
         "MAX_OPS_LEN",
         "MAX_PRODUCER_LEN",
         "MAX_ZSTD_WINDOW",
+        "MAX_PREFIX_LEN",
         "APPLIER_WORST_CASE_MEMORY",
         "BLOCK_SIZE_MIN",
         "BLOCK_SIZE_MAX",
@@ -501,6 +511,12 @@ fn field_tables_match_code() {
     .emit();
     // count 1 | tag 2 | entry | next none
     let entry = &page[2..page.len() - 1];
+    let prefix = PrefixRef {
+        delta: -0x1234_5678,
+        len: 0x3_0201,
+    };
+    let mut prefix_bytes = Vec::new();
+    prefix.emit(&mut prefix_bytes);
 
     let spec = spec();
     let mut checked = 0;
@@ -509,6 +525,7 @@ fn field_tables_match_code() {
         let (bytes, expect): (&[u8], Expect<'_>) = match first {
             Some("old_len") => (body, &|f: &str| header_field(&h, f)),
             Some("new_len") => (entry, &|f: &str| entry_field(&e, f)),
+            Some("delta") => (&prefix_bytes[..], &|f: &str| prefix_field(&prefix, f)),
             _ => continue, // page table: checked by the worked example
         };
         let mut r = Reader { bytes, at: 0 };
@@ -525,8 +542,8 @@ fn field_tables_match_code() {
         checked += 1;
     }
     assert_eq!(
-        checked, 2,
-        "FORMAT.md needs the header body and segment entry tables"
+        checked, 3,
+        "FORMAT.md needs the header body, segment entry and PrefixRef tables"
     );
 }
 
@@ -551,6 +568,14 @@ fn header_field(h: &Header, field: &str) -> Value {
         "first_page.hash" => Bytes(h.first_page.hash.to_vec()),
         "producer" => Bytes(h.producer.as_bytes().to_vec()),
         other => panic!("header field {other} is unknown to the test"),
+    }
+}
+
+fn prefix_field(p: &PrefixRef, field: &str) -> Value {
+    match field {
+        "delta" => Value::Signed(p.delta),
+        "len" => Value::Int(p.len.into()),
+        other => panic!("PrefixRef field {other} is unknown to the test"),
     }
 }
 
