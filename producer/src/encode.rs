@@ -16,7 +16,9 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 
-use anypatch_format::{Codec, Op, PrefixRef, SegmentEntry, MAX_OPS_LEN, PACKED_OPS};
+use anypatch_format::{
+    Codec, Op, PrefixRef, SegmentEntry, MAX_OPS_LEN, MAX_ZSTD_WINDOW, PACKED_OPS,
+};
 use zstd::zstd_safe::{self, CParameter};
 
 use crate::exec::for_each_ordered;
@@ -36,6 +38,9 @@ const ENCODE_MEMORY_BUDGET: u64 = 320 << 20;
 const PREFIX_MIN_LITERALS: usize = 512;
 /// Shortest ops block worth packing: a zstd frame costs about 10 bytes.
 const PACK_OPS_MIN: usize = 32;
+/// Shortest history worth a zstd context: a data block that leaves less of
+/// the window is coded without one.
+const PREFIX_MIN_LEN: usize = 256 << 10;
 /// zstd's window log for prefix frames: their window stays within the
 /// format's `MAX_ZSTD_WINDOW`.
 const PREFIX_WINDOW_LOG: i32 = 22;
@@ -317,8 +322,13 @@ fn encode_segment(
         let compressible = 8 * frame.len() <= 7 * w.data.len();
         let with_prefix =
             if settings.prefix_len > 0 && literals >= PREFIX_MIN_LITERALS && compressible {
-                let window =
-                    prefix_window(&ops, seg, old.len, settings.prefix_len, settings.in_place);
+                // zstd matches reach back one window (4 MiB) from each data
+                // byte: a longer prefix would only be partly reachable.
+                let reach = (MAX_ZSTD_WINDOW as usize).saturating_sub(w.data.len());
+                let len = (settings.prefix_len as usize).min(reach);
+                let window = (len >= PREFIX_MIN_LEN)
+                    .then(|| prefix_window(&ops, seg, old.len, len as u32, settings.in_place))
+                    .flatten();
                 match window {
                     Some(r) => {
                         prefix_safe = r.0 >= seg.start;
