@@ -7,7 +7,7 @@ use core::ops::Range;
 use anypatch_format::{
     header_hash, key_id, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, PageRef,
     Preamble, PreambleRepr, PrefixRef, SegmentEntry, SignatureBlock, Trailer, FEATURE_OLD_PREFIX,
-    HASH_LEN, PREAMBLE_LEN, TRAILER_LEN,
+    FEATURE_PACKED_OPS, HASH_LEN, MAX_OPS_LEN, PREAMBLE_LEN, TRAILER_LEN,
 };
 use ruzstd::decoding::FrameDecoder;
 
@@ -131,6 +131,7 @@ enum State {
     /// is decoded next.
     Prefix {
         entry: SegmentEntry,
+        packed: bool,
         data_needed: u64,
         frame_at: usize,
     },
@@ -148,7 +149,9 @@ enum State {
 struct SegmentRun {
     entry: SegmentEntry,
     start: u64,
+    /// The ops not yet run: a range of `inbuf`, or of `ops` when `packed`.
     ops: Range<usize>,
+    packed: bool,
     data_in_inbuf: Option<usize>,
     out_pos: usize,
     data_pos: usize,
@@ -189,6 +192,8 @@ pub struct Applier {
     out: Vec<u8>,
     /// A segment's decoded data block.
     data: Vec<u8>,
+    /// A packed segment's decoded ops block.
+    ops: Vec<u8>,
     /// Old bytes of the chunk in `out` that a `Copy` extent is about to write.
     copy_filled: Option<usize>,
     zstd: Option<Box<FrameDecoder>>,
@@ -237,6 +242,7 @@ impl Applier {
                 .then(|| Box::new(blake3::Hasher::new())),
             out: Vec::new(),
             data: Vec::new(),
+            ops: Vec::new(),
             copy_filled: None,
             zstd: None,
             progress: Progress::default(),
@@ -517,13 +523,18 @@ impl Applier {
                         return Ok(Action::NeedInput);
                     }
                     self.patch_hasher.update(&self.inbuf);
-                    let data_needed = self.check_ops(&entry)?;
-                    if Codec::try_from(entry.codec)? == Codec::ZstdPrefix {
+                    let (codec, packed) = self.segment_codec(entry.codec)?;
+                    if packed {
+                        self.unpack_ops(&entry)?;
+                    }
+                    let data_needed = self.check_ops(&entry, packed)?;
+                    if codec == Codec::ZstdPrefix {
                         // The frame's history is old bytes: read them first.
                         let (offset, len, frame_at) = self.prefix_range(&entry)?;
                         sized(&mut self.out, len);
                         self.state = State::Prefix {
                             entry,
+                            packed,
                             data_needed,
                             frame_at,
                         };
@@ -532,16 +543,23 @@ impl Applier {
                             range: 0..len,
                         });
                     }
-                    let run = self.start_segment(entry, data_needed, None)?;
+                    let run = self.start_segment(entry, codec, packed, data_needed, None)?;
                     self.state = State::Segment(run);
                 }
                 State::Prefix {
                     entry,
+                    packed,
                     data_needed,
                     frame_at,
                 } => {
                     let prefix = core::mem::take(&mut self.out);
-                    let run = self.start_segment(entry, data_needed, Some((prefix, frame_at)))?;
+                    let run = self.start_segment(
+                        entry,
+                        Codec::ZstdPrefix,
+                        packed,
+                        data_needed,
+                        Some((prefix, frame_at)),
+                    )?;
                     self.state = State::Segment(run);
                 }
                 State::Segment(run) => {
@@ -594,6 +612,7 @@ impl Applier {
                     // Release the buffers: the engine holds no memory once done.
                     self.out = Vec::new();
                     self.data = Vec::new();
+                    self.ops = Vec::new();
                     self.zstd = None;
                     let header = self.header_ref();
                     return Ok(Action::Done(Summary {
@@ -806,14 +825,72 @@ impl Applier {
         Ok(())
     }
 
+    /// A segment entry's data codec and whether its ops are packed, from
+    /// its codec byte. Refuses codec 0x02 without `FEATURE_OLD_PREFIX` and
+    /// packed ops without `FEATURE_PACKED_OPS`, as a corrupt patch: the bits
+    /// are what tells an older applier that it cannot read the patch.
+    fn segment_codec(&self, byte: u8) -> Result<(Codec, bool), ApplyError> {
+        let (codec, packed) = Codec::split(byte)?;
+        self.check_codec_feature(codec as u8, "segment.codec")?;
+        if packed && self.required_features & FEATURE_PACKED_OPS == 0 {
+            return Err(FormatError::Invalid {
+                field: "segment.codec",
+                reason: "has bit 0x80 (packed ops), but required_features lacks FEATURE_PACKED_OPS (0x2)",
+            }
+            .into());
+        }
+        Ok((codec, packed))
+    }
+
+    /// Decodes a packed segment's ops block, the one zstd frame that is the
+    /// first `ops_len` bytes of its buffered payload, into `ops`. The frame
+    /// must declare its content size, 1..=`MAX_OPS_LEN`, which is checked
+    /// before `ops` is sized to it; its window is capped like a data frame's.
+    fn unpack_ops(&mut self, entry: &SegmentEntry) -> Result<(), ApplyError> {
+        let segment = self.segments_seen - 1;
+        let mut frame = &self.inbuf[..entry.ops_len as usize];
+        let dec = self
+            .zstd
+            .get_or_insert_with(|| Box::new(FrameDecoder::new()));
+        let len = crate::zstd::start_frame(dec, &mut frame)
+            .map_err(|()| ApplyError::Decode { segment })?;
+        if len == 0 {
+            return Err(FormatError::Invalid {
+                field: "packed ops frame",
+                reason: "declares no content size, or 0; it must declare the ops block's length",
+            }
+            .into());
+        }
+        if len > u64::from(MAX_OPS_LEN) {
+            return Err(FormatError::TooLarge {
+                field: "packed ops content size",
+                got: len,
+                max: MAX_OPS_LEN.into(),
+            }
+            .into());
+        }
+        sized(&mut self.ops, len as usize); // at most MAX_OPS_LEN, checked above
+        crate::zstd::finish_frame(dec, frame, &mut self.ops)
+            .map_err(|()| ApplyError::Decode { segment })
+    }
+
+    /// A buffered segment's ops block: the start of `inbuf`, or `ops` when
+    /// packed (after [`Applier::unpack_ops`]).
+    fn ops_block(&self, entry: &SegmentEntry, packed: bool) -> &[u8] {
+        if packed {
+            &self.ops
+        } else {
+            &self.inbuf[..entry.ops_len as usize]
+        }
+    }
+
     /// Checks a buffered payload's ops: every length and source, before any
     /// read. Returns how many data bytes they take.
-    fn check_ops(&self, entry: &SegmentEntry) -> Result<u64, ApplyError> {
+    fn check_ops(&self, entry: &SegmentEntry, packed: bool) -> Result<u64, ApplyError> {
         let start = self.new_pos;
-        let ops_len = entry.ops_len as usize;
         // One pass over the ops checks every length and source before any read.
         let (mut produced, mut data_needed) = (0u64, 0u64);
-        for op in OpIter::new(&self.inbuf[..ops_len]) {
+        for op in OpIter::new(self.ops_block(entry, packed)) {
             let op = op?;
             let at = start + produced;
             if let Op::Copy { len, delta } | Op::Delta { len, delta } = op {
@@ -839,7 +916,6 @@ impl Applier {
     /// like an op source (in the old file and, in place, at or after the
     /// segment's start), and where its frame starts in `inbuf`.
     fn prefix_range(&self, entry: &SegmentEntry) -> Result<(u64, usize, usize), ApplyError> {
-        self.check_codec_feature(entry.codec, "segment.codec")?;
         let ops_len = entry.ops_len as usize;
         let block = &self.inbuf[ops_len..];
         let (prefix, frame) = PrefixRef::parse(block)?;
@@ -854,6 +930,8 @@ impl Applier {
     fn start_segment(
         &mut self,
         entry: SegmentEntry,
+        codec: Codec,
+        packed: bool,
         data_needed: u64,
         prefix: Option<(Vec<u8>, usize)>,
     ) -> Result<SegmentRun, ApplyError> {
@@ -861,7 +939,7 @@ impl Applier {
         let start = self.new_pos;
         let ops_len = entry.ops_len as usize;
         let data_block = &self.inbuf[ops_len..];
-        let data_in_inbuf = match Codec::try_from(entry.codec)? {
+        let data_in_inbuf = match codec {
             Codec::Stored => {
                 if data_block.len() as u64 != data_needed {
                     return Err(ApplyError::LengthMismatch {
@@ -904,7 +982,8 @@ impl Applier {
         Ok(SegmentRun {
             entry,
             start,
-            ops: 0..ops_len,
+            ops: 0..self.ops_block(&entry, packed).len(),
+            packed,
             data_in_inbuf,
             out_pos: 0,
             data_pos: 0,
@@ -926,7 +1005,8 @@ impl Applier {
             }
             run.data_pos += range.len();
         }
-        let mut ops = OpIter::new(&self.inbuf[run.ops.clone()]);
+        let block = if run.packed { &self.ops } else { &self.inbuf };
+        let mut ops = OpIter::new(&block[run.ops.clone()]);
         while let Some(op) = ops.next() {
             let op = op.expect("ops were validated in start_segment");
             run.ops.start = run.ops.end - ops.remaining();

@@ -28,14 +28,35 @@ pub(crate) fn decode_frame(
     out: &mut [u8],
     prefix: Option<Vec<u8>>,
 ) -> Result<(), ()> {
-    dec.set_max_window_size(MAX_ZSTD_WINDOW);
-    dec.init(&mut input).map_err(drop)?;
+    start_frame(dec, &mut input)?;
     if let Some(content) = prefix {
         dec.add_dict(raw_content(content)).map_err(drop)?;
         dec.force_dict(PREFIX_DICT_ID).map_err(drop)?;
         // Replacing the entry frees our buffer; the decoder keeps its copy.
         dec.add_dict(raw_content(Vec::new())).map_err(drop)?;
     }
+    finish_frame(dec, input, out)
+}
+
+/// Reads a frame's header from `input` (which is advanced past it) and
+/// returns the content size it declares, 0 when it declares none. Fails when
+/// the header does not decode or declares a window above [`MAX_ZSTD_WINDOW`]
+/// or a dictionary. Nothing is allocated for the frame's content yet, so the
+/// caller can check the size first; then call [`finish_frame`].
+pub(crate) fn start_frame(dec: &mut FrameDecoder, input: &mut &[u8]) -> Result<u64, ()> {
+    dec.set_max_window_size(MAX_ZSTD_WINDOW);
+    dec.init(input).map_err(drop)?;
+    Ok(dec.content_size())
+}
+
+/// Decodes the rest of a frame started with [`start_frame`] into all of
+/// `out`. Fails when it decodes to more or fewer bytes than `out.len()` or
+/// leaves input unread.
+pub(crate) fn finish_frame(
+    dec: &mut FrameDecoder,
+    mut input: &[u8],
+    out: &mut [u8],
+) -> Result<(), ()> {
     let mut written = 0;
     loop {
         let finished = dec

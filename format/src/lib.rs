@@ -91,7 +91,8 @@ pub const MAX_PAGE_EXTENTS: usize = 0x2000;
 /// Most new bytes one data segment produces. This is what an applier buffers
 /// to check a segment's hash before writing it.
 pub const MAX_SEGMENT_LEN: u32 = 0x0040_0000;
-/// Largest ops block of one data segment.
+/// Largest ops block of one data segment, and, for a packed one
+/// ([`PACKED_OPS`]), both its frame and what the frame decodes to.
 pub const MAX_OPS_LEN: u32 = 0x0010_0000;
 /// Largest producer name in the header, in bytes.
 pub const MAX_PRODUCER_LEN: usize = 0x40;
@@ -108,12 +109,13 @@ pub const MAX_PREFIX_LEN: u32 = 0x0040_0000;
 pub const FLAG_IN_PLACE_SAFE: u32 = 0x0000_0001;
 
 /// Worst-case memory an applier needs, in bytes, as stated in the spec:
-/// one page and its decoded extents, one segment's payload, its decoded data,
-/// its output, the zstd decoder's window and block buffers, and the
-/// decoder's copy of a prefix.
+/// one page and its decoded extents, one segment's payload, its decoded ops
+/// (when packed), its decoded data, its output, the zstd decoder's window
+/// and block buffers, and the decoder's copy of a prefix: 27 MiB.
 pub const APPLIER_WORST_CASE_MEMORY: u64 = MAX_PAGE_LEN as u64          // raw page
     + (MAX_PAGE_EXTENTS as u64) * 64                                    // decoded extents
     + (MAX_OPS_LEN as u64) + (MAX_SEGMENT_LEN as u64)                   // payload
+    + (MAX_OPS_LEN as u64)                                              // decoded packed ops
     + (MAX_SEGMENT_LEN as u64)                                          // decoded data
     + (MAX_SEGMENT_LEN as u64)                                          // output
     + 2 * MAX_ZSTD_WINDOW + 0x0004_0000 // decoder ring buffer, block scratch

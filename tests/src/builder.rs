@@ -3,7 +3,7 @@
 
 use anypatch_format::{
     Codec, Extent, Header, Op, Page, PageRef, PrefixRef, SegmentEntry, Trailer, FEATURE_OLD_PREFIX,
-    FLAG_IN_PLACE_SAFE, MAX_ZSTD_WINDOW, TRAILER_LEN,
+    FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, MAX_ZSTD_WINDOW, PACKED_OPS, TRAILER_LEN,
 };
 use zstd::zstd_safe::{CCtx, CParameter};
 
@@ -30,6 +30,21 @@ pub enum Part {
         data: Vec<u8>,
         prefix: PrefixRef,
     },
+    /// A `Segment` or `PrefixSegment` whose ops block is packed: one zstd
+    /// frame with its content size (bit 0x80 of the codec byte). The builder
+    /// sets `FEATURE_PACKED_OPS` when a patch has one.
+    Packed(Box<Part>),
+}
+
+impl Part {
+    /// This segment with its ops block packed.
+    pub fn packed(self) -> Part {
+        assert!(
+            matches!(self, Part::Segment { .. } | Part::PrefixSegment { .. }),
+            "only segments have ops to pack"
+        );
+        Part::Packed(Box::new(self))
+    }
 }
 
 /// A patch under construction.
@@ -78,8 +93,12 @@ impl PatchBuilder {
                     extents.push(Extent::Zero { len: *len });
                     payloads.push(Vec::new());
                 }
-                Part::Segment { .. } | Part::PrefixSegment { .. } => {
-                    let (ops, data, codec, coded) = match part {
+                Part::Segment { .. } | Part::PrefixSegment { .. } | Part::Packed(_) => {
+                    let (seg, packed) = match part {
+                        Part::Packed(inner) => (&**inner, true),
+                        _ => (part, false),
+                    };
+                    let (ops, data, codec, coded) = match seg {
                         Part::Segment { ops, data, codec } => {
                             let coded = match codec {
                                 Codec::Stored => data.clone(),
@@ -100,16 +119,22 @@ impl PatchBuilder {
                             coded.extend(compress_with_prefix(data, history, 3));
                             (ops, data, Codec::ZstdPrefix, coded)
                         }
-                        _ => unreachable!("matched above"),
+                        _ => panic!("Part::Packed holds a segment"),
                     };
                     let out = run_ops(old, start, ops, data);
                     let mut ops_block = Vec::new();
                     for op in ops {
                         op.emit(&mut ops_block);
                     }
+                    let mut codec = codec as u8;
+                    if packed {
+                        required_features |= FEATURE_PACKED_OPS;
+                        ops_block = pack_ops(&ops_block, 3);
+                        codec |= PACKED_OPS;
+                    }
                     let entry = SegmentEntry {
                         new_len: out.len() as u32,
-                        codec: codec as u8,
+                        codec,
                         ops_len: ops_block.len() as u32,
                         data_len: coded.len() as u32,
                         hash: *blake3::hash(&out).as_bytes(),
@@ -241,11 +266,20 @@ pub fn compress_with_prefix(data: &[u8], prefix: &[u8], level: i32) -> Vec<u8> {
     ] {
         c.set_parameter(p).expect("valid zstd parameter");
     }
-    c.ref_prefix(prefix).expect("zstd takes the prefix");
+    if !prefix.is_empty() {
+        c.ref_prefix(prefix).expect("zstd takes the prefix");
+    }
     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
     c.compress2(&mut out, data)
         .expect("zstd compresses in memory");
     out
+}
+
+/// A packed ops block: one zstd frame of `ops_block`, as bit 0x80 needs:
+/// window at most `MAX_ZSTD_WINDOW`, content size given, no checksum and no
+/// dictionary id.
+pub fn pack_ops(ops_block: &[u8], level: i32) -> Vec<u8> {
+    compress_with_prefix(ops_block, &[], level)
 }
 
 fn run_ops(old: &[u8], start: u64, ops: &[Op], data: &[u8]) -> Vec<u8> {

@@ -21,8 +21,8 @@ use std::sync::OnceLock;
 use anypatch_apply::{Applier, ApplyError, Config, ErrorClass, Event, Summary};
 use anypatch_format::{
     Codec, Extent, Header, Op, OpIter, Page, PageRef, Preamble, PreambleRepr, PrefixRef,
-    SegmentEntry, SignatureBlock, Trailer, HASH_LEN, MAX_PAGE_EXTENTS, MAX_SEGMENT_LEN,
-    PREAMBLE_LEN, TRAILER_LEN, VERSION_MINOR,
+    SegmentEntry, SignatureBlock, Trailer, HASH_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS,
+    MAX_SEGMENT_LEN, PREAMBLE_LEN, TRAILER_LEN, VERSION_MINOR,
 };
 use anypatch_producer::{make_patch, Options, SecretKey};
 
@@ -463,7 +463,15 @@ fn old_range(old: &[u8], start: i128, len: u64) -> Option<&[u8]> {
 /// not fit), for [`Layout::seal`].
 fn run_segment(old: &[u8], start: u64, s: &SegmentEntry, payload: &[u8]) -> Option<Vec<u8>> {
     let (ops, coded) = payload.split_at_checked(s.ops_len as usize)?;
-    let data = match Codec::try_from(s.codec).ok()? {
+    let (codec, packed) = Codec::split(s.codec).ok()?;
+    let unpacked;
+    let ops = if packed {
+        unpacked = zstd::bulk::decompress(ops, MAX_OPS_LEN as usize).ok()?;
+        &unpacked[..]
+    } else {
+        ops
+    };
+    let data = match codec {
         Codec::Stored => coded.to_vec(),
         Codec::Zstd => zstd::bulk::decompress(coded, MAX_SEGMENT_LEN as usize).ok()?,
         Codec::ZstdPrefix => {
@@ -711,6 +719,8 @@ pub fn pair_from(data: &[u8]) -> (Vec<u8>, Vec<u8>, Options) {
         segment_len: [4096, 10_000, 65_536, MAX_SEGMENT_LEN][usize::from(r.u8() % 4)],
         block_size: [4096, 512, 1024][usize::from(r.u8() % 3)],
         signing_key: (r.u8() % 2 == 1).then(fuzz_key),
+        // Packed ops (format 1.1) mostly on, as in the default level.
+        pack_ops: r.u8() % 4 != 3,
         ..Options::default()
     };
     (old, new, opts)

@@ -6,8 +6,8 @@
 
 use anypatch_format::{
     header_hash, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, PrefixRef,
-    SignatureBlock, Trailer, FEATURE_OLD_PREFIX, HASH_LEN, MAX_SEGMENT_LEN, MAX_ZSTD_WINDOW,
-    PREAMBLE_LEN, TRAILER_LEN,
+    SignatureBlock, Trailer, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, HASH_LEN, MAX_OPS_LEN,
+    MAX_SEGMENT_LEN, MAX_ZSTD_WINDOW, PACKED_OPS, PREAMBLE_LEN, TRAILER_LEN,
 };
 
 /// Applies `patch` to `old` and returns the new file, or why not.
@@ -35,6 +35,8 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
         Header::parse(&section[PREAMBLE_LEN..body_end], pre.minor).map_err(|x| x.to_string())?;
     // Codec 0x02 is allowed only in a patch that declares it (version 1.1).
     let prefix_allowed = pre.required_features & FEATURE_OLD_PREFIX != 0;
+    // So is bit 0x80 of a segment's codec, packed ops.
+    let packing_allowed = pre.required_features & FEATURE_PACKED_OPS != 0;
     if header.codec == 2 && !prefix_allowed {
         return Err(e("codec 2 without FEATURE_OLD_PREFIX"));
     }
@@ -78,14 +80,24 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
                     }
                     let ops = take(s.ops_len as usize)?;
                     let coded = take(s.data_len as usize)?;
-                    let data = match s.codec {
+                    let unpacked;
+                    let ops = match s.codec & PACKED_OPS {
+                        0 => ops,
+                        _ if packing_allowed => {
+                            unpacked = unpack_ops(ops)?;
+                            &unpacked[..]
+                        }
+                        _ => return Err(e("packed ops without FEATURE_PACKED_OPS")),
+                    };
+                    let data = match s.codec & !PACKED_OPS {
                         0 => coded.to_vec(),
-                        1 => decode_zstd(coded, &[])?,
+                        1 => decode_zstd(coded, &[], MAX_SEGMENT_LEN)?,
                         2 if prefix_allowed => {
                             let (p, frame) = PrefixRef::parse(coded).map_err(|x| x.to_string())?;
                             decode_zstd(
                                 frame,
                                 old_range(old, start + p.delta as i128, p.len.into())?,
+                                MAX_SEGMENT_LEN,
                             )?
                         }
                         _ => return Err(e("codec")),
@@ -150,13 +162,37 @@ fn old_range(old: &[u8], start: i128, len: u64) -> Result<&[u8], String> {
     Ok(&old[start as usize..end as usize])
 }
 
+/// A packed ops block: one zstd frame that declares its content size,
+/// 1..=`MAX_OPS_LEN`, and decodes to exactly that.
+fn unpack_ops(frame: &[u8]) -> Result<Vec<u8>, String> {
+    let size = zstd::zstd_safe::get_frame_content_size(frame)
+        .map_err(|_| "packed ops: no zstd frame header")?
+        .ok_or("packed ops: the frame declares no content size")?;
+    if !(1..=u64::from(MAX_OPS_LEN)).contains(&size) {
+        return Err(format!("packed ops: content size {size}"));
+    }
+    let ops = decode_zstd(frame, &[], MAX_OPS_LEN)?;
+    if ops.len() as u64 != size {
+        return Err("packed ops: frame decodes to another length than it declares".into());
+    }
+    Ok(ops)
+}
+
 /// Exactly one zstd frame, as the spec requires, with `prefix` (codec 2's
-/// old bytes; empty for codec 1) as its history. Decoded as a stream, since
-/// the C library checks the window limit (`windowLogMax`) only there.
-fn decode_zstd(coded: &[u8], prefix: &[u8]) -> Result<Vec<u8>, String> {
+/// old bytes; empty otherwise) as its history, decoding to at most `max`
+/// bytes. Decoded as a stream, since the C library checks the window limit
+/// (`windowLogMax`) only there.
+fn decode_zstd(coded: &[u8], prefix: &[u8], max: u32) -> Result<Vec<u8>, String> {
     use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer};
     if zstd::zstd_safe::find_frame_compressed_size(coded) != Ok(coded.len()) {
         return Err("data block is not exactly one zstd frame".into());
+    }
+    // Streaming alone does not apply windowLogMax: the C library decodes a
+    // frame whose content size it knows and has room for in one pass,
+    // without checking the window. So check it here.
+    let window = frame_window(coded)?;
+    if window > MAX_ZSTD_WINDOW {
+        return Err(format!("zstd window {window} above MAX_ZSTD_WINDOW"));
     }
     let err = |code| zstd::zstd_safe::get_error_name(code).to_string();
     let mut d = DCtx::create();
@@ -165,7 +201,7 @@ fn decode_zstd(coded: &[u8], prefix: &[u8]) -> Result<Vec<u8>, String> {
     if !prefix.is_empty() {
         d.ref_prefix(prefix).map_err(err)?;
     }
-    let mut out = Vec::with_capacity(MAX_SEGMENT_LEN as usize);
+    let mut out = Vec::with_capacity(max as usize);
     let mut output = OutBuffer::around(&mut out);
     let mut input = InBuffer::around(coded);
     loop {
@@ -174,8 +210,27 @@ fn decode_zstd(coded: &[u8], prefix: &[u8]) -> Result<Vec<u8>, String> {
             break; // the frame is complete
         }
         if (input.pos(), output.pos()) == before {
-            return Err("zstd frame decodes to more than MAX_SEGMENT_LEN".into());
+            return Err(format!("zstd frame decodes to more than {max} bytes"));
         }
     }
     Ok(out)
+}
+
+/// The window a standard zstd frame declares (RFC 8878 section 3.1.1.1.2):
+/// from its window descriptor, or its content size when it is a single
+/// segment.
+fn frame_window(frame: &[u8]) -> Result<u64, String> {
+    if frame.get(..4) != Some(&[0x28, 0xB5, 0x2F, 0xFD][..]) {
+        return Err("not a standard zstd frame".into());
+    }
+    let descriptor = *frame.get(4).ok_or("zstd frame header cut short")?;
+    if descriptor & 0x20 != 0 {
+        return match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(size)) => Ok(size),
+            _ => Err("zstd frame header does not decode".into()),
+        };
+    }
+    let w = *frame.get(5).ok_or("zstd frame header cut short")?;
+    let base = 1u64 << (10 + (w >> 3));
+    Ok(base + base / 8 * u64::from(w & 0x07))
 }

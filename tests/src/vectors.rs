@@ -153,9 +153,21 @@ pub fn all() -> Vec<Vector> {
     }
     v.push(produced(
         "small-edits",
-        "4-byte edits: delta ops in zstd-coded segments",
+        "4-byte edits: delta and copy ops in one merged segment",
         base.clone(),
         edits,
+        None,
+    ));
+
+    let mut scattered = base.clone();
+    for at in (50..scattered.len() - 3).step_by(613) {
+        scattered[at..at + 3].copy_from_slice(b"1.1");
+    }
+    v.push(produced(
+        "scattered-edits",
+        "107 3-byte edits: 215 ops in one merged segment, packed (format 1.1)",
+        base.clone(),
+        scattered,
         None,
     ));
 
@@ -275,6 +287,60 @@ pub fn all() -> Vec<Vector> {
         "codec 0x02: zstd frames with old bytes ahead of and behind the segment as history",
         old,
         prefixed,
+    ));
+
+    let old = bytes("packed-ops", 8 * B);
+    // Scattered edits: many short ops, which pack well.
+    let mut scattered = Vec::new();
+    for i in 0..40u32 {
+        scattered.push(Op::Copy {
+            len: 90,
+            delta: i64::from(i % 4) * 8,
+        });
+        scattered.push(Op::Literal { len: 10 });
+    }
+    let mut edited = old[3 * B..5 * B].to_vec();
+    for at in [7, 2000, 5000] {
+        edited[at..at + 4].copy_from_slice(b"1.1!");
+    }
+    let packed = PatchBuilder::new(vec![
+        Part::Copy {
+            len: B as u64,
+            delta: 0,
+        },
+        Part::Segment {
+            ops: scattered,
+            data: bytes("packed-ops-literals", 400),
+            codec: Codec::Zstd,
+        }
+        .packed(),
+        Part::PrefixSegment {
+            ops: vec![
+                Op::Literal { len: 2 * B as u32 },
+                Op::Delta {
+                    len: 1000,
+                    delta: -(B as i64),
+                },
+            ],
+            data: [edited, vec![1; 1000]].concat(),
+            prefix: PrefixRef {
+                delta: B as i64,
+                len: 2 * B as u32,
+            },
+        }
+        .packed(),
+        Part::Segment {
+            ops: vec![Op::Zero { len: 100 }, Op::Literal { len: 5 }],
+            data: b"1.1!!".to_vec(),
+            codec: Codec::Stored,
+        }
+        .packed(),
+    ]);
+    v.push(built(
+        "packed-ops",
+        "packed ops blocks (codec bit 0x80) with codecs 0x01, 0x02 and 0x00",
+        old,
+        packed,
     ));
     v
 }

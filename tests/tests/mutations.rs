@@ -3,8 +3,10 @@
 //! duplicated pages) are each refused with a clean error, with no panic, no
 //! allocation above the engine's stated bound, and the target unchanged; and
 //! declared sizes (a 4 GiB segment, a 1 TiB extent, 2^40 extents in a page,
-//! huge section lengths, a zstd frame claiming a terabyte) are refused
-//! cheaply, before anything is allocated for them.
+//! huge section lengths, a zstd frame or packed ops claiming a terabyte)
+//! are refused cheaply, before anything is allocated for them. The sources
+//! include packed ops and codec 0x02 (format 1.1), and worst-case patches
+//! of each kind are held to the bound.
 //!
 //! The engine's memory is measured with a counting global allocator
 //! (`peakmem-alloc`: the workspace forbids `unsafe`, which a hand-written
@@ -21,8 +23,8 @@ use std::time::{Duration, Instant};
 use anypatch_apply::{ApplyError, Config};
 use anypatch_format::{
     Codec, Extent, FormatError, Header, Op, Page, PageRef, PrefixRef, SegmentEntry,
-    APPLIER_WORST_CASE_MEMORY, FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_PAGE_EXTENTS, MAX_PREFIX_LEN,
-    MAX_SEGMENT_LEN, PREAMBLE_LEN,
+    APPLIER_WORST_CASE_MEMORY, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_OPS_LEN,
+    MAX_PAGE_EXTENTS, MAX_PREFIX_LEN, MAX_SEGMENT_LEN, PACKED_OPS, PREAMBLE_LEN,
 };
 use anypatch_producer::Options;
 use anypatch_tests::builder::{Part, PatchBuilder};
@@ -235,8 +237,45 @@ fn sources() -> Vec<Source> {
     out.push(Source {
         name: "built-prefix".into(),
         patch: PatchBuilder::new(parts).build(&small).0,
+        old: small.clone(),
+    });
+    // Built: packed ops (format 1.1) with every data codec, beside a plain
+    // segment, three extents per page.
+    let mut many = Vec::new();
+    for i in 0..150u32 {
+        many.push(Op::Copy {
+            len: 30,
+            delta: i64::from(i) * 7,
+        });
+        many.push(Op::Literal { len: 5 });
+    }
+    let parts = vec![
+        seg(5, Codec::Zstd).packed(),
+        Part::Zero { len: 100 },
+        Part::Segment {
+            ops: many,
+            data: bytes("mutations-packed", 750),
+            codec: Codec::Stored,
+        }
+        .packed(),
+        pseg(6, 700, 5000).packed(),
+        seg(7, Codec::Stored),
+        Part::Copy { len: 500, delta: 0 },
+    ];
+    let mut b = PatchBuilder::new(parts);
+    b.extents_per_page = 3;
+    out.push(Source {
+        name: "built-packed".into(),
+        patch: b.build(&small).0,
         old: small,
     });
+    // The producer's default level packs ops where that makes them smaller.
+    let packed: Vec<&str> = out
+        .iter()
+        .filter(|s| s.name.starts_with("producer") && s.patch[0x0C] & FEATURE_PACKED_OPS as u8 != 0)
+        .map(|s| &s.name[..])
+        .collect();
+    assert!(!packed.is_empty(), "no producer source has packed ops");
     // The spec's vectors with a checked-in new file.
     let mut dirs: Vec<_> = fs::read_dir(root().join("spec/vectors"))
         .expect("spec/vectors")
@@ -939,6 +978,147 @@ fn worst_case_prefix_patch_stays_within_the_stated_bound() {
             peak <= APPLIER_WORST_CASE_MEMORY,
             "fed {feed} bytes at a time, the engine allocated {peak} bytes, above APPLIER_WORST_CASE_MEMORY ({APPLIER_WORST_CASE_MEMORY})"
         );
+    }
+}
+
+/// The worst case with packed ops: a page of 8192 extents, then a 4 MiB
+/// codec 0x02 segment with a 4 MiB prefix whose packed ops decode to
+/// almost `MAX_OPS_LEN` (1 MiB) from a frame of several hundred KiB (copies
+/// with random lengths and sources), beside a frame of almost 4 MiB. The
+/// decoded ops are held while the prefix is read and the data decoded, so
+/// this meets every buffer the bound counts.
+#[test]
+fn worst_case_packed_patch_stays_within_the_stated_bound() {
+    let _serial = serial();
+    let max = MAX_SEGMENT_LEN as usize;
+    let mut old = vec![0u8; MAX_PREFIX_LEN as usize + 4096];
+    blake3::Hasher::new()
+        .update(b"worst-packed-old")
+        .finalize_xof()
+        .fill(&mut old);
+    let start = MAX_PAGE_EXTENTS - 1; // the segment's new offset
+    let mut rng = Rng(0x9ACC_ED00);
+    let (mut ops, mut ops_len, mut produced) = (Vec::new(), 0usize, 0usize);
+    let mut enc = Vec::new();
+    while ops_len < MAX_OPS_LEN as usize - 64 {
+        let len = 1 + rng.below(3);
+        let source = rng.below(old.len() - len);
+        let op = Op::Copy {
+            len: len as u32,
+            delta: source as i64 - (start + produced) as i64,
+        };
+        enc.clear();
+        op.emit(&mut enc);
+        ops_len += enc.len();
+        produced += len;
+        ops.push(op);
+    }
+    let literal = max - produced;
+    let mut data = vec![0u8; literal];
+    blake3::Hasher::new().finalize_xof().fill(&mut data);
+    ops.push(Op::Literal {
+        len: literal as u32,
+    });
+    let mut parts = vec![Part::Zero { len: 1 }; start];
+    parts.push(
+        Part::PrefixSegment {
+            ops,
+            data,
+            prefix: PrefixRef {
+                delta: -(start as i64),
+                len: MAX_PREFIX_LEN,
+            },
+        }
+        .packed(),
+    );
+    let mut b = PatchBuilder::new(parts);
+    b.extents_per_page = MAX_PAGE_EXTENTS;
+    let patch = b.build(&old).0;
+    let l = Layout::walk(&patch).expect("walks");
+    let Some(Extent::Data(s)) = l.pages[0].0.extents.last() else {
+        unreachable!("the last extent is the segment")
+    };
+    assert_eq!(s.codec, 0x02 | PACKED_OPS);
+    assert!(
+        s.ops_len > 300_000 && s.data_len > 3 << 20,
+        "ops frame {} bytes, data {} bytes",
+        s.ops_len,
+        s.data_len
+    );
+    assert!(ops_len > MAX_OPS_LEN as usize - 100 && ops_len <= MAX_OPS_LEN as usize);
+    reference::apply(&old, &patch).expect("the reference applies the worst case");
+
+    for feed in [4096, 1 << 20, patch.len()] {
+        let mut target = Vec::with_capacity(max + MAX_PAGE_EXTENTS);
+        let (run, peak) = measured(|| {
+            drive(
+                &old,
+                &patch,
+                Config::new(old.len() as u64),
+                feed,
+                &mut target,
+            )
+        });
+        run.expect("the engine applies the worst case");
+        println!(
+            "worst-case packed patch ({ops_len} bytes of ops packed in {}), fed {feed} bytes at a time: engine peak {peak} bytes ({:.1} MiB), bound {APPLIER_WORST_CASE_MEMORY}",
+            s.ops_len,
+            peak as f64 / f64::from(1 << 20)
+        );
+        assert!(
+            peak <= APPLIER_WORST_CASE_MEMORY,
+            "fed {feed} bytes at a time, the engine allocated {peak} bytes, above APPLIER_WORST_CASE_MEMORY ({APPLIER_WORST_CASE_MEMORY})"
+        );
+    }
+}
+
+/// Packed ops frames that declare a terabyte of content, or a window of
+/// 2 TiB, are refused before anything is sized for them.
+#[test]
+fn packed_ops_claiming_terabytes_are_refused() {
+    let _serial = serial();
+    let (old, l) = small();
+    let mut ops = Vec::new();
+    Op::Literal { len: 100 }.emit(&mut ops);
+    Op::Copy { len: 100, delta: 0 }.emit(&mut ops);
+    let block = |mut frame: Vec<u8>| {
+        let header = 1 | (ops.len() as u32) << 3; // last block, raw
+        frame.extend_from_slice(&header.to_le_bytes()[..3]);
+        frame.extend_from_slice(&ops);
+        frame
+    };
+    // Window 1 MiB, 8-byte content size 1 TiB; window descriptor 2 TiB.
+    let mut content = vec![0x28, 0xB5, 0x2F, 0xFD, 0xC0, 0x50];
+    content.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    let window = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 0xF8];
+    for (what, frame, tib) in [
+        ("1 TiB of ops", block(content), true),
+        ("2 TiB window", block(window), false),
+    ] {
+        let mut m = l.clone();
+        m.preamble.required_features |= FEATURE_PACKED_OPS;
+        let (page, payloads) = &mut m.pages[0];
+        let Some(Extent::Data(s)) = page.extents.first_mut() else {
+            unreachable!("the first extent is the segment")
+        };
+        let data = payloads[0][s.ops_len as usize..].to_vec();
+        s.codec |= PACKED_OPS;
+        s.ops_len = frame.len() as u32;
+        payloads[0] = [frame, data].concat();
+        let e = refused_cheaply(what, &old, &m.emit());
+        if tib {
+            assert_eq!(
+                e,
+                ApplyError::Format(FormatError::TooLarge {
+                    field: "packed ops content size",
+                    got: 1 << 40,
+                    max: MAX_OPS_LEN.into(),
+                }),
+                "{what}"
+            );
+        } else {
+            assert_eq!(e, ApplyError::Decode { segment: 0 }, "{what}");
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 use std::fs;
 
 use anypatch_apply::Config;
-use anypatch_producer::{make_patch, Options, Summary};
+use anypatch_producer::{make_patch, Level, Options, Summary};
 use anypatch_tests::{apply_in_memory, reference, vectors::bytes};
 
 /// Random old bytes with zero runs (as in images), and a new file with one
@@ -54,17 +54,29 @@ fn check_applies(old: &[u8], new: &[u8], patch: &[u8]) {
 #[test]
 fn shifted_data_becomes_copies() {
     let (old, new, inserted) = shifted_pair();
-    let (patch, summary) = produce(&old, &new, &Options::default());
-    check_applies(&old, &new, &patch);
+    // The fast level keeps changes apart (no merged segments, no prefix, no
+    // packed ops), so the shifted data shows as copy extents.
+    let (fast, summary) = produce(&old, &new, &Level::Fast.options());
+    check_applies(&old, &new, &fast);
     // Without shift matching nearly all of the 600 KB would be data.
     assert!(
         summary.moved_bytes > new.len() as u64 * 9 / 10,
         "{summary:?}"
     );
     assert!(
-        patch.len() < inserted + 2_000,
+        fast.len() < inserted + 2_000,
         "patch of {} bytes for {inserted} inserted bytes",
-        patch.len()
+        fast.len()
+    );
+    // The default level merges nearby changes into segments whose copies are
+    // ops, not extents; it still applies, and is no larger.
+    let (patch, _) = produce(&old, &new, &Options::default());
+    check_applies(&old, &new, &patch);
+    assert!(
+        patch.len() <= fast.len(),
+        "default level {} bytes, fast {}",
+        patch.len(),
+        fast.len()
     );
 }
 

@@ -6,7 +6,7 @@
 //! Three classes:
 //! - [`PatchSession`]: the streaming apply. Feed patch slices, answer
 //!   old-range requests (possibly after an `await`), receive verified
-//!   output slices. Memory is the engine's bound (about 22 MiB) plus the
+//!   output slices. Memory is the engine's bound (about 27 MiB) plus the
 //!   slices the caller hands in, whatever the image size.
 //! - [`PatchMap`]: reads only the header and the page chain of a patch, by
 //!   asking for byte ranges, and sums its extents into buckets for a picture
