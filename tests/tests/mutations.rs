@@ -893,27 +893,7 @@ fn worst_case_patch_stays_within_the_stated_bound() {
     let patch = l.emit();
     reference::apply(&old, &patch).expect("the reference applies the worst case");
 
-    for feed in [4096, 1 << 20, patch.len()] {
-        let mut target = Vec::with_capacity(MAX_SEGMENT_LEN as usize + MAX_PAGE_EXTENTS);
-        let (run, peak) = measured(|| {
-            drive(
-                &old,
-                &patch,
-                Config::new(old.len() as u64),
-                feed,
-                &mut target,
-            )
-        });
-        run.expect("the engine applies the worst case");
-        println!(
-            "worst-case patch, fed {feed} bytes at a time: engine peak {peak} bytes ({:.1} MiB), bound {APPLIER_WORST_CASE_MEMORY}",
-            peak as f64 / f64::from(1 << 20)
-        );
-        assert!(
-            peak <= APPLIER_WORST_CASE_MEMORY,
-            "fed {feed} bytes at a time, the engine allocated {peak} bytes, above APPLIER_WORST_CASE_MEMORY ({APPLIER_WORST_CASE_MEMORY})"
-        );
-    }
+    assert_peak_within_bound("worst-case patch", &old, &patch, MAX_SEGMENT_LEN as usize);
 }
 
 /// The worst case with codec 0x02: a page of 8192 extents, then a 4 MiB
@@ -958,27 +938,7 @@ fn worst_case_prefix_patch_stays_within_the_stated_bound() {
     assert!(s.ops_len > 1_000_000 && s.data_len > 3 << 20 && s.codec == 2);
     reference::apply(&old, &patch).expect("the reference applies the worst case");
 
-    for feed in [4096, 1 << 20, patch.len()] {
-        let mut target = Vec::with_capacity(max + MAX_PAGE_EXTENTS);
-        let (run, peak) = measured(|| {
-            drive(
-                &old,
-                &patch,
-                Config::new(old.len() as u64),
-                feed,
-                &mut target,
-            )
-        });
-        run.expect("the engine applies the worst case");
-        println!(
-            "worst-case prefix patch, fed {feed} bytes at a time: engine peak {peak} bytes ({:.1} MiB), bound {APPLIER_WORST_CASE_MEMORY}",
-            peak as f64 / f64::from(1 << 20)
-        );
-        assert!(
-            peak <= APPLIER_WORST_CASE_MEMORY,
-            "fed {feed} bytes at a time, the engine allocated {peak} bytes, above APPLIER_WORST_CASE_MEMORY ({APPLIER_WORST_CASE_MEMORY})"
-        );
-    }
+    assert_peak_within_bound("worst-case prefix patch", &old, &patch, max);
 }
 
 /// The worst case with packed ops: a page of 8192 extents, then a 4 MiB
@@ -1048,28 +1008,11 @@ fn worst_case_packed_patch_stays_within_the_stated_bound() {
     assert!(ops_len > MAX_OPS_LEN as usize - 100 && ops_len <= MAX_OPS_LEN as usize);
     reference::apply(&old, &patch).expect("the reference applies the worst case");
 
-    for feed in [4096, 1 << 20, patch.len()] {
-        let mut target = Vec::with_capacity(max + MAX_PAGE_EXTENTS);
-        let (run, peak) = measured(|| {
-            drive(
-                &old,
-                &patch,
-                Config::new(old.len() as u64),
-                feed,
-                &mut target,
-            )
-        });
-        run.expect("the engine applies the worst case");
-        println!(
-            "worst-case packed patch ({ops_len} bytes of ops packed in {}), fed {feed} bytes at a time: engine peak {peak} bytes ({:.1} MiB), bound {APPLIER_WORST_CASE_MEMORY}",
-            s.ops_len,
-            peak as f64 / f64::from(1 << 20)
-        );
-        assert!(
-            peak <= APPLIER_WORST_CASE_MEMORY,
-            "fed {feed} bytes at a time, the engine allocated {peak} bytes, above APPLIER_WORST_CASE_MEMORY ({APPLIER_WORST_CASE_MEMORY})"
-        );
-    }
+    let label = format!(
+        "worst-case packed patch ({ops_len} bytes of ops packed in {})",
+        s.ops_len
+    );
+    assert_peak_within_bound(&label, &old, &patch, max);
 }
 
 /// Packed ops frames that declare a terabyte of content, or a window of
@@ -1180,4 +1123,24 @@ fn growing_segment_buffers_stay_within_the_stated_bound() {
         peaks.iter().all(|&(_, p)| p <= APPLIER_WORST_CASE_MEMORY),
         "the engine allocated above APPLIER_WORST_CASE_MEMORY ({APPLIER_WORST_CASE_MEMORY}): (feed, peak) {peaks:?}"
     );
+}
+
+/// Drives `patch` over `old` fed 4 KiB, 1 MiB and all at a time, and checks
+/// that the engine's peak allocation stays within
+/// `APPLIER_WORST_CASE_MEMORY`; `max` sizes the target buffer.
+fn assert_peak_within_bound(label: &str, old: &[u8], patch: &[u8], max: usize) {
+    for feed in [4096, 1 << 20, patch.len()] {
+        let mut target = Vec::with_capacity(max + MAX_PAGE_EXTENTS);
+        let (run, peak) =
+            measured(|| drive(old, patch, Config::new(old.len() as u64), feed, &mut target));
+        run.expect("the engine applies the worst case");
+        println!(
+            "{label}, fed {feed} bytes at a time: engine peak {peak} bytes ({:.1} MiB), bound {APPLIER_WORST_CASE_MEMORY}",
+            peak as f64 / f64::from(1 << 20)
+        );
+        assert!(
+            peak <= APPLIER_WORST_CASE_MEMORY,
+            "{label}, fed {feed} bytes at a time: the engine allocated {peak} bytes, above APPLIER_WORST_CASE_MEMORY ({APPLIER_WORST_CASE_MEMORY})"
+        );
+    }
 }
