@@ -100,3 +100,27 @@ fn broken_pipe_is_not_success() {
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("incomplete"), "{}", stderr(&o));
 }
+
+#[test]
+fn levels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = images(dir.path());
+    let mut sizes = Vec::new();
+    for level in ["fast", "default", "best", "19", "1"] {
+        let out = dir.path().join(format!("{level}.patch"));
+        let out = out.to_str().expect("utf-8 path");
+        let o = mkpatch(&["--level", level, &old, &new, "-o", out]);
+        assert!(o.status.success(), "--level {level}: {}", stderr(&o));
+        sizes.push(std::fs::metadata(out).expect("patch").len());
+    }
+    assert!(sizes.iter().all(|&n| n > 0));
+    for bad in ["0", "20", "quick", ""] {
+        let o = mkpatch(&["--level", bad, &old, &new, "-o", "x"]);
+        assert_eq!(o.status.code(), Some(1), "--level {bad:?}");
+        assert!(
+            stderr(&o).contains("use fast, default, best, or a zstd level 1..=19"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}

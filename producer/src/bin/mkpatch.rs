@@ -42,9 +42,11 @@ Exit status:
 
 /// Make a binary patch that turns OLD into NEW.
 ///
-/// mkpatch reads both images in one parallel pass, finds unchanged, moved
-/// and zeroed blocks, and compresses only what changed with zstd. Inputs
-/// must be regular files or block devices; neither is ever loaded whole.
+/// mkpatch reads both images in one parallel pass; finds unchanged, moved,
+/// shifted and zeroed data; codes near matches as bytewise deltas against
+/// the old bytes; and compresses only what is left with zstd, optionally
+/// with nearby old bytes as history. Inputs must be regular files or block
+/// devices; neither is ever loaded whole.
 #[derive(Debug, Parser)]
 #[command(
     name = "mkpatch",
@@ -76,8 +78,9 @@ struct Cli {
 
     /// Speed against size: `fast` (zstd 3, no old-byte history), `default`
     /// (zstd 9, changes up to 1 MiB apart share a segment, literal data
-    /// compressed against nearby old bytes) or `best` (zstd 19, 4 MiB
-    /// segments). A number 1..=19 is `default` with that zstd level.
+    /// compressed against nearby old bytes) or `best` (zstd 19, changes up to
+    /// 4 MiB apart share a segment, 4 MiB of old-byte history; slower). A
+    /// number 1..=19 is `default` with that zstd level.
     #[arg(long, value_name = "LEVEL", default_value = "default", value_parser = parse_level)]
     level: LevelArg,
 
