@@ -339,8 +339,8 @@ fn encode_segment(
                             settings.level,
                             &mut w.prefix_buf,
                             &w.data,
-                        )?
-                        .filter(|f| f.len() < frame.len())
+                        )
+                        .map(|f| (f.len() < frame.len()).then_some(f))?
                     }
                     None => None,
                 }
@@ -493,9 +493,9 @@ fn prefix_window(
     (len > 0).then_some((lo, len as u32))
 }
 
-/// Compresses the worker's data with old bytes `window` as history;
-/// returns the data block (prefix ref, then frame), or `None` when zstd
-/// fails to make a frame no larger than the data.
+/// Compresses the worker's data with old bytes `window` as history and
+/// returns the data block: the prefix ref, then the frame. The caller
+/// keeps it only when it is smaller than the other codings.
 fn compress_with_prefix(
     old: &Input,
     seg_start: u64,
@@ -503,7 +503,7 @@ fn compress_with_prefix(
     level: i32,
     prefix_buf: &mut Vec<u8>,
     data: &[u8],
-) -> Result<Option<Vec<u8>>, ProduceError> {
+) -> Result<Vec<u8>, ProduceError> {
     let n = old.read_clamped(prefix_buf, lo, len as usize)?;
     let prefix = &prefix_buf[..n];
     let err = |code| ProduceError::Compress {
@@ -526,15 +526,10 @@ fn compress_with_prefix(
         len: n as u32,
     }
     .emit(&mut block);
-    let head = block.len();
     let mut frame = Vec::with_capacity(zstd_safe::compress_bound(data.len()));
-    match cctx.compress2(&mut frame, data) {
-        Ok(_) => {
-            block.extend_from_slice(&frame);
-            Ok(Some(block).filter(|b| b.len() - head <= data.len()))
-        }
-        Err(code) => Err(err(code)),
-    }
+    cctx.compress2(&mut frame, data).map_err(err)?;
+    block.extend_from_slice(&frame);
+    Ok(block)
 }
 
 /// The old bytes for new bytes `n` at offset `a`, where `near[i]` is the
