@@ -6,8 +6,9 @@ use core::ops::Range;
 
 use anypatch_format::{
     header_hash, key_id, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, PageRef,
-    Preamble, PreambleRepr, PrefixRef, SegmentEntry, SignatureBlock, Trailer, FEATURE_OLD_PREFIX,
-    FEATURE_PACKED_OPS, HASH_LEN, MAX_OPS_LEN, PREAMBLE_LEN, TRAILER_LEN,
+    Preamble, PreambleRepr, PrefixRef, SegmentEntry, SignatureBlock, Trailer,
+    FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, HASH_LEN, MAX_OPS_LEN,
+    MAX_PAGE_LEN, PREAMBLE_LEN, TRAILER_LEN,
 };
 use ruzstd::decoding::FrameDecoder;
 
@@ -131,7 +132,7 @@ enum State {
     /// is decoded next.
     Prefix {
         entry: SegmentEntry,
-        packed: bool,
+        ops_in: OpsIn,
         data_needed: u64,
         frame_at: usize,
     },
@@ -149,14 +150,25 @@ enum State {
 struct SegmentRun {
     entry: SegmentEntry,
     start: u64,
-    /// The ops not yet run: a range of `inbuf`, or of `ops` when `packed`.
+    /// The ops not yet run: a range of the buffer `ops_in` names.
     ops: Range<usize>,
-    packed: bool,
+    ops_in: OpsIn,
     data_in_inbuf: Option<usize>,
     out_pos: usize,
     data_pos: usize,
     /// A `Delta` op whose old bytes were just read into `out[range]`.
     delta_pending: Option<Range<usize>>,
+}
+
+/// Which buffer holds a segment's ops block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpsIn {
+    /// The start of the buffered payload, `inbuf`.
+    Payload,
+    /// `ops`: the payload's packed frame, decoded.
+    Unpacked,
+    /// `page_content`: inline in a compact page.
+    Page,
 }
 
 /// What `step` asks the adapter to do; turned into an [`Event`] by `poll`.
@@ -181,6 +193,9 @@ pub struct Applier {
     /// The preamble's must-understand feature bits.
     required_features: u32,
     page: Option<Page>,
+    /// The decoded content of the current page when pages are compact: it
+    /// holds the inline ops the page's entries point into.
+    page_content: Vec<u8>,
     extent_idx: usize,
     page_no: u64,
     extents_seen: u64,
@@ -232,6 +247,7 @@ impl Applier {
             header: None,
             required_features: 0,
             page: None,
+            page_content: Vec::new(),
             extent_idx: 0,
             page_no: 0,
             extents_seen: 0,
@@ -466,7 +482,12 @@ impl Applier {
                         return Err(ApplyError::PageHash { page: self.page_no });
                     }
                     self.patch_hasher.update(&self.inbuf);
-                    self.page = Some(Page::parse(&self.inbuf)?);
+                    self.page = Some(if self.compact_pages() {
+                        self.unpack_page()?;
+                        Page::parse_compact(&self.page_content)?
+                    } else {
+                        Page::parse(&self.inbuf)?
+                    });
                     self.page_no += 1;
                     self.extent_idx = 0;
                     self.inbuf.clear();
@@ -524,17 +545,22 @@ impl Applier {
                     }
                     self.patch_hasher.update(&self.inbuf);
                     let (codec, packed) = self.segment_codec(entry.codec)?;
-                    if packed {
+                    let ops_in = if entry.inline_ops.is_some() {
+                        OpsIn::Page
+                    } else if packed {
                         self.unpack_ops(&entry)?;
-                    }
-                    let data_needed = self.check_ops(&entry, packed)?;
+                        OpsIn::Unpacked
+                    } else {
+                        OpsIn::Payload
+                    };
+                    let data_needed = self.check_ops(&entry, ops_in)?;
                     if codec == Codec::ZstdPrefix {
                         // The frame's history is old bytes: read them first.
                         let (offset, len, frame_at) = self.prefix_range(&entry)?;
                         sized(&mut self.out, len);
                         self.state = State::Prefix {
                             entry,
-                            packed,
+                            ops_in,
                             data_needed,
                             frame_at,
                         };
@@ -543,12 +569,12 @@ impl Applier {
                             range: 0..len,
                         });
                     }
-                    let run = self.start_segment(entry, codec, packed, data_needed, None)?;
+                    let run = self.start_segment(entry, codec, ops_in, data_needed, None)?;
                     self.state = State::Segment(run);
                 }
                 State::Prefix {
                     entry,
-                    packed,
+                    ops_in,
                     data_needed,
                     frame_at,
                 } => {
@@ -556,7 +582,7 @@ impl Applier {
                     let run = self.start_segment(
                         entry,
                         Codec::ZstdPrefix,
-                        packed,
+                        ops_in,
                         data_needed,
                         Some((prefix, frame_at)),
                     )?;
@@ -613,6 +639,7 @@ impl Applier {
                     self.out = Vec::new();
                     self.data = Vec::new();
                     self.ops = Vec::new();
+                    self.page_content = Vec::new();
                     self.zstd = None;
                     let header = self.header_ref();
                     return Ok(Action::Done(Summary {
@@ -874,23 +901,62 @@ impl Applier {
             .map_err(|()| ApplyError::Decode { segment })
     }
 
-    /// A buffered segment's ops block: the start of `inbuf`, or `ops` when
-    /// packed (after [`Applier::unpack_ops`]).
-    fn ops_block(&self, entry: &SegmentEntry, packed: bool) -> &[u8] {
-        if packed {
-            &self.ops
-        } else {
-            &self.inbuf[..entry.ops_len as usize]
+    /// A buffered segment's ops block, from the buffer `ops_in` names.
+    fn ops_block(&self, entry: &SegmentEntry, ops_in: OpsIn) -> &[u8] {
+        match ops_in {
+            OpsIn::Payload => &self.inbuf[..entry.ops_len as usize],
+            OpsIn::Unpacked => &self.ops,
+            OpsIn::Page => {
+                let at = entry.inline_ops.expect("inline ops have an offset") as usize;
+                // In the page: Page::parse_compact checked the range.
+                &self.page_content[at..at + entry.ops_len as usize]
+            }
         }
+    }
+
+    /// Whether the patch's pages are compact (format 1.2).
+    fn compact_pages(&self) -> bool {
+        self.required_features & FEATURE_COMPACT_PAGES != 0
+    }
+
+    /// Decodes a compact page, the one zstd frame buffered in `inbuf`, into
+    /// `page_content`. The frame must declare its content size,
+    /// 1..=`MAX_PAGE_LEN`, which is checked before the buffer is sized.
+    fn unpack_page(&mut self) -> Result<(), ApplyError> {
+        let page = self.page_no;
+        let mut frame = &self.inbuf[..];
+        let dec = self
+            .zstd
+            .get_or_insert_with(|| Box::new(FrameDecoder::new()));
+        let len = crate::zstd::start_frame(dec, &mut frame)
+            .map_err(|()| ApplyError::PageDecode { page })?;
+        if len == 0 {
+            return Err(FormatError::Invalid {
+                field: "compact page frame",
+                reason: "declares no content size, or 0; it must declare the page's decoded length",
+            }
+            .into());
+        }
+        if len > u64::from(MAX_PAGE_LEN) {
+            return Err(FormatError::TooLarge {
+                field: "page content size",
+                got: len,
+                max: MAX_PAGE_LEN.into(),
+            }
+            .into());
+        }
+        sized(&mut self.page_content, len as usize); // at most MAX_PAGE_LEN, checked above
+        crate::zstd::finish_frame(dec, frame, &mut self.page_content)
+            .map_err(|()| ApplyError::PageDecode { page })
     }
 
     /// Checks a buffered payload's ops: every length and source, before any
     /// read. Returns how many data bytes they take.
-    fn check_ops(&self, entry: &SegmentEntry, packed: bool) -> Result<u64, ApplyError> {
+    fn check_ops(&self, entry: &SegmentEntry, ops_in: OpsIn) -> Result<u64, ApplyError> {
         let start = self.new_pos;
         // One pass over the ops checks every length and source before any read.
         let (mut produced, mut data_needed) = (0u64, 0u64);
-        for op in OpIter::new(self.ops_block(entry, packed)) {
+        for op in OpIter::new(self.ops_block(entry, ops_in)) {
             let op = op?;
             let at = start + produced;
             if let Op::Copy { len, delta } | Op::Delta { len, delta } = op {
@@ -916,7 +982,7 @@ impl Applier {
     /// like an op source (in the old file and, in place, at or after the
     /// segment's start), and where its frame starts in `inbuf`.
     fn prefix_range(&self, entry: &SegmentEntry) -> Result<(u64, usize, usize), ApplyError> {
-        let ops_len = entry.ops_len as usize;
+        let ops_len = entry.payload_ops_len() as usize;
         let block = &self.inbuf[ops_len..];
         let (prefix, frame) = PrefixRef::parse(block)?;
         let start = self.new_pos;
@@ -931,13 +997,13 @@ impl Applier {
         &mut self,
         entry: SegmentEntry,
         codec: Codec,
-        packed: bool,
+        ops_in: OpsIn,
         data_needed: u64,
         prefix: Option<(Vec<u8>, usize)>,
     ) -> Result<SegmentRun, ApplyError> {
         let segment = self.segments_seen - 1;
         let start = self.new_pos;
-        let ops_len = entry.ops_len as usize;
+        let ops_len = entry.payload_ops_len() as usize; // 0 when inline
         let data_block = &self.inbuf[ops_len..];
         let data_in_inbuf = match codec {
             Codec::Stored => {
@@ -982,8 +1048,14 @@ impl Applier {
         Ok(SegmentRun {
             entry,
             start,
-            ops: 0..self.ops_block(&entry, packed).len(),
-            packed,
+            ops: match ops_in {
+                OpsIn::Page => {
+                    let at = entry.inline_ops.expect("inline ops have an offset") as usize;
+                    at..at + entry.ops_len as usize
+                }
+                OpsIn::Payload | OpsIn::Unpacked => 0..self.ops_block(&entry, ops_in).len(),
+            },
+            ops_in,
             data_in_inbuf,
             out_pos: 0,
             data_pos: 0,
@@ -1005,7 +1077,11 @@ impl Applier {
             }
             run.data_pos += range.len();
         }
-        let block = if run.packed { &self.ops } else { &self.inbuf };
+        let block = match run.ops_in {
+            OpsIn::Payload => &self.inbuf,
+            OpsIn::Unpacked => &self.ops,
+            OpsIn::Page => &self.page_content,
+        };
         let mut ops = OpIter::new(&block[run.ops.clone()]);
         while let Some(op) = ops.next() {
             let op = op.expect("ops were validated in start_segment");
@@ -1034,7 +1110,10 @@ impl Applier {
             }
         }
         let new_len = run.entry.new_len as usize;
-        if *blake3::hash(&self.out[..new_len]).as_bytes() != run.entry.hash {
+        if !run
+            .entry
+            .hash_matches(&self.out[..new_len], self.compact_pages())
+        {
             return Err(ApplyError::SegmentHash {
                 segment: self.segments_seen - 1,
                 new_offset: run.start,

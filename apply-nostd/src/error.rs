@@ -40,6 +40,8 @@ pub enum ApplyError {
     },
     /// A data block does not decode.
     Decode { segment: u64 },
+    /// A compact page's frame does not decode (`page` counts from 0).
+    PageDecode { page: u64 },
     /// In-place apply was asked for, but the patch reads old bytes that an
     /// earlier part of the apply has already overwritten.
     NotInPlaceSafe { new_offset: u64, source: u64 },
@@ -121,6 +123,7 @@ impl fmt::Display for ApplyError {
                 write!(f, "patch is corrupt: {field} is {got}, expected {expected}")
             }
             Self::Decode { segment } => write!(f, "patch is corrupt: data segment {segment} does not decompress"),
+            Self::PageDecode { page } => write!(f, "patch is corrupt: manifest page {page} does not decompress"),
             Self::NotInPlaceSafe { new_offset, source } => write!(
                 f,
                 "patch cannot be applied in place: new offset {new_offset} reads old offset {source}, which an earlier write replaces; apply it with -o instead"

@@ -38,7 +38,7 @@ mod trailer;
 pub use error::FormatError;
 pub use header::{header_hash, Header, PageRef};
 pub use keyfile::{key_file_text, parse_key_file, KeyFileError, KeyKind};
-pub use page::{Extent, Page, SegmentEntry};
+pub use page::{Extent, Page, SegmentEntry, SHORT_HASH_LEN};
 pub use preamble::{Preamble, PreambleRepr};
 pub use segment::{Codec, Op, OpIter, PrefixRef, PACKED_OPS};
 pub use signature::{
@@ -62,7 +62,7 @@ pub const VERSION_MAJOR: u16 = 0x0001;
 /// append header fields and define new flags; a minor that needs an applier
 /// to understand something new sets a must-understand feature bit, which
 /// older appliers refuse (see the spec's stability policy).
-pub const VERSION_MINOR: u16 = 0x0001;
+pub const VERSION_MINOR: u16 = 0x0002;
 
 /// Must-understand feature bit (version 1.1): some data segment uses
 /// [`Codec::ZstdPrefix`], zstd with old bytes as its history.
@@ -70,8 +70,13 @@ pub const FEATURE_OLD_PREFIX: u32 = 0x0000_0001;
 /// Must-understand feature bit (version 1.1): some data segment's ops block
 /// is packed, that is zstd-compressed ([`PACKED_OPS`] in its codec byte).
 pub const FEATURE_PACKED_OPS: u32 = 0x0000_0002;
+/// Must-understand feature bit (version 1.2): every page is compact, one
+/// zstd frame whose content lists the extents with 16-byte segment hashes
+/// and, mostly, the segments' ops inline ([`Page::parse_compact`]).
+pub const FEATURE_COMPACT_PAGES: u32 = 0x0000_0004;
 /// Must-understand feature bits this crate understands.
-pub const KNOWN_REQUIRED_FEATURES: u32 = FEATURE_OLD_PREFIX | FEATURE_PACKED_OPS;
+pub const KNOWN_REQUIRED_FEATURES: u32 =
+    FEATURE_OLD_PREFIX | FEATURE_PACKED_OPS | FEATURE_COMPACT_PAGES;
 
 /// Length of the fixed preamble.
 pub const PREAMBLE_LEN: usize = 24;
@@ -84,7 +89,7 @@ pub const TRAILER_LEN: usize = HASH_LEN + 8;
 pub const MAX_HEADER_LEN: u32 = 0x0001_0000;
 /// Largest signature block.
 pub const MAX_SIGNATURE_LEN: u32 = 0x0001_0000;
-/// Largest encoded page.
+/// Largest encoded page, and largest content a compact page's frame decodes to.
 pub const MAX_PAGE_LEN: u32 = 0x0004_0000;
 /// Most extents in one page.
 pub const MAX_PAGE_EXTENTS: usize = 0x2000;
@@ -109,10 +114,12 @@ pub const MAX_PREFIX_LEN: u32 = 0x0040_0000;
 pub const FLAG_IN_PLACE_SAFE: u32 = 0x0000_0001;
 
 /// Worst-case memory an applier needs, in bytes, as stated in the spec:
-/// one page and its decoded extents, one segment's payload, its decoded ops
-/// (when packed), its decoded data, its output, the zstd decoder's window
-/// and block buffers, and the decoder's copy of a prefix: 27 MiB.
+/// one page, its decoded content (compact pages) and its decoded extents,
+/// one segment's payload, its decoded ops (when packed), its decoded data,
+/// its output, the zstd decoder's window and block buffers, and the
+/// decoder's copy of a prefix: 27.25 MiB.
 pub const APPLIER_WORST_CASE_MEMORY: u64 = MAX_PAGE_LEN as u64          // raw page
+    + MAX_PAGE_LEN as u64                                               // decoded compact page
     + (MAX_PAGE_EXTENTS as u64) * 64                                    // decoded extents
     + (MAX_OPS_LEN as u64) + (MAX_SEGMENT_LEN as u64)                   // payload
     + (MAX_OPS_LEN as u64)                                              // decoded packed ops

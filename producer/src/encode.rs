@@ -36,8 +36,11 @@ const ENCODE_MEMORY_BUDGET: u64 = 320 << 20;
 /// Least literal bytes for which a segment tries old bytes as history:
 /// below it the frame is too small for the history to pay for its search.
 const PREFIX_MIN_LITERALS: usize = 512;
-/// Shortest ops block worth packing: a zstd frame costs about 10 bytes.
-const PACK_OPS_MIN: usize = 32;
+/// Longest ops block carried inline in its compact page, where it shares
+/// one zstd frame with the page's other ops and extents. Longer ones are
+/// packed into their own frame in the payload, so that a page of inline
+/// ops never overflows `MAX_PAGE_LEN`.
+pub(crate) const INLINE_OPS_MAX: usize = 16 << 10;
 /// Shortest history worth a zstd context: a data block that leaves less of
 /// the window is coded without one.
 const PREFIX_MIN_LEN: usize = 256 << 10;
@@ -53,17 +56,17 @@ pub(crate) struct Settings {
     pub prefix_len: u32,
     /// Inside near matches, equal runs this long become copy ops; 0: never.
     pub min_copy: u32,
-    /// zstd-compress ops blocks when that makes them smaller.
-    pub pack_ops: bool,
     pub in_place: bool,
 }
 
 /// The spooled payloads and their manifest entries.
 #[derive(Debug)]
 pub(crate) struct Encoded {
-    /// One per segment, in plan order.
+    /// One per segment, in plan order. An entry whose ops go inline in its
+    /// page has `inline_ops` = `Some(0)`; the writer sets the real offset.
     pub entries: Vec<SegmentEntry>,
-    /// Payloads in segment order, positioned anywhere.
+    /// Each segment's ops block then data block, in segment order: the
+    /// payload, with the inline ops in front of it.
     pub spool: File,
     /// Whether every op reads old bytes at or after its segment's start.
     pub in_place_safe: bool,
@@ -290,16 +293,13 @@ fn encode_segment(
         payload.len() <= MAX_OPS_LEN as usize,
         "ops block over MAX_OPS_LEN"
     );
-    let mut packed = false;
-    if settings.pack_ops && payload.len() >= PACK_OPS_MIN {
+    let inline = payload.len() <= INLINE_OPS_MAX;
+    if !inline {
         let mut frame = Vec::with_capacity(zstd_safe::compress_bound(payload.len()));
         w.zstd
             .compress_to_buffer(&payload[..], &mut frame)
             .map_err(|source| ProduceError::Compress { source })?;
-        if frame.len() < payload.len() {
-            payload = frame;
-            packed = true;
-        }
+        payload = frame;
     }
     let ops_len = payload.len() as u32;
     let mut prefix_safe = true;
@@ -362,10 +362,11 @@ fn encode_segment(
     };
     let entry = SegmentEntry {
         new_len: seg.len,
-        codec: codec as u8 | if packed { PACKED_OPS } else { 0 },
+        codec: codec as u8 | if inline { 0 } else { PACKED_OPS },
         ops_len,
         data_len: (payload.len() as u32) - ops_len,
         hash: *blake3::hash(new_bytes).as_bytes(),
+        inline_ops: inline.then_some(0),
     };
     Ok((entry, payload, safe))
 }

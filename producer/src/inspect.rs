@@ -7,8 +7,8 @@ use std::io::{self, Read};
 
 use anypatch_format::{
     header_hash, key_id, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, Preamble,
-    PreambleRepr, SignatureBlock, Trailer, FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_OPS_LEN, PREAMBLE_LEN,
-    TRAILER_LEN,
+    PreambleRepr, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, FLAG_IN_PLACE_SAFE, HASH_LEN,
+    MAX_OPS_LEN, MAX_PAGE_LEN, PREAMBLE_LEN, TRAILER_LEN,
 };
 
 /// New-file bytes and extent count of one extent kind.
@@ -34,9 +34,11 @@ pub struct CodecCounts {
     pub zstd: u64,
     /// zstd with old bytes as history (format 1.1).
     pub zstd_prefix: u64,
-    /// Segments whose ops block is packed (format 1.1).
+    /// Segments whose ops block is packed in the payload (format 1.1).
     pub packed_ops: u64,
-    /// Patch bytes of all ops blocks, as stored.
+    /// Segments whose ops block is inline in a compact page (format 1.2).
+    pub inline_ops: u64,
+    /// Patch bytes of the ops blocks in payloads, as stored.
     pub ops_bytes: u64,
     /// Patch bytes of all data blocks, as stored.
     pub data_bytes: u64,
@@ -53,6 +55,8 @@ pub struct Inspection {
     pub signers: Vec<InspectedSigner>,
     pub header: Header,
     pub pages: u64,
+    /// Patch bytes of all pages, as stored.
+    pub page_bytes: u64,
     /// Copy extents with delta 0.
     pub unchanged: KindCount,
     /// Copy extents with another delta.
@@ -184,6 +188,7 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, InspectError> {
         signature_len: pre.signature_len,
         header: header.clone(),
         pages: 0,
+        page_bytes: 0,
         unchanged: KindCount::default(),
         moved: KindCount::default(),
         zero: KindCount::default(),
@@ -201,8 +206,19 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, InspectError> {
         if *blake3::hash(&bytes).as_bytes() != page_ref.hash {
             return Err(InspectError::PageHashMismatch { page: report.pages });
         }
-        let page = Page::parse(&bytes)?;
+        let compact = pre.required_features & FEATURE_COMPACT_PAGES != 0;
+        let content = if compact {
+            unpack(&bytes, MAX_PAGE_LEN, "compact page")?
+        } else {
+            Vec::new()
+        };
+        let page = if compact {
+            Page::parse_compact(&content)?
+        } else {
+            Page::parse(&bytes)?
+        };
         report.pages += 1;
+        report.page_bytes += bytes.len() as u64;
         for extent in &page.extents {
             let kind = match *extent {
                 Extent::Copy { delta: 0, .. } => &mut report.unchanged,
@@ -219,17 +235,21 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, InspectError> {
                     Codec::Zstd => &mut report.codecs.zstd,
                     Codec::ZstdPrefix => &mut report.codecs.zstd_prefix,
                 } += 1;
-                report.codecs.ops_bytes += u64::from(seg.ops_len);
+                report.codecs.ops_bytes += seg.payload_ops_len();
                 report.codecs.data_bytes += u64::from(seg.data_len);
-                let mut ops = take(r, &mut hasher, seg.ops_len as usize)?;
-                if packed {
-                    report.codecs.packed_ops += 1;
-                    ops = zstd::bulk::decompress(&ops, MAX_OPS_LEN as usize).map_err(|_| {
-                        FormatError::Malformed {
-                            what: "packed ops block",
-                        }
-                    })?;
-                }
+                let ops = if let Some(at) = seg.inline_ops {
+                    report.codecs.inline_ops += 1;
+                    let at = at as usize; // parse_compact checked the range
+                    content[at..at + seg.ops_len as usize].to_vec()
+                } else {
+                    let ops = take(r, &mut hasher, seg.ops_len as usize)?;
+                    if packed {
+                        report.codecs.packed_ops += 1;
+                        unpack(&ops, MAX_OPS_LEN, "packed ops block")?
+                    } else {
+                        ops
+                    }
+                };
                 for op in OpIter::new(&ops) {
                     match op? {
                         Op::Copy { .. } => report.ops.copy += 1,
@@ -285,4 +305,9 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, InspectError> {
         }
     }
     Ok(report)
+}
+
+/// Decodes one zstd frame of at most `max` bytes.
+fn unpack(frame: &[u8], max: u32, what: &'static str) -> Result<Vec<u8>, InspectError> {
+    zstd::bulk::decompress(frame, max as usize).map_err(|_| FormatError::Malformed { what }.into())
 }

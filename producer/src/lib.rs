@@ -94,17 +94,16 @@ pub enum Level {
 impl Level {
     /// The options this level sets; other fields keep their defaults.
     pub fn options(self) -> Options {
-        let (level, merge_gap, prefix_len, min_copy, pack_ops) = match self {
-            Level::Fast => (3, 16 << 10, 0, 0, false),
-            Level::Default => (9, 1 << 20, 1 << 20, 24, true),
-            Level::Best => (19, MAX_SEGMENT_LEN, MAX_PREFIX_LEN, 24, true),
+        let (level, merge_gap, prefix_len, min_copy) = match self {
+            Level::Fast => (3, 16 << 10, 0, 0),
+            Level::Default => (9, 1 << 20, 1 << 20, 24),
+            Level::Best => (19, MAX_SEGMENT_LEN, MAX_PREFIX_LEN, 24),
         };
         Options {
             level,
             merge_gap,
             prefix_len,
             min_copy,
-            pack_ops,
             ..Options::base()
         }
     }
@@ -132,9 +131,6 @@ pub struct Options {
     /// bytes), equal runs of at least this many bytes become copy ops; 0
     /// keeps whole blocks as one delta.
     pub min_copy: u32,
-    /// zstd-compress each ops block when that makes it smaller (format 1.1
-    /// feature `PACKED_OPS`): scattered edits are mostly ops.
-    pub pack_ops: bool,
     /// Most new bytes one data segment produces, 1..=4 MiB (default 4 MiB).
     /// Smaller values make more, smaller segments (useful in tests).
     pub segment_len: u32,
@@ -164,7 +160,6 @@ impl Options {
             merge_gap: 1 << 20,
             prefix_len: 1 << 20,
             min_copy: 24,
-            pack_ops: true,
             segment_len: MAX_SEGMENT_LEN,
             block_size: 4096,
             spool_dir: None,
@@ -317,7 +312,6 @@ pub fn make_patch(
             level: opts.level,
             prefix_len: opts.prefix_len,
             min_copy: opts.min_copy,
-            pack_ops: opts.pack_ops,
             in_place: opts.in_place,
         },
         spool,
@@ -332,6 +326,7 @@ pub fn make_patch(
             new_hash: scanned.new_hash,
             block_size: opts.block_size,
         },
+        opts.level,
         opts.signing_key.as_ref(),
         out,
         progress,

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anypatch_format::{
     header_hash, Codec, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, PrefixRef,
-    Trailer, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, HASH_LEN, PACKED_OPS,
-    PREAMBLE_LEN, TRAILER_LEN,
+    Trailer, FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE,
+    HASH_LEN, PACKED_OPS, PREAMBLE_LEN, SHORT_HASH_LEN, TRAILER_LEN,
 };
 use anypatch_producer::{inspect::inspect, make_patch, Level, Options, Summary};
 
@@ -25,6 +25,17 @@ impl Rng {
         for b in buf {
             *b = (self.next() >> 32) as u8;
         }
+    }
+}
+
+/// A page and, for a compact one, its decoded content (which holds the
+/// inline ops its entries point into).
+fn page(bytes: &[u8], required_features: u32) -> (Page, Vec<u8>) {
+    if required_features & FEATURE_COMPACT_PAGES != 0 {
+        let content = zstd::bulk::decompress(bytes, 1 << 18).expect("compact page");
+        (Page::parse_compact(&content).expect("page"), content)
+    } else {
+        (Page::parse(bytes).expect("page"), Vec::new())
     }
 }
 
@@ -90,7 +101,7 @@ fn apply(old: &[u8], patch: &[u8]) -> Vec<u8> {
         let bytes = &patch[pos..pos + r.len as usize];
         assert_eq!(*blake3::hash(bytes).as_bytes(), r.hash);
         pos += r.len as usize;
-        let page = Page::parse(bytes).expect("page");
+        let (page, content) = page(bytes, pre.required_features);
         for e in &page.extents {
             let start = out.len() as u64;
             extents += 1;
@@ -105,8 +116,11 @@ fn apply(old: &[u8], patch: &[u8]) -> Vec<u8> {
                     segments += 1;
                     segment_max = segment_max.max(s.new_len);
                     let (codec, packed) = Codec::split(s.codec).expect("codec");
-                    let mut ops = patch[pos..pos + s.ops_len as usize].to_vec();
-                    pos += s.ops_len as usize;
+                    let mut ops = match s.inline_ops {
+                        Some(at) => content[at as usize..][..s.ops_len as usize].to_vec(),
+                        None => patch[pos..pos + s.ops_len as usize].to_vec(),
+                    };
+                    pos += s.payload_ops_len() as usize;
                     if packed {
                         assert_ne!(pre.required_features & FEATURE_PACKED_OPS, 0);
                         ops = zstd::bulk::decompress(&ops, 1 << 20).expect("packed ops");
@@ -162,7 +176,13 @@ fn apply(old: &[u8], patch: &[u8]) -> Vec<u8> {
                     }
                     assert_eq!(d, data.len(), "data block fully used");
                     assert_eq!(out.len() - seg_start, s.new_len as usize);
-                    assert_eq!(*blake3::hash(&out[seg_start..]).as_bytes(), s.hash);
+                    let compact = pre.required_features & FEATURE_COMPACT_PAGES != 0;
+                    assert!(s.hash_matches(&out[seg_start..], compact));
+                    let carried = if compact { SHORT_HASH_LEN } else { HASH_LEN };
+                    assert_eq!(
+                        blake3::hash(&out[seg_start..]).as_bytes()[..carried],
+                        s.hash[..carried]
+                    );
                 }
             }
             assert!(
@@ -294,7 +314,7 @@ fn extents(patch: &[u8]) -> Vec<Extent> {
     let mut pos = body_end + HASH_LEN;
     let (mut all, mut next) = (Vec::new(), Some(header.first_page));
     while let Some(r) = next {
-        let page = Page::parse(&patch[pos..pos + r.len as usize]).expect("page");
+        let (page, _) = page(&patch[pos..pos + r.len as usize], pre.required_features);
         pos += r.len as usize;
         for e in &page.extents {
             if let Extent::Data(s) = e {
@@ -410,7 +430,7 @@ fn near_matches_use_old_bytes_as_history() {
 }
 
 #[test]
-fn scattered_edits_share_segments_and_pack_ops() {
+fn scattered_edits_share_segments_and_inline_ops() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = Rng(11);
     let mut old = vec![0u8; 2048 * BS];
@@ -433,10 +453,10 @@ fn scattered_edits_share_segments_and_pack_ops() {
             })
             .collect()
     };
-    // One segment per 4 MiB, not per edit, with its ops packed.
+    // One segment per 4 MiB, not per edit, with its ops inline in the page.
     let codecs = segments(&default);
     assert_eq!(codecs.len(), 2);
-    assert!(codecs.iter().all(|c| c & PACKED_OPS != 0));
+    assert!(codecs.iter().all(|c| c & PACKED_OPS == 0));
     assert!(segments(&fast).len() > 50, "{}", segments(&fast).len());
     assert!(
         default.len() * 3 < fast.len(),

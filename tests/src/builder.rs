@@ -138,6 +138,7 @@ impl PatchBuilder {
                         ops_len: ops_block.len() as u32,
                         data_len: coded.len() as u32,
                         hash: *blake3::hash(&out).as_bytes(),
+                        inline_ops: None,
                     };
                     segment_max = segment_max.max(entry.new_len);
                     new.push(&out);

@@ -719,8 +719,8 @@ pub fn pair_from(data: &[u8]) -> (Vec<u8>, Vec<u8>, Options) {
         segment_len: [4096, 10_000, 65_536, MAX_SEGMENT_LEN][usize::from(r.u8() % 4)],
         block_size: [4096, 512, 1024][usize::from(r.u8() % 3)],
         signing_key: (r.u8() % 2 == 1).then(fuzz_key),
-        // Packed ops (format 1.1) mostly on, as in the default level.
-        pack_ops: r.u8() % 4 != 3,
+        // Old-byte history (format 1.1) sometimes on, as at the default level.
+        prefix_len: [0, 0, 1 << 20][usize::from(r.u8() % 3)],
         ..Options::default()
     };
     (old, new, opts)

@@ -802,6 +802,7 @@ fn zstd_frames_claiming_terabytes_are_refused() {
             ops_len: ops.len() as u32,
             data_len: frame.len() as u32,
             hash: *blake3::hash(out).as_bytes(),
+            inline_ops: None,
         };
         let page = Page {
             extents: vec![Extent::Data(entry)],

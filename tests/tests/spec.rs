@@ -507,6 +507,7 @@ fn field_tables_match_code() {
         ops_len: 0x56,
         data_len: 0x789,
         hash: [0x44; 32],
+        inline_ops: None,
     };
     let page = Page {
         extents: vec![Extent::Data(e)],

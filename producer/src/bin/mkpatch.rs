@@ -524,7 +524,10 @@ fn text_report(r: &Inspection) -> String {
         h.flags,
         if r.in_place_safe() { "yes" } else { "no" }
     );
-    s += &format!("extents       {} in {} pages\n", h.extent_count, r.pages);
+    s += &format!(
+        "extents       {} in {} pages ({} bytes)\n",
+        h.extent_count, r.pages, r.page_bytes
+    );
     s += &kind("unchanged", &r.unchanged);
     s += &kind("moved", &r.moved);
     s += &kind("zero", &r.zero);
@@ -534,8 +537,8 @@ fn text_report(r: &Inspection) -> String {
         r.ops.copy, r.ops.literal, r.ops.delta, r.ops.zero
     );
     s += &format!(
-        "segments      stored {}, zstd {}, zstd with old-byte history {}; ops packed in {}\n",
-        r.codecs.stored, r.codecs.zstd, r.codecs.zstd_prefix, r.codecs.packed_ops
+        "segments      stored {}, zstd {}, zstd with old-byte history {}; ops inline in {}, packed in {}\n",
+        r.codecs.stored, r.codecs.zstd, r.codecs.zstd_prefix, r.codecs.inline_ops, r.codecs.packed_ops
     );
     s += &format!(
         "payload       ops {} bytes, data {} bytes\n",
@@ -581,6 +584,7 @@ fn json_report(r: &Inspection) -> String {
         "extent_count": h.extent_count,
         "segment_count": h.segment_count,
         "pages": r.pages,
+        "page_bytes": r.page_bytes,
         "extents": {
             "unchanged": kind(&r.unchanged),
             "moved": kind(&r.moved),
@@ -598,6 +602,7 @@ fn json_report(r: &Inspection) -> String {
             "zstd": r.codecs.zstd,
             "zstd_prefix": r.codecs.zstd_prefix,
             "packed_ops": r.codecs.packed_ops,
+            "inline_ops": r.codecs.inline_ops,
             "ops_bytes": r.codecs.ops_bytes,
             "data_bytes": r.codecs.data_bytes,
         },
