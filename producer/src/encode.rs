@@ -253,12 +253,17 @@ fn encode_segment(
                     let b = ((a / bs + 1) * bs).min(end);
                     let n = &new_bytes[(a - seg.start) as usize..(b - seg.start) as usize];
                     let piece = (b - a) as u32;
-                    // The hint first, then the same offset.
-                    let found = similar(n, a, base, near).map(|o| (o, hint)).or_else(|| {
-                        (hint != 0)
-                            .then(|| similar(n, a, seg.start, old_bytes).map(|o| (o, 0)))
-                            .flatten()
-                    });
+                    // The hint or the same offset, whichever has more
+                    // equal bytes: both are near matches to an edited block
+                    // whose zero runs also match some far hint.
+                    let at_hint = similar(n, a, base, near).map(|o| (o, hint));
+                    let at_same = (hint != 0)
+                        .then(|| similar(n, a, seg.start, old_bytes).map(|o| (o, 0)))
+                        .flatten();
+                    let found = match (at_hint, at_same) {
+                        (Some(h), Some(s)) if equal_bytes(n, h.0) <= equal_bytes(n, s.0) => Some(s),
+                        (h, s) => h.or(s),
+                    };
                     match found {
                         Some((o, delta)) => {
                             safe &= a
@@ -283,6 +288,7 @@ fn encode_segment(
         }
         pos += u64::from(part.len());
     }
+    let ops = tidy(&ops, &mut w.data, new_bytes, old_bytes);
 
     let mut payload = Vec::new();
     for op in &ops {
@@ -546,6 +552,116 @@ fn equal_bytes(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).filter(|(x, y)| x == y).count()
 }
 
+/// Rewrites a segment's ops where a cheaper equal form exists, and `data`
+/// to match: a delta op whose data is all zeros is a copy; a copy or delta
+/// op at another delta whose bytes also (better) match the same offset
+/// reads there instead. Block-by-block coding leaves such ops at part
+/// edges, and the shift matcher finds zero runs at far offsets.
+fn tidy(ops: &[Op], data: &mut Vec<u8>, new: &[u8], old: &[u8]) -> Vec<Op> {
+    let mut out_ops = Vec::with_capacity(ops.len());
+    let mut out_data = Vec::with_capacity(data.len());
+    let (mut at, mut d) = (0usize, 0usize); // offsets in the segment and in `data`
+    for &op in ops {
+        let len = op.len() as usize;
+        let taken = op.data_len() as usize;
+        let n = &new[at..at + len];
+        let same = old.get(at..at + len);
+        let op = match op {
+            Op::Copy { delta, .. } if delta != 0 => match same.and_then(|o| unequal_middle(n, o)) {
+                // Equal at the same offset but for a few bytes: those few as
+                // literals cost less than a far delta, and the copies on
+                // either side join their neighbours.
+                Some((a, b)) => {
+                    let head = Op::Copy {
+                        len: a as u32,
+                        delta: 0,
+                    };
+                    let tail = Op::Copy {
+                        len: (len - b) as u32,
+                        delta: 0,
+                    };
+                    if a > 0 {
+                        push_op(&mut out_ops, head);
+                    }
+                    if b > a {
+                        out_data.extend_from_slice(&n[a..b]);
+                        push_op(
+                            &mut out_ops,
+                            Op::Literal {
+                                len: (b - a) as u32,
+                            },
+                        );
+                    }
+                    at += len;
+                    if b < len {
+                        push_op(&mut out_ops, tail);
+                    }
+                    continue;
+                }
+                None => op,
+            },
+            Op::Delta { delta, .. } => {
+                let mut bytes = &data[d..d + len];
+                let mut op = op;
+                if let Some(o) = same.filter(|o| delta != 0 && equal_bytes(n, o) > zeros(bytes)) {
+                    out_data.extend(n.iter().zip(o).map(|(x, y)| x.wrapping_sub(*y)));
+                    bytes = &out_data[out_data.len() - len..];
+                    op = Op::Delta {
+                        len: len as u32,
+                        delta: 0,
+                    };
+                } else {
+                    out_data.extend_from_slice(bytes);
+                    bytes = &out_data[out_data.len() - len..];
+                }
+                if zeros(bytes) == len {
+                    out_data.truncate(out_data.len() - len);
+                    let Op::Delta { delta, .. } = op else {
+                        unreachable!("op is a delta op")
+                    };
+                    op = Op::Copy {
+                        len: len as u32,
+                        delta,
+                    };
+                }
+                op
+            }
+            Op::Literal { .. } => {
+                out_data.extend_from_slice(&data[d..d + len]);
+                op
+            }
+            op => op,
+        };
+        d += taken;
+        push_op(&mut out_ops, op);
+        at += len;
+    }
+    *data = out_data;
+    out_ops
+}
+
+/// Where `n` and `o` differ: the range between their longest equal head and
+/// tail, when it is at most `FEW` bytes (empty when they are equal).
+fn unequal_middle(n: &[u8], o: &[u8]) -> Option<(usize, usize)> {
+    const FEW: usize = 8;
+    let head = n.iter().zip(o).take_while(|(x, y)| x == y).count();
+    if head == n.len() {
+        return Some((head, head));
+    }
+    let tail = n
+        .iter()
+        .rev()
+        .zip(o.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let end = n.len() - tail;
+    (end - head <= FEW).then_some((head, end))
+}
+
+fn zeros(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == 0).count()
+}
+
 /// Appends `op`, merging it into the last op when they are the same kind
 /// (and delta), which keeps the ops block short.
 fn push_op(ops: &mut Vec<Op>, op: Op) {
@@ -587,6 +703,36 @@ mod tests {
                 Op::Copy { len: 1, delta: 6 },
             ]
         );
+    }
+
+    #[test]
+    fn tidy_rewrites_ops_to_cheaper_equal_forms() {
+        let old: Vec<u8> = (0..64u8).collect();
+        let mut new = old.clone();
+        new[20] = 0xEE;
+        // A far copy over bytes that equal the same offset but for one; an
+        // all-zero delta; a delta at a far offset that matches worse than
+        // the same offset does.
+        let ops = [
+            Op::Copy { len: 24, delta: 7 },
+            Op::Delta { len: 8, delta: 0 },
+            Op::Delta { len: 32, delta: -3 },
+        ];
+        let mut data = vec![0u8; 8];
+        data.extend(new[32..].iter().map(|x| x.wrapping_sub(x.wrapping_sub(3))));
+        let ops = tidy(&ops, &mut data, &new, &old);
+        assert_eq!(
+            ops,
+            [
+                Op::Copy { len: 20, delta: 0 },
+                Op::Literal { len: 1 },
+                Op::Copy { len: 43, delta: 0 },
+            ]
+        );
+        assert_eq!(data, [0xEE]);
+        assert_eq!(unequal_middle(b"abcXYdef", b"abc__def"), Some((3, 5)));
+        assert_eq!(unequal_middle(b"abc", b"abc"), Some((3, 3)));
+        assert_eq!(unequal_middle(&[1; 20], &[2; 20]), None);
     }
 
     #[test]
