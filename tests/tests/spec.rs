@@ -1,27 +1,33 @@
-//! `spec/FORMAT.md` agrees with the code: its constants table, byte tables,
-//! encoding examples, memory sum, hex dumps, worked example and vector table
-//! are parsed out of the Markdown and checked against `anypatch-format` and
-//! the checked-in vectors. Change the spec and the code together.
+//! `spec/FORMAT.md` agrees with the code: its version lines, constants
+//! table, feature bits, byte tables (plain and compact pages), encoding
+//! examples, memory table, hex dumps, worked example, error classes and
+//! vector table are parsed out of the Markdown and checked against
+//! `anypatch-format`, `anypatch-apply` and the checked-in vectors. Change the
+//! spec and the code together.
 
 use std::collections::BTreeSet;
 use std::fs;
 
+use anypatch_apply::{ApplyError, ErrorClass};
 use anypatch_format::{
-    Extent, Header, Op, Page, PageRef, PreambleRepr, PrefixRef, SegmentEntry, SignatureBlock,
-    SignatureEntry, Trailer, APPLIER_WORST_CASE_MEMORY, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS,
-    FLAG_IN_PLACE_SAFE, HASH_LEN, KNOWN_REQUIRED_FEATURES, MAGIC, MAX_HEADER_LEN, MAX_OPS_LEN,
-    MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_PREFIX_LEN, MAX_PRODUCER_LEN, MAX_SEGMENT_LEN,
-    MAX_SIGNATURES, MAX_SIGNATURE_LEN, MAX_ZSTD_WINDOW, PACKED_OPS, PREAMBLE_LEN,
-    SIGNATURE_ENTRY_LEN, SIG_ALG_ED25519, TRAILER_LEN, TRAILER_MAGIC, VERSION_MAJOR, VERSION_MINOR,
+    Extent, FormatError, Hash, Header, Op, Page, PageRef, PreambleRepr, PrefixRef, SegmentEntry,
+    SignatureBlock, SignatureEntry, Trailer, APPLIER_WORST_CASE_MEMORY, FEATURE_COMPACT_PAGES,
+    FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, HASH_LEN, KNOWN_REQUIRED_FEATURES,
+    MAGIC, MAX_HEADER_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_PREFIX_LEN,
+    MAX_PRODUCER_LEN, MAX_SEGMENT_LEN, MAX_SIGNATURES, MAX_SIGNATURE_LEN, MAX_ZSTD_WINDOW,
+    PACKED_OPS, PREAMBLE_LEN, SHORT_HASH_LEN, SIGNATURE_ENTRY_LEN, SIG_ALG_ED25519, TRAILER_LEN,
+    TRAILER_MAGIC, VERSION_MAJOR, VERSION_MINOR,
 };
 use anypatch_tests::root;
 
-/// A Markdown table, with the name of the last `hexdump` block before it.
+/// A Markdown table, with the name of the last `hexdump` block and the last
+/// heading before it.
 #[derive(Debug)]
 struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
     after_hexdump: Option<String>,
+    heading: String,
 }
 
 /// A fenced block with the info string `hexdump name=NAME [prefix]`.
@@ -33,6 +39,7 @@ struct HexDump {
 }
 
 struct Spec {
+    text: String,
     tables: Vec<Table>,
     dumps: Vec<HexDump>,
 }
@@ -41,9 +48,12 @@ fn spec() -> Spec {
     let path = root().join("spec/FORMAT.md");
     let text = fs::read_to_string(&path).expect("spec/FORMAT.md is readable");
     let (mut tables, mut dumps) = (Vec::new(), Vec::<HexDump>::new());
+    let mut heading = String::new();
     let mut lines = text.lines().peekable();
     while let Some(line) = lines.next() {
-        if let Some(info) = line.strip_prefix("```") {
+        if line.starts_with('#') {
+            heading = line.trim_start_matches('#').trim().to_string();
+        } else if let Some(info) = line.strip_prefix("```") {
             let body: Vec<&str> = lines
                 .by_ref()
                 .take_while(|l| !l.starts_with("```"))
@@ -77,10 +87,15 @@ fn spec() -> Spec {
                 header: cells(block[0]),
                 rows: block[2..].iter().map(|l| cells(l)).collect(),
                 after_hexdump: dumps.last().map(|d| d.name.clone()),
+                heading: heading.clone(),
             });
         }
     }
-    Spec { tables, dumps }
+    Spec {
+        text,
+        tables,
+        dumps,
+    }
 }
 
 /// The cells of a table row, trimmed, with surrounding backticks removed.
@@ -205,21 +220,48 @@ impl Reader<'_> {
         panic!("varint longer than 10 bytes");
     }
 
-    /// One wire item of a byte table's `type` column.
-    fn item(&mut self, ty: &str) -> Value {
-        match ty {
+    /// One wire item of a byte table's `type` column. `[u8; N]` takes N
+    /// bytes, where N is a number or a field already decoded in `earlier`.
+    /// `Extent × count` is as long as the `expected` encoding: the extents
+    /// themselves are checked by the examples.
+    fn item(&mut self, ty: &str, expected: &Value, earlier: &[(String, Value)]) -> Value {
+        let ty = ty.replace('\\', "");
+        match ty.as_str() {
             "varint u64" | "varint u32" => Value::Int(self.varint()),
             "zigzag i64" => {
                 let v = self.varint();
                 Value::Signed((v >> 1) as i64 ^ -((v & 1) as i64))
             }
             "u8" => Value::Int(self.take(1)[0].into()),
-            "[u8; 32]" => Value::Bytes(self.take(32).to_vec()),
             "String" => {
                 let n = self.varint() as usize;
                 Value::Bytes(self.take(n).to_vec())
             }
-            other => panic!("byte table type {other:?} is unknown to the test"),
+            "Option<PageRef>" => {
+                let start = self.at;
+                if self.take(1)[0] == 1 {
+                    self.varint();
+                    self.take(32);
+                }
+                Value::Bytes(self.bytes[start..self.at].to_vec())
+            }
+            "Extent × count" => match expected {
+                Value::Bytes(b) => Value::Bytes(self.take(b.len()).to_vec()),
+                other => panic!("extents expected as bytes, not {other:?}"),
+            },
+            other => {
+                let n = other
+                    .strip_prefix("[u8; ")
+                    .and_then(|t| t.strip_suffix(']'))
+                    .unwrap_or_else(|| panic!("byte table type {other:?} is unknown to the test"));
+                let n = n.parse::<usize>().unwrap_or_else(|_| {
+                    match earlier.iter().find(|(name, _)| name == n) {
+                        Some((_, Value::Int(v))) => *v as usize,
+                        _ => panic!("type {other:?}: no earlier field {n}"),
+                    }
+                });
+                Value::Bytes(self.take(n).to_vec())
+            }
         }
     }
 }
@@ -265,6 +307,38 @@ fn hexdumps_match_vectors() {
     }
 }
 
+/// The crate's integer constants, by name.
+fn int_constant(name: &str) -> Option<u64> {
+    Some(match name {
+        "VERSION_MAJOR" => VERSION_MAJOR.into(),
+        "VERSION_MINOR" => VERSION_MINOR.into(),
+        "KNOWN_REQUIRED_FEATURES" => KNOWN_REQUIRED_FEATURES.into(),
+        "FEATURE_OLD_PREFIX" => FEATURE_OLD_PREFIX.into(),
+        "FEATURE_PACKED_OPS" => FEATURE_PACKED_OPS.into(),
+        "FEATURE_COMPACT_PAGES" => FEATURE_COMPACT_PAGES.into(),
+        "PACKED_OPS" => PACKED_OPS.into(),
+        "MAX_PREFIX_LEN" => MAX_PREFIX_LEN.into(),
+        "FLAG_IN_PLACE_SAFE" => FLAG_IN_PLACE_SAFE.into(),
+        "PREAMBLE_LEN" => PREAMBLE_LEN as u64,
+        "HASH_LEN" => HASH_LEN as u64,
+        "SHORT_HASH_LEN" => SHORT_HASH_LEN as u64,
+        "TRAILER_LEN" => TRAILER_LEN as u64,
+        "MAX_HEADER_LEN" => MAX_HEADER_LEN.into(),
+        "MAX_SIGNATURE_LEN" => MAX_SIGNATURE_LEN.into(),
+        "MAX_SIGNATURES" => MAX_SIGNATURES as u64,
+        "SIGNATURE_ENTRY_LEN" => SIGNATURE_ENTRY_LEN as u64,
+        "SIG_ALG_ED25519" => SIG_ALG_ED25519.into(),
+        "MAX_PAGE_LEN" => MAX_PAGE_LEN.into(),
+        "MAX_PAGE_EXTENTS" => MAX_PAGE_EXTENTS as u64,
+        "MAX_SEGMENT_LEN" => MAX_SEGMENT_LEN.into(),
+        "MAX_OPS_LEN" => MAX_OPS_LEN.into(),
+        "MAX_PRODUCER_LEN" => MAX_PRODUCER_LEN as u64,
+        "MAX_ZSTD_WINDOW" => MAX_ZSTD_WINDOW,
+        "APPLIER_WORST_CASE_MEMORY" => APPLIER_WORST_CASE_MEMORY,
+        _ => return None,
+    })
+}
+
 // (b) The constants table equals the crate's constants, row for row.
 #[test]
 fn constants_table_matches_code() {
@@ -277,32 +351,9 @@ fn constants_table_matches_code() {
         Some(match name {
             "MAGIC" => K::Bytes(MAGIC.to_vec()),
             "TRAILER_MAGIC" => K::Bytes(TRAILER_MAGIC.to_vec()),
-            "VERSION_MAJOR" => K::Int(VERSION_MAJOR.into()),
-            "VERSION_MINOR" => K::Int(VERSION_MINOR.into()),
-            "KNOWN_REQUIRED_FEATURES" => K::Int(KNOWN_REQUIRED_FEATURES.into()),
-            "FEATURE_OLD_PREFIX" => K::Int(FEATURE_OLD_PREFIX.into()),
-            "FEATURE_PACKED_OPS" => K::Int(FEATURE_PACKED_OPS.into()),
-            "PACKED_OPS" => K::Int(PACKED_OPS.into()),
-            "MAX_PREFIX_LEN" => K::Int(MAX_PREFIX_LEN.into()),
-            "FLAG_IN_PLACE_SAFE" => K::Int(FLAG_IN_PLACE_SAFE.into()),
-            "PREAMBLE_LEN" => K::Int(PREAMBLE_LEN as u64),
-            "HASH_LEN" => K::Int(HASH_LEN as u64),
-            "TRAILER_LEN" => K::Int(TRAILER_LEN as u64),
-            "MAX_HEADER_LEN" => K::Int(MAX_HEADER_LEN.into()),
-            "MAX_SIGNATURE_LEN" => K::Int(MAX_SIGNATURE_LEN.into()),
-            "MAX_SIGNATURES" => K::Int(MAX_SIGNATURES as u64),
-            "SIGNATURE_ENTRY_LEN" => K::Int(SIGNATURE_ENTRY_LEN as u64),
-            "SIG_ALG_ED25519" => K::Int(SIG_ALG_ED25519.into()),
-            "MAX_PAGE_LEN" => K::Int(MAX_PAGE_LEN.into()),
-            "MAX_PAGE_EXTENTS" => K::Int(MAX_PAGE_EXTENTS as u64),
-            "MAX_SEGMENT_LEN" => K::Int(MAX_SEGMENT_LEN.into()),
-            "MAX_OPS_LEN" => K::Int(MAX_OPS_LEN.into()),
-            "MAX_PRODUCER_LEN" => K::Int(MAX_PRODUCER_LEN as u64),
-            "MAX_ZSTD_WINDOW" => K::Int(MAX_ZSTD_WINDOW),
-            "APPLIER_WORST_CASE_MEMORY" => K::Int(APPLIER_WORST_CASE_MEMORY),
             "BLOCK_SIZE_MIN" => K::BlockSize { min: true },
             "BLOCK_SIZE_MAX" => K::BlockSize { min: false },
-            _ => return None,
+            _ => K::Int(int_constant(name)?),
         })
     };
     let table = spec().table(&["constant", "value"]).rows.clone();
@@ -346,10 +397,12 @@ fn constants_table_matches_code() {
         "KNOWN_REQUIRED_FEATURES",
         "FEATURE_OLD_PREFIX",
         "FEATURE_PACKED_OPS",
+        "FEATURE_COMPACT_PAGES",
         "PACKED_OPS",
         "FLAG_IN_PLACE_SAFE",
         "PREAMBLE_LEN",
         "HASH_LEN",
+        "SHORT_HASH_LEN",
         "TRAILER_LEN",
         "MAX_HEADER_LEN",
         "MAX_SIGNATURE_LEN",
@@ -376,7 +429,8 @@ fn constants_table_matches_code() {
     );
 }
 
-// The worst-case memory table adds up to APPLIER_WORST_CASE_MEMORY.
+// The worst-case memory table: each row's size, a product of constants and
+// numbers, is its bytes, and the rows add up to APPLIER_WORST_CASE_MEMORY.
 #[test]
 fn memory_table_adds_up() {
     let spec = spec();
@@ -389,6 +443,24 @@ fn memory_table_adds_up() {
             .collect();
         number(&digits)
     };
+    let size = |row: &Vec<String>| -> u64 {
+        row[1]
+            .replace('`', "")
+            .split('×')
+            .map(|factor| {
+                let factor = factor.trim();
+                int_constant(factor).unwrap_or_else(|| number(factor))
+            })
+            .product()
+    };
+    for row in &t.rows {
+        assert_eq!(
+            size(row),
+            bytes(row),
+            "memory row {:?}: size and bytes",
+            row[0]
+        );
+    }
     let (total, parts) = t.rows.split_last().expect("rows");
     let sum: u64 = parts.iter().map(bytes).sum();
     assert_eq!(
@@ -397,6 +469,78 @@ fn memory_table_adds_up() {
         "the memory rows do not add up to the total"
     );
     assert_eq!(bytes(total), APPLIER_WORST_CASE_MEMORY);
+    assert!(
+        t.rows.iter().any(|r| r[0].contains("compact page")),
+        "the memory table counts a compact page's decoded content"
+    );
+}
+
+// The version lines name VERSION_MAJOR.VERSION_MINOR, and the changelog has
+// a row for it.
+#[test]
+fn version_lines_match_code() {
+    let spec = spec();
+    let text: String = spec.text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let version = format!("{VERSION_MAJOR}.{VERSION_MINOR}");
+    for line in [
+        format!("# anypatch patch format, version {version}"),
+        format!(
+            "version **{version}** (major `{VERSION_MAJOR:#06x}`, minor `{VERSION_MINOR:#06x}`)"
+        ),
+        format!("| `{VERSION_MINOR:#06x}` for this version."),
+    ] {
+        assert!(text.contains(&line), "FORMAT.md lacks {line:?}");
+    }
+    let changelog = spec.table(&["version", "changes"]);
+    assert_eq!(
+        changelog.rows.last().map(|r| r[0].as_str()),
+        Some(version.as_str()),
+        "the changelog's last row is this version"
+    );
+}
+
+// Every must-understand bit: one bit each, all of them together are
+// KNOWN_REQUIRED_FEATURES, and the preamble table names each with its value.
+#[test]
+fn feature_bits_match_code() {
+    let spec = spec();
+    let listed: Vec<(String, u64)> = spec
+        .table(&["constant", "value"])
+        .rows
+        .iter()
+        .filter(|r| r[0].starts_with("FEATURE_"))
+        .map(|r| (r[0].clone(), hex_number(&r[1]).expect("hex")))
+        .collect();
+    let code = [
+        ("FEATURE_OLD_PREFIX", FEATURE_OLD_PREFIX),
+        ("FEATURE_PACKED_OPS", FEATURE_PACKED_OPS),
+        ("FEATURE_COMPACT_PAGES", FEATURE_COMPACT_PAGES),
+    ];
+    assert_eq!(
+        listed,
+        code.map(|(n, v)| (n.to_string(), u64::from(v))),
+        "the constants table lists each feature bit, in order"
+    );
+    let mut all = 0;
+    for (name, bit) in code {
+        assert!(bit.is_power_of_two(), "{name} is one bit");
+        assert_eq!(all & bit, 0, "{name} is its own bit");
+        all |= bit;
+    }
+    assert_eq!(all, KNOWN_REQUIRED_FEATURES);
+    let preamble = spec
+        .tables(&["offset", "size", "field"])
+        .into_iter()
+        .flat_map(|t| t.rows.iter())
+        .find(|r| r[2] == "required_features")
+        .expect("the preamble table has required_features");
+    for (name, bit) in code {
+        let named = format!("bit `{bit:#010x}`, `{name}`");
+        assert!(
+            preamble[4].contains(&named),
+            "the preamble's required_features row lacks {named:?}"
+        );
+    }
 }
 
 // The preamble, signature block and trailer byte tables: each row's offset
@@ -494,8 +638,9 @@ fn sample_header() -> Header {
     }
 }
 
-// The header body and segment entry tables list the wire fields in the
-// order and with the types the code encodes them.
+// The header body, page, segment entry and PrefixRef tables, plain and
+// compact, list the wire fields in the order and with the types the code
+// encodes them.
 #[test]
 fn field_tables_match_code() {
     let h = sample_header();
@@ -509,13 +654,66 @@ fn field_tables_match_code() {
         hash: [0x44; 32],
         inline_ops: None,
     };
-    let page = Page {
-        extents: vec![Extent::Data(e)],
-        next: None,
+    let entry = strip_page(
+        &Page {
+            extents: vec![Extent::Data(e)],
+            next: None,
+        }
+        .emit(),
+    );
+    // A compact entry with its ops inline, `Literal { len: 0x1234 }`, and
+    // one whose ops are packed in its payload.
+    let ops = op_bytes(&[Op::Literal { len: 0x1234 }]);
+    let inline = SegmentEntry {
+        ops_len: ops.len() as u32,
+        hash: short_hash(&[0x66; 32]),
+        inline_ops: Some(0),
+        ..e
+    };
+    let packed = SegmentEntry {
+        codec: e.codec | PACKED_OPS,
+        inline_ops: None,
+        ..inline
+    };
+    let compact_entry = |s: SegmentEntry| {
+        let page = Page {
+            extents: vec![Extent::Data(s)],
+            next: None,
+        };
+        strip_page(&page.emit_compact(&ops))
+    };
+    let (inline_bytes, packed_bytes) = (compact_entry(inline), compact_entry(packed));
+    // Pages of a copy and a data extent, with a next page: the page tables
+    // check where the extents lie; the entry tables and examples, their bytes.
+    let next = Some(PageRef {
+        len: 0x1_2345,
+        hash: [0x55; 32],
+    });
+    let next_bytes = Page {
+        extents: vec![],
+        next,
+    }
+    .emit()[1..]
+        .to_vec();
+    let extents = vec![
+        Extent::Copy {
+            len: 4096,
+            delta: -3,
+        },
+        Extent::Data(inline),
+    ];
+    let plain_page = Page {
+        extents: vec![extents[0], Extent::Data(e)],
+        next,
     }
     .emit();
-    // count 1 | tag 2 | entry | next none
-    let entry = &page[2..page.len() - 1];
+    let compact_page = Page { extents, next }.emit_compact(&ops);
+    let page_field = |bytes: &[u8], field: &str| match field {
+        "count" => Value::Int(2),
+        "extents" => Value::Bytes(bytes[1..bytes.len() - next_bytes.len()].to_vec()),
+        "next" => Value::Bytes(next_bytes.clone()),
+        other => panic!("page field {other} is unknown to the test"),
+    };
     let prefix = PrefixRef {
         delta: -0x1234_5678,
         len: 0x3_0201,
@@ -524,32 +722,110 @@ fn field_tables_match_code() {
     prefix.emit(&mut prefix_bytes);
 
     let spec = spec();
-    let mut checked = 0;
+    let mut checked = BTreeSet::new();
     for t in spec.tables(&["#", "field", "type"]) {
-        let first = t.rows.first().map(|r| r[1].as_str());
-        let (bytes, expect): (&[u8], Expect<'_>) = match first {
-            Some("old_len") => (body, &|f: &str| header_field(&h, f)),
-            Some("new_len") => (entry, &|f: &str| entry_field(&e, f)),
-            Some("delta") => (&prefix_bytes[..], &|f: &str| prefix_field(&prefix, f)),
-            _ => continue, // page table: checked by the worked example
+        let first = t.rows.first().map_or("", |r| r[1].as_str());
+        let compact = t.heading.contains("Compact page");
+        let none = |_: &str| false;
+        let name = match (first, compact) {
+            ("old_len", false) => {
+                check_field_table(t, body, &|f| header_field(&h, f), &none);
+                "header body"
+            }
+            ("count", false) => {
+                check_field_table(t, &plain_page, &|f| page_field(&plain_page, f), &none);
+                "plain page"
+            }
+            ("count", true) => {
+                check_field_table(t, &compact_page, &|f| page_field(&compact_page, f), &none);
+                "compact page content"
+            }
+            ("new_len", false) => {
+                check_field_table(t, &entry, &|f| entry_field(&e, f, None), &none);
+                "segment entry"
+            }
+            ("new_len", true) => {
+                let ops = &ops[..];
+                let expect = |s: SegmentEntry| move |f: &str| entry_field(&s, f, Some(ops));
+                check_field_table(t, &inline_bytes, &expect(inline), &none);
+                // Packed ops are not in the entry: the `ops` row is absent.
+                let ops_row = t.rows.iter().find(|r| r[1] == "ops").expect("an ops row");
+                assert!(
+                    ops_row[3].contains("`0x80`"),
+                    "the ops row says when it is present"
+                );
+                check_field_table(t, &packed_bytes, &expect(packed), &|f| f == "ops");
+                "compact entry"
+            }
+            ("delta", false) => {
+                check_field_table(t, &prefix_bytes, &|f| prefix_field(&prefix, f), &none);
+                "PrefixRef"
+            }
+            other => panic!(
+                "field table {other:?} under {:?} is unknown to the test",
+                t.heading
+            ),
         };
-        let mut r = Reader { bytes, at: 0 };
-        for (i, row) in t.rows.iter().enumerate() {
-            assert_eq!(number(&row[0]), i as u64 + 1, "row numbers");
-            let got = r.item(&row[2]);
-            assert_eq!(got, expect(&row[1]), "field {} ({})", row[1], row[2]);
-        }
-        assert_eq!(
-            r.at,
-            bytes.len(),
-            "table for {first:?} does not cover the encoding"
-        );
-        checked += 1;
+        assert!(checked.insert(name), "two {name} tables");
     }
     assert_eq!(
-        checked, 3,
-        "FORMAT.md needs the header body, segment entry and PrefixRef tables"
+        checked.len(),
+        6,
+        "FORMAT.md needs the header body, page, segment entry, compact page \
+         content, compact entry and PrefixRef tables; it has {checked:?}"
     );
+}
+
+/// Checks a `# | field | type` table against `bytes`: each row, in order,
+/// decodes to what `expect` says for its field, except rows `skip` names,
+/// and the rows cover all of `bytes`.
+fn check_field_table(t: &Table, bytes: &[u8], expect: Expect<'_>, skip: &dyn Fn(&str) -> bool) {
+    let mut r = Reader { bytes, at: 0 };
+    let mut earlier = Vec::new();
+    for (i, row) in t.rows.iter().enumerate() {
+        assert_eq!(number(&row[0]), i as u64 + 1, "row numbers");
+        let field = row[1].as_str();
+        if skip(field) {
+            continue;
+        }
+        let want = expect(field);
+        let got = r.item(&row[2], &want, &earlier);
+        assert_eq!(
+            got, want,
+            "field {field} ({}) under {:?}",
+            row[2], t.heading
+        );
+        earlier.push((field.to_string(), got));
+    }
+    assert_eq!(
+        r.at,
+        bytes.len(),
+        "table under {:?} does not cover the encoding",
+        t.heading
+    );
+}
+
+/// The entry of an encoded page that holds one data extent: the page
+/// without its count (1), the extent's tag (1) and its `next` (none: 1).
+fn strip_page(page: &[u8]) -> Vec<u8> {
+    page[2..page.len() - 1].to_vec()
+}
+
+/// The ops block of `ops`.
+fn op_bytes(ops: &[Op]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        op.emit(&mut out);
+    }
+    out
+}
+
+/// A segment hash as a compact entry holds it: the first
+/// [`SHORT_HASH_LEN`] bytes of `full`, the rest zero.
+fn short_hash(full: &Hash) -> Hash {
+    let mut h = [0u8; 32];
+    h[..SHORT_HASH_LEN].copy_from_slice(&full[..SHORT_HASH_LEN]);
+    h
 }
 
 /// What a field table row must decode to, given the field's name.
@@ -584,13 +860,20 @@ fn prefix_field(p: &PrefixRef, field: &str) -> Value {
     }
 }
 
-fn entry_field(e: &SegmentEntry, field: &str) -> Value {
+/// A plain entry's field, or with `compact`, a compact entry's: its hash is
+/// short, and its inline ops lie in the given pool.
+fn entry_field(e: &SegmentEntry, field: &str, compact: Option<&[u8]>) -> Value {
     use Value::{Bytes, Int};
     match field {
         "new_len" => Int(e.new_len.into()),
         "codec" => Int(e.codec.into()),
         "ops_len" => Int(e.ops_len.into()),
+        "ops" => {
+            let (pool, at) = compact.zip(e.inline_ops).expect("inline ops");
+            Bytes(pool[at as usize..][..e.ops_len as usize].to_vec())
+        }
         "data_len" => Int(e.data_len.into()),
+        "hash" if compact.is_some() => Bytes(e.hash[..SHORT_HASH_LEN].to_vec()),
         "hash" => Bytes(e.hash.to_vec()),
         other => panic!("segment entry field {other} is unknown to the test"),
     }
@@ -690,13 +973,154 @@ fn worked_example_rows_decode() {
         .into_iter()
         .find(|v| v["name"] == name)
         .expect("vector in index.json");
+    let end = check_rows(t, &patch, &|b, field, encoding, value| {
+        if encoding != "hash" {
+            return false;
+        }
+        assert_eq!(b.len(), 32, "{field}");
+        let want = if value == "BLAKE3(old.bin)" {
+            *blake3::hash(&fs::read(dir.join("old.bin")).expect("old.bin")).as_bytes()
+        } else if let Some(key) = value.strip_prefix("new_blake3") {
+            assert!(key.is_empty());
+            let hex = entry["new_blake3"].as_str().expect("new_blake3");
+            unhex(hex).try_into().expect("32 bytes")
+        } else if let Some(s) = quoted(value, "BLAKE3(") {
+            *blake3::hash(s.as_bytes()).as_bytes()
+        } else if let Some(range) = value
+            .strip_prefix("BLAKE3(patch[")
+            .and_then(|v| v.strip_suffix("])"))
+        {
+            let (a, z) = range.split_once("..").expect("a..b");
+            *blake3::hash(&patch[number(a) as usize..number(z) as usize]).as_bytes()
+        } else {
+            panic!("{field}: hash value {value:?} is unknown to the test")
+        };
+        assert_eq!(b, &want[..], "{field}");
+        true
+    });
+    assert_eq!(
+        end,
+        patch.len(),
+        "the worked example does not cover the whole patch"
+    );
+}
+
+// The compact page example: the code encodes the page it describes to
+// exactly its rows, parses them back, and the payloads it names make the
+// outputs whose short hashes it gives.
+#[test]
+fn compact_page_example_rows_decode() {
+    let spec = spec();
+    let t = spec.table(&["content offset", "len", "field", "encoding", "value"]);
+    assert!(t.heading.contains("Compact page"), "{:?}", t.heading);
+    let inline_ops = op_bytes(&[Op::Literal { len: 5 }]);
+    let packed_ops = op_bytes(&[Op::Literal { len: 12 }]);
+    let frame = {
+        let mut z = zstd::bulk::Compressor::new(3).expect("zstd");
+        z.include_contentsize(true).expect("zstd");
+        z.include_checksum(false).expect("zstd");
+        z.include_dictid(false).expect("zstd");
+        z.compress(&packed_ops).expect("zstd")
+    };
+    let blake3_128 = |out: &[u8]| short_hash(blake3::hash(out).as_bytes());
+    let tail = SegmentEntry {
+        new_len: 5,
+        codec: 0x00,
+        ops_len: inline_ops.len() as u32,
+        data_len: 5,
+        hash: blake3_128(b"tail!"),
+        inline_ops: Some(0),
+    };
+    let hello = SegmentEntry {
+        new_len: 12,
+        codec: PACKED_OPS,
+        ops_len: frame.len() as u32,
+        data_len: 12,
+        hash: blake3_128(b"hello, world"),
+        inline_ops: None,
+    };
+    let page = Page {
+        extents: vec![
+            Extent::Copy {
+                len: 4096,
+                delta: 0,
+            },
+            Extent::Data(tail),
+            Extent::Data(hello),
+        ],
+        next: None,
+    };
+    let content = page.emit_compact(&inline_ops);
+    let end = check_rows(t, &content, &|b, field, encoding, value| {
+        if encoding != "hash16" {
+            return false;
+        }
+        let s = quoted(value, "BLAKE3-128(")
+            .unwrap_or_else(|| panic!("{field}: hash16 value {value:?} is unknown to the test"));
+        assert_eq!(
+            b,
+            &blake3::hash(s.as_bytes()).as_bytes()[..SHORT_HASH_LEN],
+            "{field}"
+        );
+        true
+    });
+    assert_eq!(end, content.len(), "the example does not cover the content");
+
+    // Parsed back, the inline ops lie where the `ops` row says.
+    let parsed = Page::parse_compact(&content).expect("the example parses");
+    let ops_row = t
+        .rows
+        .iter()
+        .find(|r| r[2].contains(": ops ("))
+        .expect("an ops row");
+    let at = number(&ops_row[0]) as u32;
+    let Extent::Data(first) = parsed.extents[1] else {
+        panic!("extent 1 is a data extent")
+    };
+    assert_eq!(
+        first,
+        SegmentEntry {
+            inline_ops: Some(at),
+            ..tail
+        }
+    );
+    assert_eq!(parsed.extents[2], Extent::Data(hello));
+    assert_eq!(
+        (first.payload_len(), hello.payload_len()),
+        (5, frame.len() as u64 + 12)
+    );
+    // The packed frame is a standard one that declares its content size.
+    assert_eq!(
+        zstd::zstd_safe::get_frame_content_size(&frame).ok(),
+        Some(Some(packed_ops.len() as u64))
+    );
+    assert_eq!(
+        zstd::bulk::decompress(&frame, 64).expect("frame"),
+        packed_ops
+    );
+    assert!(first.hash_matches(b"tail!", true) && hello.hash_matches(b"hello, world", true));
+    assert!(
+        !hello.hash_matches(b"hello, world", false),
+        "only 16 bytes are held"
+    );
+}
+
+/// Checks one row's bytes in an encoding [`check_rows`] does not know:
+/// `(bytes, field, encoding, value)`, returning whether it knew it.
+type SpecialRow<'a> = &'a dyn Fn(&[u8], &str, &str, &str) -> bool;
+
+/// Checks the rows of an `offset | len | field | encoding | value` table
+/// against `bytes`: each row follows the previous one and decodes to its
+/// value. `special` handles the encodings this function does not, and
+/// returns whether it did. Returns where the last row ends.
+fn check_rows(t: &Table, bytes: &[u8], special: SpecialRow<'_>) -> usize {
     let mut end = 0usize;
     for row in &t.rows {
         let (offset, len) = (number(&row[0]) as usize, number(&row[1]) as usize);
-        let (field, encoding, value) = (&row[2], row[3].as_str(), row[4].as_str());
+        let (field, encoding, value) = (row[2].as_str(), row[3].as_str(), row[4].as_str());
         assert_eq!(offset, end, "row {field} does not follow the previous row");
         end = offset + len;
-        let b = &patch[offset..end];
+        let b = &bytes[offset..end];
         match encoding {
             "bytes" => {
                 let want = match value {
@@ -731,38 +1155,172 @@ fn worked_example_rows_decode() {
                 let s = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
                 assert_eq!(Some(b), s.map(str::as_bytes), "{field}");
             }
-            "hash" => {
-                assert_eq!(len, 32, "{field}");
-                let want = if value == "BLAKE3(old.bin)" {
-                    *blake3::hash(&fs::read(dir.join("old.bin")).expect("old.bin")).as_bytes()
-                } else if let Some(key) = value.strip_prefix("new_blake3") {
-                    assert!(key.is_empty());
-                    let hex = entry["new_blake3"].as_str().expect("new_blake3");
-                    unhex(hex).try_into().expect("32 bytes")
-                } else if let Some(s) = value
-                    .strip_prefix("BLAKE3(\"")
-                    .and_then(|v| v.strip_suffix("\")"))
-                {
-                    *blake3::hash(s.as_bytes()).as_bytes()
-                } else if let Some(range) = value
-                    .strip_prefix("BLAKE3(patch[")
-                    .and_then(|v| v.strip_suffix("])"))
-                {
-                    let (a, z) = range.split_once("..").expect("a..b");
-                    *blake3::hash(&patch[number(a) as usize..number(z) as usize]).as_bytes()
-                } else {
-                    panic!("{field}: hash value {value:?} is unknown to the test")
-                };
-                assert_eq!(b, &want[..], "{field}");
-            }
-            other => panic!("{field}: encoding {other:?} is unknown to the test"),
+            other => assert!(
+                special(b, field, other, value),
+                "{field}: encoding {other:?} is unknown to the test"
+            ),
         }
     }
-    assert_eq!(
-        end,
-        patch.len(),
-        "the worked example does not cover the whole patch"
+    end
+}
+
+/// The string in `PREFIX"…")`, such as `BLAKE3("tail!")`.
+fn quoted<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
+    value
+        .strip_prefix(prefix)?
+        .strip_prefix('"')?
+        .strip_suffix("\")")
+}
+
+// The errors table: every error the engine reports is named in the row of
+// its class, with that class's exit code.
+#[test]
+fn error_table_matches_code() {
+    let spec = spec();
+    let t = spec.table(&["exit", "class", "errors", "advice"]);
+    let mut named = BTreeSet::new();
+    for row in &t.rows {
+        let class = match number(&row[0]) {
+            2 => ErrorClass::CorruptPatch,
+            3 => ErrorClass::WrongBase,
+            4 => ErrorClass::Unsupported,
+            5 => ErrorClass::NotInPlace,
+            6 => ErrorClass::Untrusted,
+            _ => continue, // success, usage and I/O: not engine errors
+        };
+        // The names are the CamelCase words; prose, fields and constants are not.
+        let names = row[2]
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| w.starts_with(|c: char| c.is_ascii_uppercase()))
+            .filter(|w| w.contains(|c: char| c.is_ascii_lowercase()));
+        for name in names {
+            for e in errors_named(name) {
+                assert_eq!(e.class(), class, "{name} is listed under exit {}", row[0]);
+            }
+            assert!(named.insert(name.to_string()), "{name} is listed twice");
+        }
+    }
+    let missing: Vec<_> = ERROR_NAMES
+        .iter()
+        .filter(|n| !named.contains(**n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "FORMAT.md's errors table lacks {missing:?}"
     );
+    // Section 10 quotes the message of the error compact pages added.
+    let text: String = spec.text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("(\"manifest page N does not decompress\", N counting from 0)"));
+    assert!(ApplyError::PageDecode { page: 7 }
+        .to_string()
+        .ends_with("manifest page 7 does not decompress"));
+}
+
+/// Every error name the errors table must list.
+const ERROR_NAMES: [&str; 26] = [
+    "Truncated",
+    "BadMagic",
+    "TooLarge",
+    "ZeroLength",
+    "HeaderHashMismatch",
+    "Malformed",
+    "TrailingBytes",
+    "BadTrailerMagic",
+    "Invalid",
+    "PageHash",
+    "SegmentHash",
+    "PatchHash",
+    "NewHash",
+    "SourceOutOfRange",
+    "LengthMismatch",
+    "Decode",
+    "PageDecode",
+    "BaseLength",
+    "BaseHash",
+    "UnsupportedMajor",
+    "UnknownRequiredFeatures",
+    "UnknownCodec",
+    "NotInPlaceSafe",
+    "Unsigned",
+    "UntrustedSigner",
+    "BadSignature",
+];
+
+/// The engine's errors (its own, and the format's it wraps) with this name.
+fn errors_named(name: &str) -> Vec<ApplyError> {
+    use ApplyError as A;
+    use FormatError as F;
+    let f = A::Format;
+    match name {
+        "Truncated" => vec![
+            A::Truncated { section: "page" },
+            f(F::Truncated {
+                what: "preamble",
+                needed: 24,
+                got: 1,
+            }),
+        ],
+        "BadMagic" => vec![f(F::BadMagic { got: [0; 8] })],
+        "TooLarge" => vec![f(F::TooLarge {
+            field: "page.len",
+            got: 2,
+            max: 1,
+        })],
+        "ZeroLength" => vec![f(F::ZeroLength { field: "op.len" })],
+        "HeaderHashMismatch" => vec![f(F::HeaderHashMismatch)],
+        "Malformed" => vec![f(F::Malformed { what: "page" })],
+        "TrailingBytes" => vec![
+            A::TrailingBytes,
+            f(F::TrailingBytes {
+                what: "page",
+                count: 1,
+            }),
+        ],
+        "BadTrailerMagic" => vec![f(F::BadTrailerMagic)],
+        "Invalid" => vec![f(F::Invalid {
+            field: "compact page frame",
+            reason: "declares no content size",
+        })],
+        "PageHash" => vec![A::PageHash { page: 0 }],
+        "SegmentHash" => vec![A::SegmentHash {
+            segment: 0,
+            new_offset: 0,
+        }],
+        "PatchHash" => vec![A::PatchHash],
+        "NewHash" => vec![A::NewHash],
+        "SourceOutOfRange" => vec![A::SourceOutOfRange {
+            new_offset: 0,
+            source: -1,
+            len: 1,
+            old_len: 0,
+        }],
+        "LengthMismatch" => vec![A::LengthMismatch {
+            field: "sum of op lengths",
+            got: 1,
+            expected: 2,
+        }],
+        "Decode" => vec![A::Decode { segment: 0 }],
+        "PageDecode" => vec![A::PageDecode { page: 0 }],
+        "BaseLength" => vec![A::BaseLength {
+            got: 1,
+            expected: 2,
+        }],
+        "BaseHash" => vec![A::BaseHash],
+        "UnsupportedMajor" => vec![f(F::UnsupportedMajor {
+            got: 2,
+            supported: 1,
+        })],
+        "UnknownRequiredFeatures" => vec![f(F::UnknownRequiredFeatures { bits: 8 })],
+        "UnknownCodec" => vec![f(F::UnknownCodec { got: 3 })],
+        "NotInPlaceSafe" => vec![A::NotInPlaceSafe {
+            new_offset: 1,
+            source: 0,
+        }],
+        "Unsigned" => vec![A::Unsigned],
+        "UntrustedSigner" => vec![A::UntrustedSigner { key_id: [0; 8] }],
+        "BadSignature" => vec![A::BadSignature { key_id: [0; 8] }],
+        other => panic!("error {other} is unknown to the test"),
+    }
 }
 
 // (c) The vector table lists exactly the vectors of index.json.
