@@ -305,6 +305,12 @@ fn encode_segment(
         w.zstd
             .compress_to_buffer(&payload[..], &mut frame)
             .map_err(|source| ProduceError::Compress { source })?;
+        // Ops blocks stay under 640 KiB (the planner's part limit), so
+        // even an incompressible one's frame is within MAX_OPS_LEN.
+        assert!(
+            frame.len() <= MAX_OPS_LEN as usize,
+            "packed ops over MAX_OPS_LEN"
+        );
         payload = frame;
     }
     let ops_len = payload.len() as u32;

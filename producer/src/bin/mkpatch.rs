@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use anypatch_format::{
-    key_file_text, key_id, parse_key_file, KeyKind, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS,
-    VERSION_MAJOR,
+    key_file_text, key_id, parse_key_file, KeyKind, FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX,
+    FEATURE_PACKED_OPS, VERSION_MAJOR,
 };
 use anypatch_producer::inspect::{inspect, InspectError, Inspection};
 use anypatch_producer::{
@@ -492,6 +492,9 @@ fn text_report(r: &Inspection) -> String {
         }
         if r.required_features & FEATURE_PACKED_OPS != 0 {
             names.push("packed ops");
+        }
+        if r.required_features & FEATURE_COMPACT_PAGES != 0 {
+            names.push("compact pages");
         }
         format!("{:#010x}: {}", r.required_features, names.join(", "))
     };
