@@ -1,9 +1,14 @@
 //! Assembles patches from explicit extents and ops, for test vectors and
 //! hostile-input tests that need shapes the producer never makes.
+//!
+//! Pages are plain (format 1.0) unless [`PatchBuilder::compact`] is asked
+//! for (format 1.2): then each page is one zstd frame, a `Segment`'s ops go
+//! inline in its page, and a `Packed` one's stay packed in its payload.
 
 use anypatch_format::{
-    Codec, Extent, Header, Op, Page, PageRef, PrefixRef, SegmentEntry, Trailer, FEATURE_OLD_PREFIX,
-    FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, MAX_ZSTD_WINDOW, PACKED_OPS, TRAILER_LEN,
+    Codec, Extent, Header, Op, Page, PageRef, PrefixRef, SegmentEntry, Trailer,
+    FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE,
+    MAX_ZSTD_WINDOW, PACKED_OPS, TRAILER_LEN,
 };
 use zstd::zstd_safe::{CCtx, CParameter};
 
@@ -47,6 +52,9 @@ impl Part {
     }
 }
 
+/// What turns a compact page's decoded content into the page bytes.
+pub type PageFrame = fn(&[u8]) -> Vec<u8>;
+
 /// A patch under construction.
 #[derive(Debug, Clone)]
 pub struct PatchBuilder {
@@ -55,6 +63,10 @@ pub struct PatchBuilder {
     pub required_features: u32,
     pub signature: Vec<u8>,
     pub flags: u32,
+    /// Compact pages when `Some`: what turns a page's decoded content into
+    /// the page bytes, normally [`compress_page`]; a test may put a hostile
+    /// frame maker here. `None`: plain pages.
+    pub compact: Option<PageFrame>,
 }
 
 impl PatchBuilder {
@@ -65,7 +77,16 @@ impl PatchBuilder {
             required_features: 0,
             signature: Vec::new(),
             flags: 0,
+            compact: None,
         }
+    }
+
+    /// Compact pages (format 1.2, `FEATURE_COMPACT_PAGES`), each one zstd
+    /// frame made by [`compress_page`]: ops inline, except a `Packed`
+    /// part's, which stay packed in its payload.
+    pub fn compact(mut self) -> Self {
+        self.compact = Some(compress_page);
+        self
     }
 
     /// Builds the patch against `old`, computing the new bytes (and so every
@@ -74,11 +95,17 @@ impl PatchBuilder {
         let mut new = NewImage::default();
         let mut extents = Vec::new();
         let mut payloads: Vec<Vec<u8>> = Vec::new();
+        // Each extent's ops block when it goes inline in a compact page.
+        let mut inline: Vec<Vec<u8>> = Vec::new();
         let mut segment_max = 0u32;
         let mut required_features = self.required_features;
+        if self.compact.is_some() {
+            required_features |= FEATURE_COMPACT_PAGES;
+        }
         for part in &self.parts {
             let start = new.len;
-            match part {
+            // The extent's inline ops block (empty when none) and payload.
+            let (ops_inline, payload) = match part {
                 Part::Copy { len, delta } => {
                     let s = (start as i64 + delta) as usize;
                     new.push(&old[s..s + *len as usize]);
@@ -86,12 +113,12 @@ impl PatchBuilder {
                         len: *len,
                         delta: *delta,
                     });
-                    payloads.push(Vec::new());
+                    (Vec::new(), Vec::new())
                 }
                 Part::Zero { len } => {
                     new.push_zeros(*len);
                     extents.push(Extent::Zero { len: *len });
-                    payloads.push(Vec::new());
+                    (Vec::new(), Vec::new())
                 }
                 Part::Segment { .. } | Part::PrefixSegment { .. } | Part::Packed(_) => {
                     let (seg, packed) = match part {
@@ -132,36 +159,62 @@ impl PatchBuilder {
                         ops_block = pack_ops(&ops_block, 3);
                         codec |= PACKED_OPS;
                     }
+                    let in_page = self.compact.is_some() && !packed;
                     let entry = SegmentEntry {
                         new_len: out.len() as u32,
                         codec,
                         ops_len: ops_block.len() as u32,
                         data_len: coded.len() as u32,
                         hash: *blake3::hash(&out).as_bytes(),
-                        inline_ops: None,
+                        // The offset in its page is set when pages are made.
+                        inline_ops: in_page.then_some(0),
                     };
                     segment_max = segment_max.max(entry.new_len);
                     new.push(&out);
                     extents.push(Extent::Data(entry));
-                    ops_block.extend_from_slice(&coded);
-                    payloads.push(ops_block);
+                    if in_page {
+                        (ops_block, coded)
+                    } else {
+                        ops_block.extend_from_slice(&coded);
+                        (Vec::new(), ops_block)
+                    }
                 }
-            }
+            };
+            inline.push(ops_inline);
+            payloads.push(payload);
         }
         // Pages back to front, so each can name the next by hash.
-        let chunks: Vec<(Vec<Extent>, Vec<u8>)> = if extents.is_empty() {
-            vec![(Vec::new(), Vec::new())]
+        let chunks: Vec<(Vec<Extent>, Vec<u8>, Vec<u8>)> = if extents.is_empty() {
+            vec![(Vec::new(), Vec::new(), Vec::new())]
         } else {
-            extents
-                .chunks(self.extents_per_page)
-                .zip(payloads.chunks(self.extents_per_page))
-                .map(|(e, p)| (e.to_vec(), p.concat()))
+            let n = self.extents_per_page;
+            (0..extents.len())
+                .step_by(n)
+                .map(|i| {
+                    let end = (i + n).min(extents.len());
+                    let mut ext = extents[i..end].to_vec();
+                    // The inline ops of the page's segments, in order.
+                    let mut pool = Vec::new();
+                    for (e, ops) in ext.iter_mut().zip(&inline[i..end]) {
+                        if let Extent::Data(s) = e {
+                            if s.inline_ops.is_some() {
+                                s.inline_ops = Some(pool.len() as u32);
+                                pool.extend_from_slice(ops);
+                            }
+                        }
+                    }
+                    (ext, pool, payloads[i..end].concat())
+                })
                 .collect()
         };
         let mut encoded: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut next = None;
-        for (ext, pay) in chunks.into_iter().rev() {
-            let page = Page { extents: ext, next }.emit();
+        for (ext, pool, pay) in chunks.into_iter().rev() {
+            let page = Page { extents: ext, next };
+            let page = match self.compact {
+                Some(frame) => frame(&page.emit_compact(&pool)),
+                None => page.emit(),
+            };
             next = Some(PageRef {
                 len: page.len() as u32,
                 hash: *blake3::hash(&page).as_bytes(),
@@ -274,6 +327,39 @@ pub fn compress_with_prefix(data: &[u8], prefix: &[u8], level: i32) -> Vec<u8> {
     c.compress2(&mut out, data)
         .expect("zstd compresses in memory");
     out
+}
+
+/// A compact page: one zstd frame of its decoded `content`, as
+/// `FEATURE_COMPACT_PAGES` needs: window at most `MAX_ZSTD_WINDOW`, content
+/// size given, no checksum and no dictionary id.
+pub fn compress_page(content: &[u8]) -> Vec<u8> {
+    compress_with_prefix(content, &[], 3)
+}
+
+/// A zstd frame of `content` in raw blocks, which zstd never shrinks: a
+/// 1 MiB window and a 4-byte content size field saying `declared`, or no
+/// content size with `None`. Tests make hostile frames with it: declaring
+/// another size than `content` has, or none.
+pub fn stored_frame(content: &[u8], declared: Option<u32>) -> Vec<u8> {
+    let mut f = vec![0x28, 0xB5, 0x2F, 0xFD];
+    match declared {
+        Some(n) => {
+            f.extend_from_slice(&[0x80, 0x50]); // 4-byte content size; window 1 MiB
+            f.extend_from_slice(&n.to_le_bytes());
+        }
+        None => f.extend_from_slice(&[0x00, 0x50]),
+    }
+    let mut blocks = content.chunks(0x2_0000).peekable(); // at most 128 KiB each
+    if blocks.peek().is_none() {
+        f.extend_from_slice(&[0x01, 0x00, 0x00]); // one empty last block
+    }
+    while let Some(block) = blocks.next() {
+        let last = u32::from(blocks.peek().is_none());
+        let header = last | (block.len() as u32) << 3; // raw
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        f.extend_from_slice(block);
+    }
+    f
 }
 
 /// A packed ops block: one zstd frame of `ops_block`, as bit 0x80 needs:

@@ -21,11 +21,13 @@ use std::sync::OnceLock;
 use anypatch_apply::{Applier, ApplyError, Config, ErrorClass, Event, Summary};
 use anypatch_format::{
     Codec, Extent, Header, Op, OpIter, Page, PageRef, Preamble, PreambleRepr, PrefixRef,
-    SegmentEntry, SignatureBlock, Trailer, HASH_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS,
-    MAX_SEGMENT_LEN, PREAMBLE_LEN, TRAILER_LEN, VERSION_MINOR,
+    SegmentEntry, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, HASH_LEN, MAX_OPS_LEN,
+    MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_SEGMENT_LEN, PACKED_OPS, PREAMBLE_LEN, TRAILER_LEN,
+    VERSION_MINOR,
 };
 use anypatch_producer::{make_patch, Options, SecretKey};
 
+use crate::builder::compress_page;
 use crate::{reference, root, vectors::bytes};
 
 /// Largest new file the checks hold in memory and compare byte for byte.
@@ -214,6 +216,15 @@ pub fn check_parse(data: &[u8]) {
     if let Ok(page) = Page::parse(data) {
         check_page_round_trip(&page, data.len());
     }
+    if let Ok(page) = Page::parse_compact(data) {
+        check_compact_round_trip(&page, data);
+    }
+    // The bytes as a compact page's frame.
+    if let Ok(content) = reference::unpack(data, MAX_PAGE_LEN, "compact page") {
+        if let Ok(page) = Page::parse_compact(&content) {
+            check_compact_round_trip(&page, &content);
+        }
+    }
     let mut ops = OpIter::new(data);
     let mut left = data.len();
     while let Some(op) = ops.next() {
@@ -284,6 +295,38 @@ fn check_page_round_trip(page: &Page, parsed_from: usize) {
     );
 }
 
+/// `page`, parsed from the decoded compact page `content`, re-encodes to
+/// at most as many bytes, with the same inline ops, and parses back to itself.
+fn check_compact_round_trip(page: &Page, content: &[u8]) {
+    assert!(page.extents.len() <= MAX_PAGE_EXTENTS);
+    // `inline_ops` are offsets into `content`, the pool they were parsed from.
+    let enc = page.emit_compact(content);
+    assert!(
+        enc.len() <= content.len(),
+        "a compact page re-encodes longer than its input"
+    );
+    let back = Page::parse_compact(&enc).expect("a re-encoded compact page parses");
+    assert_eq!(back.next, page.next, "compact page does not round-trip");
+    assert_eq!(back.extents.len(), page.extents.len());
+    for (b, e) in back.extents.iter().zip(&page.extents) {
+        match (b, e) {
+            (Extent::Data(b), Extent::Data(e)) => {
+                let ops = |s: &SegmentEntry, pool: &[u8]| {
+                    s.inline_ops
+                        .map(|at| pool[at as usize..at as usize + s.ops_len as usize].to_vec())
+                };
+                assert_eq!(ops(b, &enc), ops(e, content), "inline ops differ");
+                let offsets = |s: &SegmentEntry| SegmentEntry {
+                    inline_ops: s.inline_ops.map(|_| 0),
+                    ..*s
+                };
+                assert_eq!(offsets(b), offsets(e), "compact entry does not round-trip");
+            }
+            _ => assert_eq!(b, e, "compact extent does not round-trip"),
+        }
+    }
+}
+
 /// A patch's layout read by declared lengths, without checking any hash:
 /// what a fuzzer's edits leave of the structure.
 #[derive(Debug, Clone)]
@@ -291,8 +334,19 @@ pub struct Layout {
     pub preamble: PreambleRepr,
     pub header: Header,
     pub signature: Vec<u8>,
-    /// Each page with the payloads of its data segments, in order.
+    /// Each page with the payloads of its data segments, in order. A payload
+    /// is always the ops block then the data block, as after a plain page;
+    /// a compact page's inline ops are moved here by [`Layout::walk`] and
+    /// back into the page by [`Layout::emit`].
     pub pages: Vec<(Page, Vec<Vec<u8>>)>,
+    /// Whether [`Layout::emit`] writes compact pages. [`Layout::walk`] sets
+    /// it from the preamble's `FEATURE_COMPACT_PAGES`; it is kept apart so
+    /// that a test can make the two disagree.
+    pub compact: bool,
+    /// Each compact page's decoded content and frame as walked: `emit`
+    /// reuses the frame of an unchanged content, so that re-sealing a valid
+    /// patch changes no byte.
+    frames: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Layout {
@@ -312,16 +366,29 @@ impl Layout {
             at += s.len();
             Some(s)
         };
-        let mut pages = Vec::new();
+        let compact = preamble.required_features & FEATURE_COMPACT_PAGES != 0;
+        let (mut pages, mut frames) = (Vec::new(), Vec::new());
         let mut next = Some(header.first_page);
         while let Some(r) = next {
             let bytes = take(r.len.into())?;
-            let page = Page::parse(bytes).ok()?;
-            check_page_round_trip(&page, bytes.len());
+            let (page, content) = if compact {
+                let content = reference::unpack(bytes, MAX_PAGE_LEN, "compact page").ok()?;
+                let page = Page::parse_compact(&content).ok()?;
+                check_compact_round_trip(&page, &content);
+                frames.push((content.clone(), bytes.to_vec()));
+                (page, content)
+            } else {
+                let page = Page::parse(bytes).ok()?;
+                check_page_round_trip(&page, bytes.len());
+                (page, Vec::new())
+            };
             let mut payloads = Vec::new();
             for e in &page.extents {
                 if let Extent::Data(s) = e {
-                    payloads.push(take(s.payload_len())?.to_vec());
+                    let inline = s.inline_ops.map_or(&[][..], |at| {
+                        &content[at as usize..at as usize + s.ops_len as usize]
+                    });
+                    payloads.push([inline, take(s.payload_len())?].concat());
                 }
             }
             next = page.next;
@@ -332,6 +399,8 @@ impl Layout {
             header,
             signature,
             pages,
+            compact,
+            frames,
         })
     }
 
@@ -406,13 +475,17 @@ impl Layout {
         let mut next: Option<PageRef> = None;
         for (page, payloads) in self.pages.iter_mut().rev() {
             page.next = next;
-            let enc = page.emit();
+            let (enc, payloads) = if self.compact {
+                compact_page(page, payloads, &self.frames)
+            } else {
+                (page.emit(), payloads.concat())
+            };
             next = Some(PageRef {
                 len: enc.len() as u32,
                 hash: *blake3::hash(&enc).as_bytes(),
             });
             let mut piece = enc;
-            piece.extend(payloads.concat());
+            piece.extend(payloads);
             piece.extend(body);
             body = piece;
         }
@@ -426,6 +499,52 @@ impl Layout {
             &body,
         )
     }
+}
+
+/// A compact page and the payloads after it, from a page and its segments'
+/// payloads (each the ops block then the data block). The ops of a segment
+/// whose codec byte lacks `PACKED_OPS` go inline, padded with zeros when its
+/// payload is shorter than `ops_len`. The frame is the walked one when the
+/// content is unchanged, else [`compress_page`]'s.
+///
+/// # Panics
+/// If an inline `ops_len` is above `MAX_OPS_LEN`: test that on a plain page.
+fn compact_page(
+    page: &Page,
+    payloads: &[Vec<u8>],
+    frames: &[(Vec<u8>, Vec<u8>)],
+) -> (Vec<u8>, Vec<u8>) {
+    let mut page = page.clone();
+    let (mut pool, mut body) = (Vec::new(), Vec::new());
+    let mut payloads = payloads.iter();
+    for e in &mut page.extents {
+        let Extent::Data(s) = e else { continue };
+        let Some(payload) = payloads.next() else {
+            break;
+        };
+        let mut payload = &payload[..];
+        s.inline_ops = None;
+        if s.codec & PACKED_OPS == 0 {
+            assert!(
+                s.ops_len <= MAX_OPS_LEN,
+                "a compact page cannot carry {} bytes of inline ops",
+                s.ops_len
+            );
+            let n = (s.ops_len as usize).min(payload.len());
+            s.inline_ops = Some(pool.len() as u32);
+            pool.extend_from_slice(&payload[..n]);
+            pool.resize(pool.len() + s.ops_len as usize - n, 0);
+            payload = &payload[n..];
+        }
+        body.extend_from_slice(payload);
+    }
+    body.extend(payloads.flatten()); // payloads beyond the page's segments
+    let content = page.emit_compact(&pool);
+    let frame = frames
+        .iter()
+        .find(|(c, _)| *c == content)
+        .map_or_else(|| compress_page(&content), |(_, f)| f.clone());
+    (frame, body)
 }
 
 /// Assembles a patch from a header and the raw bytes after the signature

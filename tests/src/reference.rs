@@ -6,8 +6,9 @@
 
 use anypatch_format::{
     header_hash, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, PrefixRef,
-    SignatureBlock, Trailer, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, HASH_LEN, MAX_OPS_LEN,
-    MAX_SEGMENT_LEN, MAX_ZSTD_WINDOW, PACKED_OPS, PREAMBLE_LEN, TRAILER_LEN,
+    SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS,
+    HASH_LEN, MAX_OPS_LEN, MAX_PAGE_LEN, MAX_SEGMENT_LEN, MAX_ZSTD_WINDOW, PACKED_OPS,
+    PREAMBLE_LEN, SHORT_HASH_LEN, TRAILER_LEN,
 };
 
 /// Applies `patch` to `old` and returns the new file, or why not.
@@ -37,6 +38,10 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
     let prefix_allowed = pre.required_features & FEATURE_OLD_PREFIX != 0;
     // So is bit 0x80 of a segment's codec, packed ops.
     let packing_allowed = pre.required_features & FEATURE_PACKED_OPS != 0;
+    // Compact pages (version 1.2): every page is one zstd frame, and a
+    // segment's hash is its first 16 bytes.
+    let compact = pre.required_features & FEATURE_COMPACT_PAGES != 0;
+    let hash_len = if compact { SHORT_HASH_LEN } else { HASH_LEN };
     if header.codec == 2 && !prefix_allowed {
         return Err(e("codec 2 without FEATURE_OLD_PREFIX"));
     }
@@ -61,7 +66,17 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
         if blake3::hash(bytes).as_bytes() != &r.hash {
             return Err(e("page hash"));
         }
-        let page = Page::parse(bytes).map_err(|x| x.to_string())?;
+        let content = if compact {
+            unpack(bytes, MAX_PAGE_LEN, "compact page")?
+        } else {
+            bytes.to_vec()
+        };
+        let page = if compact {
+            Page::parse_compact(&content)
+        } else {
+            Page::parse(&content)
+        }
+        .map_err(|x| x.to_string())?;
         for extent in page.extents {
             extents += 1;
             let start = new.len() as i128;
@@ -78,13 +93,18 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
                     if s.new_len > header.segment_max {
                         return Err(e("segment above segment_max"));
                     }
-                    let ops = take(s.ops_len as usize)?;
+                    // Inline in a compact page (parse_compact checked the
+                    // range), or the start of the payload.
+                    let ops = match s.inline_ops {
+                        Some(at) => &content[at as usize..at as usize + s.ops_len as usize],
+                        None => take(s.ops_len as usize)?,
+                    };
                     let coded = take(s.data_len as usize)?;
                     let unpacked;
                     let ops = match s.codec & PACKED_OPS {
                         0 => ops,
                         _ if packing_allowed => {
-                            unpacked = unpack_ops(ops)?;
+                            unpacked = unpack(ops, MAX_OPS_LEN, "packed ops")?;
                             &unpacked[..]
                         }
                         _ => return Err(e("packed ops without FEATURE_PACKED_OPS")),
@@ -130,7 +150,7 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
                     if !d.is_empty() || out.len() != s.new_len as usize {
                         return Err(e("segment lengths"));
                     }
-                    if blake3::hash(&out).as_bytes() != &s.hash {
+                    if blake3::hash(&out).as_bytes()[..hash_len] != s.hash[..hash_len] {
                         return Err(e("segment hash"));
                     }
                     new.extend_from_slice(&out);
@@ -162,20 +182,22 @@ fn old_range(old: &[u8], start: i128, len: u64) -> Result<&[u8], String> {
     Ok(&old[start as usize..end as usize])
 }
 
-/// A packed ops block: one zstd frame that declares its content size,
-/// 1..=`MAX_OPS_LEN`, and decodes to exactly that.
-fn unpack_ops(frame: &[u8]) -> Result<Vec<u8>, String> {
+/// A packed ops block or a compact page (`what`): one zstd frame that
+/// declares its content size, 1..=`max`, and decodes to exactly that.
+pub fn unpack(frame: &[u8], max: u32, what: &str) -> Result<Vec<u8>, String> {
     let size = zstd::zstd_safe::get_frame_content_size(frame)
-        .map_err(|_| "packed ops: no zstd frame header")?
-        .ok_or("packed ops: the frame declares no content size")?;
-    if !(1..=u64::from(MAX_OPS_LEN)).contains(&size) {
-        return Err(format!("packed ops: content size {size}"));
+        .map_err(|_| format!("{what}: no zstd frame header"))?
+        .ok_or(format!("{what}: the frame declares no content size"))?;
+    if !(1..=u64::from(max)).contains(&size) {
+        return Err(format!("{what}: content size {size}"));
     }
-    let ops = decode_zstd(frame, &[], MAX_OPS_LEN)?;
-    if ops.len() as u64 != size {
-        return Err("packed ops: frame decodes to another length than it declares".into());
+    let content = decode_zstd(frame, &[], max)?;
+    if content.len() as u64 != size {
+        return Err(format!(
+            "{what}: frame decodes to another length than it declares"
+        ));
     }
-    Ok(ops)
+    Ok(content)
 }
 
 /// Exactly one zstd frame, as the spec requires, with `prefix` (codec 2's

@@ -165,7 +165,7 @@ pub fn all() -> Vec<Vector> {
     }
     v.push(produced(
         "scattered-edits",
-        "107 3-byte edits: 215 ops in one merged segment, packed (format 1.1)",
+        "107 3-byte edits: 215 ops in one merged segment, inline in its compact page (format 1.2)",
         base.clone(),
         scattered,
         None,
@@ -341,6 +341,59 @@ pub fn all() -> Vec<Vector> {
         "packed ops blocks (codec bit 0x80) with codecs 0x01, 0x02 and 0x00",
         old,
         packed,
+    ));
+
+    let old = bytes("compact-pages", 4 * B);
+    let mut literals = b"format 1.2 compact pages".to_vec();
+    literals.extend_from_slice(&[2; 300]);
+    // Short ops, as scattered edits make: packed in the payload.
+    let mut scattered = Vec::new();
+    for i in 0..30u32 {
+        scattered.push(Op::Copy {
+            len: 60,
+            delta: -(i64::from(i) * 5),
+        });
+        scattered.push(Op::Literal { len: 4 });
+    }
+    let mut compact = PatchBuilder::new(vec![
+        Part::Copy {
+            len: B as u64,
+            delta: 0,
+        },
+        Part::Zero { len: 100 },
+        Part::Segment {
+            ops: vec![
+                Op::Copy {
+                    len: 500,
+                    delta: -2000,
+                },
+                Op::Literal { len: 24 },
+                Op::Delta {
+                    len: 300,
+                    delta: 1000,
+                },
+            ],
+            data: literals,
+            codec: Codec::Zstd,
+        },
+        Part::Segment {
+            ops: scattered,
+            data: bytes("compact-pages-literals", 120),
+            codec: Codec::Stored,
+        }
+        .packed(),
+        Part::Copy {
+            len: 1000,
+            delta: -1500,
+        },
+    ])
+    .compact();
+    compact.extents_per_page = 3;
+    v.push(built(
+        "compact-pages",
+        "compact pages (format 1.2): two zstd-framed pages, a segment with inline ops and one with packed ops in its payload",
+        old,
+        compact,
     ));
     v
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anypatch_format::{Preamble, PreambleRepr, PREAMBLE_LEN, TRAILER_LEN};
+use anypatch_format::{Preamble, PreambleRepr, KNOWN_REQUIRED_FEATURES, PREAMBLE_LEN, TRAILER_LEN};
 use anypatch_tests::{bin, corpus_small};
 
 struct Case {
@@ -170,7 +170,10 @@ fn unknown_versions_and_features_are_refused() {
     assert!(err.contains("version 2") && err.contains("newer"), "{err}");
 
     let mut p = c.patch.clone();
-    p[12] |= 0x04; // an unknown must-understand feature bit
+    // The lowest must-understand feature bit no version defines yet.
+    let unknown = 1u32 << (!KNOWN_REQUIRED_FEATURES).trailing_zeros();
+    let bits = u32::from_le_bytes(p[12..16].try_into().expect("4 bytes")) | unknown;
+    p[12..16].copy_from_slice(&bits.to_le_bytes());
     let (code, err) = apply(&c, &c.old, &p, "feature");
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("features"), "{err}");

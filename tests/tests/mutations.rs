@@ -5,8 +5,8 @@
 //! declared sizes (a 4 GiB segment, a 1 TiB extent, 2^40 extents in a page,
 //! huge section lengths, a zstd frame or packed ops claiming a terabyte)
 //! are refused cheaply, before anything is allocated for them. The sources
-//! include packed ops and codec 0x02 (format 1.1), and worst-case patches
-//! of each kind are held to the bound.
+//! include packed ops and codec 0x02 (format 1.1) and compact pages (1.2),
+//! and worst-case patches of each kind are held to the bound.
 //!
 //! The engine's memory is measured with a counting global allocator
 //! (`peakmem-alloc`: the workspace forbids `unsafe`, which a hand-written
@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 use anypatch_apply::{ApplyError, Config};
 use anypatch_format::{
     Codec, Extent, FormatError, Header, Op, Page, PageRef, PrefixRef, SegmentEntry,
-    APPLIER_WORST_CASE_MEMORY, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_OPS_LEN,
-    MAX_PAGE_EXTENTS, MAX_PREFIX_LEN, MAX_SEGMENT_LEN, PACKED_OPS, PREAMBLE_LEN,
+    APPLIER_WORST_CASE_MEMORY, FEATURE_COMPACT_PAGES, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE,
+    HASH_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_PREFIX_LEN, MAX_SEGMENT_LEN,
+    PACKED_OPS, PREAMBLE_LEN,
 };
 use anypatch_producer::Options;
-use anypatch_tests::builder::{Part, PatchBuilder};
+use anypatch_tests::builder::{stored_frame, Part, PatchBuilder};
 use anypatch_tests::hostile::{drive, in_place_passes, produce, seal_raw, Layout};
 use anypatch_tests::{bin, reference, root, vectors::bytes};
 use peakmem_alloc::{PeakMemAlloc, PeakMemAllocTrait, INSTRUMENTED_SYSTEM};
@@ -75,7 +76,8 @@ struct Source {
 }
 
 /// Where a patch's pages and data segment payloads are, by walking its
-/// layout with the format crate.
+/// layout with the format crate: each page as long as the ref that names
+/// it, each payload as its entry says (without ops inline in a compact page).
 struct Sections {
     /// Each page with its payloads: the page bytes and everything up to the next page.
     pages: Vec<Range<usize>>,
@@ -89,14 +91,19 @@ fn sections(patch: &[u8]) -> Sections {
         + HASH_LEN
         + l.preamble.signature_len as usize;
     let (mut pages, mut payloads) = (Vec::new(), Vec::new());
-    for (page, pays) in &l.pages {
+    let mut len = l.header.first_page.len as usize;
+    for (page, _) in &l.pages {
         let start = at;
-        at += page.encoded_len();
-        for p in pays {
-            payloads.push(at..at + p.len());
-            at += p.len();
+        at += len;
+        for e in &page.extents {
+            if let Extent::Data(s) = e {
+                let n = s.payload_len() as usize;
+                payloads.push(at..at + n);
+                at += n;
+            }
         }
         pages.push(start..at);
+        len = page.next.map_or(0, |r| r.len as usize);
     }
     Sections { pages, payloads }
 }
@@ -267,15 +274,34 @@ fn sources() -> Vec<Source> {
     out.push(Source {
         name: "built-packed".into(),
         patch: b.build(&small).0,
+        old: small.clone(),
+    });
+    // Built: compact pages (format 1.2), two extents each, with inline and
+    // packed ops and codec 0x02.
+    let parts = vec![
+        seg(8, Codec::Zstd),
+        Part::Zero { len: 200 },
+        seg(9, Codec::Stored).packed(),
+        pseg(7, 300, 4000),
+        Part::Copy { len: 700, delta: 0 },
+        seg(10, Codec::Stored),
+    ];
+    let mut b = PatchBuilder::new(parts).compact();
+    b.extents_per_page = 2;
+    out.push(Source {
+        name: "built-compact".into(),
+        patch: b.build(&small).0,
         old: small,
     });
-    // The producer's default level packs ops where that makes them smaller.
-    let packed: Vec<&str> = out
-        .iter()
-        .filter(|s| s.name.starts_with("producer") && s.patch[0x0C] & FEATURE_PACKED_OPS as u8 != 0)
-        .map(|s| &s.name[..])
-        .collect();
-    assert!(!packed.is_empty(), "no producer source has packed ops");
+    // The producer writes compact pages at every level.
+    for s in out.iter().filter(|s| s.name.starts_with("producer")) {
+        let features = u32::from_le_bytes(s.patch[0x0C..0x10].try_into().expect("4 bytes"));
+        assert!(
+            features & FEATURE_COMPACT_PAGES != 0,
+            "{}: pages not compact",
+            s.name
+        );
+    }
     // The spec's vectors with a checked-in new file.
     let mut dirs: Vec<_> = fs::read_dir(root().join("spec/vectors"))
         .expect("spec/vectors")
@@ -942,28 +968,31 @@ fn worst_case_prefix_patch_stays_within_the_stated_bound() {
     assert_peak_within_bound("worst-case prefix patch", &old, &patch, max);
 }
 
-/// The worst case with packed ops: a page of 8192 extents, then a 4 MiB
-/// codec 0x02 segment with a 4 MiB prefix whose packed ops decode to
-/// almost `MAX_OPS_LEN` (1 MiB) from a frame of several hundred KiB (copies
-/// with random lengths and sources), beside a frame of almost 4 MiB. The
-/// decoded ops are held while the prefix is read and the data decoded, so
-/// this meets every buffer the bound counts.
-#[test]
-fn worst_case_packed_patch_stays_within_the_stated_bound() {
-    let _serial = serial();
-    let max = MAX_SEGMENT_LEN as usize;
+/// An old file of `MAX_PREFIX_LEN` + 4 KiB random bytes, for the worst
+/// cases with a 4 MiB prefix.
+fn prefix_old(key: &str) -> Vec<u8> {
     let mut old = vec![0u8; MAX_PREFIX_LEN as usize + 4096];
     blake3::Hasher::new()
-        .update(b"worst-packed-old")
+        .update(key.as_bytes())
         .finalize_xof()
         .fill(&mut old);
-    let start = MAX_PAGE_EXTENTS - 1; // the segment's new offset
-    let mut rng = Rng(0x9ACC_ED00);
+    old
+}
+
+/// Copy ops of 1 to 3 bytes from random old offsets, for a segment at new
+/// offset `start`, until they encode in at least `budget` bytes. Returns
+/// the ops, their encoded length and the bytes they produce.
+fn random_copies(
+    old_len: usize,
+    start: usize,
+    budget: usize,
+    rng: &mut Rng,
+) -> (Vec<Op>, usize, usize) {
     let (mut ops, mut ops_len, mut produced) = (Vec::new(), 0usize, 0usize);
     let mut enc = Vec::new();
-    while ops_len < MAX_OPS_LEN as usize - 64 {
+    while ops_len < budget {
         let len = 1 + rng.below(3);
-        let source = rng.below(old.len() - len);
+        let source = rng.below(old_len - len);
         let op = Op::Copy {
             len: len as u32,
             delta: source as i64 - (start + produced) as i64,
@@ -974,24 +1003,48 @@ fn worst_case_packed_patch_stays_within_the_stated_bound() {
         produced += len;
         ops.push(op);
     }
+    (ops, ops_len, produced)
+}
+
+/// The packed worst-case segment at new offset `start` over a
+/// [`prefix_old`]: 4 MiB of new bytes with codec 0x02 and a 4 MiB prefix,
+/// whose packed ops decode to almost `MAX_OPS_LEN` (1 MiB) from a frame of
+/// several hundred KiB (copies with random lengths and sources), beside a
+/// frame of almost 4 MiB. Returns the part and its ops' unpacked length.
+fn worst_packed_segment(old: &[u8], start: usize) -> (Part, usize) {
+    let max = MAX_SEGMENT_LEN as usize;
+    let mut rng = Rng(0x9ACC_ED00);
+    let (mut ops, ops_len, produced) =
+        random_copies(old.len(), start, MAX_OPS_LEN as usize - 64, &mut rng);
     let literal = max - produced;
     let mut data = vec![0u8; literal];
     blake3::Hasher::new().finalize_xof().fill(&mut data);
     ops.push(Op::Literal {
         len: literal as u32,
     });
+    let part = Part::PrefixSegment {
+        ops,
+        data,
+        prefix: PrefixRef {
+            delta: -(start as i64),
+            len: MAX_PREFIX_LEN,
+        },
+    }
+    .packed();
+    (part, ops_len)
+}
+
+/// The worst case with packed ops: a page of 8192 extents, then
+/// [`worst_packed_segment`]. The decoded ops are held while the prefix is
+/// read and the data decoded, so this meets every buffer the bound counts.
+#[test]
+fn worst_case_packed_patch_stays_within_the_stated_bound() {
+    let _serial = serial();
+    let old = prefix_old("worst-packed-old");
+    let start = MAX_PAGE_EXTENTS - 1; // the segment's new offset
+    let (segment, ops_len) = worst_packed_segment(&old, start);
     let mut parts = vec![Part::Zero { len: 1 }; start];
-    parts.push(
-        Part::PrefixSegment {
-            ops,
-            data,
-            prefix: PrefixRef {
-                delta: -(start as i64),
-                len: MAX_PREFIX_LEN,
-            },
-        }
-        .packed(),
-    );
+    parts.push(segment);
     let mut b = PatchBuilder::new(parts);
     b.extents_per_page = MAX_PAGE_EXTENTS;
     let patch = b.build(&old).0;
@@ -1013,7 +1066,50 @@ fn worst_case_packed_patch_stays_within_the_stated_bound() {
         "worst-case packed patch ({ops_len} bytes of ops packed in {})",
         s.ops_len
     );
-    assert_peak_within_bound(&label, &old, &patch, max);
+    assert_peak_within_bound(&label, &old, &patch, MAX_SEGMENT_LEN as usize);
+}
+
+/// The worst case with compact pages (format 1.2): one compact page at its
+/// limits, a frame of raw blocks (which zstd does not shrink) that decodes
+/// to almost `MAX_PAGE_LEN`, so the page is held twice over, with 8192
+/// extents: zero runs, a segment whose ops (about 240 KiB) are inline, and
+/// [`worst_packed_segment`]. The decoded page is held while that runs.
+#[test]
+fn worst_case_compact_patch_stays_within_the_stated_bound() {
+    let _serial = serial();
+    let old = prefix_old("worst-compact-old");
+    let zeros = MAX_PAGE_EXTENTS - 2;
+    // The page: 2 bytes of count, 2 per zero run, under 60 per data entry
+    // and 1 of next; the frame adds 15 (header and 3 block headers).
+    let inline_budget = MAX_PAGE_LEN as usize - 2 - 2 * zeros - 2 * 60 - 1 - 15;
+    let mut rng = Rng(0xC0_3BAC);
+    let (inline_ops, _, inline_len) = random_copies(old.len(), zeros, inline_budget, &mut rng);
+    let (packed, _) = worst_packed_segment(&old, zeros + inline_len);
+    let mut parts = vec![Part::Zero { len: 1 }; zeros];
+    parts.push(Part::Segment {
+        ops: inline_ops,
+        data: Vec::new(),
+        codec: Codec::Stored,
+    });
+    parts.push(packed);
+    let mut b = PatchBuilder::new(parts);
+    b.extents_per_page = MAX_PAGE_EXTENTS;
+    b.compact = Some(|content| stored_frame(content, Some(content.len() as u32)));
+    let patch = b.build(&old).0;
+    let l = Layout::walk(&patch).expect("walks");
+    let page_len = l.header.first_page.len;
+    assert!(
+        page_len > MAX_PAGE_LEN - 200 && page_len <= MAX_PAGE_LEN,
+        "page of {page_len} bytes"
+    );
+    let Some(Extent::Data(s)) = l.pages[0].0.extents.last() else {
+        unreachable!("the last extent is the packed segment")
+    };
+    assert!(s.inline_ops.is_none() && s.ops_len > 300_000 && s.data_len > 3 << 20);
+    reference::apply(&old, &patch).expect("the reference applies the worst case");
+
+    let label = format!("worst-case compact patch (a {page_len}-byte page)");
+    assert_peak_within_bound(&label, &old, &patch, MAX_SEGMENT_LEN as usize);
 }
 
 /// Packed ops frames that declare a terabyte of content, or a window of

@@ -1,6 +1,7 @@
 //! Packed ops (format 1.1, bit 0x80 of a segment's codec byte): round trips
 //! through the engine and the reference applier, alone and together with
-//! codec 0x02, from the builder and from the producer's default level; and
+//! codec 0x02, from the builder and from the producer (which, writing
+//! compact pages, packs only ops blocks above 16 KiB); and
 //! every way a packed ops block can be wrong: without `FEATURE_PACKED_OPS`,
 //! a frame that does not decode, declares no or a wrong content size, has a
 //! window above `MAX_ZSTD_WINDOW` or bytes after it, decoded ops that are
@@ -10,8 +11,8 @@
 
 use anypatch_apply::{ApplyError, Config, ErrorClass};
 use anypatch_format::{
-    Codec, Extent, FormatError, Op, PrefixRef, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, MAX_OPS_LEN,
-    PACKED_OPS,
+    Codec, Extent, FormatError, Op, PrefixRef, FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX,
+    FEATURE_PACKED_OPS, MAX_OPS_LEN, PACKED_OPS,
 };
 use anypatch_producer::{Level, Options};
 use anypatch_tests::builder::{pack_ops, Part, PatchBuilder};
@@ -227,46 +228,82 @@ fn packed_segments_apply_in_the_engine_and_the_reference() {
     applies_everywhere("built", &old, &patch, &new);
 }
 
-#[test]
-fn the_default_level_packs_ops_and_both_appliers_agree() {
-    let old = bytes("packed-producer-old", 3 << 20);
-    let mut new = old.clone();
-    for at in (1000..new.len()).step_by(7919) {
-        new[at..at + 3].copy_from_slice(b"xyz");
+/// Segments of `patch` whose ops are (inline in their compact page, packed in their payload).
+fn ops_placement(patch: &[u8]) -> (usize, usize) {
+    let l = Layout::walk(patch).expect("walks");
+    let entries = l.pages.iter().flat_map(|(p, _)| &p.extents);
+    let (mut inline, mut packed) = (0, 0);
+    for e in entries {
+        if let Extent::Data(s) = e {
+            inline += usize::from(s.inline_ops.is_some());
+            packed += usize::from(s.codec & PACKED_OPS != 0);
+        }
     }
-    new.copy_within(100_000..200_000, 1_500_000);
-    let patch = produce(&old, &new, &Options::default());
-    let l = Layout::walk(&patch).expect("walks");
-    assert!(
-        l.preamble.required_features & FEATURE_PACKED_OPS != 0,
-        "the default level packs the ops of scattered edits"
-    );
-    let packed = l
-        .pages
-        .iter()
-        .flat_map(|(p, _)| &p.extents)
-        .filter(|e| matches!(e, Extent::Data(s) if s.codec & PACKED_OPS != 0))
-        .count();
-    assert!(packed > 0, "no packed segment");
-    applies_everywhere("default level", &old, &patch, &new);
+    (inline, packed)
+}
 
-    // The fast level packs nothing: its patches stay readable by 1.0.
-    let fast = produce(&old, &new, &Level::Fast.options());
+#[test]
+fn the_producer_packs_only_long_ops_blocks_and_both_appliers_agree() {
+    // Every level writes compact pages (format 1.2): a short ops block goes
+    // inline in its page, a long one (above 16 KiB) packed in its payload.
+    let old = bytes("packed-producer-old", 3 << 20);
+    let edited = |step: usize| {
+        let mut new = old.clone();
+        for at in (1000..new.len()).step_by(step) {
+            new[at..at + 3].copy_from_slice(b"xyz");
+        }
+        new.copy_within(100_000..200_000, 1_500_000);
+        new
+    };
+    let (sparse, dense) = (edited(7919), edited(499));
+    let patch = produce(&old, &sparse, &Options::default());
+    let features = Layout::walk(&patch)
+        .expect("walks")
+        .preamble
+        .required_features;
+    assert_eq!(
+        features & (FEATURE_COMPACT_PAGES | FEATURE_PACKED_OPS),
+        FEATURE_COMPACT_PAGES
+    );
+    let (inline, packed) = ops_placement(&patch);
+    assert!(
+        inline > 0 && packed == 0,
+        "{inline} inline, {packed} packed"
+    );
+    applies_everywhere("default level, sparse edits", &old, &patch, &sparse);
+
+    let patch = produce(&old, &dense, &Options::default());
+    let features = Layout::walk(&patch)
+        .expect("walks")
+        .preamble
+        .required_features;
+    assert_eq!(
+        features & (FEATURE_COMPACT_PAGES | FEATURE_PACKED_OPS),
+        FEATURE_COMPACT_PAGES | FEATURE_PACKED_OPS,
+        "the default level packs the ops of dense edits"
+    );
+    let (_, packed) = ops_placement(&patch);
+    assert!(packed > 0, "no packed segment");
+    applies_everywhere("default level, dense edits", &old, &patch, &dense);
+
+    // The fast level uses no 1.1 feature, only compact pages.
+    let fast = produce(&old, &sparse, &Level::Fast.options());
     let l = Layout::walk(&fast).expect("walks");
-    assert_eq!(l.preamble.required_features, 0);
-    applies_everywhere("fast level", &old, &fast, &new);
+    assert_eq!(l.preamble.required_features, FEATURE_COMPACT_PAGES);
+    applies_everywhere("fast level", &old, &fast, &sparse);
 
     // In place, packed too.
     let opts = Options {
         in_place: true,
         ..Options::default()
     };
-    let patch = produce(&old, &new, &opts);
+    let patch = produce(&old, &dense, &opts);
+    assert!(ops_placement(&patch).1 > 0, "no packed segment in place");
     let (verify, write) = in_place_passes(old.len() as u64);
     drive(&old, &patch, verify, 1 << 16, &mut Vec::new()).expect("verify pass");
     let mut disk = Vec::with_capacity(old.len());
     drive(&old, &patch, write, 1 << 16, &mut disk).expect("write pass");
-    assert!(disk == new);
+    assert!(disk == dense);
 }
 
 #[test]
