@@ -5,8 +5,10 @@
 //! This reads the same wire format as the engine, with the format crate's
 //! parsers, but applies nothing: it only learns where pages are and what
 //! their extents say. It checks each page against the hash that named it,
-//! so the picture shows what the verified apply will do. Memory is one page
-//! and the buckets, whatever the image size.
+//! so the picture shows what the verified apply will do. Compact pages
+//! (format 1.2) are decoded with ruzstd under the engine's limits. Memory is
+//! one page (with its decoded content and, while it decodes, a zstd window
+//! of at most `MAX_ZSTD_WINDOW`) and the buckets, whatever the image size.
 //!
 //! A [`Layout`] is driven in one of two ways:
 //! - by seeking: ask [`Layout::wanted`] for the next byte range, read it, and
@@ -17,10 +19,12 @@
 #![forbid(unsafe_code)]
 
 use anypatch_apply::format::{
-    header_hash, Extent, FormatError, Header, Page, PageRef, Preamble, PreambleRepr, HASH_LEN,
-    PREAMBLE_LEN,
+    header_hash, Extent, FormatError, Header, Page, PageRef, Preamble, PreambleRepr,
+    FEATURE_COMPACT_PAGES, HASH_LEN, MAX_PAGE_LEN, MAX_ZSTD_WINDOW, PREAMBLE_LEN,
 };
 use anypatch_apply::ApplyError;
+use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
+use ruzstd::io::Read;
 
 /// Kind index: copied from the same offset of the old file (unchanged).
 pub const UNCHANGED: usize = 0;
@@ -255,7 +259,14 @@ impl Layout {
                 if *blake3::hash(&self.buf).as_bytes() != r.hash {
                     return Err(ApplyError::PageHash { page: self.pages });
                 }
-                let page = Page::parse(&self.buf)?;
+                let compact = self
+                    .preamble
+                    .is_some_and(|p| p.required_features & FEATURE_COMPACT_PAGES != 0);
+                let page = if compact {
+                    Page::parse_compact(&unpack_page(&self.buf, self.pages)?)?
+                } else {
+                    Page::parse(&self.buf)?
+                };
                 self.pages += 1;
                 let buckets = self
                     .buckets
@@ -289,6 +300,66 @@ impl Layout {
     }
 }
 
+/// Decodes compact page `page` (counting from 0), one zstd frame, as the
+/// engine does: the frame must declare its content size, 1..=
+/// [`MAX_PAGE_LEN`], checked before anything is sized for it, have a window
+/// of at most [`MAX_ZSTD_WINDOW`] and no dictionary, and decode to exactly
+/// that size with no byte left over. Errors are the engine's.
+fn unpack_page(frame: &[u8], page: u64) -> Result<Vec<u8>, ApplyError> {
+    let corrupt = |_| ApplyError::PageDecode { page };
+    let mut input = frame;
+    let mut dec = FrameDecoder::new();
+    dec.set_max_window_size(MAX_ZSTD_WINDOW);
+    dec.init(&mut input).map_err(corrupt)?;
+    let len = dec.content_size();
+    if len == 0 {
+        return Err(FormatError::Invalid {
+            field: "compact page frame",
+            reason: "declares no content size, or 0; it must declare the page's decoded length",
+        }
+        .into());
+    }
+    if len > u64::from(MAX_PAGE_LEN) {
+        return Err(FormatError::TooLarge {
+            field: "page content size",
+            got: len,
+            max: MAX_PAGE_LEN.into(),
+        }
+        .into());
+    }
+    let mut out = vec![0; len as usize]; // at most MAX_PAGE_LEN, checked above
+    let mut written = 0;
+    loop {
+        // A block at a time, so a frame that decodes to more than it
+        // declares is caught with at most a block of it buffered.
+        let finished = dec
+            .decode_blocks(&mut input, BlockDecodingStrategy::UptoBytes(0x2_0000))
+            .map_err(|_| ApplyError::PageDecode { page })?;
+        loop {
+            let Some(target) = out.get_mut(written..) else {
+                return Err(ApplyError::PageDecode { page });
+            };
+            let n = dec
+                .read(target)
+                .map_err(|_| ApplyError::PageDecode { page })?;
+            written += n;
+            if n == 0 {
+                break;
+            }
+        }
+        if dec.can_collect() != 0 {
+            return Err(ApplyError::PageDecode { page }); // more than declared
+        }
+        if finished {
+            break;
+        }
+    }
+    if written != out.len() || !input.is_empty() {
+        return Err(ApplyError::PageDecode { page });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +383,56 @@ mod tests {
         b.add(0, 3, ZERO);
         let sum: f64 = b.flat().iter().sum();
         assert_eq!(sum, 3.0);
+    }
+
+    /// A frame of `content` in raw blocks, with a 1 MiB window and, when
+    /// `declared` is given, a 4-byte content size field.
+    fn stored_frame(content: &[u8], declared: Option<u32>) -> Vec<u8> {
+        let mut f = vec![0x28, 0xB5, 0x2F, 0xFD];
+        match declared {
+            Some(n) => {
+                f.extend_from_slice(&[0x80, 0x50]);
+                f.extend_from_slice(&n.to_le_bytes());
+            }
+            None => f.extend_from_slice(&[0x00, 0x50]),
+        }
+        let last = 1 | (content.len() as u32) << 3; // one raw block
+        f.extend_from_slice(&last.to_le_bytes()[..3]);
+        f.extend_from_slice(content);
+        f
+    }
+
+    #[test]
+    fn compact_pages_decode_within_the_engines_limits() {
+        let content = b"a compact page's content";
+        let n = content.len() as u32;
+        let good = stored_frame(content, Some(n));
+        assert_eq!(unpack_page(&good, 0).as_deref(), Ok(&content[..]));
+        let corrupt = ApplyError::PageDecode { page: 3 };
+        for (what, frame) in [
+            ("not a frame", content.to_vec()),
+            ("cut short", good[..good.len() - 1].to_vec()),
+            ("a byte after it", [&good[..], &[0]].concat()),
+            ("more than declared", stored_frame(content, Some(n - 1))),
+            ("less than declared", stored_frame(content, Some(n + 1))),
+        ] {
+            assert_eq!(unpack_page(&frame, 3), Err(corrupt.clone()), "{what}");
+        }
+        let no_size = unpack_page(&stored_frame(content, None), 0).expect_err("no size");
+        assert!(
+            matches!(no_size, ApplyError::Format(FormatError::Invalid { .. })),
+            "{no_size:?}"
+        );
+        let e =
+            unpack_page(&stored_frame(content, Some(MAX_PAGE_LEN + 1)), 0).expect_err("too large");
+        assert_eq!(
+            e.to_string(),
+            ApplyError::from(FormatError::TooLarge {
+                field: "page content size",
+                got: u64::from(MAX_PAGE_LEN) + 1,
+                max: MAX_PAGE_LEN.into(),
+            })
+            .to_string()
+        );
     }
 }

@@ -67,7 +67,7 @@ test('a good pair verifies, with the header, the map and the expected image', as
   assert.equal(r.checks['check-result'].state, 'ok');
   assert.match(r.checks['check-result'].text, /and your image sparse\.new/);
   assert.equal(r.checks['check-signature'].text, 'unsigned');
-  assert.match(r.header, /Format version\s+1\.1/);
+  assert.match(r.header, /Format version\s+1\.2/);
   assert.match(r.header, /Producer\s+anypatch-mkpatch /);
   assert.match(r.legend, /changed \(new data in the patch\)/);
   const map = await page.evaluate(() => {
