@@ -13,8 +13,9 @@ use anypatch_format::MAX_ZSTD_WINDOW;
 const PREFIX_DICT_ID: u32 = 0x1;
 
 /// Decodes exactly one zstd frame from `input` into all of `out`. Fails when
-/// the frame declares a window above [`MAX_ZSTD_WINDOW`] or a dictionary,
-/// decodes to more or fewer bytes than `out.len()`, or leaves input unread.
+/// the frame declares a window above [`MAX_ZSTD_WINDOW`], a dictionary, or
+/// a content size other than `out.len()`, decodes to more or fewer bytes
+/// than `out.len()`, or leaves input unread.
 ///
 /// With `prefix`, the frame's history is those bytes, as a raw-content
 /// dictionary (what the reference library's `ZSTD_DCtx_refPrefix` does:
@@ -28,7 +29,13 @@ pub(crate) fn decode_frame(
     out: &mut [u8],
     prefix: Option<Vec<u8>>,
 ) -> Result<(), ()> {
-    start_frame(dec, &mut input)?;
+    let has_size = declares_content_size(input);
+    let declared = start_frame(dec, &mut input)?;
+    // RFC 8878: the frame decodes to the size it declares. ruzstd does not
+    // check that, and the reference decoder refuses a frame that lies.
+    if has_size && declared != out.len() as u64 {
+        return Err(());
+    }
     if let Some(content) = prefix {
         dec.add_dict(raw_content(content)).map_err(drop)?;
         dec.force_dict(PREFIX_DICT_ID).map_err(drop)?;
@@ -81,6 +88,15 @@ pub(crate) fn finish_frame(
         return Err(());
     }
     Ok(())
+}
+
+/// Whether a frame's header has a `Frame_Content_Size` field (RFC 8878
+/// section 3.1.1.1.1): its descriptor's size flag is set, or it is a single
+/// segment. [`start_frame`] returns 0 both for a declared 0 and for none.
+fn declares_content_size(frame: &[u8]) -> bool {
+    frame
+        .get(4)
+        .is_some_and(|descriptor| descriptor & 0xE0 != 0)
 }
 
 /// A raw-content dictionary: `content` as history, default repeat offsets.

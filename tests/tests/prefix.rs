@@ -471,6 +471,57 @@ fn prefix_frames_keep_the_zstd_rules() {
     );
 }
 
+/// A data frame, with codec 0x02 as with 0x01, must decode to the content
+/// size it declares (RFC 8878), as C zstd, the reference's decoder,
+/// requires: one that declares more or less than it holds is refused even
+/// when what it holds is what the ops take. The engine accepted such frames
+/// until the apply fuzzer found one: `fuzz/regressions/apply/`
+/// `frame-declares-another-size-…`.
+#[test]
+fn frames_must_decode_to_the_size_they_declare() {
+    let (old, l) = one_segment();
+    let want = &old[1000..3000];
+    let n = want.len() as u32;
+    // Descriptor 0x80: a 4-byte content size field after the window byte.
+    let declaring = |size: u32| {
+        let mut f = frame(0x80, 0x60, &[], want);
+        f.splice(6..6, size.to_le_bytes());
+        f
+    };
+    let r = PrefixRef {
+        delta: 500,
+        len: 4000,
+    };
+    for codec in [Codec::ZstdPrefix, Codec::Zstd] {
+        let mut l = l.clone();
+        let Some(Extent::Data(s)) = l.pages[0].0.extents.last_mut() else {
+            unreachable!("the last extent is the segment")
+        };
+        s.codec = codec as u8;
+        let data_block = |f: &[u8]| match codec {
+            Codec::ZstdPrefix => block(r, f),
+            _ => f.to_vec(),
+        };
+        for (what, f) in [
+            ("its size", declaring(n)),
+            ("no size", frame(0x00, 0x60, &[], want)),
+        ] {
+            let p = with_block(&l, data_block(&f));
+            drive(&old, &p, Config::new(8192), 777, &mut Vec::new())
+                .unwrap_or_else(|e| panic!("{codec:?}, {what}: {e}"));
+            reference::apply(&old, &p).unwrap_or_else(|e| panic!("{codec:?}, {what}: {e}"));
+        }
+        for (what, size) in [("more", n + 1), ("less", n - 1), ("0", 0)] {
+            let p = with_block(&l, data_block(&declaring(size)));
+            assert_eq!(
+                refused(&format!("{codec:?} declaring {what}"), &old, &p),
+                ApplyError::Decode { segment: 0 },
+                "{codec:?} declaring {what}"
+            );
+        }
+    }
+}
+
 /// Rewrites a patch's preamble minor and re-seals the header hash and trailer.
 fn with_minor(patch: &[u8], minor: u16) -> Vec<u8> {
     let mut p = patch.to_vec();
