@@ -875,30 +875,21 @@ impl Applier {
     /// before `ops` is sized to it; its window is capped like a data frame's.
     fn unpack_ops(&mut self, entry: &SegmentEntry) -> Result<(), ApplyError> {
         let segment = self.segments_seen - 1;
-        let mut frame = &self.inbuf[..entry.ops_len as usize];
         let dec = self
             .zstd
             .get_or_insert_with(|| Box::new(FrameDecoder::new()));
-        let len = crate::zstd::start_frame(dec, &mut frame)
-            .map_err(|()| ApplyError::Decode { segment })?;
-        if len == 0 {
-            return Err(FormatError::Invalid {
+        unpack_sized(
+            dec,
+            &self.inbuf[..entry.ops_len as usize],
+            &mut self.ops,
+            SizedFrame {
                 field: "packed ops frame",
                 reason: "declares no content size, or 0; it must declare the ops block's length",
-            }
-            .into());
-        }
-        if len > u64::from(MAX_OPS_LEN) {
-            return Err(FormatError::TooLarge {
-                field: "packed ops content size",
-                got: len,
-                max: MAX_OPS_LEN.into(),
-            }
-            .into());
-        }
-        sized(&mut self.ops, len as usize); // at most MAX_OPS_LEN, checked above
-        crate::zstd::finish_frame(dec, frame, &mut self.ops)
-            .map_err(|()| ApplyError::Decode { segment })
+                size_field: "packed ops content size",
+                max: MAX_OPS_LEN,
+                corrupt: ApplyError::Decode { segment },
+            },
+        )
     }
 
     /// A buffered segment's ops block, from the buffer `ops_in` names.
@@ -924,30 +915,21 @@ impl Applier {
     /// 1..=`MAX_PAGE_LEN`, which is checked before the buffer is sized.
     fn unpack_page(&mut self) -> Result<(), ApplyError> {
         let page = self.page_no;
-        let mut frame = &self.inbuf[..];
         let dec = self
             .zstd
             .get_or_insert_with(|| Box::new(FrameDecoder::new()));
-        let len = crate::zstd::start_frame(dec, &mut frame)
-            .map_err(|()| ApplyError::PageDecode { page })?;
-        if len == 0 {
-            return Err(FormatError::Invalid {
+        unpack_sized(
+            dec,
+            &self.inbuf,
+            &mut self.page_content,
+            SizedFrame {
                 field: "compact page frame",
                 reason: "declares no content size, or 0; it must declare the page's decoded length",
-            }
-            .into());
-        }
-        if len > u64::from(MAX_PAGE_LEN) {
-            return Err(FormatError::TooLarge {
-                field: "page content size",
-                got: len,
-                max: MAX_PAGE_LEN.into(),
-            }
-            .into());
-        }
-        sized(&mut self.page_content, len as usize); // at most MAX_PAGE_LEN, checked above
-        crate::zstd::finish_frame(dec, frame, &mut self.page_content)
-            .map_err(|()| ApplyError::PageDecode { page })
+                size_field: "page content size",
+                max: MAX_PAGE_LEN,
+                corrupt: ApplyError::PageDecode { page },
+            },
+        )
     }
 
     /// Checks a buffered payload's ops: every length and source, before any
@@ -1131,6 +1113,44 @@ impl Applier {
             range: 0..new_len,
         }))
     }
+}
+
+/// A frame that must declare its content size, and the errors that name it.
+struct SizedFrame {
+    field: &'static str,
+    reason: &'static str,
+    size_field: &'static str,
+    max: u32,
+    /// The error when the frame itself does not decode.
+    corrupt: ApplyError,
+}
+
+/// Decodes one zstd frame that declares its content size, 1..=`max`, into
+/// `out`, which is sized to it only after that check.
+fn unpack_sized(
+    dec: &mut FrameDecoder,
+    mut frame: &[u8],
+    out: &mut Vec<u8>,
+    f: SizedFrame,
+) -> Result<(), ApplyError> {
+    let len = crate::zstd::start_frame(dec, &mut frame).map_err(|()| f.corrupt.clone())?;
+    if len == 0 {
+        return Err(FormatError::Invalid {
+            field: f.field,
+            reason: f.reason,
+        }
+        .into());
+    }
+    if len > u64::from(f.max) {
+        return Err(FormatError::TooLarge {
+            field: f.size_field,
+            got: len,
+            max: f.max.into(),
+        }
+        .into());
+    }
+    sized(out, len as usize); // at most `max`, checked above
+    crate::zstd::finish_frame(dec, frame, out).map_err(|()| f.corrupt)
 }
 
 /// Makes `buf`'s capacity at least `len` without the amortized doubling of
