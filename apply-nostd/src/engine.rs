@@ -7,8 +7,8 @@ use core::ops::Range;
 use anypatch_format::{
     header_hash, key_id, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, PageRef,
     Preamble, PreambleRepr, PrefixRef, SegmentEntry, SignatureBlock, Trailer,
-    FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, HASH_LEN, MAX_OPS_LEN,
-    MAX_PAGE_LEN, PREAMBLE_LEN, TRAILER_LEN,
+    FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, HASH_LEN,
+    MAX_HISTORY_LEN, MAX_OPS_LEN, MAX_PAGE_LEN, MAX_SEGMENT_LEN, PREAMBLE_LEN, TRAILER_LEN,
 };
 use ruzstd::decoding::FrameDecoder;
 
@@ -209,6 +209,9 @@ pub struct Applier {
     data: Vec<u8>,
     /// A packed segment's decoded ops block.
     ops: Vec<u8>,
+    /// The data history (format 1.3): the last decoded bytes, at most
+    /// `MAX_HISTORY_LEN`, of the patch's codec 0x03 segments so far.
+    history: Vec<u8>,
     /// Old bytes of the chunk in `out` that a `Copy` extent is about to write.
     copy_filled: Option<usize>,
     zstd: Option<Box<FrameDecoder>>,
@@ -259,6 +262,7 @@ impl Applier {
             out: Vec::new(),
             data: Vec::new(),
             ops: Vec::new(),
+            history: Vec::new(),
             copy_filled: None,
             zstd: None,
             progress: Progress::default(),
@@ -599,6 +603,10 @@ impl Applier {
                         return Ok(Action::NeedInput);
                     }
                     self.patch_hasher.update(&self.inbuf);
+                    if self.segment_codec(entry.codec)?.0 == Codec::ZstdHistory {
+                        // Later segments' history includes this one's data.
+                        self.skip_history_frame(&entry)?;
+                    }
                     self.inbuf.clear();
                     self.new_pos += u64::from(entry.new_len);
                     self.state = State::Extent;
@@ -639,6 +647,7 @@ impl Applier {
                     self.out = Vec::new();
                     self.data = Vec::new();
                     self.ops = Vec::new();
+                    self.history = Vec::new();
                     self.page_content = Vec::new();
                     self.zstd = None;
                     let header = self.header_ref();
@@ -840,7 +849,8 @@ impl Applier {
         Ok(source)
     }
 
-    /// Refuses codec 0x02 in a patch whose preamble lacks `FEATURE_OLD_PREFIX`.
+    /// Refuses codec 0x02 in a patch whose preamble lacks `FEATURE_OLD_PREFIX`,
+    /// and codec 0x03 in one that lacks `FEATURE_DATA_HISTORY`.
     fn check_codec_feature(&self, codec: u8, field: &'static str) -> Result<(), ApplyError> {
         if codec == Codec::ZstdPrefix as u8 && self.required_features & FEATURE_OLD_PREFIX == 0 {
             return Err(FormatError::Invalid {
@@ -849,7 +859,69 @@ impl Applier {
             }
             .into());
         }
+        if codec == Codec::ZstdHistory as u8 && self.required_features & FEATURE_DATA_HISTORY == 0 {
+            return Err(FormatError::Invalid {
+                field,
+                reason: "is 0x03 (zstd with the data history), but required_features lacks FEATURE_DATA_HISTORY (0x8)",
+            }
+            .into());
+        }
         Ok(())
+    }
+
+    /// Decodes a codec 0x03 frame of `n` bytes into `data`, with the last
+    /// `MAX_HISTORY_LEN - n` bytes of the data history as its prefix, then
+    /// appends the bytes to the history. The frame must declare `n`.
+    fn decode_with_history(&mut self, frame: Range<usize>, n: usize) -> Result<(), ApplyError> {
+        let segment = self.segments_seen - 1;
+        let keep = self.history.len().min(MAX_HISTORY_LEN as usize - n);
+        // The prefix goes to the decoder in `out`'s buffer, as for codec
+        // 0x02: the decoder copies it, and `out` is sized anew afterwards.
+        let mut prefix = core::mem::take(&mut self.out);
+        reserve_exactly(&mut prefix, keep);
+        prefix.clear();
+        prefix.extend_from_slice(&self.history[self.history.len() - keep..]);
+        sized(&mut self.data, n);
+        // A fresh decoder, dropped after this frame, as for codec 0x02.
+        self.zstd = None;
+        let mut dec = FrameDecoder::new();
+        crate::zstd::decode_sized_frame(
+            &mut dec,
+            &self.inbuf[frame],
+            &mut self.data,
+            (keep > 0).then_some(prefix),
+        )
+        .map_err(|()| ApplyError::Decode { segment })?;
+        drop(dec); // its window and prefix copy, before the history grows
+        self.push_history();
+        Ok(())
+    }
+
+    /// Appends the decoded data in `data` to the history, keeping its last
+    /// `MAX_HISTORY_LEN` bytes in a buffer that grows (by doubling) only as
+    /// far as the history does, and never past that.
+    fn push_history(&mut self) {
+        let max = MAX_HISTORY_LEN as usize;
+        let n = self.data.len(); // at most MAX_SEGMENT_LEN = MAX_HISTORY_LEN
+        let excess = (self.history.len() + n).saturating_sub(max);
+        self.history.drain(..excess);
+        let need = self.history.len() + n;
+        if self.history.capacity() < need {
+            let want = need.max(2 * self.history.capacity()).min(max);
+            self.history.reserve_exact(want - self.history.len());
+        }
+        self.history.extend_from_slice(&self.data);
+    }
+
+    /// A codec 0x03 segment before the resume point: decodes its frame only
+    /// to extend the history, taking its size from the frame's header.
+    fn skip_history_frame(&mut self, entry: &SegmentEntry) -> Result<(), ApplyError> {
+        let segment = self.segments_seen - 1;
+        let ops_len = entry.payload_ops_len() as usize;
+        let n = crate::zstd::declared_size(&self.inbuf[ops_len..])
+            .filter(|&n| (1..=u64::from(MAX_SEGMENT_LEN)).contains(&n))
+            .ok_or(ApplyError::Decode { segment })?;
+        self.decode_with_history(ops_len..self.inbuf.len(), n as usize) // n <= 4 MiB
     }
 
     /// A segment entry's data codec and whether its ops are packed, from
@@ -1006,6 +1078,13 @@ impl Applier {
                     .get_or_insert_with(|| Box::new(FrameDecoder::new()));
                 crate::zstd::decode_frame(dec, data_block, &mut self.data, None)
                     .map_err(|()| ApplyError::Decode { segment })?;
+                None
+            }
+            Codec::ZstdHistory => {
+                if data_needed == 0 {
+                    return Err(ApplyError::Decode { segment });
+                }
+                self.decode_with_history(ops_len..self.inbuf.len(), data_needed as usize)?;
                 None
             }
             Codec::ZstdPrefix => {

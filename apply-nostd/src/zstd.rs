@@ -45,6 +45,44 @@ pub(crate) fn decode_frame(
     finish_frame(dec, input, out)
 }
 
+/// [`decode_frame`] for a frame that MUST declare its content size
+/// (codec 0x03): one without the field is refused.
+pub(crate) fn decode_sized_frame(
+    dec: &mut FrameDecoder,
+    input: &[u8],
+    out: &mut [u8],
+    prefix: Option<Vec<u8>>,
+) -> Result<(), ()> {
+    if !declares_content_size(input) {
+        return Err(());
+    }
+    decode_frame(dec, input, out, prefix)
+}
+
+/// The content size a frame's header declares; `None` when the header does
+/// not decode or has no `Frame_Content_Size` field. Allocates nothing.
+pub(crate) fn declared_size(frame: &[u8]) -> Option<u64> {
+    // RFC 8878 section 3.1.1.1: magic, descriptor, [window], [dict id], size.
+    let (&magic, rest) = frame.split_first_chunk::<4>()?;
+    let (&descriptor, rest) = rest.split_first()?;
+    if u32::from_le_bytes(magic) != 0xFD2F_B528 || !declares_content_size(frame) {
+        return None;
+    }
+    let single_segment = descriptor & 0x20 != 0;
+    let skip = usize::from(!single_segment) + [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let field = match descriptor >> 6 {
+        0 => 1,
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let bytes = rest.get(skip..skip + field)?;
+    let mut le = [0u8; 8];
+    le[..field].copy_from_slice(bytes);
+    let size = u64::from_le_bytes(le);
+    Some(if field == 2 { size + 256 } else { size })
+}
+
 /// Reads a frame's header from `input` (which is advanced past it) and
 /// returns the content size it declares, 0 when it declares none. Fails when
 /// the header does not decode or declares a window above [`MAX_ZSTD_WINDOW`]

@@ -62,7 +62,7 @@ pub const VERSION_MAJOR: u16 = 0x0001;
 /// append header fields and define new flags; a minor that needs an applier
 /// to understand something new sets a must-understand feature bit, which
 /// older appliers refuse (see the spec's stability policy).
-pub const VERSION_MINOR: u16 = 0x0002;
+pub const VERSION_MINOR: u16 = 0x0003;
 
 /// Must-understand feature bit (version 1.1): some data segment uses
 /// [`Codec::ZstdPrefix`], zstd with old bytes as its history.
@@ -74,9 +74,13 @@ pub const FEATURE_PACKED_OPS: u32 = 0x0000_0002;
 /// zstd frame whose content lists the extents with 16-byte segment hashes
 /// and, mostly, the segments' ops inline ([`Page::parse_compact`]).
 pub const FEATURE_COMPACT_PAGES: u32 = 0x0000_0004;
+/// Must-understand feature bit (version 1.3): some data segment uses
+/// [`Codec::ZstdHistory`], zstd whose history is the decoded data of the
+/// patch's earlier such segments (the *data history*).
+pub const FEATURE_DATA_HISTORY: u32 = 0x0000_0008;
 /// Must-understand feature bits this crate understands.
 pub const KNOWN_REQUIRED_FEATURES: u32 =
-    FEATURE_OLD_PREFIX | FEATURE_PACKED_OPS | FEATURE_COMPACT_PAGES;
+    FEATURE_OLD_PREFIX | FEATURE_PACKED_OPS | FEATURE_COMPACT_PAGES | FEATURE_DATA_HISTORY;
 
 /// Length of the fixed preamble.
 pub const PREAMBLE_LEN: usize = 24;
@@ -108,6 +112,9 @@ pub const MAX_ZSTD_WINDOW: u64 = MAX_SEGMENT_LEN as u64;
 /// applier reads them into the segment output buffer and the zstd decoder
 /// keeps one copy, so the bound adds this once to the applier's memory.
 pub const MAX_PREFIX_LEN: u32 = 0x0040_0000;
+/// Most decoded data a [`Codec::ZstdHistory`] frame may use as its history:
+/// the applier keeps this much of the data history between segments.
+pub const MAX_HISTORY_LEN: u32 = MAX_ZSTD_WINDOW as u32;
 
 /// Header flag: every old byte the patch reads while producing an extent lies
 /// at or after that extent's start, so the patch can be applied in place.
@@ -116,8 +123,8 @@ pub const FLAG_IN_PLACE_SAFE: u32 = 0x0000_0001;
 /// Worst-case memory an applier needs, in bytes, as stated in the spec:
 /// one page, its decoded content (compact pages) and its decoded extents,
 /// one segment's payload, its decoded ops (when packed), its decoded data,
-/// its output, the zstd decoder's window and block buffers, and the
-/// decoder's copy of a prefix: 27.25 MiB.
+/// its output, the zstd decoder's window and block buffers, the decoder's
+/// copy of a prefix, and the data history kept between segments: 31.25 MiB.
 pub const APPLIER_WORST_CASE_MEMORY: u64 = MAX_PAGE_LEN as u64          // raw page
     + MAX_PAGE_LEN as u64                                               // decoded compact page
     + (MAX_PAGE_EXTENTS as u64) * 64                                    // decoded extents
@@ -126,7 +133,8 @@ pub const APPLIER_WORST_CASE_MEMORY: u64 = MAX_PAGE_LEN as u64          // raw p
     + (MAX_SEGMENT_LEN as u64)                                          // decoded data
     + (MAX_SEGMENT_LEN as u64)                                          // output
     + 2 * MAX_ZSTD_WINDOW + 0x0004_0000 // decoder ring buffer, block scratch
-    + MAX_PREFIX_LEN as u64; // the decoder's copy of a prefix
+    + MAX_PREFIX_LEN as u64 // the decoder's copy of a prefix
+    + MAX_HISTORY_LEN as u64; // the data history (1.3)
 
 // The memory bound above counts 64 bytes per decoded extent.
 const _: () = assert!(core::mem::size_of::<Extent>() <= 64);

@@ -27,6 +27,11 @@ pub enum Codec {
     /// then one zstd frame whose history is those old bytes, as with the
     /// reference encoder's `ZSTD_CCtx_refPrefix`.
     ZstdPrefix = 0x02,
+    /// 0x03 (version 1.3, [`crate::FEATURE_DATA_HISTORY`]): one zstd frame
+    /// that declares its content size, whose history is the last bytes of
+    /// the data history: the decoded data of the patch's earlier codec 0x03
+    /// segments, at most [`crate::MAX_HISTORY_LEN`] minus this frame's size.
+    ZstdHistory = 0x03,
 }
 
 impl Codec {
@@ -44,6 +49,7 @@ impl TryFrom<u8> for Codec {
             0x00 => Ok(Codec::Stored),
             0x01 => Ok(Codec::Zstd),
             0x02 => Ok(Codec::ZstdPrefix),
+            0x03 => Ok(Codec::ZstdHistory),
             got => Err(FormatError::UnknownCodec { got }),
         }
     }

@@ -12,6 +12,13 @@
 //! With [`Settings::prefix`], a data block with literals is also compressed
 //! with up to `prefix_len` old bytes around the segment's main source
 //! as zstd history (codec `ZstdPrefix`), and that frame is kept when smaller.
+//!
+//! With [`Settings::history`], each segment's data block (before
+//! compression) also goes to a second spool, for the data-history pass
+//! (module `history`); and a segment with delta ops is coded with literals
+//! instead when that compresses smaller on its own: bytes that differ from
+//! old ones but repeat other new data are found by the history as they
+//! are, not as differences.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -46,7 +53,7 @@ pub(crate) const INLINE_OPS_MAX: usize = 16 << 10;
 const PREFIX_MIN_LEN: usize = 256 << 10;
 /// zstd's window log for prefix frames: their window stays within the
 /// format's `MAX_ZSTD_WINDOW`.
-const PREFIX_WINDOW_LOG: i32 = 22;
+pub(crate) const PREFIX_WINDOW_LOG: i32 = 22;
 
 /// What the encoder does, from the producer's options.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +64,8 @@ pub(crate) struct Settings {
     /// Inside near matches, equal runs this long become copy ops; 0: never.
     pub min_copy: u32,
     pub in_place: bool,
+    /// Spool every data block for the data-history pass.
+    pub history: bool,
 }
 
 /// The spooled payloads and their manifest entries.
@@ -74,6 +83,10 @@ pub(crate) struct Encoded {
     pub uses_prefix: bool,
     /// Whether some segment's ops block is packed (another 1.1 feature bit).
     pub packs_ops: bool,
+    /// Whether some segment uses `ZstdHistory` (format 1.3's feature bit).
+    pub uses_history: bool,
+    /// With [`Settings::history`]: the data blocks, uncompressed.
+    pub raw: Option<crate::history::RawSpool>,
 }
 
 /// A rough upper bound of a zstd compression context at `level` for a
@@ -115,6 +128,9 @@ struct Worker {
     data: Vec<u8>,
     /// Old bytes used as history for a `ZstdPrefix` frame.
     prefix_buf: Vec<u8>,
+    /// A fast context that compares the delta and literal codings of a
+    /// segment (with [`Settings::history`]).
+    trial: Option<zstd::bulk::Compressor<'static>>,
 }
 
 /// Encodes every segment of `plan` and spools the payloads.
@@ -123,6 +139,7 @@ pub(crate) fn encode_all(
     plan: &Plan,
     settings: Settings,
     spool: File,
+    raw_spool: Option<File>,
 ) -> Result<Encoded, ProduceError> {
     let level = settings.level;
     let Job {
@@ -140,6 +157,7 @@ pub(crate) fn encode_all(
     let mut uses_prefix = false;
     let mut packs_ops = false;
     let mut spool = BufWriter::with_capacity(1 << 20, spool);
+    let mut raw = raw_spool.map(crate::history::RawData::new);
     let compress_err = |source| ProduceError::Compress { source };
     for_each_ordered(
         workers,
@@ -159,13 +177,22 @@ pub(crate) fn encode_all(
                 hint_buf: Vec::new(),
                 data: Vec::new(),
                 prefix_buf: Vec::new(),
+                trial: None,
             })
         },
-        |w, i| encode_segment(old, new, &plan.segments[i], block_size, settings, w),
-        |i, (entry, payload, safe)| {
+        |w, i| {
+            let (entry, payload, safe) =
+                encode_segment(old, new, &plan.segments[i], block_size, settings, w)?;
+            let data = settings.history.then(|| w.data.clone());
+            Ok((entry, payload, safe, data))
+        },
+        |i, (entry, payload, safe, data)| {
             spool
                 .write_all(&payload)
                 .map_err(|source| ProduceError::Spool { source })?;
+            if let (Some(raw), Some(data)) = (raw.as_mut(), data) {
+                raw.push(i, &data)?;
+            }
             uses_prefix |= entry.codec & !PACKED_OPS == Codec::ZstdPrefix as u8;
             packs_ops |= entry.codec & PACKED_OPS != 0;
             entries.push(entry);
@@ -181,12 +208,15 @@ pub(crate) fn encode_all(
     let spool = spool.into_inner().map_err(|e| ProduceError::Spool {
         source: e.into_error(),
     })?;
+    let raw = raw.map(crate::history::RawData::finish).transpose()?;
     Ok(Encoded {
         entries,
         spool,
         in_place_safe,
         uses_prefix,
         packs_ops,
+        uses_history: false,
+        raw,
     })
 }
 
@@ -288,7 +318,10 @@ fn encode_segment(
         }
         pos += u64::from(part.len());
     }
-    let ops = tidy(&ops, &mut w.data, new_bytes, old_bytes);
+    let mut ops = tidy(&ops, &mut w.data, new_bytes, old_bytes);
+    if settings.history && ops.iter().any(|op| matches!(op, Op::Delta { .. })) {
+        ops = literal_if_smaller(ops, &mut w.data, new_bytes, &mut w.trial)?;
+    }
 
     let mut payload = Vec::new();
     for op in &ops {
@@ -381,6 +414,43 @@ fn encode_segment(
         inline_ops: inline.then_some(0),
     };
     Ok((entry, payload, safe))
+}
+
+/// `ops` with every delta op turned into a literal, and `data` to match,
+/// when that data compresses smaller (at a fast level, on its own).
+fn literal_if_smaller(
+    ops: Vec<Op>,
+    data: &mut Vec<u8>,
+    new_bytes: &[u8],
+    trial: &mut Option<zstd::bulk::Compressor<'static>>,
+) -> Result<Vec<Op>, ProduceError> {
+    let compress_err = |source| ProduceError::Compress { source };
+    let mut literal_ops = Vec::with_capacity(ops.len());
+    let mut literal_data = Vec::with_capacity(data.len());
+    let mut at = 0;
+    for op in &ops {
+        let len = op.len() as usize;
+        match *op {
+            Op::Delta { len, .. } | Op::Literal { len } => {
+                literal_data.extend_from_slice(&new_bytes[at..at + len as usize]);
+                push_op(&mut literal_ops, Op::Literal { len });
+            }
+            other => push_op(&mut literal_ops, other),
+        }
+        at += len;
+    }
+    let trial = match trial {
+        Some(t) => t,
+        None => trial.insert(zstd::bulk::Compressor::new(3).map_err(compress_err)?),
+    };
+    let as_delta = trial.compress(data).map_err(compress_err)?.len();
+    let as_literal = trial.compress(&literal_data).map_err(compress_err)?.len();
+    if as_literal < as_delta {
+        *data = literal_data;
+        Ok(literal_ops)
+    } else {
+        Ok(ops)
+    }
 }
 
 /// New bytes coded against similar old bytes at `delta`.

@@ -7,9 +7,28 @@ use std::io::{self, Read};
 
 use anypatch_format::{
     header_hash, key_id, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, Preamble,
-    PreambleRepr, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, FLAG_IN_PLACE_SAFE, HASH_LEN,
-    MAX_OPS_LEN, MAX_PAGE_LEN, PREAMBLE_LEN, TRAILER_LEN,
+    PreambleRepr, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY,
+    FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_OPS_LEN,
+    MAX_PAGE_LEN, PREAMBLE_LEN, TRAILER_LEN,
 };
+
+/// The must-understand feature bits and their names in reports, in bit order.
+pub const FEATURE_NAMES: [(u32, &str); 4] = [
+    (FEATURE_OLD_PREFIX, "old-byte history"),
+    (FEATURE_PACKED_OPS, "packed ops"),
+    (FEATURE_COMPACT_PAGES, "compact pages"),
+    (FEATURE_DATA_HISTORY, "data history"),
+];
+
+/// A data codec's name in reports.
+pub fn codec_name(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Stored => "stored",
+        Codec::Zstd => "zstd",
+        Codec::ZstdPrefix => "zstd with old-byte history",
+        Codec::ZstdHistory => "zstd with data history",
+    }
+}
 
 /// New-file bytes and extent count of one extent kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,6 +53,8 @@ pub struct CodecCounts {
     pub zstd: u64,
     /// zstd with old bytes as history (format 1.1).
     pub zstd_prefix: u64,
+    /// zstd with the data history: earlier segments' data (format 1.3).
+    pub zstd_history: u64,
     /// Segments whose ops block is packed in the payload (format 1.1).
     pub packed_ops: u64,
     /// Segments whose ops block is inline in a compact page (format 1.2).
@@ -72,10 +93,32 @@ pub struct Inspection {
     pub patch_hash_ok: bool,
 }
 
+impl CodecCounts {
+    /// Segments of each data codec, in codec order, with [`codec_name`].
+    pub fn by_codec(&self) -> [(&'static str, u64); 4] {
+        [
+            (codec_name(Codec::Stored), self.stored),
+            (codec_name(Codec::Zstd), self.zstd),
+            (codec_name(Codec::ZstdPrefix), self.zstd_prefix),
+            (codec_name(Codec::ZstdHistory), self.zstd_history),
+        ]
+    }
+}
+
 impl Inspection {
     /// Whether the header carries `FLAG_IN_PLACE_SAFE`.
     pub fn in_place_safe(&self) -> bool {
         self.header.flags & FLAG_IN_PLACE_SAFE != 0
+    }
+
+    /// The names ([`FEATURE_NAMES`]) of the must-understand features the
+    /// patch sets, in bit order.
+    pub fn feature_names(&self) -> Vec<&'static str> {
+        FEATURE_NAMES
+            .iter()
+            .filter(|(bit, _)| self.required_features & bit != 0)
+            .map(|&(_, name)| name)
+            .collect()
     }
 }
 
@@ -234,6 +277,7 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, InspectError> {
                     Codec::Stored => &mut report.codecs.stored,
                     Codec::Zstd => &mut report.codecs.zstd,
                     Codec::ZstdPrefix => &mut report.codecs.zstd_prefix,
+                    Codec::ZstdHistory => &mut report.codecs.zstd_history,
                 } += 1;
                 report.codecs.ops_bytes += seg.payload_ops_len();
                 report.codecs.data_bytes += u64::from(seg.data_len);
@@ -310,4 +354,18 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, InspectError> {
 /// Decodes one zstd frame of at most `max` bytes.
 fn unpack(frame: &[u8], max: u32, what: &'static str) -> Result<Vec<u8>, InspectError> {
     zstd::bulk::decompress(frame, max as usize).map_err(|_| FormatError::Malformed { what }.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_feature_has_a_name() {
+        let named = FEATURE_NAMES.iter().fold(0, |all, &(bit, _)| {
+            assert_eq!(all & bit, 0, "{bit:#x} is named twice");
+            all | bit
+        });
+        assert_eq!(named, anypatch_format::KNOWN_REQUIRED_FEATURES);
+    }
 }

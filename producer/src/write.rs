@@ -73,10 +73,17 @@ pub(crate) fn write_patch(
         in_place_safe,
         uses_prefix,
         packs_ops,
+        uses_history,
+        raw: _,
     } = encoded;
     let required_features = FEATURE_COMPACT_PAGES
         | if uses_prefix {
             anypatch_format::FEATURE_OLD_PREFIX
+        } else {
+            0
+        }
+        | if uses_history {
+            anypatch_format::FEATURE_DATA_HISTORY
         } else {
             0
         }

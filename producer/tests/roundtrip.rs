@@ -5,8 +5,9 @@ use std::path::Path;
 
 use anypatch_format::{
     header_hash, Codec, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, PrefixRef,
-    Trailer, FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE,
-    HASH_LEN, PACKED_OPS, PREAMBLE_LEN, SHORT_HASH_LEN, TRAILER_LEN,
+    Trailer, FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS,
+    FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_HISTORY_LEN, PACKED_OPS, PREAMBLE_LEN, SHORT_HASH_LEN,
+    TRAILER_LEN,
 };
 use anypatch_producer::{inspect::inspect, make_patch, Level, Options, Summary};
 
@@ -97,6 +98,8 @@ fn apply(old: &[u8], patch: &[u8]) -> Vec<u8> {
     let mut next = Some(header.first_page);
     let (mut extents, mut segments, mut segment_max) = (0, 0, 0);
     let mut in_place_safe = true;
+    // Decoded data of the codec 0x03 segments so far (format 1.3).
+    let mut history: Vec<u8> = Vec::new();
     while let Some(r) = next {
         let bytes = &patch[pos..pos + r.len as usize];
         assert_eq!(*blake3::hash(bytes).as_bytes(), r.hash);
@@ -144,6 +147,25 @@ fn apply(old: &[u8], patch: &[u8]) -> Vec<u8> {
                             dctx.ref_prefix(prefix).expect("prefix");
                             let mut data = Vec::with_capacity(1 << 22);
                             dctx.decompress(&mut data, frame).expect("zstd with prefix");
+                            data
+                        }
+                        Codec::ZstdHistory => {
+                            assert_ne!(pre.required_features & FEATURE_DATA_HISTORY, 0);
+                            let n = zstd::zstd_safe::get_frame_content_size(coded)
+                                .expect("frame header")
+                                .expect("content size")
+                                as usize;
+                            let keep = history.len().min(MAX_HISTORY_LEN as usize - n);
+                            let mut data = Vec::with_capacity(n);
+                            {
+                                let mut dctx = zstd::zstd_safe::DCtx::create();
+                                dctx.ref_prefix(&history[history.len() - keep..])
+                                    .expect("history");
+                                dctx.decompress(&mut data, coded)
+                                    .expect("zstd with history");
+                            }
+                            assert_eq!(data.len(), n);
+                            history.extend_from_slice(&data);
                             data
                         }
                     };
@@ -275,16 +297,19 @@ fn output_does_not_depend_on_thread_count() {
     for k in 0..550 {
         new[k * BS + (k * 13) % BS] ^= 0xFF;
     }
-    let opts = |threads| Options {
-        threads,
-        segment_len: 4096,
-        ..Options::default()
-    };
-    let (one, _) = make(dir.path(), &old, &new, &opts(1));
-    let (four, s) = make(dir.path(), &old, &new, &opts(4));
-    assert!(s.segments > 500);
-    assert!(one == four, "1 and 4 threads differ");
-    assert_eq!(apply(&old, &one), new);
+    for data_history in [false, true] {
+        let opts = |threads| Options {
+            threads,
+            segment_len: 4096,
+            data_history,
+            ..Options::default()
+        };
+        let (one, _) = make(dir.path(), &old, &new, &opts(1));
+        let (four, s) = make(dir.path(), &old, &new, &opts(4));
+        assert!(s.segments > 500);
+        assert!(one == four, "1 and 4 threads differ");
+        assert_eq!(apply(&old, &one), new);
+    }
 }
 
 #[test]
@@ -463,5 +488,48 @@ fn scattered_edits_share_segments_and_inline_ops() {
         "{} vs {}",
         default.len(),
         fast.len()
+    );
+}
+
+/// New data that repeats other new data more than a segment away: the
+/// data history (format 1.3, `best` only) codes the repeats as matches.
+#[test]
+fn best_codes_repeated_new_data_with_the_data_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = Rng(11);
+    let old = words(&mut rng, 24 << 20);
+    let mut new = old.clone();
+    // Fresh text, new to the old file, written at three places 6 MiB apart
+    // with a few bytes changed each time.
+    let fresh = {
+        let mut r = Rng(12);
+        words(&mut r, 200 << 10)
+    };
+    for (k, at) in [(0u8, 1 << 20), (1, 7 << 20), (2, 13 << 20)] {
+        let mut copy = fresh.clone();
+        for i in (k as usize * 7..copy.len()).step_by(4099) {
+            copy[i] ^= 0xA5;
+        }
+        new[at..at + copy.len()].copy_from_slice(&copy);
+    }
+    let sizes: Vec<(usize, bool)> = [Level::Default, Level::Best]
+        .iter()
+        .map(|level| {
+            let (patch, _) = make(dir.path(), &old, &new, &level.options());
+            assert_eq!(apply(&old, &patch), new, "{level:?}");
+            let pre = PreambleRepr::parse(&Preamble::new_checked(&patch).unwrap()).unwrap();
+            let history = extents(&patch).iter().any(
+                |e| matches!(e, Extent::Data(d) if d.codec & !PACKED_OPS == Codec::ZstdHistory as u8),
+            );
+            assert_eq!(history, pre.required_features & FEATURE_DATA_HISTORY != 0);
+            (patch.len(), history)
+        })
+        .collect();
+    assert!(!sizes[0].1, "default never uses the data history");
+    assert!(sizes[1].1, "best uses the data history: {sizes:?}");
+    // The fresh text costs about once, not three times.
+    assert!(
+        sizes[1].0 * 2 < sizes[0].0,
+        "history should at least halve the patch: {sizes:?}"
     );
 }

@@ -79,8 +79,10 @@ struct Cli {
     /// Speed against size: `fast` (zstd 3, no old-byte history), `default`
     /// (zstd 9, changes up to 1 MiB apart share a segment, literal data
     /// compressed against nearby old bytes) or `best` (zstd 19, changes up to
-    /// 4 MiB apart share a segment, 4 MiB of old-byte history; slower). A
-    /// number 1..=19 is `default` with that zstd level.
+    /// 4 MiB apart share a segment, 4 MiB of old-byte history, and, when
+    /// smaller, the data of earlier segments as history too, which needs an
+    /// applier of format 1.3; slower). A number 1..=19 is `default` with that
+    /// zstd level.
     #[arg(long, value_name = "LEVEL", default_value = "default", value_parser = parse_level)]
     level: LevelArg,
 
@@ -253,6 +255,7 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
                 Phase::Scan => "scanning",
                 Phase::Match => "matching",
                 Phase::Encode => "compressing",
+                Phase::History => "compressing with history",
                 Phase::Write => "writing",
                 _ => "working",
             };
