@@ -33,7 +33,7 @@
 //!    header's `new_hash` (when computed) both match, and the input has ended.
 //!
 //! Memory: at most [`anypatch_format::APPLIER_WORST_CASE_MEMORY`] bytes of
-//! buffers (about 27 MiB), whatever the image size, because every length the
+//! buffers (31.25 MiB), whatever the image size, because every length the
 //! engine buffers is capped by the format before it is allocated.
 #![no_std]
 #![forbid(unsafe_code)]

@@ -211,15 +211,15 @@ mod tests {
     fn frames_declare_their_size_and_decode_against_the_prefix() {
         let prefix: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let data = prefix[50_000..120_000].to_vec();
-        let frame = compress(19, &prefix, &data).unwrap();
+        let frame = compress(19, &prefix, &data).expect("compress");
         assert!(frame.len() < 200, "history was not used: {}", frame.len());
         let mut dctx = zstd_safe::DCtx::create();
-        dctx.ref_prefix(&prefix[..]).unwrap();
+        dctx.ref_prefix(&prefix[..]).expect("prefix");
         let mut out = Vec::with_capacity(data.len());
-        dctx.decompress(&mut out, &frame).unwrap();
+        dctx.decompress(&mut out, &frame).expect("decompress");
         assert_eq!(out, data);
         assert_eq!(
-            zstd_safe::get_frame_content_size(&frame).unwrap(),
+            zstd_safe::get_frame_content_size(&frame).expect("header"),
             Some(data.len() as u64)
         );
     }

@@ -517,7 +517,8 @@ fn best_codes_repeated_new_data_with_the_data_history() {
         .map(|level| {
             let (patch, _) = make(dir.path(), &old, &new, &level.options());
             assert_eq!(apply(&old, &patch), new, "{level:?}");
-            let pre = PreambleRepr::parse(&Preamble::new_checked(&patch).unwrap()).unwrap();
+            let pre = PreambleRepr::parse(&Preamble::new_checked(&patch).expect("preamble"))
+                .expect("preamble repr");
             let history = extents(&patch).iter().any(
                 |e| matches!(e, Extent::Data(d) if d.codec & !PACKED_OPS == Codec::ZstdHistory as u8),
             );

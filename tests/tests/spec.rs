@@ -1,7 +1,7 @@
 //! `spec/FORMAT.md` agrees with the code: its version lines, constants
 //! table, feature bits, byte tables (plain and compact pages), encoding
-//! examples, memory table, hex dumps, worked example, error classes and
-//! vector table are parsed out of the Markdown and checked against
+//! examples, codec table, data history example, memory table, hex dumps,
+//! worked example, error classes and vector table are parsed out of the Markdown and checked against
 //! `anypatch-format`, `anypatch-apply` and the checked-in vectors. Change the
 //! spec and the code together.
 
@@ -10,13 +10,13 @@ use std::fs;
 
 use anypatch_apply::{ApplyError, ErrorClass};
 use anypatch_format::{
-    Extent, FormatError, Hash, Header, Op, Page, PageRef, PreambleRepr, PrefixRef, SegmentEntry,
-    SignatureBlock, SignatureEntry, Trailer, APPLIER_WORST_CASE_MEMORY, FEATURE_COMPACT_PAGES,
-    FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, HASH_LEN, KNOWN_REQUIRED_FEATURES,
-    MAGIC, MAX_HEADER_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_PREFIX_LEN,
-    MAX_PRODUCER_LEN, MAX_SEGMENT_LEN, MAX_SIGNATURES, MAX_SIGNATURE_LEN, MAX_ZSTD_WINDOW,
-    PACKED_OPS, PREAMBLE_LEN, SHORT_HASH_LEN, SIGNATURE_ENTRY_LEN, SIG_ALG_ED25519, TRAILER_LEN,
-    TRAILER_MAGIC, VERSION_MAJOR, VERSION_MINOR,
+    Codec, Extent, FormatError, Hash, Header, Op, Page, PageRef, PreambleRepr, PrefixRef,
+    SegmentEntry, SignatureBlock, SignatureEntry, Trailer, APPLIER_WORST_CASE_MEMORY,
+    FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS,
+    FLAG_IN_PLACE_SAFE, HASH_LEN, KNOWN_REQUIRED_FEATURES, MAGIC, MAX_HEADER_LEN, MAX_HISTORY_LEN,
+    MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_PREFIX_LEN, MAX_PRODUCER_LEN, MAX_SEGMENT_LEN,
+    MAX_SIGNATURES, MAX_SIGNATURE_LEN, MAX_ZSTD_WINDOW, PACKED_OPS, PREAMBLE_LEN, SHORT_HASH_LEN,
+    SIGNATURE_ENTRY_LEN, SIG_ALG_ED25519, TRAILER_LEN, TRAILER_MAGIC, VERSION_MAJOR, VERSION_MINOR,
 };
 use anypatch_tests::root;
 
@@ -316,8 +316,10 @@ fn int_constant(name: &str) -> Option<u64> {
         "FEATURE_OLD_PREFIX" => FEATURE_OLD_PREFIX.into(),
         "FEATURE_PACKED_OPS" => FEATURE_PACKED_OPS.into(),
         "FEATURE_COMPACT_PAGES" => FEATURE_COMPACT_PAGES.into(),
+        "FEATURE_DATA_HISTORY" => FEATURE_DATA_HISTORY.into(),
         "PACKED_OPS" => PACKED_OPS.into(),
         "MAX_PREFIX_LEN" => MAX_PREFIX_LEN.into(),
+        "MAX_HISTORY_LEN" => MAX_HISTORY_LEN.into(),
         "FLAG_IN_PLACE_SAFE" => FLAG_IN_PLACE_SAFE.into(),
         "PREAMBLE_LEN" => PREAMBLE_LEN as u64,
         "HASH_LEN" => HASH_LEN as u64,
@@ -398,6 +400,7 @@ fn constants_table_matches_code() {
         "FEATURE_OLD_PREFIX",
         "FEATURE_PACKED_OPS",
         "FEATURE_COMPACT_PAGES",
+        "FEATURE_DATA_HISTORY",
         "PACKED_OPS",
         "FLAG_IN_PLACE_SAFE",
         "PREAMBLE_LEN",
@@ -416,6 +419,7 @@ fn constants_table_matches_code() {
         "MAX_PRODUCER_LEN",
         "MAX_ZSTD_WINDOW",
         "MAX_PREFIX_LEN",
+        "MAX_HISTORY_LEN",
         "APPLIER_WORST_CASE_MEMORY",
         "BLOCK_SIZE_MIN",
         "BLOCK_SIZE_MAX",
@@ -473,6 +477,12 @@ fn memory_table_adds_up() {
         t.rows.iter().any(|r| r[0].contains("compact page")),
         "the memory table counts a compact page's decoded content"
     );
+    assert!(
+        t.rows
+            .iter()
+            .any(|r| r[0].contains("data history") && r[1] == "MAX_HISTORY_LEN"),
+        "the memory table counts the data history kept between segments"
+    );
 }
 
 // The version lines name VERSION_MAJOR.VERSION_MINOR, and the changelog has
@@ -515,6 +525,7 @@ fn feature_bits_match_code() {
         ("FEATURE_OLD_PREFIX", FEATURE_OLD_PREFIX),
         ("FEATURE_PACKED_OPS", FEATURE_PACKED_OPS),
         ("FEATURE_COMPACT_PAGES", FEATURE_COMPACT_PAGES),
+        ("FEATURE_DATA_HISTORY", FEATURE_DATA_HISTORY),
     ];
     assert_eq!(
         listed,
@@ -541,6 +552,101 @@ fn feature_bits_match_code() {
             "the preamble's required_features row lacks {named:?}"
         );
     }
+}
+
+// The codec table lists exactly the codecs the code knows, in order, and
+// each codec after 1.0 names the must-understand bit it needs.
+#[test]
+fn codec_table_matches_code() {
+    let spec = spec();
+    let t = spec.table(&["value", "codec", "data block"]);
+    let listed: Vec<u8> = t
+        .rows
+        .iter()
+        .map(|r| u8::try_from(number(&r[0])).expect("a codec is a byte"))
+        .collect();
+    let known: Vec<u8> = (0..PACKED_OPS)
+        .filter(|&v| Codec::try_from(v).is_ok())
+        .collect();
+    assert_eq!(
+        listed, known,
+        "the codec table lists every codec the code knows, in order"
+    );
+    for (row, &value) in t.rows.iter().zip(&listed) {
+        let codec = Codec::try_from(value).expect("listed codecs are known");
+        assert_eq!(codec as u8, value);
+        let feature = match codec {
+            Codec::Stored | Codec::Zstd => None,
+            Codec::ZstdPrefix => Some("FEATURE_OLD_PREFIX"),
+            Codec::ZstdHistory => Some("FEATURE_DATA_HISTORY"),
+        };
+        match feature {
+            Some(f) => assert!(
+                row[2].contains(&format!("with `{f}`")),
+                "codec {value:#04x} does not name {f}"
+            ),
+            None => assert!(!row[2].contains("FEATURE_"), "codec {value:#04x}"),
+        }
+    }
+}
+
+// The data history example (section 3.8.1): a codec 0x03 segment's history
+// is the last min(len(H), MAX_HISTORY_LEN - n) bytes of H, and only codec
+// 0x03 segments, packed ops or not, append their n bytes to H.
+#[test]
+fn data_history_example_rows() {
+    let spec = spec();
+    let t = spec.table(&[
+        "segment",
+        "codec byte",
+        "n",
+        "history (bytes of H)",
+        "len(H) after",
+    ]);
+    assert!(t.heading.contains("Data history"), "{:?}", t.heading);
+    let max = u64::from(MAX_HISTORY_LEN);
+    let mut h = 0u64;
+    let (mut cut_by_h, mut cut_by_n, mut alone, mut others) = (false, false, false, false);
+    for (i, row) in t.rows.iter().enumerate() {
+        assert_eq!(number(&row[0]), i as u64, "segments are numbered in order");
+        let byte = u8::try_from(number(&row[1])).expect("a codec byte");
+        let (codec, _) = Codec::split(byte).expect("a known codec");
+        let n = number(&row[2]);
+        assert!(
+            (1..=u64::from(MAX_SEGMENT_LEN)).contains(&n),
+            "segment {i}: n"
+        );
+        let history = row[3].replace('`', "");
+        if codec == Codec::ZstdHistory {
+            let keep = h.min(max - n);
+            if keep == 0 {
+                assert!(history.starts_with("none"), "segment {i}: {history:?}");
+                alone = true;
+            } else {
+                let (a, z) = history
+                    .strip_prefix("H[")
+                    .and_then(|r| r.split_once(']'))
+                    .and_then(|(range, _)| range.split_once(".."))
+                    .unwrap_or_else(|| panic!("segment {i}: no H[a..b] in {history:?}"));
+                assert_eq!((number(a), number(z)), (h - keep, h), "segment {i}");
+                if keep == h {
+                    cut_by_h = true;
+                } else {
+                    cut_by_n = true;
+                }
+            }
+            h += n;
+        } else {
+            assert!(history.starts_with("none"), "segment {i}: {history:?}");
+            others = true;
+        }
+        assert_eq!(number(&row[4]), h, "segment {i}: len(H) after");
+    }
+    assert!(
+        cut_by_h && cut_by_n && alone && others,
+        "the example shows a history that is all of H, one cut at MAX_HISTORY_LEN - n, \
+         a frame decoded alone, and segments of other codecs"
+    );
 }
 
 // The preamble, signature block and trailer byte tables: each row's offset
@@ -1311,7 +1417,7 @@ fn errors_named(name: &str) -> Vec<ApplyError> {
             supported: 1,
         })],
         "UnknownRequiredFeatures" => vec![f(F::UnknownRequiredFeatures { bits: 8 })],
-        "UnknownCodec" => vec![f(F::UnknownCodec { got: 3 })],
+        "UnknownCodec" => vec![f(F::UnknownCodec { got: 4 })],
         "NotInPlaceSafe" => vec![A::NotInPlaceSafe {
             new_offset: 1,
             source: 0,

@@ -6,7 +6,7 @@
 //! Three classes:
 //! - [`PatchSession`]: the streaming apply. Feed patch slices, answer
 //!   old-range requests (possibly after an `await`), receive verified
-//!   output slices. Memory is the engine's bound (about 27 MiB) plus the
+//!   output slices. Memory is the engine's bound (about 31 MiB) plus the
 //!   slices the caller hands in, whatever the image size.
 //! - [`PatchMap`]: reads only the header and the page chain of a patch, by
 //!   asking for byte ranges, and sums its extents into buckets for a picture
@@ -400,6 +400,8 @@ fn header_json(pre: Option<&PreambleRepr>, h: &Header, signers: Option<&[Signer]
     let codec = match h.codec {
         0 => "stored".to_owned(),
         1 => "zstd".to_owned(),
+        2 => "zstd with old-byte history".to_owned(),
+        3 => "zstd with data history".to_owned(),
         n => format!("codec {n}"),
     };
     let mut out = format!(

@@ -3,7 +3,7 @@
 // The same module runs in the page (File objects) and in the node tests
 // (fs.openAsBlob). Files are read through Blob.slice() in windows of a few
 // MiB and never loaded whole, so memory stays bounded whatever the image
-// size: two read windows per file, the engine's ~27 MiB, and one write.
+// size: two read windows per file, the engine's ~31 MiB, and one write.
 
 import init, { initSync, PatchSession, PatchMap, Hasher, version } from './pkg/anypatch_wasm.js';
 

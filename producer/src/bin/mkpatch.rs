@@ -8,10 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use anypatch_format::{
-    key_file_text, key_id, parse_key_file, KeyKind, FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX,
-    FEATURE_PACKED_OPS, VERSION_MAJOR,
-};
+use anypatch_format::{key_file_text, key_id, parse_key_file, KeyKind, VERSION_MAJOR};
 use anypatch_producer::inspect::{inspect, InspectError, Inspection};
 use anypatch_producer::{
     make_patch, Level, Options, Phase, ProduceError, Progress, SecretKey, Summary,
@@ -489,17 +486,11 @@ fn text_report(r: &Inspection) -> String {
     let features = if r.required_features == 0 {
         "none".to_string()
     } else {
-        let mut names = Vec::new();
-        if r.required_features & FEATURE_OLD_PREFIX != 0 {
-            names.push("old-byte history");
-        }
-        if r.required_features & FEATURE_PACKED_OPS != 0 {
-            names.push("packed ops");
-        }
-        if r.required_features & FEATURE_COMPACT_PAGES != 0 {
-            names.push("compact pages");
-        }
-        format!("{:#010x}: {}", r.required_features, names.join(", "))
+        format!(
+            "{:#010x}: {}",
+            r.required_features,
+            r.feature_names().join(", ")
+        )
     };
     let kind = |name: &str, k: &anypatch_producer::inspect::KindCount| {
         format!(
@@ -542,9 +533,17 @@ fn text_report(r: &Inspection) -> String {
         "ops           copy {}, literal {}, delta {}, zero {}\n",
         r.ops.copy, r.ops.literal, r.ops.delta, r.ops.zero
     );
+    let codecs: Vec<String> = r
+        .codecs
+        .by_codec()
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
     s += &format!(
-        "segments      stored {}, zstd {}, zstd with old-byte history {}; ops inline in {}, packed in {}\n",
-        r.codecs.stored, r.codecs.zstd, r.codecs.zstd_prefix, r.codecs.inline_ops, r.codecs.packed_ops
+        "segments      {}; ops inline in {}, packed in {}\n",
+        codecs.join(", "),
+        r.codecs.inline_ops,
+        r.codecs.packed_ops
     );
     s += &format!(
         "payload       ops {} bytes, data {} bytes\n",
@@ -607,6 +606,7 @@ fn json_report(r: &Inspection) -> String {
             "stored": r.codecs.stored,
             "zstd": r.codecs.zstd,
             "zstd_prefix": r.codecs.zstd_prefix,
+            "zstd_history": r.codecs.zstd_history,
             "packed_ops": r.codecs.packed_ops,
             "inline_ops": r.codecs.inline_ops,
             "ops_bytes": r.codecs.ops_bytes,
