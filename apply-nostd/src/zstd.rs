@@ -89,6 +89,14 @@ pub(crate) fn declared_size(frame: &[u8]) -> Option<u64> {
 /// or a dictionary. Nothing is allocated for the frame's content yet, so the
 /// caller can check the size first; then call [`finish_frame`].
 pub(crate) fn start_frame(dec: &mut FrameDecoder, input: &mut &[u8]) -> Result<u64, ()> {
+    // RFC 8878 section 3.1.1.1.1: a decoder must refuse a frame whose
+    // descriptor has the reserved bit set; ruzstd ignores it.
+    if input
+        .get(4)
+        .is_some_and(|descriptor| descriptor & 0x08 != 0)
+    {
+        return Err(());
+    }
     dec.set_max_window_size(MAX_ZSTD_WINDOW);
     dec.init(input).map_err(drop)?;
     Ok(dec.content_size())

@@ -208,8 +208,8 @@ mod tests {
         assert!(OpIter::new(&[0x07, 0x01]).any(|r| r.is_err()));
         assert!(OpIter::new(&[0x00]).any(|r| r.is_err()));
         assert_eq!(
-            Codec::try_from(3),
-            Err(FormatError::UnknownCodec { got: 3 })
+            Codec::try_from(4),
+            Err(FormatError::UnknownCodec { got: 4 })
         );
     }
 
@@ -217,7 +217,8 @@ mod tests {
     fn codec_byte_splits() {
         assert_eq!(Codec::split(0x01), Ok((Codec::Zstd, false)));
         assert_eq!(Codec::split(0x82), Ok((Codec::ZstdPrefix, true)));
-        assert!(Codec::split(0x83).is_err());
+        assert_eq!(Codec::split(0x83), Ok((Codec::ZstdHistory, true)));
+        assert!(Codec::split(0x84).is_err());
         assert!(Codec::try_from(0x80).is_err());
     }
 

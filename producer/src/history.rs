@@ -112,7 +112,7 @@ pub(crate) fn recode(
             // history helps at all. A frame that ignores its history is
             // still a valid codec 0x03 frame.
             let helps = !prefix.is_empty() && {
-                let trial = compress(1, prefix, data)?;
+                let trial = compress_with(1, TRIAL_HASH_LOG, prefix, data)?;
                 8 * trial.len() <= 7 * data.len()
             };
             let (seg, _, _) = blocks[j];
@@ -179,9 +179,24 @@ pub(crate) fn recode(
     Ok(enc)
 }
 
+/// The trial's hash table: one slot per position of a 4 MiB history, so
+/// that zstd's fastest level still finds matches at its far end (its own
+/// table keeps only the most recent positions of a long prefix).
+const TRIAL_HASH_LOG: u32 = 22;
+
 /// One zstd frame of `data` with `prefix` as its history, declaring its
 /// content size, within the format's window.
 fn compress(level: i32, prefix: &[u8], data: &[u8]) -> Result<Vec<u8>, ProduceError> {
+    compress_with(level, 0, prefix, data)
+}
+
+/// [`compress`] with a hash table of `2^hash_log` entries; 0: the level's.
+fn compress_with(
+    level: i32,
+    hash_log: u32,
+    prefix: &[u8],
+    data: &[u8],
+) -> Result<Vec<u8>, ProduceError> {
     let err = |code| ProduceError::Compress {
         source: std::io::Error::other(zstd_safe::get_error_name(code)),
     };
@@ -194,6 +209,10 @@ fn compress(level: i32, prefix: &[u8], data: &[u8]) -> Result<Vec<u8>, ProduceEr
         CParameter::DictIdFlag(false),
     ] {
         cctx.set_parameter(p).map_err(err)?;
+    }
+    if hash_log > 0 {
+        cctx.set_parameter(CParameter::HashLog(hash_log))
+            .map_err(err)?;
     }
     if !prefix.is_empty() {
         cctx.ref_prefix(prefix).map_err(err)?;

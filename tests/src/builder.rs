@@ -4,11 +4,17 @@
 //! Pages are plain (format 1.0) unless [`PatchBuilder::compact`] is asked
 //! for (format 1.2): then each page is one zstd frame, a `Segment`'s ops go
 //! inline in its page, and a `Packed` one's stay packed in its payload.
+//!
+//! A `Segment` with [`Codec::ZstdHistory`] (format 1.3) is compressed with
+//! the builder's own data history as its prefix: the data of the patch's
+//! earlier such segments, of which the last `MAX_HISTORY_LEN` minus the
+//! segment's data length bytes are used. [`PatchBuilder::history_frame`]
+//! makes the frame, so a test can put a hostile one there.
 
 use anypatch_format::{
     Codec, Extent, Header, Op, Page, PageRef, PrefixRef, SegmentEntry, Trailer,
-    FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE,
-    MAX_ZSTD_WINDOW, PACKED_OPS, TRAILER_LEN,
+    FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS,
+    FLAG_IN_PLACE_SAFE, MAX_HISTORY_LEN, MAX_ZSTD_WINDOW, PACKED_OPS, TRAILER_LEN,
 };
 use zstd::zstd_safe::{CCtx, CParameter};
 
@@ -22,6 +28,8 @@ pub enum Part {
     Zero {
         len: u64,
     },
+    /// A segment with codec 0x00, 0x01 or 0x03. With 0x03 the builder sets
+    /// `FEATURE_DATA_HISTORY`.
     Segment {
         ops: Vec<Op>,
         data: Vec<u8>,
@@ -55,6 +63,10 @@ impl Part {
 /// What turns a compact page's decoded content into the page bytes.
 pub type PageFrame = fn(&[u8]) -> Vec<u8>;
 
+/// What turns a codec 0x03 segment's data and the history it may use (the
+/// last bytes of the builder's data history) into its data block.
+pub type HistoryFrame = fn(data: &[u8], history: &[u8]) -> Vec<u8>;
+
 /// A patch under construction.
 #[derive(Debug, Clone)]
 pub struct PatchBuilder {
@@ -67,6 +79,9 @@ pub struct PatchBuilder {
     /// the page bytes, normally [`compress_page`]; a test may put a hostile
     /// frame maker here. `None`: plain pages.
     pub compact: Option<PageFrame>,
+    /// Makes each codec 0x03 data block, normally [`compress_with_history`];
+    /// a test may put a hostile frame maker here.
+    pub history_frame: HistoryFrame,
 }
 
 impl PatchBuilder {
@@ -78,6 +93,7 @@ impl PatchBuilder {
             signature: Vec::new(),
             flags: 0,
             compact: None,
+            history_frame: compress_with_history,
         }
     }
 
@@ -99,6 +115,9 @@ impl PatchBuilder {
         let mut inline: Vec<Vec<u8>> = Vec::new();
         let mut segment_max = 0u32;
         let mut required_features = self.required_features;
+        // The data of the codec 0x03 segments so far; the last
+        // MAX_HISTORY_LEN bytes are all any frame may use.
+        let mut history: Vec<u8> = Vec::new();
         if self.compact.is_some() {
             required_features |= FEATURE_COMPACT_PAGES;
         }
@@ -133,6 +152,21 @@ impl PatchBuilder {
                                     .expect("zstd compresses in memory"),
                                 Codec::ZstdPrefix => {
                                     panic!("use Part::PrefixSegment for codec 0x02")
+                                }
+                                Codec::ZstdHistory => {
+                                    required_features |= FEATURE_DATA_HISTORY;
+                                    let room =
+                                        (MAX_HISTORY_LEN as usize).saturating_sub(data.len());
+                                    let keep = history.len().min(room);
+                                    let coded = (self.history_frame)(
+                                        data,
+                                        &history[history.len() - keep..],
+                                    );
+                                    history.extend_from_slice(data);
+                                    let over =
+                                        history.len().saturating_sub(MAX_HISTORY_LEN as usize);
+                                    history.drain(..over);
+                                    coded
                                 }
                             };
                             (ops, data, *codec, coded)
@@ -327,6 +361,12 @@ pub fn compress_with_prefix(data: &[u8], prefix: &[u8], level: i32) -> Vec<u8> {
     c.compress2(&mut out, data)
         .expect("zstd compresses in memory");
     out
+}
+
+/// A codec 0x03 data block: one zstd frame of `data` with `history` as its
+/// prefix, made by [`compress_with_prefix`] at level 3.
+pub fn compress_with_history(data: &[u8], history: &[u8]) -> Vec<u8> {
+    compress_with_prefix(data, history, 3)
 }
 
 /// A compact page: one zstd frame of its decoded `content`, as

@@ -21,9 +21,9 @@ use std::sync::OnceLock;
 use anypatch_apply::{Applier, ApplyError, Config, ErrorClass, Event, Summary};
 use anypatch_format::{
     Codec, Extent, Header, Op, OpIter, Page, PageRef, Preamble, PreambleRepr, PrefixRef,
-    SegmentEntry, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, HASH_LEN, MAX_OPS_LEN,
-    MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_SEGMENT_LEN, PACKED_OPS, PREAMBLE_LEN, TRAILER_LEN,
-    VERSION_MINOR,
+    SegmentEntry, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, HASH_LEN, MAX_HISTORY_LEN,
+    MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_SEGMENT_LEN, PACKED_OPS, PREAMBLE_LEN,
+    TRAILER_LEN, VERSION_MINOR,
 };
 use anypatch_producer::{make_patch, Options, SecretKey};
 
@@ -419,9 +419,12 @@ impl Layout {
     /// breaks but a hostile producer would get right (old identity, segment
     /// and new hashes where the ops can be run, the page chain, counts,
     /// `segment_max`, `patch_len`, the header hash and the trailer), so that
-    /// the engine's deeper checks are what meets the edit.
+    /// the engine's deeper checks are what meets the edit. Codec 0x03
+    /// segments are decoded against the data history of those before them
+    /// that decode.
     pub fn seal(mut self, old: &[u8]) -> Vec<u8> {
         let mut new = Some(Vec::new());
+        let mut history = Vec::new();
         let (mut new_len, mut extents, mut segments, mut segment_max) = (0u64, 0u64, 0u64, 0u32);
         for (page, payloads) in &mut self.pages {
             let mut payloads = payloads.iter();
@@ -437,7 +440,7 @@ impl Layout {
                         segments += 1;
                         segment_max = segment_max.max(s.new_len);
                         let payload = payloads.next().expect("walk took one payload per segment");
-                        let out = run_segment(old, start, s, payload);
+                        let out = run_segment(old, start, s, payload, &mut history);
                         if let Some(out) = &out {
                             s.hash = *blake3::hash(out).as_bytes();
                         }
@@ -579,8 +582,15 @@ fn old_range(old: &[u8], start: i128, len: u64) -> Option<&[u8]> {
 }
 
 /// A segment's output, computed leniently (`None` where the ops or data do
-/// not fit), for [`Layout::seal`].
-fn run_segment(old: &[u8], start: u64, s: &SegmentEntry, payload: &[u8]) -> Option<Vec<u8>> {
+/// not fit), for [`Layout::seal`]. A codec 0x03 segment's data is decoded
+/// with the end of `history` as its prefix and then appended to it.
+fn run_segment(
+    old: &[u8],
+    start: u64,
+    s: &SegmentEntry,
+    payload: &[u8],
+    history: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
     let (ops, coded) = payload.split_at_checked(s.ops_len as usize)?;
     let (codec, packed) = Codec::split(s.codec).ok()?;
     let unpacked;
@@ -600,6 +610,27 @@ fn run_segment(old: &[u8], start: u64, s: &SegmentEntry, payload: &[u8]) -> Opti
             d.ref_prefix(prefix).ok()?;
             let mut out = Vec::with_capacity(MAX_SEGMENT_LEN as usize);
             d.decompress(&mut out, frame).ok()?;
+            out
+        }
+        Codec::ZstdHistory => {
+            let n = OpIter::new(ops)
+                .map(|op| op.map(|op| op.data_len() as usize))
+                .sum::<Result<usize, _>>()
+                .ok()?;
+            let keep = history
+                .len()
+                .min((MAX_HISTORY_LEN as usize).saturating_sub(n));
+            let mut out = Vec::with_capacity(MAX_SEGMENT_LEN as usize);
+            {
+                let mut d = zstd::zstd_safe::DCtx::create();
+                if keep > 0 {
+                    d.ref_prefix(&history[history.len() - keep..]).ok()?;
+                }
+                d.decompress(&mut out, coded).ok()?;
+            }
+            history.extend_from_slice(&out);
+            let over = history.len().saturating_sub(MAX_HISTORY_LEN as usize);
+            history.drain(..over);
             out
         }
     };
@@ -840,6 +871,8 @@ pub fn pair_from(data: &[u8]) -> (Vec<u8>, Vec<u8>, Options) {
         signing_key: (r.u8() % 2 == 1).then(fuzz_key),
         // Old-byte history (format 1.1) sometimes on, as at the default level.
         prefix_len: [0, 0, 1 << 20][usize::from(r.u8() % 3)],
+        // Data history (format 1.3) sometimes on, as at level best.
+        data_history: r.u8() % 2 == 1,
         ..Options::default()
     };
     (old, new, opts)

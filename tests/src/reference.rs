@@ -3,12 +3,16 @@
 //! It holds everything in memory, follows `spec/FORMAT.md` line by line, and
 //! decodes zstd with the C library (not ruzstd), so that differential tests
 //! compare two independent readings of the spec.
+//!
+//! Codec 0x03 (format 1.3) keeps the *data history*: the decoded data of the
+//! patch's earlier codec 0x03 segments, in patch order. Only its last
+//! `MAX_HISTORY_LEN` bytes can ever be used, so only those are kept.
 
 use anypatch_format::{
     header_hash, Extent, Header, Op, OpIter, Page, Preamble, PreambleRepr, PrefixRef,
-    SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS,
-    HASH_LEN, MAX_OPS_LEN, MAX_PAGE_LEN, MAX_SEGMENT_LEN, MAX_ZSTD_WINDOW, PACKED_OPS,
-    PREAMBLE_LEN, SHORT_HASH_LEN, TRAILER_LEN,
+    SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY, FEATURE_OLD_PREFIX,
+    FEATURE_PACKED_OPS, HASH_LEN, MAX_HISTORY_LEN, MAX_OPS_LEN, MAX_PAGE_LEN, MAX_SEGMENT_LEN,
+    MAX_ZSTD_WINDOW, PACKED_OPS, PREAMBLE_LEN, SHORT_HASH_LEN, TRAILER_LEN,
 };
 
 /// Applies `patch` to `old` and returns the new file, or why not.
@@ -36,6 +40,8 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
         Header::parse(&section[PREAMBLE_LEN..body_end], pre.minor).map_err(|x| x.to_string())?;
     // Codec 0x02 is allowed only in a patch that declares it (version 1.1).
     let prefix_allowed = pre.required_features & FEATURE_OLD_PREFIX != 0;
+    // So is codec 0x03 (version 1.3).
+    let history_allowed = pre.required_features & FEATURE_DATA_HISTORY != 0;
     // So is bit 0x80 of a segment's codec, packed ops.
     let packing_allowed = pre.required_features & FEATURE_PACKED_OPS != 0;
     // Compact pages (version 1.2): every page is one zstd frame, and a
@@ -44,6 +50,9 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
     let hash_len = if compact { SHORT_HASH_LEN } else { HASH_LEN };
     if header.codec == 2 && !prefix_allowed {
         return Err(e("codec 2 without FEATURE_OLD_PREFIX"));
+    }
+    if header.codec == 3 && !history_allowed {
+        return Err(e("codec 3 without FEATURE_DATA_HISTORY"));
     }
     if header.old_len != old.len() as u64 || blake3::hash(old).as_bytes() != &header.old_hash {
         return Err(e("wrong base"));
@@ -59,6 +68,9 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
         Ok(s)
     };
     let mut new = Vec::new();
+    // The data history: the last MAX_HISTORY_LEN decoded bytes of the codec
+    // 0x03 segments so far.
+    let mut history: Vec<u8> = Vec::new();
     let (mut extents, mut segments) = (0u64, 0u64);
     let mut next = Some(header.first_page);
     while let Some(r) = next {
@@ -119,6 +131,15 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
                                 old_range(old, start + p.delta as i128, p.len.into())?,
                                 MAX_SEGMENT_LEN,
                             )?
+                        }
+                        3 if history_allowed => {
+                            let n = data_taken(ops)?;
+                            let keep = history.len().min(MAX_HISTORY_LEN as usize - n);
+                            let data = decode_history(coded, &history[history.len() - keep..], n)?;
+                            history.extend_from_slice(&data);
+                            let over = history.len().saturating_sub(MAX_HISTORY_LEN as usize);
+                            history.drain(..over);
+                            data
                         }
                         _ => return Err(e("codec")),
                     };
@@ -182,6 +203,46 @@ fn old_range(old: &[u8], start: i128, len: u64) -> Result<&[u8], String> {
     Ok(&old[start as usize..end as usize])
 }
 
+/// The bytes a segment's ops take from its data block, n: for codec 0x03,
+/// 1..=`MAX_SEGMENT_LEN`.
+fn data_taken(ops: &[u8]) -> Result<usize, String> {
+    let mut n = 0u64;
+    for op in OpIter::new(ops) {
+        n += u64::from(op.map_err(|x| x.to_string())?.data_len());
+    }
+    if !(1..=u64::from(MAX_SEGMENT_LEN)).contains(&n) {
+        return Err(format!("codec 3: the ops take {n} data bytes"));
+    }
+    Ok(n as usize)
+}
+
+/// A codec 0x03 data block: exactly one zstd frame, naming no dictionary,
+/// that declares its content size `n` and decodes to it with `history` as
+/// its prefix.
+fn decode_history(frame: &[u8], history: &[u8], n: usize) -> Result<Vec<u8>, String> {
+    // Frame_Header_Descriptor bits 0-1: the Dictionary_ID field's size.
+    if frame.get(..4) == Some(&[0x28, 0xB5, 0x2F, 0xFD][..])
+        && frame.get(4).is_some_and(|d| d & 0x03 != 0)
+    {
+        return Err("codec 3: the frame names a dictionary".into());
+    }
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(size)) if size == n as u64 => {}
+        Ok(Some(size)) => {
+            return Err(format!(
+                "codec 3: the frame declares {size} bytes, the ops take {n}"
+            ))
+        }
+        Ok(None) => return Err("codec 3: the frame declares no content size".into()),
+        Err(_) => return Err("codec 3: no zstd frame header".into()),
+    }
+    let data = decode_zstd(frame, history, n as u32)?;
+    if data.len() != n {
+        return Err("codec 3: the frame decodes to another length than it declares".into());
+    }
+    Ok(data)
+}
+
 /// A packed ops block or a compact page (`what`): one zstd frame that
 /// declares its content size, 1..=`max`, and decodes to exactly that.
 pub fn unpack(frame: &[u8], max: u32, what: &str) -> Result<Vec<u8>, String> {
@@ -201,7 +262,7 @@ pub fn unpack(frame: &[u8], max: u32, what: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Exactly one zstd frame, as the spec requires, with `prefix` (codec 2's
-/// old bytes; empty otherwise) as its history, decoding to at most `max`
+/// old bytes, codec 3's data history; empty otherwise) as its history, decoding to at most `max`
 /// bytes. Decoded as a stream, since the C library checks the window limit
 /// (`windowLogMax`) only there.
 fn decode_zstd(coded: &[u8], prefix: &[u8], max: u32) -> Result<Vec<u8>, String> {

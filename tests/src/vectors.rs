@@ -395,6 +395,67 @@ pub fn all() -> Vec<Vector> {
         old,
         compact,
     ));
+
+    let old = bytes("data-history", 4 * B);
+    let fresh = bytes("data-history-fresh", 3000);
+    let mut again = fresh.clone();
+    for at in [10, 1500, 2900] {
+        again[at..at + 4].copy_from_slice(b"1.3!");
+    }
+    // Codec 0x01 data, which is not part of the data history.
+    let other = bytes("data-history-other", 1000);
+    let mut history = PatchBuilder::new(vec![
+        Part::Copy {
+            len: B as u64,
+            delta: 0,
+        },
+        Part::Segment {
+            ops: vec![Op::Literal { len: 3000 }],
+            data: fresh,
+            codec: Codec::ZstdHistory,
+        },
+        Part::Segment {
+            ops: vec![
+                Op::Literal { len: 1000 },
+                Op::Copy {
+                    len: 500,
+                    delta: -2000,
+                },
+            ],
+            data: other.clone(),
+            codec: Codec::Zstd,
+        },
+        Part::Zero { len: 100 },
+        Part::Segment {
+            ops: vec![Op::Literal { len: 3000 }],
+            data: again,
+            codec: Codec::ZstdHistory,
+        },
+        Part::Segment {
+            ops: vec![
+                Op::Literal { len: 1000 },
+                Op::Delta {
+                    len: 500,
+                    delta: -(B as i64),
+                },
+            ],
+            data: [other, vec![1; 500]].concat(),
+            codec: Codec::ZstdHistory,
+        }
+        .packed(),
+        Part::Copy {
+            len: 1000,
+            delta: -1500,
+        },
+    ])
+    .compact();
+    history.extents_per_page = 3;
+    v.push(built(
+        "data-history",
+        "codec 0x03 (format 1.3): zstd frames whose history is the data of the earlier 0x03 segments; the second repeats the first with three edits, and the third's data, taken before by a 0x01 segment (not history), is coded afresh",
+        old,
+        history,
+    ));
     v
 }
 

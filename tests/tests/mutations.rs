@@ -5,8 +5,10 @@
 //! declared sizes (a 4 GiB segment, a 1 TiB extent, 2^40 extents in a page,
 //! huge section lengths, a zstd frame or packed ops claiming a terabyte)
 //! are refused cheaply, before anything is allocated for them. The sources
-//! include packed ops and codec 0x02 (format 1.1) and compact pages (1.2),
-//! and worst-case patches of each kind are held to the bound.
+//! include packed ops and codec 0x02 (format 1.1), compact pages (1.2) and
+//! codec 0x03 with its data history (1.3), and worst-case patches of each
+//! kind are held to the bound. Every byte of the small `data-history`
+//! vector is flipped in turn: engine and reference agree on each result.
 //!
 //! The engine's memory is measured with a counting global allocator
 //! (`peakmem-alloc`: the workspace forbids `unsafe`, which a hand-written
@@ -23,13 +25,13 @@ use std::time::{Duration, Instant};
 use anypatch_apply::{ApplyError, Config};
 use anypatch_format::{
     Codec, Extent, FormatError, Header, Op, Page, PageRef, PrefixRef, SegmentEntry,
-    APPLIER_WORST_CASE_MEMORY, FEATURE_COMPACT_PAGES, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE,
-    HASH_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_PREFIX_LEN, MAX_SEGMENT_LEN,
-    PACKED_OPS, PREAMBLE_LEN,
+    APPLIER_WORST_CASE_MEMORY, FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY, FEATURE_PACKED_OPS,
+    FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_PREFIX_LEN,
+    MAX_SEGMENT_LEN, PACKED_OPS, PREAMBLE_LEN,
 };
 use anypatch_producer::Options;
 use anypatch_tests::builder::{stored_frame, Part, PatchBuilder};
-use anypatch_tests::hostile::{drive, in_place_passes, produce, seal_raw, Layout};
+use anypatch_tests::hostile::{check_apply, drive, in_place_passes, produce, seal_raw, Layout};
 use anypatch_tests::{bin, reference, root, vectors::bytes};
 use peakmem_alloc::{PeakMemAlloc, PeakMemAllocTrait, INSTRUMENTED_SYSTEM};
 
@@ -291,6 +293,51 @@ fn sources() -> Vec<Source> {
     out.push(Source {
         name: "built-compact".into(),
         patch: b.build(&small).0,
+        old: small.clone(),
+    });
+    // Built: codec 0x03 segments (format 1.3) that repeat each other, with
+    // inline and packed ops, beside 0x01 and 0x02, compact pages of two.
+    let hseg = |k: usize| {
+        let mut data = small[k * 3000..k * 3000 + 2000].to_vec();
+        data.extend_from_slice(&bytes("mutations-history", 1000));
+        data[k * 10] ^= 0x10;
+        Part::Segment {
+            ops: vec![
+                Op::Literal { len: 2500 },
+                Op::Copy {
+                    len: 100,
+                    delta: 10,
+                },
+                Op::Delta {
+                    len: 500,
+                    delta: -30,
+                },
+            ],
+            data,
+            codec: Codec::ZstdHistory,
+        }
+    };
+    let parts = vec![
+        hseg(1),
+        seg(11, Codec::Zstd),
+        hseg(2).packed(),
+        Part::Zero { len: 300 },
+        pseg(8, 200, 3000),
+        hseg(3),
+        Part::Copy { len: 400, delta: 0 },
+        hseg(4).packed(),
+    ];
+    let mut b = PatchBuilder::new(parts).compact();
+    b.extents_per_page = 2;
+    let patch = b.build(&small).0;
+    let features = Layout::walk(&patch)
+        .expect("walks")
+        .preamble
+        .required_features;
+    assert!(features & FEATURE_DATA_HISTORY != 0);
+    out.push(Source {
+        name: "built-history".into(),
+        patch,
         old: small,
     });
     // The producer writes compact pages at every level.
@@ -1110,6 +1157,147 @@ fn worst_case_compact_patch_stays_within_the_stated_bound() {
 
     let label = format!("worst-case compact patch (a {page_len}-byte page)");
     assert_peak_within_bound(&label, &old, &patch, MAX_SEGMENT_LEN as usize);
+}
+
+/// The worst case with codec 0x03 (format 1.3): one compact page at its
+/// limits as in the compact worst case, then three 0x03 segments. The
+/// first fills the data history with 4 MiB; the second is
+/// [`worst_packed_segment`]'s shape with the history as its prefix (about
+/// 0.5 MiB of it next to 3.5 MiB of data); the third's packed ops take one
+/// data byte, so its frame gets 4 MiB - 1 bytes of history. The
+/// engine keeps the history between segments and hands its end to the
+/// decoder, which copies it: the bound counts both.
+#[test]
+fn worst_case_history_patch_stays_within_the_stated_bound() {
+    let _serial = serial();
+    let old = prefix_old("worst-history-old");
+    let max = MAX_SEGMENT_LEN as usize;
+    let zeros = MAX_PAGE_EXTENTS - 4;
+    let inline_budget = MAX_PAGE_LEN as usize - 2 - 2 * zeros - 4 * 60 - 1 - 15;
+    let mut rng = Rng(0x0004_1570);
+    let (inline_ops, _, inline_len) = random_copies(old.len(), zeros, inline_budget, &mut rng);
+    let mut start = zeros + inline_len;
+    // Random bytes with every 16th zeroed: a 4 MiB frame of them stays
+    // under the 4 MiB data_len limit.
+    let mut first = vec![0u8; max];
+    blake3::Hasher::new()
+        .update(b"worst-history-first")
+        .finalize_xof()
+        .fill(&mut first);
+    first.iter_mut().step_by(16).for_each(|b| *b = 0);
+    let first = Part::Segment {
+        ops: vec![Op::Literal { len: max as u32 }],
+        data: first,
+        codec: Codec::ZstdHistory,
+    };
+    start += max;
+    let (mut second_ops, _, produced) =
+        random_copies(old.len(), start, MAX_OPS_LEN as usize - 64, &mut rng);
+    let literal = max - produced;
+    let mut second_data = vec![0u8; literal];
+    blake3::Hasher::new()
+        .update(b"worst-history-second")
+        .finalize_xof()
+        .fill(&mut second_data);
+    second_ops.push(Op::Literal {
+        len: literal as u32,
+    });
+    let second = Part::Segment {
+        ops: second_ops,
+        data: second_data,
+        codec: Codec::ZstdHistory,
+    }
+    .packed();
+    start += max;
+    let (mut third_ops, _, produced) =
+        random_copies(old.len(), start, MAX_OPS_LEN as usize - 64, &mut rng);
+    assert!(produced < max);
+    third_ops.push(Op::Literal { len: 1 });
+    let third = Part::Segment {
+        ops: third_ops,
+        data: vec![0x33],
+        codec: Codec::ZstdHistory,
+    }
+    .packed();
+    let mut parts = vec![Part::Zero { len: 1 }; zeros];
+    parts.push(Part::Segment {
+        ops: inline_ops,
+        data: Vec::new(),
+        codec: Codec::Stored,
+    });
+    parts.extend([first, second, third]);
+    let mut b = PatchBuilder::new(parts);
+    b.extents_per_page = MAX_PAGE_EXTENTS;
+    b.compact = Some(|content| stored_frame(content, Some(content.len() as u32)));
+    let patch = b.build(&old).0;
+    let l = Layout::walk(&patch).expect("walks");
+    let page_len = l.header.first_page.len;
+    assert!(
+        page_len > MAX_PAGE_LEN - 400 && page_len <= MAX_PAGE_LEN,
+        "page of {page_len} bytes"
+    );
+    let segs: Vec<SegmentEntry> = l.pages[0]
+        .0
+        .extents
+        .iter()
+        .filter_map(|e| match e {
+            Extent::Data(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(segs.len(), 4);
+    assert_eq!(segs[1].codec, 0x03);
+    assert!(segs[1].data_len > 3 << 20 && segs[1].new_len == MAX_SEGMENT_LEN);
+    for s in &segs[2..] {
+        assert_eq!(s.codec, 0x03 | PACKED_OPS);
+        assert!(s.ops_len > 300_000, "ops frame of {} bytes", s.ops_len);
+    }
+    assert!(segs[2].data_len > 3 << 20 && segs[2].new_len == MAX_SEGMENT_LEN);
+    reference::apply(&old, &patch).expect("the reference applies the worst case");
+
+    let label = format!("worst-case history patch (a {page_len}-byte page)");
+    assert_peak_within_bound(&label, &old, &patch, 4 * max);
+}
+
+/// Every byte of the `data-history` vector's patch, flipped in turn (one
+/// bit, a different one at each offset): the patch as it is and re-sealed
+/// (hashes recomputed, so the edit meets the engine's deeper checks) go
+/// through [`check_apply`], which panics when the engine panics, breaks its
+/// contract, or disagrees with the reference on whether to accept and on
+/// the bytes it produces. As it is, each is refused.
+#[test]
+fn every_byte_of_a_history_patch_is_flipped() {
+    let _serial = serial();
+    let dir = root().join("spec/vectors/data-history");
+    let old = fs::read(dir.join("old.bin")).expect("old.bin");
+    let patch = fs::read(dir.join("patch.anyp")).expect("patch.anyp");
+    let mut resealed_ok = 0;
+    for at in 0..patch.len() {
+        let mut p = patch.clone();
+        p[at] ^= 1 << (at % 8);
+        assert!(
+            reference::apply(&old, &p).is_err(),
+            "flip at {at}: the reference accepts it"
+        );
+        drive(
+            &old,
+            &p,
+            Config::new(old.len() as u64),
+            4096,
+            &mut Vec::new(),
+        )
+        .expect_err(&format!("flip at {at}: the engine accepts it"));
+        check_apply(&p);
+        if let Some(l) = Layout::walk(&p) {
+            if reference::apply(&old, &l.seal(&old)).is_ok() {
+                resealed_ok += 1;
+            }
+        }
+    }
+    println!(
+        "{} flips of the data-history vector checked; {resealed_ok} re-sealed ones apply",
+        patch.len()
+    );
 }
 
 /// Packed ops frames that declare a terabyte of content, or a window of

@@ -393,7 +393,7 @@ fn packed_ops_need_the_feature_bit() {
 #[test]
 fn unknown_codecs_with_the_packed_bit_are_unsupported() {
     let (old, l) = one_segment();
-    for byte in [0x83u8, 0xFF] {
+    for byte in [0x84u8, 0xFF] {
         let mut m = l.clone();
         let Some(Extent::Data(s)) = m.pages[0].0.extents.last_mut() else {
             unreachable!("the last extent is the segment")
