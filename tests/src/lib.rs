@@ -153,27 +153,44 @@ pub fn bin(name: &str) -> PathBuf {
     } else {
         "release"
     };
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    target.join(profile).join(name)
+    target_dir().join(profile).join(name)
 }
 
-/// A directory holding `make-corpus --scale small` pairs, made once per
-/// test binary and shared across its tests.
+/// Cargo's target directory: `CARGO_TARGET_DIR`, or `target` in the repository.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// A directory holding `make-corpus --scale small` pairs: made once, under
+/// the target directory, and reused by every test binary and later run
+/// until make-corpus changes.
+/// (A `TempDir` in a static is never dropped, so each run would leave
+/// 330 MB in the temporary directory.) It is written under a private name
+/// and renamed into place whole, so a run stopped midway leaves no
+/// half-made corpus behind to be reused.
 pub fn corpus_small() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
         let script = root().join("../shared/corpus/make-corpus");
-        assert!(
-            script.exists(),
-            "{} is missing: CI must have ../shared beside the repository",
-            script.display()
-        );
+        let text = std::fs::read(&script).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; CI must have ../shared beside the repository",
+                script.display()
+            )
+        });
+        // A changed make-corpus makes a new corpus, not reuse the old one.
+        let version = hex(&blake3::hash(&text).as_bytes()[..6]);
+        let dir = target_dir().join(format!("corpus-small-{version}"));
+        if dir.join("MANIFEST.tsv").exists() {
+            return dir;
+        }
+        std::fs::create_dir_all(target_dir()).expect("target dir");
+        let work = tempfile::tempdir_in(target_dir()).expect("tempdir in target");
         let out = Command::new("python3")
             .arg(&script)
-            .arg(dir.path())
+            .arg(work.path())
             .args(["--scale", "small"])
             .output()
             .expect("python3 runs make-corpus");
@@ -182,9 +199,12 @@ pub fn corpus_small() -> &'static Path {
             "make-corpus failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Another run may have finished first; its corpus is as good.
+        if std::fs::rename(work.path(), &dir).is_err() && !dir.join("MANIFEST.tsv").exists() {
+            panic!("cannot move the corpus to {}", dir.display());
+        }
         dir
     })
-    .path()
 }
 
 /// The pair names make-corpus wrote (from its MANIFEST.tsv).
