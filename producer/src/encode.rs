@@ -53,7 +53,7 @@ pub(crate) const INLINE_OPS_MAX: usize = 16 << 10;
 const PREFIX_MIN_LEN: usize = 256 << 10;
 /// zstd's window log for prefix frames: their window stays within the
 /// format's `MAX_ZSTD_WINDOW`.
-pub(crate) const PREFIX_WINDOW_LOG: i32 = 22;
+const PREFIX_WINDOW_LOG: i32 = 22;
 
 /// What the encoder does, from the producer's options.
 #[derive(Debug, Clone, Copy)]
@@ -588,7 +588,25 @@ fn compress_with_prefix(
     data: &[u8],
 ) -> Result<Vec<u8>, ProduceError> {
     let n = old.read_clamped(prefix_buf, lo, len as usize)?;
-    let prefix = &prefix_buf[..n];
+    let mut block = Vec::with_capacity(16 + zstd_safe::compress_bound(data.len()));
+    PrefixRef {
+        delta: (lo as i128 - seg_start as i128) as i64,
+        len: n as u32,
+    }
+    .emit(&mut block);
+    block.extend_from_slice(&zstd_frame(level, 0, &prefix_buf[..n], data)?);
+    Ok(block)
+}
+
+/// One zstd frame of `data` that declares its content size, has no checksum
+/// or dictionary id, stays within the format's window, and has `prefix` (if
+/// any) as its history. `hash_log` 0 keeps the level's hash table.
+pub(crate) fn zstd_frame(
+    level: i32,
+    hash_log: u32,
+    prefix: &[u8],
+    data: &[u8],
+) -> Result<Vec<u8>, ProduceError> {
     let err = |code| ProduceError::Compress {
         source: std::io::Error::other(zstd_safe::get_error_name(code)),
     };
@@ -602,17 +620,16 @@ fn compress_with_prefix(
     ] {
         cctx.set_parameter(p).map_err(err)?;
     }
-    cctx.ref_prefix(prefix).map_err(err)?;
-    let mut block = Vec::with_capacity(16 + zstd_safe::compress_bound(data.len()));
-    PrefixRef {
-        delta: (lo as i128 - seg_start as i128) as i64,
-        len: n as u32,
+    if hash_log > 0 {
+        cctx.set_parameter(CParameter::HashLog(hash_log))
+            .map_err(err)?;
     }
-    .emit(&mut block);
+    if !prefix.is_empty() {
+        cctx.ref_prefix(prefix).map_err(err)?;
+    }
     let mut frame = Vec::with_capacity(zstd_safe::compress_bound(data.len()));
     cctx.compress2(&mut frame, data).map_err(err)?;
-    block.extend_from_slice(&frame);
-    Ok(block)
+    Ok(frame)
 }
 
 /// The old bytes for new bytes `n` at offset `a`, where `near[i]` is the

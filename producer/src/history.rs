@@ -18,9 +18,8 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 
 use anypatch_format::{Codec, MAX_HISTORY_LEN, PACKED_OPS};
-use zstd::zstd_safe::{self, CParameter};
 
-use crate::encode::{encode_workers, Encoded, PREFIX_WINDOW_LOG};
+use crate::encode::{encode_workers, zstd_frame, Encoded};
 use crate::exec::for_each_ordered;
 use crate::{Phase, ProduceError, Progress};
 
@@ -112,7 +111,7 @@ pub(crate) fn recode(
             // history helps at all. A frame that ignores its history is
             // still a valid codec 0x03 frame.
             let helps = !prefix.is_empty() && {
-                let trial = compress_with(1, TRIAL_HASH_LOG, prefix, data)?;
+                let trial = zstd_frame(1, TRIAL_HASH_LOG, prefix, data)?;
                 8 * trial.len() <= 7 * data.len()
             };
             let (seg, _, _) = blocks[j];
@@ -184,47 +183,16 @@ pub(crate) fn recode(
 /// table keeps only the most recent positions of a long prefix).
 const TRIAL_HASH_LOG: u32 = 22;
 
-/// One zstd frame of `data` with `prefix` as its history, declaring its
-/// content size, within the format's window.
+/// One zstd frame of `data` with `prefix` as its history (see
+/// [`zstd_frame`]), with the level's own hash table.
 fn compress(level: i32, prefix: &[u8], data: &[u8]) -> Result<Vec<u8>, ProduceError> {
-    compress_with(level, 0, prefix, data)
-}
-
-/// [`compress`] with a hash table of `2^hash_log` entries; 0: the level's.
-fn compress_with(
-    level: i32,
-    hash_log: u32,
-    prefix: &[u8],
-    data: &[u8],
-) -> Result<Vec<u8>, ProduceError> {
-    let err = |code| ProduceError::Compress {
-        source: std::io::Error::other(zstd_safe::get_error_name(code)),
-    };
-    let mut cctx = zstd_safe::CCtx::create();
-    for p in [
-        CParameter::CompressionLevel(level),
-        CParameter::WindowLog(PREFIX_WINDOW_LOG as u32),
-        CParameter::ContentSizeFlag(true),
-        CParameter::ChecksumFlag(false),
-        CParameter::DictIdFlag(false),
-    ] {
-        cctx.set_parameter(p).map_err(err)?;
-    }
-    if hash_log > 0 {
-        cctx.set_parameter(CParameter::HashLog(hash_log))
-            .map_err(err)?;
-    }
-    if !prefix.is_empty() {
-        cctx.ref_prefix(prefix).map_err(err)?;
-    }
-    let mut frame = Vec::with_capacity(zstd_safe::compress_bound(data.len()));
-    cctx.compress2(&mut frame, data).map_err(err)?;
-    Ok(frame)
+    zstd_frame(level, 0, prefix, data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zstd::zstd_safe;
 
     #[test]
     fn frames_declare_their_size_and_decode_against_the_prefix() {

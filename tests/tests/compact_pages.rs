@@ -20,51 +20,10 @@ use anypatch_format::{
 };
 use anypatch_producer::Options;
 use anypatch_tests::builder::{compress_page, stored_frame, PageFrame, Part, PatchBuilder};
-use anypatch_tests::hostile::{drive, in_place_passes, produce, Layout};
+use anypatch_tests::hostile::{
+    applies_everywhere, drive, in_place_passes, produce, refused_everywhere as refused, Layout,
+};
 use anypatch_tests::{apply_in_memory, drive_memory, reference, vectors::bytes};
-
-/// The engine at several feed sizes, fresh and through both in-place
-/// passes when the patch allows them, and the reference give `new`.
-fn applies_everywhere(what: &str, old: &[u8], patch: &[u8], new: &[u8]) {
-    let r = reference::apply(old, patch).unwrap_or_else(|e| panic!("{what}: reference: {e}"));
-    assert!(r == new, "{what}: the reference's result differs");
-    for feed in [1, 333, patch.len()] {
-        let got = apply_in_memory(old, patch, Config::new(old.len() as u64), feed)
-            .unwrap_or_else(|e| panic!("{what}: engine, fed {feed}: {e}"));
-        assert!(
-            got.target == new,
-            "{what}: engine result differs, fed {feed}"
-        );
-    }
-    let (verify, write) = in_place_passes(old.len() as u64);
-    if drive(old, patch, verify, 4096, &mut Vec::new()).is_ok() {
-        let mut disk = Vec::with_capacity(old.len().max(new.len()));
-        drive(old, patch, write, 4096, &mut disk)
-            .unwrap_or_else(|e| panic!("{what}: in-place write pass: {e}"));
-        assert!(disk == new, "{what}: in-place result differs");
-    }
-}
-
-/// The engine (fresh and in place) and the reference both refuse `patch`
-/// without panicking, with a one-line message; returns the engine's error.
-fn refused(what: &str, old: &[u8], patch: &[u8]) -> ApplyError {
-    if let Ok(new) = reference::apply(old, patch) {
-        panic!("{what}: the reference accepts it ({} bytes)", new.len());
-    }
-    let cfg = Config::new(old.len() as u64);
-    let e = drive(old, patch, cfg, 777, &mut Vec::new())
-        .expect_err(&format!("{what}: the engine accepts it"));
-    let (verify, _) = in_place_passes(old.len() as u64);
-    let checked = drive(old, patch, verify, 4096, &mut Vec::new())
-        .expect_err(&format!("{what}: in place accepts it"));
-    assert_eq!(checked, e, "{what}: in place and fresh disagree");
-    let msg = e.to_string();
-    assert!(
-        !msg.is_empty() && !msg.contains('\n'),
-        "{what}: message {msg:?}"
-    );
-    e
-}
 
 /// Every data entry of a walked patch, in order.
 fn entries(l: &Layout) -> Vec<anypatch_format::SegmentEntry> {

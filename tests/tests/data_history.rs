@@ -22,13 +22,20 @@ use anypatch_producer::{Level, Options};
 use anypatch_tests::builder::{
     compress_with_history, compress_with_prefix, stored_frame, HistoryFrame, Part, PatchBuilder,
 };
-use anypatch_tests::hostile::{drive, in_place_passes, produce, Layout};
+use anypatch_tests::hostile::{self, drive, in_place_passes, produce, Layout};
 use anypatch_tests::{apply_in_memory, drive_memory, reference, root, vectors::bytes};
 
 const MIB: usize = 1 << 20;
 
 /// `n` random bytes, which zstd cannot shrink on their own: only a history
 /// that holds them can.
+/// [`hostile::refused_everywhere`], and the error says the patch is corrupt.
+fn refused(what: &str, old: &[u8], patch: &[u8]) -> ApplyError {
+    let e = hostile::refused_everywhere(what, old, patch);
+    assert_eq!(e.class(), ErrorClass::CorruptPatch, "{what}: {e}");
+    e
+}
+
 fn noise(key: &str, n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     blake3::Hasher::new()
@@ -36,58 +43,6 @@ fn noise(key: &str, n: usize) -> Vec<u8> {
         .finalize_xof()
         .fill(&mut v);
     v
-}
-
-/// The engine at several feed sizes, fresh and through both in-place
-/// passes when the patch allows them, and the reference give `new`.
-fn applies_everywhere(what: &str, old: &[u8], patch: &[u8], new: &[u8]) {
-    let r = reference::apply(old, patch).unwrap_or_else(|e| panic!("{what}: reference: {e}"));
-    assert!(r == new, "{what}: the reference's result differs");
-    for feed in [1, 333, patch.len()] {
-        if feed == 1 && patch.len() > 200_000 {
-            continue;
-        }
-        let got = apply_in_memory(old, patch, Config::new(old.len() as u64), feed)
-            .unwrap_or_else(|e| panic!("{what}: engine, fed {feed}: {e}"));
-        assert!(
-            got.target == new,
-            "{what}: engine result differs, fed {feed}"
-        );
-    }
-    let (verify, write) = in_place_passes(old.len() as u64);
-    if drive(old, patch, verify, 4096, &mut Vec::new()).is_ok() {
-        let mut disk = Vec::with_capacity(old.len().max(new.len()));
-        drive(old, patch, write, 4096, &mut disk)
-            .unwrap_or_else(|e| panic!("{what}: in-place write pass: {e}"));
-        assert!(disk == new, "{what}: in-place result differs");
-    }
-}
-
-/// The engine (fresh and in place) and the reference both refuse `patch`
-/// without panicking, with a one-line message; returns the engine's error.
-fn refused(what: &str, old: &[u8], patch: &[u8]) -> ApplyError {
-    if let Ok(new) = reference::apply(old, patch) {
-        panic!("{what}: the reference accepts it ({} bytes)", new.len());
-    }
-    let e = drive(
-        old,
-        patch,
-        Config::new(old.len() as u64),
-        777,
-        &mut Vec::new(),
-    )
-    .expect_err(&format!("{what}: the engine accepts it"));
-    let (verify, _) = in_place_passes(old.len() as u64);
-    let checked = drive(old, patch, verify, 4096, &mut Vec::new())
-        .expect_err(&format!("{what}: in place accepts it"));
-    assert_eq!(checked, e, "{what}: in place and fresh disagree");
-    let msg = e.to_string();
-    assert!(
-        !msg.is_empty() && !msg.contains('\n'),
-        "{what}: message {msg:?}"
-    );
-    assert_eq!(e.class(), ErrorClass::CorruptPatch, "{what}: {e}");
-    e
 }
 
 /// Every data entry of a walked patch, in order.
@@ -258,7 +213,7 @@ fn history_segments_apply_in_the_engine_and_the_reference() {
                 e[5].data_len
             );
             assert!(e[6].data_len < 3000, "{what}: {}", e[6].data_len);
-            applies_everywhere(&what, &old, &patch, &new);
+            hostile::applies_everywhere(&what, &old, &patch, &new);
         }
     }
 }
@@ -328,7 +283,7 @@ fn history_survives_in_place_resumes() {
                 assert!(s.data_len < 1000, "a repeat not found in the history");
             }
         }
-        applies_everywhere(&format!("compact {compact}"), &old, &patch, &new);
+        hostile::applies_everywhere(&format!("compact {compact}"), &old, &patch, &new);
         let (_, write) = in_place_passes(old.len() as u64);
         let mut disk = old.clone();
         let full =
@@ -407,7 +362,7 @@ fn a_history_longer_than_max_history_len_applies() {
                 s.data_len
             );
         }
-        applies_everywhere(&format!("compact {compact}"), &old, &patch, &new);
+        hostile::applies_everywhere(&format!("compact {compact}"), &old, &patch, &new);
     }
 }
 
@@ -439,7 +394,7 @@ fn frames_reaching_past_the_allowed_history_are_refused() {
     let l = Layout::walk(&patch).expect("walks");
     // Built right, the first MiB of s2 is outside the history it may use.
     assert!(entries(&l)[1].data_len as usize > 2 * MIB);
-    applies_everywhere("built right", &old, &patch, &new);
+    hostile::applies_everywhere("built right", &old, &patch, &new);
     // Made against all 3 MiB, the frame finds that MiB (level 19 keeps
     // track of the whole prefix; level 3's tables forget its start)...
     let far = compress_with_prefix(&s2, &s1, 19);
@@ -514,11 +469,11 @@ fn the_unchanged_small_patch_applies() {
     assert_eq!(l.preamble.required_features, FEATURE_DATA_HISTORY);
     assert!(entries(&l)[1].data_len < 200, "the repeat uses the history");
     let new = reference::apply(&old, &patch).expect("reference");
-    applies_everywhere("small", &old, &patch, &new);
+    hostile::applies_everywhere("small", &old, &patch, &new);
     // Hand-made frames of raw blocks, with their sizes and a 4 MiB window,
     // are valid too: a history need not be used.
     let (old, raw) = small(|d, _| hand_frame(0x80, 0x60, &[], d.len(), d));
-    applies_everywhere("raw frames", &old, &raw, &new);
+    hostile::applies_everywhere("raw frames", &old, &raw, &new);
 }
 
 #[test]
@@ -605,7 +560,7 @@ fn history_frames_must_declare_their_exact_size() {
     // Declaring the right size, the same raw blocks apply.
     let (old, patch) = small(|d, _| stored_frame(d, Some(d.len() as u32)));
     let new = reference::apply(&old, &patch).expect("reference");
-    applies_everywhere("declared", &old, &patch, &new);
+    hostile::applies_everywhere("declared", &old, &patch, &new);
 }
 
 #[test]
@@ -701,7 +656,7 @@ fn frames_made_against_another_history_are_refused() {
     // (it never refers back): this one is fine.
     let (old, ok) = small(|d, _| compress_with_history(d, &[]));
     let new = reference::apply(&old, &ok).expect("reference");
-    applies_everywhere("no history used", &old, &ok, &new);
+    hostile::applies_everywhere("no history used", &old, &ok, &new);
 
     // Codec 0x01 data is not history: a 0x03 frame that counts it is refused.
     let x = noise("history-not-01", 3000);
@@ -725,7 +680,7 @@ fn frames_made_against_another_history_are_refused() {
         entries(&l)[1].data_len > 3000,
         "nothing to find in an empty history"
     );
-    applies_everywhere("0x01 then 0x03", &old, &patch, &image.bytes.expect("kept"));
+    hostile::applies_everywhere("0x01 then 0x03", &old, &patch, &image.bytes.expect("kept"));
     let counted = compress_with_prefix(&again, &x, 3);
     assert!(counted.len() < 300);
     let e = refused("0x01 data as history", &old, &with_block(&l, 1, counted));
