@@ -9,23 +9,27 @@
 //! source delta join them as zero data: zstd codes a run of zeros in a few
 //! bits, less than the copy op and second delta op it replaces.
 //!
-//! With [`Settings::prefix`], a data block with literals is also compressed
-//! with up to `prefix_len` old bytes around the segment's main source
-//! as zstd history (codec `ZstdPrefix`), and that frame is kept when smaller.
+//! With [`Settings::prefix_len`], a data block with literals is also
+//! compressed with the old bytes around the segment's main source as zstd
+//! history (codec `ZstdPrefix`), and that frame is kept when smaller.
 //!
 //! With [`Settings::history`], each segment's data block (before
 //! compression) also goes to a second spool, for the data-history pass
-//! (module `history`); and a segment with delta ops is coded with literals
+//! (module `history`).
+//!
+//! With either history, a segment with delta ops is coded with literals
 //! instead when that compresses smaller on its own: bytes that differ from
-//! old ones but repeat other new data are found by the history as they
-//! are, not as differences.
+//! old ones but repeat other bytes are found by the history as they are,
+//! not as differences. In recompiled code, where a function matches its
+//! old self only in pieces at shifting offsets, a bytewise delta is noise
+//! that zstd cannot shrink, while zstd with the old bytes as history finds
+//! the pieces. Such a segment's copy ops may then cost more than the
+//! matches zstd would code for them: a fast trial with the prefix decides.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 
-use anypatch_format::{
-    Codec, Op, PrefixRef, SegmentEntry, MAX_OPS_LEN, MAX_ZSTD_WINDOW, PACKED_OPS,
-};
+use anypatch_format::{Codec, Op, PrefixRef, SegmentEntry, MAX_OPS_LEN, PACKED_OPS};
 use zstd::zstd_safe::{self, CParameter};
 
 use crate::exec::for_each_ordered;
@@ -51,6 +55,14 @@ pub(crate) const INLINE_OPS_MAX: usize = 16 << 10;
 /// Shortest history worth a zstd context: a data block that leaves less of
 /// the window is coded without one.
 const PREFIX_MIN_LEN: usize = 256 << 10;
+/// Old bytes a prefix covers beyond the segment's own length: room for the
+/// data to have moved against its main source. Each prefix byte costs the
+/// search an insert, so a short segment gets a short prefix.
+const PREFIX_SLACK: u32 = 1 << 20;
+/// The fast trials' hash table: one slot per position of a 4 MiB history,
+/// so that zstd's fastest level still finds matches at its far end (its
+/// own table keeps only the most recent positions of a long prefix).
+pub(crate) const TRIAL_HASH_LOG: u32 = 22;
 /// zstd's window log for prefix frames: their window stays within the
 /// format's `MAX_ZSTD_WINDOW`.
 const PREFIX_WINDOW_LOG: i32 = 22;
@@ -319,8 +331,29 @@ fn encode_segment(
         pos += u64::from(part.len());
     }
     let mut ops = tidy(&ops, &mut w.data, new_bytes, old_bytes);
-    if settings.history && ops.iter().any(|op| matches!(op, Op::Delta { .. })) {
+    // The old bytes to try as history: centred where the ops read before
+    // any of them become literals, and covering the segment plus slack.
+    let prefix_len = settings
+        .prefix_len
+        .min(seg.len.saturating_add(PREFIX_SLACK));
+    let window = (prefix_len as usize >= PREFIX_MIN_LEN)
+        .then(|| prefix_window(&ops, seg, old.len, prefix_len, settings.in_place))
+        .flatten();
+    let some_history = settings.history || window.is_some();
+    if some_history && ops.iter().any(|op| matches!(op, Op::Delta { .. })) {
         ops = literal_if_smaller(ops, &mut w.data, new_bytes, &mut w.trial)?;
+    }
+    let literals = literal_bytes(&ops);
+    let prefix = match window {
+        Some((lo, len)) if literals >= PREFIX_MIN_LITERALS => {
+            let n = old.read_clamped(&mut w.prefix_buf, lo, len as usize)?;
+            Some((lo, &w.prefix_buf[..n]))
+        }
+        _ => None,
+    };
+    // Worth its two trials at `best` only: it saves ops, not much data.
+    if let (Some((lo, prefix)), true) = (prefix, settings.history) {
+        ops = copies_to_literals_if_smaller(ops, &mut w.data, new_bytes, seg.start, lo, prefix)?;
     }
 
     let mut payload = Vec::new();
@@ -347,62 +380,35 @@ fn encode_segment(
         payload = frame;
     }
     let ops_len = payload.len() as u32;
-    let mut prefix_safe = true;
     let codec = if w.data.is_empty() {
         Codec::Stored
     } else {
-        let mut frame = Vec::with_capacity(zstd_safe::compress_bound(w.data.len()));
-        w.zstd
-            .compress_to_buffer(&w.data, &mut frame)
-            .map_err(|source| ProduceError::Compress { source })?;
-        let literals: usize = ops
-            .iter()
-            .map(|op| match op {
-                Op::Literal { len } => *len as usize,
-                _ => 0,
-            })
-            .sum();
-        // Data zstd cannot shrink by an eighth on its own is taken to be
-        // compressed or random, which old bytes do not predict either.
-        let compressible = 8 * frame.len() <= 7 * w.data.len();
-        let with_prefix =
-            if settings.prefix_len > 0 && literals >= PREFIX_MIN_LITERALS && compressible {
-                // zstd matches reach back one window (4 MiB) from each data
-                // byte: a longer prefix would only be partly reachable.
-                let reach = (MAX_ZSTD_WINDOW as usize).saturating_sub(w.data.len());
-                let len = (settings.prefix_len as usize).min(reach);
-                let window = (len >= PREFIX_MIN_LEN)
-                    .then(|| prefix_window(&ops, seg, old.len, len as u32, settings.in_place))
-                    .flatten();
-                match window {
-                    Some(r) => {
-                        prefix_safe = r.0 >= seg.start;
-                        compress_with_prefix(
-                            old,
-                            seg.start,
-                            r,
-                            settings.level,
-                            &mut w.prefix_buf,
-                            &w.data,
-                        )
-                        .map(|f| (f.len() < frame.len()).then_some(f))?
-                    }
-                    None => None,
-                }
-            } else {
-                None
-            };
+        // One frame at the level: with the old bytes as history when a fast
+        // trial says they help, since each costs as much as the data.
+        let frame = match prefix {
+            Some((lo, prefix)) if prefix_helps(prefix, &w.data)? => {
+                let block = prefix_block(seg.start, lo, prefix, settings.level, &w.data)?;
+                safe &= lo >= seg.start;
+                Some((block, Codec::ZstdPrefix))
+            }
+            _ => {
+                let mut frame = Vec::with_capacity(zstd_safe::compress_bound(w.data.len()));
+                w.zstd
+                    .compress_to_buffer(&w.data, &mut frame)
+                    .map_err(|source| ProduceError::Compress { source })?;
+                Some((frame, Codec::Zstd))
+            }
+        };
         // Stored when zstd does not help, so data_len <= new_len always.
-        if let Some(f) = with_prefix.filter(|f| f.len() < w.data.len()) {
-            safe &= prefix_safe;
-            payload.extend_from_slice(&f);
-            Codec::ZstdPrefix
-        } else if frame.len() < w.data.len() {
-            payload.extend_from_slice(&frame);
-            Codec::Zstd
-        } else {
-            payload.extend_from_slice(&w.data);
-            Codec::Stored
+        match frame.filter(|(f, _)| f.len() < w.data.len()) {
+            Some((f, codec)) => {
+                payload.extend_from_slice(&f);
+                codec
+            }
+            None => {
+                payload.extend_from_slice(&w.data);
+                Codec::Stored
+            }
         }
     };
     let entry = SegmentEntry {
@@ -448,6 +454,96 @@ fn literal_if_smaller(
     if as_literal < as_delta {
         *data = literal_data;
         Ok(literal_ops)
+    } else {
+        Ok(ops)
+    }
+}
+
+/// Whether `prefix` as history makes `data` smaller, by a fast trial with
+/// and without it on (at most) the middle 1 MiB of `data`. Data zstd cannot
+/// shrink by an eighth on its own is taken to be compressed or random,
+/// which old bytes do not predict either.
+fn prefix_helps(prefix: &[u8], data: &[u8]) -> Result<bool, ProduceError> {
+    const SAMPLE: usize = 1 << 20;
+    let skip = data.len().saturating_sub(SAMPLE) / 2;
+    let data = &data[skip..data.len() - skip];
+    let alone = zstd_frame(1, 0, &[], data)?.len();
+    Ok(8 * alone <= 7 * data.len() && zstd_frame(1, TRIAL_HASH_LOG, prefix, data)?.len() < alone)
+}
+
+/// Bytes of new data that `ops` send as literals.
+fn literal_bytes(ops: &[Op]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            Op::Literal { len } => *len as usize,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// `ops` (literals, copies and zeros) with the copies that read inside
+/// `prefix` (old bytes at `lo`) turned into literals, and `data` to match,
+/// when a fast trial with the prefix as history codes them in fewer bytes
+/// than the copy ops and the literal ops they split. Tried only where the
+/// copies are at most as many bytes as the literals: mostly new data, with
+/// pieces the block matcher found.
+fn copies_to_literals_if_smaller(
+    ops: Vec<Op>,
+    data: &mut Vec<u8>,
+    new_bytes: &[u8],
+    seg_start: u64,
+    lo: u64,
+    prefix: &[u8],
+) -> Result<Vec<Op>, ProduceError> {
+    let hi = lo + prefix.len() as u64;
+    let mut at = seg_start;
+    let inside = |at: u64, len: u32, delta: i64| {
+        at.checked_add_signed(delta)
+            .is_some_and(|src| src >= lo && src + u64::from(len) <= hi)
+    };
+    let (mut copied, mut literal) = (0u64, 0u64);
+    for op in &ops {
+        match *op {
+            Op::Delta { .. } => return Ok(ops),
+            Op::Copy { len, delta } if inside(at, len, delta) => copied += u64::from(len),
+            Op::Literal { len } => literal += u64::from(len),
+            _ => {}
+        }
+        at += u64::from(op.len());
+    }
+    if copied == 0 || copied > literal {
+        return Ok(ops);
+    }
+    let mut new_ops = Vec::with_capacity(ops.len());
+    let mut new_data = Vec::with_capacity(data.len() + copied as usize);
+    let mut at = seg_start;
+    for &op in &ops {
+        let len = op.len();
+        let from = (at - seg_start) as usize;
+        match op {
+            Op::Literal { .. } => {}
+            Op::Copy { delta, .. } if inside(at, len, delta) => {}
+            other => {
+                push_op(&mut new_ops, other);
+                at += u64::from(len);
+                continue;
+            }
+        }
+        new_data.extend_from_slice(&new_bytes[from..from + len as usize]);
+        push_op(&mut new_ops, Op::Literal { len });
+        at += u64::from(len);
+    }
+    let cost = |ops: &[Op], data: &[u8]| -> Result<usize, ProduceError> {
+        let mut emitted = Vec::new();
+        for op in ops {
+            op.emit(&mut emitted);
+        }
+        let ops_len = zstd_frame(1, 0, &[], &emitted)?.len();
+        Ok(ops_len + zstd_frame(1, TRIAL_HASH_LOG, prefix, data)?.len())
+    };
+    if cost(&new_ops, &new_data)? < cost(&ops, data)? {
+        *data = new_data;
+        Ok(new_ops)
     } else {
         Ok(ops)
     }
@@ -576,25 +672,22 @@ fn prefix_window(
     (len > 0).then_some((lo, len as u32))
 }
 
-/// Compresses the worker's data with old bytes `window` as history and
-/// returns the data block: the prefix ref, then the frame. The caller
-/// keeps it only when it is smaller than the other codings.
-fn compress_with_prefix(
-    old: &Input,
+/// The data block of codec `ZstdPrefix`: the prefix ref for old bytes
+/// `prefix` at `lo`, then `data`'s frame with them as history.
+fn prefix_block(
     seg_start: u64,
-    (lo, len): (u64, u32),
+    lo: u64,
+    prefix: &[u8],
     level: i32,
-    prefix_buf: &mut Vec<u8>,
     data: &[u8],
 ) -> Result<Vec<u8>, ProduceError> {
-    let n = old.read_clamped(prefix_buf, lo, len as usize)?;
     let mut block = Vec::with_capacity(16 + zstd_safe::compress_bound(data.len()));
     PrefixRef {
         delta: (lo as i128 - seg_start as i128) as i64,
-        len: n as u32,
+        len: prefix.len() as u32,
     }
     .emit(&mut block);
-    block.extend_from_slice(&zstd_frame(level, 0, &prefix_buf[..n], data)?);
+    block.extend_from_slice(&zstd_frame(level, 0, prefix, data)?);
     Ok(block)
 }
 

@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 
 use anypatch_format::{Codec, MAX_HISTORY_LEN, PACKED_OPS};
 
-use crate::encode::{encode_workers, zstd_frame, Encoded};
+use crate::encode::{encode_workers, zstd_frame, Encoded, TRIAL_HASH_LOG};
 use crate::exec::for_each_ordered;
 use crate::{Phase, ProduceError, Progress};
 
@@ -177,11 +177,6 @@ pub(crate) fn recode(
         .any(|e| e.codec & !PACKED_OPS == Codec::ZstdPrefix as u8);
     Ok(enc)
 }
-
-/// The trial's hash table: one slot per position of a 4 MiB history, so
-/// that zstd's fastest level still finds matches at its far end (its own
-/// table keeps only the most recent positions of a long prefix).
-const TRIAL_HASH_LOG: u32 = 22;
 
 /// One zstd frame of `data` with `prefix` as its history (see
 /// [`zstd_frame`]), with the level's own hash table.

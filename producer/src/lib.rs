@@ -92,11 +92,11 @@ pub const PRODUCER: &str = concat!("anypatch-mkpatch ", env!("CARGO_PKG_VERSION"
 pub enum Level {
     /// zstd level 3, small segments, no old-byte history: the least CPU.
     Fast,
-    /// zstd level 9, changes up to 1 MiB apart share a segment, and literal
-    /// data is compressed with nearby old bytes as zstd history.
+    /// zstd level 9, changes up to 1 MiB apart share a segment, and new
+    /// data is compressed with the old bytes around it as zstd history.
     Default,
-    /// zstd level 19, whole 4 MiB segments, a wider search for history,
-    /// and earlier segments' data as history (format 1.3) when smaller.
+    /// zstd level 19, changes up to 4 MiB apart share a segment, and
+    /// earlier segments' data as history too (format 1.3) when smaller.
     Best,
 }
 
@@ -105,7 +105,7 @@ impl Level {
     pub fn options(self) -> Options {
         let (level, merge_gap, prefix_len, min_copy) = match self {
             Level::Fast => (3, 16 << 10, 0, 0),
-            Level::Default => (9, 1 << 20, 1 << 20, 24),
+            Level::Default => (9, 1 << 20, MAX_PREFIX_LEN, 24),
             Level::Best => (19, MAX_SEGMENT_LEN, MAX_PREFIX_LEN, 24),
         };
         Options {
@@ -134,8 +134,9 @@ pub struct Options {
     pub merge_gap: u32,
     /// Compress literal data with up to this many old bytes, around where
     /// the segment's copies read, as zstd history (codec `ZstdPrefix`,
-    /// format 1.1), kept per segment when it is smaller. 0 turns it off;
-    /// at most `MAX_PREFIX_LEN` (4 MiB). More finds more, at more CPU.
+    /// format 1.1), kept per segment when it is smaller; a segment uses at
+    /// most its own length plus 1 MiB. 0 turns it off; at most
+    /// `MAX_PREFIX_LEN` (4 MiB, the default). More finds more, at more CPU.
     pub prefix_len: u32,
     /// Inside a near match (bytes coded as a delta against similar old
     /// bytes), equal runs of at least this many bytes become copy ops; 0
@@ -173,7 +174,7 @@ impl Options {
             threads: 0,
             level: 9,
             merge_gap: 1 << 20,
-            prefix_len: 1 << 20,
+            prefix_len: MAX_PREFIX_LEN,
             min_copy: 24,
             data_history: false,
             segment_len: MAX_SEGMENT_LEN,

@@ -55,7 +55,7 @@ fn produced(
     description: &'static str,
     old: Vec<u8>,
     new: Vec<u8>,
-    segment_len: Option<u32>,
+    tweak: impl Fn(&mut Options),
 ) -> Vector {
     let dir = tempfile::tempdir().expect("tempdir");
     let (o, n) = (dir.path().join("old"), dir.path().join("new"));
@@ -65,9 +65,7 @@ fn produced(
         threads: 1,
         ..Options::default()
     };
-    if let Some(s) = segment_len {
-        opts.segment_len = s;
-    }
+    tweak(&mut opts);
     let mut patch = Vec::new();
     make_patch(&o, &n, &mut patch, &opts, &|_| {}).expect("mkpatch on a vector");
     Vector {
@@ -107,21 +105,21 @@ pub fn all() -> Vec<Vector> {
         "old is empty: everything is literal data",
         Vec::new(),
         bytes("empty-old", 20_000),
-        None,
+        |_| {},
     ));
     v.push(produced(
         "empty-new",
         "new is empty: one page with no extents",
         bytes("empty-new", 10_000),
         Vec::new(),
-        None,
+        |_| {},
     ));
     v.push(produced(
         "identical",
         "old equals new: one unchanged copy extent",
         base.clone(),
         base.clone(),
-        None,
+        |_| {},
     ));
 
     let mut moved = Vec::new();
@@ -133,7 +131,7 @@ pub fn all() -> Vec<Vector> {
         "old blocks reordered: copy extents with positive and negative deltas",
         base.clone(),
         moved,
-        None,
+        |_| {},
     ));
 
     let mut zeros = base.clone();
@@ -144,7 +142,7 @@ pub fn all() -> Vec<Vector> {
         "a zeroed region and appended zeros: zero extents",
         base.clone(),
         zeros,
-        None,
+        |_| {},
     ));
 
     let mut edits = base.clone();
@@ -153,10 +151,11 @@ pub fn all() -> Vec<Vector> {
     }
     v.push(produced(
         "small-edits",
-        "4-byte edits: delta and copy ops in one merged segment",
+        "4-byte edits, without old-byte history: delta and copy ops in one merged segment",
         base.clone(),
         edits,
-        None,
+        // With a history, the repeated `EDIT` compresses smaller as literals.
+        |o| o.prefix_len = 0,
     ));
 
     let mut scattered = base.clone();
@@ -165,10 +164,10 @@ pub fn all() -> Vec<Vector> {
     }
     v.push(produced(
         "scattered-edits",
-        "107 3-byte edits: 215 ops in one merged segment, inline in its compact page (format 1.2)",
+        "107 3-byte edits: 215 copy and literal ops in one merged segment, inline in its compact page (format 1.2)",
         base.clone(),
         scattered,
-        None,
+        |_| {},
     ));
 
     let mut appended = base.clone();
@@ -178,7 +177,7 @@ pub fn all() -> Vec<Vector> {
         "one byte appended: a copy extent and a one-byte segment",
         base.clone(),
         appended,
-        None,
+        |_| {},
     ));
 
     let multi = bytes("multi-segment", 12 * B);
@@ -187,7 +186,7 @@ pub fn all() -> Vec<Vector> {
         "new mostly different, segment_len 4096: many data segments",
         base[..12 * B].to_vec(),
         multi,
-        Some(4096),
+        |o| o.segment_len = 4096,
     ));
 
     let small = bytes("over-4gib", B);

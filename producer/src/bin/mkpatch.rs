@@ -74,12 +74,12 @@ struct Cli {
     threads: Option<u32>,
 
     /// Speed against size: `fast` (zstd 3, no old-byte history), `default`
-    /// (zstd 9, changes up to 1 MiB apart share a segment, literal data
-    /// compressed against nearby old bytes) or `best` (zstd 19, changes up to
-    /// 4 MiB apart share a segment, 4 MiB of old-byte history, and, when
-    /// smaller, the data of earlier segments as history too, which needs an
-    /// applier of format 1.3; slower). A number 1..=19 is `default` with that
-    /// zstd level.
+    /// (zstd 9, changes up to 1 MiB apart share a segment, new data
+    /// compressed against the old bytes around it) or `best` (zstd 19,
+    /// changes up to 4 MiB apart share a segment, and, when smaller, the
+    /// data of earlier segments as history too, which needs an applier of
+    /// format 1.3; slower). A number 1..=19 is `default` with that zstd
+    /// level.
     #[arg(long, value_name = "LEVEL", default_value = "default", value_parser = parse_level)]
     level: LevelArg,
 
