@@ -385,30 +385,27 @@ fn encode_segment(
     } else {
         // One frame at the level: with the old bytes as history when a fast
         // trial says they help, since each costs as much as the data.
-        let frame = match prefix {
+        let (frame, codec, reads_from) = match prefix {
             Some((lo, prefix)) if prefix_helps(prefix, &w.data)? => {
                 let block = prefix_block(seg.start, lo, prefix, settings.level, &w.data)?;
-                safe &= lo >= seg.start;
-                Some((block, Codec::ZstdPrefix))
+                (block, Codec::ZstdPrefix, lo)
             }
             _ => {
                 let mut frame = Vec::with_capacity(zstd_safe::compress_bound(w.data.len()));
                 w.zstd
                     .compress_to_buffer(&w.data, &mut frame)
                     .map_err(|source| ProduceError::Compress { source })?;
-                Some((frame, Codec::Zstd))
+                (frame, Codec::Zstd, seg.start)
             }
         };
         // Stored when zstd does not help, so data_len <= new_len always.
-        match frame.filter(|(f, _)| f.len() < w.data.len()) {
-            Some((f, codec)) => {
-                payload.extend_from_slice(&f);
-                codec
-            }
-            None => {
-                payload.extend_from_slice(&w.data);
-                Codec::Stored
-            }
+        if frame.len() < w.data.len() {
+            safe &= reads_from >= seg.start;
+            payload.extend_from_slice(&frame);
+            codec
+        } else {
+            payload.extend_from_slice(&w.data);
+            Codec::Stored
         }
     };
     let entry = SegmentEntry {
@@ -431,20 +428,8 @@ fn literal_if_smaller(
     trial: &mut Option<zstd::bulk::Compressor<'static>>,
 ) -> Result<Vec<Op>, ProduceError> {
     let compress_err = |source| ProduceError::Compress { source };
-    let mut literal_ops = Vec::with_capacity(ops.len());
-    let mut literal_data = Vec::with_capacity(data.len());
-    let mut at = 0;
-    for op in &ops {
-        let len = op.len() as usize;
-        match *op {
-            Op::Delta { len, .. } | Op::Literal { len } => {
-                literal_data.extend_from_slice(&new_bytes[at..at + len as usize]);
-                push_op(&mut literal_ops, Op::Literal { len });
-            }
-            other => push_op(&mut literal_ops, other),
-        }
-        at += len;
-    }
+    let (literal_ops, literal_data) =
+        as_literals(&ops, new_bytes, |_, op| matches!(op, Op::Delta { .. }));
     let trial = match trial {
         Some(t) => t,
         None => trial.insert(zstd::bulk::Compressor::new(3).map_err(compress_err)?),
@@ -457,6 +442,31 @@ fn literal_if_smaller(
     } else {
         Ok(ops)
     }
+}
+
+/// `ops` with their literals and the ops `convert` picks (given each op's
+/// offset in the segment) sent as literals, and the data block to match.
+/// Every op with data must be a literal or picked.
+fn as_literals(
+    ops: &[Op],
+    new_bytes: &[u8],
+    convert: impl Fn(usize, Op) -> bool,
+) -> (Vec<Op>, Vec<u8>) {
+    let mut out_ops = Vec::with_capacity(ops.len());
+    let mut out_data = Vec::new();
+    let mut at = 0;
+    for &op in ops {
+        let len = op.len();
+        if matches!(op, Op::Literal { .. }) || convert(at, op) {
+            out_data.extend_from_slice(&new_bytes[at..at + len as usize]);
+            push_op(&mut out_ops, Op::Literal { len });
+        } else {
+            debug_assert_eq!(op.data_len(), 0, "an op with data must become a literal");
+            push_op(&mut out_ops, op);
+        }
+        at += len as usize;
+    }
+    (out_ops, out_data)
 }
 
 /// Whether `prefix` as history makes `data` smaller, by a fast trial with
@@ -514,25 +524,10 @@ fn copies_to_literals_if_smaller(
     if copied == 0 || copied > literal {
         return Ok(ops);
     }
-    let mut new_ops = Vec::with_capacity(ops.len());
-    let mut new_data = Vec::with_capacity(data.len() + copied as usize);
-    let mut at = seg_start;
-    for &op in &ops {
-        let len = op.len();
-        let from = (at - seg_start) as usize;
-        match op {
-            Op::Literal { .. } => {}
-            Op::Copy { delta, .. } if inside(at, len, delta) => {}
-            other => {
-                push_op(&mut new_ops, other);
-                at += u64::from(len);
-                continue;
-            }
-        }
-        new_data.extend_from_slice(&new_bytes[from..from + len as usize]);
-        push_op(&mut new_ops, Op::Literal { len });
-        at += u64::from(len);
-    }
+    let (new_ops, new_data) = as_literals(&ops, new_bytes, |at, op| match op {
+        Op::Copy { len, delta } => inside(seg_start + at as u64, len, delta),
+        _ => false,
+    });
     let cost = |ops: &[Op], data: &[u8]| -> Result<usize, ProduceError> {
         let mut emitted = Vec::new();
         for op in ops {
