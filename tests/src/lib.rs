@@ -129,7 +129,13 @@ pub fn root() -> PathBuf {
 /// Path of a workspace binary built by the same `cargo test` profile. Cargo
 /// builds every binary of the workspace before running integration tests
 /// only for the package's own bins, so build the others here once.
+///
+/// `ANYPATCH_TEST_BIN_DIR` points the tests at other binaries instead, for
+/// example those of the commit before a fix, to show that a test fails there.
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("ANYPATCH_TEST_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let release = cfg!(not(debug_assertions));
