@@ -5,10 +5,11 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use anypatch_format::{
-    header_hash, key_id, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, PageRef,
-    Preamble, PreambleRepr, PrefixRef, SegmentEntry, SignatureBlock, Trailer,
+    key_id, parse_header_section, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page,
+    PageRef, Preamble, PreambleRepr, PrefixRef, SegmentEntry, SignatureBlock, Trailer,
     FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, HASH_LEN,
-    MAX_HISTORY_LEN, MAX_OPS_LEN, MAX_PAGE_LEN, MAX_SEGMENT_LEN, PREAMBLE_LEN, TRAILER_LEN,
+    MAX_HISTORY_LEN, MAX_OPS_LEN, MAX_PAGE_LEN, MAX_SEGMENT_LEN, PREAMBLE_LEN, SHORT_HASH_LEN,
+    SIG_ALG_ED25519, TRAILER_LEN,
 };
 use ruzstd::decoding::FrameDecoder;
 
@@ -223,6 +224,9 @@ pub struct Applier {
     /// The header section, kept until the signature block is checked.
     header_section: Vec<u8>,
     signers: Vec<Signer>,
+    /// The index and full BLAKE3 of the segment whose output the last
+    /// `Write` handed out; see [`Applier::written_segment`].
+    written_segment: Option<(u64, Hash)>,
 }
 
 /// One signature found in the patch.
@@ -271,6 +275,7 @@ impl Applier {
             trusted_keys: Vec::new(),
             header_section: Vec::new(),
             signers: Vec::new(),
+            written_segment: None,
         }
     }
 
@@ -317,6 +322,16 @@ impl Applier {
         self.header.as_ref()
     }
 
+    /// Right after an [`Event::Write`] of a data segment's output, until the
+    /// next [`Applier::poll`]: the segment's index (in patch order, from 0)
+    /// and the full 256-bit BLAKE3 of its output; `None` after any other
+    /// event. Compact pages pin only 128 bits of a segment's hash (spec
+    /// section 7): an adapter that reads the patch twice records these in
+    /// its first read and compares them in the second, before writing.
+    pub fn written_segment(&self) -> Option<(u64, Hash)> {
+        self.written_segment
+    }
+
     /// How far the apply is. May be called at any time.
     pub fn progress(&self) -> Progress {
         Progress {
@@ -329,6 +344,7 @@ impl Applier {
     /// again after doing what the returned [`Event`] asks. After an error,
     /// every call returns the same error.
     pub fn poll(&mut self) -> Result<Event<'_>, ApplyError> {
+        self.written_segment = None;
         let action = match self.step() {
             Ok(a) => a,
             Err(e) => {
@@ -403,15 +419,8 @@ impl Applier {
                     if !self.section_ready("header")? {
                         return Ok(Action::NeedInput);
                     }
-                    let body_end = PREAMBLE_LEN + repr.header_len as usize;
-                    let check = header_hash(
-                        &self.inbuf[..PREAMBLE_LEN],
-                        &self.inbuf[PREAMBLE_LEN..body_end],
-                    );
-                    if check[..] != self.inbuf[body_end..] {
-                        return Err(FormatError::HeaderHashMismatch.into());
-                    }
-                    let header = Header::parse(&self.inbuf[PREAMBLE_LEN..body_end], repr.minor)?;
+                    // Hash first: a damaged version or feature field is damage.
+                    let (repr, header) = parse_header_section(&self.inbuf)?;
                     self.required_features = repr.required_features;
                     self.check_codec_feature(header.codec, "codec")?;
                     self.patch_hasher.update(&self.inbuf);
@@ -678,6 +687,19 @@ impl Applier {
                 trusted: self.trusted_keys.contains(&e.public_key),
             })
             .collect();
+        // A known algorithm's signature that fails means the patch was
+        // altered after signing: refused, trusted keys or not. An entry of an
+        // algorithm this applier does not know is only not counted (3.4).
+        if let Some(bad) = block
+            .entries
+            .iter()
+            .zip(&self.signers)
+            .find(|(e, s)| e.algorithm == SIG_ALG_ED25519 && !s.valid)
+        {
+            return Err(ApplyError::BadSignature {
+                key_id: bad.1.key_id,
+            });
+        }
         if self.trusted_keys.is_empty() || self.signers.iter().any(|s| s.valid && s.trusted) {
             return Ok(());
         }
@@ -1171,10 +1193,14 @@ impl Applier {
             }
         }
         let new_len = run.entry.new_len as usize;
-        if !run
-            .entry
-            .hash_matches(&self.out[..new_len], self.compact_pages())
-        {
+        // One hash: its prefix checks the entry, all of it is reported.
+        let full = *blake3::hash(&self.out[..new_len]).as_bytes();
+        let checked = if self.compact_pages() {
+            SHORT_HASH_LEN
+        } else {
+            HASH_LEN
+        };
+        if full[..checked] != run.entry.hash[..checked] {
             return Err(ApplyError::SegmentHash {
                 segment: self.segments_seen - 1,
                 new_offset: run.start,
@@ -1185,6 +1211,7 @@ impl Applier {
         }
         self.new_pos += new_len as u64;
         self.written += new_len as u64;
+        self.written_segment = Some((self.segments_seen - 1, full));
         self.inbuf.clear();
         self.state = State::Extent;
         Ok(Some(Action::Write {

@@ -51,7 +51,8 @@ pub enum ApplyError {
     Unsigned,
     /// The patch is signed, but by no trusted key.
     UntrustedSigner { key_id: [u8; 8] },
-    /// A trusted key's signature does not verify: the patch changed after signing.
+    /// A signature does not verify: the patch changed after signing. Refused
+    /// whether or not trusted keys were given.
     BadSignature { key_id: [u8; 8] },
 }
 
@@ -136,9 +137,9 @@ impl fmt::Display for ApplyError {
                 write!(f, ", which is not one of the trusted keys")
             }
             Self::BadSignature { key_id } => {
-                write!(f, "refused: the signature by trusted key ")?;
+                write!(f, "refused: the signature by key ")?;
                 hex8(f, key_id)?;
-                write!(f, " does not verify; the patch was altered after signing")
+                write!(f, " does not verify; the patch was altered after signing, get it again from its source")
             }
         }
     }

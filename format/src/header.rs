@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Codec, FormatError, Hash, PreambleRepr, HASH_LEN, MAX_PAGE_LEN, MAX_PRODUCER_LEN,
+    Codec, FormatError, Hash, Preamble, PreambleRepr, HASH_LEN, MAX_PAGE_LEN, MAX_PRODUCER_LEN,
     MAX_SEGMENT_LEN, PREAMBLE_LEN, VERSION_MAJOR, VERSION_MINOR,
 };
 
@@ -148,6 +148,32 @@ impl Header {
         out.extend_from_slice(&check);
         out
     }
+}
+
+/// Parses a whole header section (preamble, header body, header hash) in
+/// the order of spec section 6.1: the preamble's lengths, the header hash,
+/// then the major version and must-understand features, then the body.
+/// `section` must be exactly the section's bytes. This is the one place
+/// that decides whether a header is intact and understood.
+pub fn parse_header_section(section: &[u8]) -> Result<(PreambleRepr, Header), FormatError> {
+    let pre = PreambleRepr::parse(&Preamble::new_checked(section)?)?;
+    let body_end = PREAMBLE_LEN + pre.header_len as usize;
+    let want = body_end + HASH_LEN;
+    if section.len() != want {
+        return Err(FormatError::Truncated {
+            what: "header section",
+            needed: want as u64,
+            got: section.len() as u64,
+        });
+    }
+    if header_hash(&section[..PREAMBLE_LEN], &section[PREAMBLE_LEN..body_end])[..]
+        != section[body_end..]
+    {
+        return Err(FormatError::HeaderHashMismatch);
+    }
+    pre.check_version()?;
+    let header = Header::parse(&section[PREAMBLE_LEN..body_end], pre.minor)?;
+    Ok((pre, header))
 }
 
 /// BLAKE3 over the preamble and header body: the header hash field.

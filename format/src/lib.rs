@@ -36,7 +36,7 @@ mod signature;
 mod trailer;
 
 pub use error::FormatError;
-pub use header::{header_hash, Header, PageRef};
+pub use header::{header_hash, parse_header_section, Header, PageRef};
 pub use keyfile::{key_file_text, parse_key_file, KeyFileError, KeyKind};
 pub use page::{Extent, Page, SegmentEntry, SHORT_HASH_LEN};
 pub use preamble::{Preamble, PreambleRepr};

@@ -83,22 +83,20 @@ pub struct PreambleRepr {
 }
 
 impl PreambleRepr {
-    /// Parses and validates a preamble: magic, major version, must-understand
-    /// features and section limits, in that order, so that the first problem
-    /// reported is the most useful one.
+    /// Parses a preamble and checks what is needed to find the end of the
+    /// header section: the magic, then `header_len` and `signature_len`
+    /// within their limits. The major version and the must-understand
+    /// features are **not** checked here: the header hash covers them, so
+    /// they are interpreted only after it matched ([`PreambleRepr::check_version`],
+    /// called by [`crate::parse_header_section`]). A damaged version byte is
+    /// then reported as damage, not as a patch from the future.
+    ///
+    /// A length beyond this version's limits in a patch of another major is
+    /// reported as [`FormatError::UnsupportedMajor`]: another major may have
+    /// other limits, and without the section its hash cannot be checked.
     pub fn parse<T: AsRef<[u8]>>(view: &Preamble<T>) -> Result<Self, FormatError> {
         if view.magic() != MAGIC {
             return Err(FormatError::BadMagic { got: view.magic() });
-        }
-        if view.major() != VERSION_MAJOR {
-            return Err(FormatError::UnsupportedMajor {
-                got: view.major(),
-                supported: VERSION_MAJOR,
-            });
-        }
-        let unknown = view.required_features() & !KNOWN_REQUIRED_FEATURES;
-        if unknown != 0 {
-            return Err(FormatError::UnknownRequiredFeatures { bits: unknown });
         }
         let repr = Self {
             major: view.major(),
@@ -107,26 +105,52 @@ impl PreambleRepr {
             header_len: view.header_len(),
             signature_len: view.signature_len(),
         };
+        let limit = |e: FormatError| {
+            if repr.major == VERSION_MAJOR {
+                e
+            } else {
+                FormatError::UnsupportedMajor {
+                    got: repr.major,
+                    supported: VERSION_MAJOR,
+                }
+            }
+        };
         if repr.header_len == 0 {
-            return Err(FormatError::ZeroLength {
+            return Err(limit(FormatError::ZeroLength {
                 field: "header_len",
-            });
+            }));
         }
         if repr.header_len > MAX_HEADER_LEN {
-            return Err(FormatError::TooLarge {
+            return Err(limit(FormatError::TooLarge {
                 field: "header_len",
                 got: repr.header_len.into(),
                 max: MAX_HEADER_LEN.into(),
-            });
+            }));
         }
         if repr.signature_len > MAX_SIGNATURE_LEN {
-            return Err(FormatError::TooLarge {
+            return Err(limit(FormatError::TooLarge {
                 field: "signature_len",
                 got: repr.signature_len.into(),
                 max: MAX_SIGNATURE_LEN.into(),
-            });
+            }));
         }
         Ok(repr)
+    }
+
+    /// Refuses a major version or a must-understand feature this version
+    /// does not know, major first. Call only after the header hash matched.
+    pub fn check_version(&self) -> Result<(), FormatError> {
+        if self.major != VERSION_MAJOR {
+            return Err(FormatError::UnsupportedMajor {
+                got: self.major,
+                supported: VERSION_MAJOR,
+            });
+        }
+        let unknown = self.required_features & !KNOWN_REQUIRED_FEATURES;
+        if unknown != 0 {
+            return Err(FormatError::UnknownRequiredFeatures { bits: unknown });
+        }
+        Ok(())
     }
 
     /// Always [`PREAMBLE_LEN`].
@@ -168,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_in_useful_order() {
+    fn version_is_checked_apart_from_the_lengths() {
         let repr = PreambleRepr {
             major: 2,
             minor: 0,
@@ -178,20 +202,37 @@ mod tests {
         };
         let mut out = [0u8; PREAMBLE_LEN];
         repr.emit(&mut out);
+        // The lengths are in limits: parse finds the section, the version waits.
         let view = Preamble::new_checked(&out[..]).expect("24 bytes");
+        let parsed = PreambleRepr::parse(&view).expect("lengths in limits");
         assert_eq!(
-            PreambleRepr::parse(&view),
+            parsed.check_version(),
             Err(FormatError::UnsupportedMajor {
                 got: 2,
                 supported: 1
             })
         );
-        out[8] = 1;
-        let view = Preamble::new_checked(&out[..]).expect("24 bytes");
+        let one = PreambleRepr { major: 1, ..repr };
         assert_eq!(
-            PreambleRepr::parse(&view),
+            one.check_version(),
             Err(FormatError::UnknownRequiredFeatures { bits: 0x80 })
         );
+        // Out-of-limit lengths: damage in a major we know, "too new" otherwise.
+        out[0x10..0x14].copy_from_slice(&(MAX_HEADER_LEN + 1).to_le_bytes());
+        let view = Preamble::new_checked(&out[..]).expect("24 bytes");
+        assert!(matches!(
+            PreambleRepr::parse(&view),
+            Err(FormatError::UnsupportedMajor { got: 2, .. })
+        ));
+        out[8] = 1;
+        let view = Preamble::new_checked(&out[..]).expect("24 bytes");
+        assert!(matches!(
+            PreambleRepr::parse(&view),
+            Err(FormatError::TooLarge {
+                field: "header_len",
+                ..
+            })
+        ));
         assert!(Preamble::new_checked(&out[..23]).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::{self, Read};
 
 use anypatch_format::{
-    header_hash, key_id, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, Preamble,
+    key_id, parse_header_section, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, Preamble,
     PreambleRepr, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY,
     FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_OPS_LEN,
     MAX_PAGE_LEN, PREAMBLE_LEN, TRAILER_LEN,
@@ -207,10 +207,8 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, InspectError> {
     let pre = PreambleRepr::parse(&Preamble::new_checked(&pre_bytes[..])?)?;
     let body = take(r, &mut hasher, pre.header_len as usize)?;
     let check = take(r, &mut hasher, HASH_LEN)?;
-    if header_hash(&pre_bytes, &body)[..] != check[..] {
-        return Err(FormatError::HeaderHashMismatch.into());
-    }
-    let header = Header::parse(&body, pre.minor)?;
+    // The format's one header-section parser: hash before version.
+    let (pre, header) = parse_header_section(&[&pre_bytes[..], &body, &check].concat())?;
     let block = SignatureBlock::parse(&take(r, &mut hasher, pre.signature_len as usize)?)?;
     let section = [&pre_bytes[..], &body, &check].concat();
     let signers = block

@@ -20,10 +20,10 @@ use std::sync::OnceLock;
 
 use anypatch_apply::{Applier, ApplyError, Config, ErrorClass, Event, Summary};
 use anypatch_format::{
-    Codec, Extent, Header, Op, OpIter, Page, PageRef, Preamble, PreambleRepr, PrefixRef,
-    SegmentEntry, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, HASH_LEN, MAX_HISTORY_LEN,
-    MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_SEGMENT_LEN, PACKED_OPS, PREAMBLE_LEN,
-    TRAILER_LEN, VERSION_MINOR,
+    parse_header_section, Codec, Extent, Header, Op, OpIter, Page, PageRef, Preamble, PreambleRepr,
+    PrefixRef, SegmentEntry, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, HASH_LEN,
+    MAX_HISTORY_LEN, MAX_OPS_LEN, MAX_PAGE_EXTENTS, MAX_PAGE_LEN, MAX_SEGMENT_LEN, PACKED_OPS,
+    PREAMBLE_LEN, TRAILER_LEN, VERSION_MINOR,
 };
 use anypatch_producer::{make_patch, Options, SecretKey};
 
@@ -206,6 +206,16 @@ pub fn check_parse(data: &[u8]) {
                 data[..PREAMBLE_LEN],
                 "preamble does not round-trip"
             );
+        }
+    }
+    // The one header-section parser, on the section the preamble delimits.
+    if let Some(end) = Preamble::new_checked(data)
+        .and_then(|v| PreambleRepr::parse(&v))
+        .ok()
+        .map(|p| PREAMBLE_LEN + p.header_len as usize + HASH_LEN)
+    {
+        if let Some(Ok((_, h))) = data.get(..end).map(parse_header_section) {
+            check_header_round_trip(&h);
         }
     }
     for minor in [VERSION_MINOR, VERSION_MINOR + 1] {

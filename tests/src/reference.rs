@@ -36,6 +36,13 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
     {
         return Err(e("header hash"));
     }
+    // Version and features only now: the header hash covers them.
+    if pre.major != 1 {
+        return Err(e("major"));
+    }
+    if pre.required_features & !0xf != 0 {
+        return Err(e("unknown required feature"));
+    }
     let header =
         Header::parse(&section[PREAMBLE_LEN..body_end], pre.minor).map_err(|x| x.to_string())?;
     // Codec 0x02 is allowed only in a patch that declares it (version 1.1).
@@ -60,7 +67,22 @@ pub fn apply(old: &[u8], patch: &[u8]) -> Result<Vec<u8>, String> {
     let signatures = body_and_more
         .get(hash_end..hash_end + pre.signature_len as usize)
         .ok_or("truncated")?;
-    SignatureBlock::parse(signatures).map_err(|x| x.to_string())?;
+    // An Ed25519 entry that does not verify: altered after signing.
+    let block = SignatureBlock::parse(signatures).map_err(|x| x.to_string())?;
+    let mut message = b"anypatch-v1 header signature\0".to_vec();
+    message.extend_from_slice(section);
+    for entry in block.entries.iter().filter(|s| s.algorithm == 0x01) {
+        let valid = ed25519_dalek::VerifyingKey::from_bytes(&entry.public_key).is_ok_and(|k| {
+            k.verify_strict(
+                &message,
+                &ed25519_dalek::Signature::from_bytes(&entry.signature),
+            )
+            .is_ok()
+        });
+        if !valid {
+            return Err(e("bad signature"));
+        }
+    }
     let mut at = hash_end + pre.signature_len as usize;
     let mut take = |n: usize| -> Result<&[u8], String> {
         let s = body_and_more.get(at..at + n).ok_or("truncated")?;

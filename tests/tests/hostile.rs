@@ -5,7 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anypatch_format::{Preamble, PreambleRepr, KNOWN_REQUIRED_FEATURES, PREAMBLE_LEN, TRAILER_LEN};
+use anypatch_format::{
+    header_hash, Preamble, PreambleRepr, KNOWN_REQUIRED_FEATURES, PREAMBLE_LEN, TRAILER_LEN,
+};
 use anypatch_tests::{bin, corpus_small};
 
 struct Case {
@@ -160,11 +162,23 @@ fn wrong_base_is_refused_before_writing() {
     );
 }
 
+/// Recomputes the header hash and the trailer's patch hash after an edit
+/// of the preamble, as a genuine patch from a newer writer would have them.
+fn reseal(p: &mut [u8]) {
+    let end = header_end(p);
+    let h = header_hash(&p[..PREAMBLE_LEN], &p[PREAMBLE_LEN..end - 32]);
+    p[end - 32..end].copy_from_slice(&h);
+    let n = p.len() - TRAILER_LEN;
+    let t = *blake3::hash(&p[..n]).as_bytes();
+    p[n..n + 32].copy_from_slice(&t);
+}
+
 #[test]
 fn unknown_versions_and_features_are_refused() {
     let c = sparse_case();
     let mut p = c.patch.clone();
     p[8] = 2; // major version 2
+    reseal(&mut p);
     let (code, err) = apply(&c, &c.old, &p, "major");
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("version 2") && err.contains("newer"), "{err}");
@@ -174,6 +188,7 @@ fn unknown_versions_and_features_are_refused() {
     let unknown = 1u32 << (!KNOWN_REQUIRED_FEATURES).trailing_zeros();
     let bits = u32::from_le_bytes(p[12..16].try_into().expect("4 bytes")) | unknown;
     p[12..16].copy_from_slice(&bits.to_le_bytes());
+    reseal(&mut p);
     let (code, err) = apply(&c, &c.old, &p, "feature");
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("features"), "{err}");
@@ -183,6 +198,21 @@ fn unknown_versions_and_features_are_refused() {
     let (code, err) = apply(&c, &c.old, &p, "magic");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not an anypatch patch"), "{err}");
+}
+
+/// Issue 13, defect 10: the header hash covers the preamble, so one flipped
+/// bit in the version or a feature field is damage (exit 2), not "needs a
+/// newer applypatch" (exit 4).
+#[test]
+fn a_flipped_bit_in_the_preamble_is_damage_not_a_newer_format() {
+    let c = sparse_case();
+    for (at, bit) in [(8, 0x02), (9, 0x80), (12, 0x40), (15, 0x80)] {
+        let mut p = c.patch.clone();
+        p[at] ^= bit;
+        let (code, err) = apply(&c, &c.old, &p, &format!("preamble{at}"));
+        assert_eq!(code, 2, "flip at byte {at}: {err}");
+        assert!(err.contains("corrupt"), "flip at byte {at}: {err}");
+    }
 }
 
 #[test]

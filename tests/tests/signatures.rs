@@ -205,3 +205,51 @@ fn the_engine_refuses_before_reading_old_or_reporting_the_header() {
     };
     assert_eq!(err, ApplyError::Unsigned);
 }
+
+/// Issue 13, defect 16: a signature that is present but does not verify
+/// means the patch was altered after signing. It is refused (exit 6) with or
+/// without trusted keys, by `-o`, `--check` and `--in-place`, and the target
+/// is never touched. The patch hash is fixed up, so only the signature tells.
+#[test]
+fn an_altered_signed_patch_is_refused_without_trusted_keys_too() {
+    let keys = Keys::new();
+    let signed = keys.path("signed.anyp");
+    make(&keys, Some("release.key"), &signed);
+    let mut p = fs::read(&signed).expect("read");
+    let pre = PreambleRepr::parse(&Preamble::new_checked(&p[..]).expect("len")).expect("valid");
+    let sig_at = PREAMBLE_LEN + pre.header_len as usize + HASH_LEN + 1 + 33 + 5;
+    p[sig_at] ^= 0x04;
+    let n = p.len() - anypatch_format::TRAILER_LEN;
+    let fixed = *blake3::hash(&p[..n]).as_bytes();
+    p[n..n + 32].copy_from_slice(&fixed);
+    let altered = keys.path("altered.anyp");
+    fs::write(&altered, &p).expect("write");
+
+    let out = keys.path("new.img");
+    let o = apply(&keys, &[], &altered, &out);
+    assert_eq!(o.status.code(), Some(6), "-o: {}", stderr(&o));
+    assert!(stderr(&o).contains("does not verify"), "{}", stderr(&o));
+    assert!(!out.exists(), "-o left an output behind");
+
+    let o = Command::new(bin("applypatch"))
+        .arg("--check")
+        .arg(corpus_small().join("sparse.old"))
+        .arg(&altered)
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(6), "--check: {}", stderr(&o));
+
+    let disk = keys.path("disk.img");
+    fs::copy(corpus_small().join("sparse.old"), &disk).expect("copy");
+    let o = Command::new(bin("applypatch"))
+        .arg("--in-place")
+        .arg(&disk)
+        .arg(&altered)
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(6), "--in-place: {}", stderr(&o));
+    assert!(
+        fs::read(&disk).expect("disk") == fs::read(corpus_small().join("sparse.old")).expect("old"),
+        "--in-place changed the target of an altered patch"
+    );
+}

@@ -19,7 +19,7 @@
 #![forbid(unsafe_code)]
 
 use anypatch_apply::format::{
-    header_hash, Extent, FormatError, Header, Page, PageRef, Preamble, PreambleRepr,
+    parse_header_section, Extent, FormatError, Header, Page, PageRef, Preamble, PreambleRepr,
     FEATURE_COMPACT_PAGES, HASH_LEN, MAX_PAGE_LEN, MAX_ZSTD_WINDOW, PREAMBLE_LEN,
 };
 use anypatch_apply::ApplyError;
@@ -242,13 +242,10 @@ impl Layout {
                 let len = repr.header_len as usize + HASH_LEN;
                 self.expect(Section::Header(repr), end, len);
             }
-            Section::Header(repr) => {
-                let body_len = repr.header_len as usize;
-                let (body, hash) = self.buf.split_at(body_len);
-                if header_hash(&self.preamble_bytes, body)[..] != *hash {
-                    return Err(FormatError::HeaderHashMismatch.into());
-                }
-                let header = Header::parse(body, repr.minor)?;
+            Section::Header(_) => {
+                // The one header-section parser: hash before version.
+                let section = [&self.preamble_bytes[..], &self.buf[..]].concat();
+                let (repr, header) = parse_header_section(&section)?;
                 let first = header.first_page;
                 self.buckets = Some(Buckets::new(self.n_buckets, header.new_len));
                 self.header = Some(header);
