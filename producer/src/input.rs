@@ -27,18 +27,24 @@ pub(crate) struct Input {
 
 impl Input {
     /// Opens `path`, refusing anything that is not a regular file or block
-    /// device (a pipe cannot be read at offsets).
+    /// device (a pipe cannot be read at offsets, a directory has no bytes).
     pub fn open(path: &Path) -> Result<Self, ProduceError> {
         let open_err = |source| ProduceError::Open {
             path: path.to_owned(),
             source,
         };
+        let not_a_file = || ProduceError::NotAFile {
+            path: path.to_owned(),
+        };
+        // Look before opening: opening a FIFO waits for a writer, forever
+        // if none comes.
+        if !is_image(std::fs::metadata(path).map_err(open_err)?.file_type()) {
+            return Err(not_a_file());
+        }
         let mut file = File::open(path).map_err(open_err)?;
-        let kind = file.metadata().map_err(open_err)?.file_type();
-        if !kind.is_file() && !kind.is_block_device() {
-            return Err(ProduceError::NotAFile {
-                path: path.to_owned(),
-            });
+        // Look again at what was opened: the path may have been replaced.
+        if !is_image(file.metadata().map_err(open_err)?.file_type()) {
+            return Err(not_a_file());
         }
         // A block device's metadata length is 0; seeking to the end works for both.
         let len = file.seek(SeekFrom::End(0)).map_err(open_err)?;
@@ -93,4 +99,10 @@ impl Input {
         self.read_exact_at(&mut buf[..n], offset)?;
         Ok(n)
     }
+}
+
+/// Whether a file of this type can be read as an image: at any offset, with
+/// a length that does not change while it is read.
+fn is_image(kind: std::fs::FileType) -> bool {
+    kind.is_file() || kind.is_block_device()
 }

@@ -1,10 +1,12 @@
 //! `mkpatch`: make an anypatch patch, or inspect one.
 
 use std::cell::Cell;
-use std::fs::File;
+use std::fs::{File, FileType};
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -33,9 +35,15 @@ Then, anywhere that has old.img:
 The patch is the same, byte for byte, whatever the thread count.
 
 Exit status:
-  0  success (also when a reader closes the pipe early)
-  1  usage error, or an input/output error such as a missing file
-  2  the patch given to `inspect` is invalid or corrupt";
+  0    success; also when the reader of stdout (or of a FIFO given to -o)
+       closes it early, as `| head` does: mkpatch stops quietly, and what
+       the reader got is an incomplete patch
+  1    usage error; an input or output mkpatch refuses (see -o, OLD, NEW);
+       an I/O error such as a missing file
+  2    the patch given to `inspect` is invalid or corrupt
+  129  stopped by SIGHUP  (128 + signal number; with -o FILE, the temporary
+  130  stopped by SIGINT   file is removed and FILE is left as it was)
+  143  stopped by SIGTERM";
 
 /// Make a binary patch that turns OLD into NEW.
 ///
@@ -43,7 +51,8 @@ Exit status:
 /// shifted and zeroed data; codes near matches as bytewise deltas against
 /// the old bytes; and compresses only what is left with zstd, optionally
 /// with nearby old bytes as history. Inputs must be regular files or block
-/// devices; neither is ever loaded whole.
+/// devices (a FIFO, character device or directory is refused); neither is
+/// ever loaded whole.
 #[derive(Debug, Parser)]
 #[command(
     name = "mkpatch",
@@ -64,8 +73,13 @@ struct Cli {
     #[arg(required = true, value_name = "NEW")]
     new: Option<PathBuf>,
 
-    /// Write the patch to OUT instead of stdout (`-` means stdout). OUT is
-    /// written under a temporary name and renamed when complete.
+    /// Write the patch to OUT instead of stdout (`-` means stdout). A new or
+    /// regular file OUT is written under a temporary name in its directory
+    /// and renamed when complete, so it never holds part of a patch. A FIFO
+    /// or character device (e.g. /dev/null) is written to directly, as
+    /// stdout is. Refused before any work: a directory, a missing
+    /// directory, a block device (a patch is not a disk image), and OLD,
+    /// NEW or the --sign key file (also through a symlink or hard link).
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
 
@@ -100,7 +114,7 @@ struct Cli {
     #[arg(long, value_name = "KEYFILE")]
     sign: Option<PathBuf>,
 
-    /// Print nothing on stderr except errors.
+    /// Print nothing on stderr except errors and warnings.
     #[arg(short, long)]
     quiet: bool,
 }
@@ -120,7 +134,8 @@ enum Command {
     },
     /// Make an Ed25519 signing key: writes KEYFILE (secret, mode 0600) and
     /// KEYFILE with `.pub` in place of `.key` (or appended): the public key to
-    /// give appliers. Refuses to overwrite existing files.
+    /// give appliers. Refuses to overwrite existing files, and a KEYFILE
+    /// named `.pub`, the public key's name.
     Keygen {
         /// Where to write the secret key, e.g. release.key.
         #[arg(short, long, value_name = "KEYFILE")]
@@ -224,6 +239,17 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
             .into());
         }
     }
+    // Everything that can be refused is refused here, before any work.
+    let dest = destination(cli.output.as_deref())?;
+    check_input("OLD", old)?;
+    check_input("NEW", new)?;
+    if let Dest::File(out) | Dest::Stream(out) = &dest {
+        let mut inputs = vec![("OLD", old.as_path()), ("NEW", new.as_path())];
+        if let Some(key) = &cli.sign {
+            inputs.push(("the --sign key file", key.as_path()));
+        }
+        refuse_output_is_input(out, &inputs)?;
+    }
     let base = match cli.level {
         LevelArg::Named(level) => level.options(),
         LevelArg::Zstd(n) => Options {
@@ -261,8 +287,8 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
         }
     };
 
-    let summary = match cli.output.as_deref().filter(|p| !is_dash(p)) {
-        None => {
+    let summary = match &dest {
+        Dest::Stdout => {
             let stdout = io::stdout();
             if stdout.is_terminal() {
                 return Err(anyhow!(
@@ -276,7 +302,8 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
                 .map_err(|e| produce(ProduceError::Write { source: e }))?;
             summary
         }
-        Some(path) => write_file(path, old, new, &mut opts, &progress)?,
+        Dest::Stream(path) => write_stream(path, old, new, &opts, &progress)?,
+        Dest::File(path) => write_file(path, old, new, &mut opts, &progress)?,
     };
     if show {
         eprintln!("\r\x1b[2K{}", summary_line(&summary, start.elapsed()));
@@ -284,8 +311,200 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Where the patch goes.
+enum Dest {
+    /// Stdout: no `-o`, or `-o -`.
+    Stdout,
+    /// A FIFO or character device, written to directly, as stdout is.
+    Stream(PathBuf),
+    /// A new or regular file, written under a temporary name and renamed.
+    File(PathBuf),
+}
+
+/// Decides where `-o` sends the patch, refusing before any work what would
+/// fail only at the end (a directory, a missing directory) or destroy
+/// something (renaming over a block device replaces the node, not the disk).
+fn destination(out: Option<&Path>) -> Result<Dest, Failure> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(path) = out.filter(|p| !is_dash(p)) else {
+        return Ok(Dest::Stdout);
+    };
+    let shown = path.display();
+    if path.as_os_str().as_bytes().ends_with(b"/") {
+        return Err(anyhow!("-o {shown} ends with `/`; give the patch a file name").into());
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let kind = meta.file_type();
+            if kind.is_file() {
+                return Ok(Dest::File(path.to_owned()));
+            }
+            if kind.is_fifo() || kind.is_char_device() {
+                return Ok(Dest::Stream(path.to_owned()));
+            }
+            let why = if kind.is_dir() {
+                format!(
+                    "is a directory; name the patch file, e.g. -o {}",
+                    path.join("update.patch").display()
+                )
+            } else if kind.is_block_device() {
+                "is a block device, and a patch is not a disk image: write the patch to a \
+                 file (-o update.patch); `applypatch OLD update.patch -o NEW` writes images"
+                    .into()
+            } else {
+                format!("is a {}; give the patch a file name", kind_name(kind))
+            };
+            Err(anyhow!("-o {shown} {why}").into())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = parent_dir(path);
+            match std::fs::metadata(&dir) {
+                Ok(m) if m.is_dir() => Ok(Dest::File(path.to_owned())),
+                Ok(m) => Err(anyhow!(
+                    "-o {shown}: {} is a {}, not a directory",
+                    dir.display(),
+                    kind_name(m.file_type())
+                )
+                .into()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(anyhow!(
+                    "-o {shown}: the directory {} does not exist; create it first",
+                    dir.display()
+                )
+                .into()),
+                Err(e) => Err(anyhow!(e)
+                    .context(format!(
+                        "-o {shown}: cannot use directory {}",
+                        dir.display()
+                    ))
+                    .into()),
+            }
+        }
+        Err(e) => Err(anyhow!(e).context(format!("cannot use -o {shown}")).into()),
+    }
+}
+
+/// Refuses an input that cannot be read as an image, before any work: a
+/// FIFO would hang the run (opening it waits for a writer), a directory has
+/// no bytes, a character device cannot be read at offsets.
+fn check_input(what: &str, path: &Path) -> Result<(), Failure> {
+    let kind = std::fs::metadata(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .file_type();
+    if kind.is_file() || kind.is_block_device() {
+        return Ok(());
+    }
+    let what_to_do = if kind.is_dir() {
+        "give the path of an image file"
+    } else {
+        "mkpatch reads images at random offsets, so it needs a regular file or a block \
+         device; save the data to a file first"
+    };
+    Err(anyhow!(
+        "{what} {} is a {}: {what_to_do}",
+        path.display(),
+        kind_name(kind)
+    )
+    .into())
+}
+
+/// Refuses an output that is one of the files mkpatch reads, which writing
+/// it would destroy. Same device and inode, so a symlink or a hard link to
+/// an input counts as that input.
+fn refuse_output_is_input(out: &Path, inputs: &[(&str, &Path)]) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    // An output that does not exist yet is no input.
+    let Ok(o) = std::fs::metadata(out) else {
+        return Ok(());
+    };
+    for (what, path) in inputs {
+        let Ok(i) = std::fs::metadata(path) else {
+            continue;
+        };
+        if (i.dev(), i.ino()) == (o.dev(), o.ino()) {
+            return Err(anyhow!(
+                "-o {} is {what} {} (the same file); writing the patch there would destroy it: \
+                 choose another output",
+                out.display(),
+                path.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// What a file type is called in messages.
+fn kind_name(kind: FileType) -> &'static str {
+    if kind.is_file() {
+        "regular file"
+    } else if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// The directory a new file at `path` goes in.
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes the patch straight into a FIFO or character device, as into
+/// stdout: there is no file to rename into place, and a reader that stops
+/// early gets an incomplete patch.
+fn write_stream(
+    path: &Path,
+    old: &Path,
+    new: &Path,
+    opts: &Options,
+    progress: &dyn Fn(Progress),
+) -> Result<Summary, Failure> {
+    // Opening a FIFO waits until it has a reader. No create, no truncate:
+    // the node is used as it is.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let kind = file
+        .metadata()
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .file_type();
+    if !kind.is_fifo() && !kind.is_char_device() {
+        return Err(anyhow!(
+            "-o {} was replaced by a {} while mkpatch opened it; run mkpatch again",
+            path.display(),
+            kind_name(kind)
+        )
+        .into());
+    }
+    if file.is_terminal() {
+        return Err(anyhow!(
+            "refusing to write a binary patch to the terminal {}; use -o FILE",
+            path.display()
+        )
+        .into());
+    }
+    let mut out = BufWriter::with_capacity(1 << 20, &file);
+    let summary = make_patch(old, new, &mut out, opts, progress).map_err(produce)?;
+    out.flush()
+        .map_err(|e| produce(ProduceError::Write { source: e }))?;
+    Ok(summary)
+}
+
 /// Writes the patch to a temporary file next to `path`, syncs it and
-/// renames it into place, so `path` never holds a partial patch.
+/// renames it into place, so `path` never holds a partial patch. SIGINT,
+/// SIGTERM and SIGHUP remove the temporary file (see [`cleanup_on_signals`]).
 fn write_file(
     path: &Path,
     old: &Path,
@@ -293,15 +512,21 @@ fn write_file(
     opts: &mut Options,
     progress: &dyn Fn(Progress),
 ) -> Result<Summary, Failure> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
+    let dir = parent_dir(path);
+    let pending = cleanup_on_signals()?;
+    let tmp = {
+        // Created and registered under the lock, so a signal cannot fall between.
+        let mut slot = lock(&pending);
+        let tmp = tempfile::Builder::new()
+            .prefix(".mkpatch-")
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+        *slot = Some(tmp.path().to_owned());
+        tmp
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(".mkpatch-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    // The spool files have no name (O_TMPFILE, or unlinked at once), so a
+    // signal leaves none of them behind.
     opts.spool_dir = Some(dir.clone());
     let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
     let summary = make_patch(old, new, &mut out, opts, progress).map_err(produce)?;
@@ -310,13 +535,84 @@ fn write_file(
         .with_context(|| format!("cannot write {}", path.display()))?;
     drop(out);
     set_readable(tmp.as_file());
-    tmp.persist(path)
-        .with_context(|| format!("cannot rename the patch to {}", path.display()))?;
+    {
+        // A signal now waits for the rename: `path` ends up complete or as it was.
+        let mut slot = lock(&pending);
+        *slot = None;
+        // Checked at the start; checked again, since renaming over a node
+        // that appeared meanwhile would destroy it.
+        if let Ok(meta) = std::fs::metadata(path) {
+            if !meta.is_file() {
+                return Err(anyhow!(
+                    "-o {} became a {} while mkpatch ran; the patch was not written",
+                    path.display(),
+                    kind_name(meta.file_type())
+                )
+                .into());
+            }
+        }
+        // Dropping the error's file removes the temporary file.
+        tmp.persist(path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("cannot rename the patch to {}", path.display()))?;
+    }
     // Make the rename durable too; failing here loses nothing already written.
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all();
     }
     Ok(summary)
+}
+
+/// The temporary file a signal must remove, if any.
+type Pending = Arc<Mutex<Option<PathBuf>>>;
+
+/// Starts a thread that, on SIGINT, SIGTERM or SIGHUP, removes the pending
+/// temporary file and exits with status 128 + the signal number, as a shell
+/// reports a process the signal ended. Without it the default action would
+/// end the process and leave the temporary file behind. A signal ignored
+/// when mkpatch started (`nohup` ignores SIGHUP) stays ignored.
+fn cleanup_on_signals() -> Result<Pending, Failure> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let pending: Pending = Arc::new(Mutex::new(None));
+    let ignored = ignored_signals();
+    let wanted = [SIGINT, SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|&s| ignored & (1 << (s - 1)) == 0);
+    let mut signals = signal_hook::iterator::Signals::new(wanted)
+        .context("cannot install the signal handlers that remove the temporary file")?;
+    let held = Arc::clone(&pending);
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            // The lock is held across the rename; waiting for it means the
+            // output is never left half-renamed.
+            let slot = lock(&held);
+            if let Some(path) = slot.as_ref() {
+                let _ = std::fs::remove_file(path);
+            }
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(pending)
+}
+
+/// The set of signals this process started with ignored, as a mask with bit
+/// `signal - 1` set, read from /proc/self/status (asking sigaction would take
+/// unsafe code); none where /proc cannot tell.
+fn ignored_signals() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Locks `m`; a panic elsewhere does not make the path it guards wrong.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Temporary files are created 0600; a patch is meant to be shared.
@@ -327,11 +623,10 @@ fn set_readable(file: &File) {
 
 fn produce(e: ProduceError) -> Failure {
     match &e {
-        // A patch cut short must not look like success: exit 1, one line.
+        // The reader chose to stop (`| head`): stop quietly, as ripgrep and
+        // b3sum do. The help says that what it read is incomplete.
         ProduceError::Write { source } if source.kind() == io::ErrorKind::BrokenPipe => {
-            Failure::Usage(anyhow!(
-                "stdout was closed before the whole patch was written; the patch is incomplete"
-            ))
+            Failure::BrokenPipe
         }
         _ => Failure::Usage(e.into()),
     }
@@ -382,11 +677,25 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Reads a secret key file, warning (as ssh does) when other users can read
+/// it: anyone who can read it can sign patches that appliers trust.
 fn read_secret_key(path: &Path) -> Result<SecretKey, Failure> {
+    use std::os::unix::fs::PermissionsExt;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read key file {}", path.display()))?;
     let seed =
         parse_key_file(&text, KeyKind::Secret).with_context(|| format!("{}", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "mkpatch: warning: the secret key {} can be read by other users (mode {mode:04o}), \
+                 who could then sign patches; fix it with: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
     Ok(SecretKey::from_seed(seed))
 }
 
@@ -403,6 +712,16 @@ fn public_path(secret: &Path) -> PathBuf {
 
 fn run_keygen(secret_path: &Path) -> Result<(), Failure> {
     use std::os::unix::fs::OpenOptionsExt;
+    // `keygen -o release.pub` would put the secret key where people look
+    // for the one to hand out.
+    if secret_path.extension().is_some_and(|e| e == "pub") {
+        return Err(anyhow!(
+            "refusing to write the secret key to {}: a .pub name is for the public key, which \
+             mkpatch writes beside the secret one; give a name like release.key",
+            secret_path.display()
+        )
+        .into());
+    }
     let public_path = public_path(secret_path);
     let key = SecretKey::generate().context("cannot read random bytes from /dev/urandom")?;
     let write_new = |path: &Path, text: String, mode: u32| -> anyhow::Result<()> {
