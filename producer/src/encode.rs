@@ -203,7 +203,7 @@ pub(crate) fn encode_all(
                 .write_all(&payload)
                 .map_err(|source| ProduceError::Spool { source })?;
             if let (Some(raw), Some(data)) = (raw.as_mut(), data) {
-                raw.push(i, &data)?;
+                raw.push(i, &data, entry.codec & !PACKED_OPS == Codec::Stored as u8)?;
             }
             uses_prefix |= entry.codec & !PACKED_OPS == Codec::ZstdPrefix as u8;
             packs_ops |= entry.codec & PACKED_OPS != 0;

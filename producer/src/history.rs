@@ -7,17 +7,22 @@
 //! decoded data of the patch's earlier such segments as history: the last
 //! `MAX_HISTORY_LEN - n` bytes of their concatenation, for `n` data bytes.
 //!
-//! Every segment with data takes part, so the history is simply the data
-//! blocks spooled by phase 5a in order, and each frame can be made on its
-//! own, in parallel. The pass is kept only when its frames are smaller in
-//! total than the data blocks they replace; otherwise the patch is as
-//! phase 5a made it.
+//! Every segment with data takes part (but see [`takes_part`]), so the
+//! history is simply the data blocks spooled by phase 5a in order, and each
+//! frame can be made on its own, in parallel. The pass is kept only when its
+//! frames are smaller in total than the data blocks they replace, and each
+//! fits the format's limits; otherwise the patch is as phase 5a made it.
+//!
+//! Segments without data (only copies and zeros) take no part: codec 0x03
+//! needs at least one byte of data (spec section 3.8.1), so they keep their
+//! coding, and the rewrite below matches frames to segments by number.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 
-use anypatch_format::{Codec, MAX_HISTORY_LEN, PACKED_OPS};
+use anypatch_format::{Codec, MAX_HISTORY_LEN, MAX_SEGMENT_LEN, PACKED_OPS};
+use zstd::zstd_safe;
 
 use crate::encode::{encode_workers, zstd_frame, Encoded, TRIAL_HASH_LOG};
 use crate::exec::for_each_ordered;
@@ -48,9 +53,15 @@ impl RawData {
         }
     }
 
-    /// Appends segment `seg`'s data block; empty blocks take no part.
-    pub(crate) fn push(&mut self, seg: usize, data: &[u8]) -> Result<(), ProduceError> {
-        if data.is_empty() {
+    /// Appends segment `seg`'s data block, which phase 5a coded `stored`
+    /// or not, when it takes part (see [`takes_part`]).
+    pub(crate) fn push(
+        &mut self,
+        seg: usize,
+        data: &[u8],
+        stored: bool,
+    ) -> Result<(), ProduceError> {
+        if !takes_part(data.len(), stored) {
             return Ok(());
         }
         self.file
@@ -70,6 +81,19 @@ impl RawData {
             blocks: self.blocks,
         })
     }
+}
+
+/// Whether a data block of `n` bytes that phase 5a coded as stored (zstd
+/// could not shrink it) or not takes part in the data history.
+///
+/// An empty block cannot: codec 0x03 needs data. A codec 0x03 block is a
+/// zstd frame, and a frame of bytes zstd cannot shrink is longer than they
+/// are (3 bytes per 128 KiB block, and its header): for a stored block near
+/// 4 MiB that is over the format's limit on `data_len`, so such a block
+/// keeps its stored coding and stays out of the history, for the frames
+/// after it too. A block that zstd did shrink takes part at any size.
+pub(crate) fn takes_part(n: usize, stored: bool) -> bool {
+    n > 0 && (!stored || zstd_safe::compress_bound(n) <= MAX_SEGMENT_LEN as usize)
 }
 
 /// Recodes every data block of `enc` with codec `ZstdHistory` when that is
@@ -136,19 +160,26 @@ pub(crate) fn recode(
             Ok(())
         },
     )?;
-    if after >= before {
+    // A frame over the format's limit (zstd made a block that it had
+    // shrunk before larger than 4 MiB) cannot be written, and the frames
+    // after it took its data as history: the whole pass goes.
+    let too_long = frames.iter().any(|f| f.len() > MAX_SEGMENT_LEN as usize);
+    if after >= before || too_long {
         return Ok(enc);
     }
-    // Rewrite the spool: each segment's ops block, then its new frame.
+    // Rewrite the spool: each segment's ops block, then its new frame, or
+    // its data block as it was when it takes no part.
     let mut w = BufWriter::with_capacity(1 << 20, out);
     let mut frames = blocks.iter().map(|b| b.0).zip(frames).peekable();
     let mut at = 0u64;
     let mut buf = Vec::new();
     for (seg, entry) in enc.entries.iter_mut().enumerate() {
         let (ops_len, data_len) = (entry.ops_len as usize, entry.data_len as usize);
-        let keep = match frames.peek() {
-            Some((s, _)) if *s == seg => ops_len,
-            _ => ops_len + data_len,
+        let frame = frames.next_if(|(s, _)| *s == seg).map(|(_, f)| f);
+        let keep = if frame.is_some() {
+            ops_len
+        } else {
+            ops_len + data_len
         };
         buf.resize(keep, 0);
         enc.spool
@@ -160,10 +191,9 @@ pub(crate) fn recode(
                 .map_err(|source| ProduceError::Spool { source })
         };
         write(&mut w, &buf)?;
-        if keep == ops_len {
-            let (_, frame) = frames.next().expect("peeked");
+        if let Some(frame) = frame {
             write(&mut w, &frame)?;
-            entry.data_len = frame.len() as u32; // at most a 4 MiB block's bound
+            entry.data_len = frame.len() as u32; // at most MAX_SEGMENT_LEN, checked above
             entry.codec = Codec::ZstdHistory as u8 | (entry.codec & PACKED_OPS);
         }
     }
@@ -187,7 +217,7 @@ fn compress(level: i32, prefix: &[u8], data: &[u8]) -> Result<Vec<u8>, ProduceEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zstd::zstd_safe;
+    use anypatch_format::SegmentEntry;
 
     #[test]
     fn frames_declare_their_size_and_decode_against_the_prefix() {
@@ -204,5 +234,168 @@ mod tests {
             zstd_safe::get_frame_content_size(&frame).expect("header"),
             Some(data.len() as u64)
         );
+    }
+
+    /// Bytes zstd cannot shrink (xorshift64*).
+    fn noise(mut seed: u64, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed >> 12;
+                seed ^= seed << 25;
+                seed ^= seed >> 27;
+                (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// One segment of a hand-made phase 5a result: its ops block (opaque
+    /// here), its data, and whether 5a stored the data or compressed it.
+    struct Seg {
+        ops: Vec<u8>,
+        data: Vec<u8>,
+        stored: bool,
+    }
+
+    /// Phase 5a's spools and entries for `segs`, run through [`recode`] at
+    /// level 3; returns the entries and each segment's data block after it.
+    fn recode_segments(segs: &[Seg]) -> (Vec<SegmentEntry>, Vec<Vec<u8>>) {
+        let mut spool = tempfile::tempfile().expect("spool");
+        let mut raw = RawData::new(tempfile::tempfile().expect("raw spool"));
+        let mut entries = Vec::new();
+        for (i, seg) in segs.iter().enumerate() {
+            let (block, codec) = if seg.stored || seg.data.is_empty() {
+                (seg.data.clone(), Codec::Stored)
+            } else {
+                (
+                    zstd::bulk::compress(&seg.data, 3).expect("zstd"),
+                    Codec::Zstd,
+                )
+            };
+            spool.write_all(&seg.ops).expect("write");
+            spool.write_all(&block).expect("write");
+            raw.push(i, &seg.data, codec == Codec::Stored)
+                .expect("push");
+            entries.push(SegmentEntry {
+                new_len: seg.data.len().max(1) as u32,
+                codec: codec as u8,
+                ops_len: seg.ops.len() as u32,
+                data_len: block.len() as u32,
+                hash: [0; 32],
+                inline_ops: Some(0),
+            });
+        }
+        let enc = Encoded {
+            entries,
+            spool,
+            in_place_safe: true,
+            uses_prefix: false,
+            packs_ops: false,
+            uses_history: false,
+            raw: None,
+        };
+        let raw = raw.finish().expect("finish");
+        let enc =
+            recode(enc, raw, 3, 1, tempfile::tempfile().expect("out"), &|_| {}).expect("recode");
+        assert!(enc.uses_history, "the pass was not kept");
+        let mut blocks = Vec::new();
+        let mut at = 0u64;
+        for (e, seg) in enc.entries.iter().zip(segs) {
+            let mut ops = vec![0; e.ops_len as usize];
+            enc.spool.read_exact_at(&mut ops, at).expect("read");
+            assert_eq!(ops, seg.ops, "the ops block moved");
+            let mut block = vec![0; e.data_len as usize];
+            enc.spool
+                .read_exact_at(&mut block, at + u64::from(e.ops_len))
+                .expect("read");
+            at += u64::from(e.ops_len) + u64::from(e.data_len);
+            blocks.push(block);
+        }
+        (enc.entries, blocks)
+    }
+
+    /// Decodes a codec 0x03 frame with `history` as its prefix.
+    fn decode(frame: &[u8], history: &[u8], n: usize) -> Vec<u8> {
+        let mut dctx = zstd_safe::DCtx::create();
+        if !history.is_empty() {
+            dctx.ref_prefix(history).expect("prefix");
+        }
+        let mut out = Vec::with_capacity(n);
+        dctx.decompress(&mut out, frame).expect("decompress");
+        out
+    }
+
+    /// Found by fuzzing: a segment of copies and zeros only, before or after
+    /// the segments with data, took the next segment's frame (making codec
+    /// 0x03 with no data, which the engine refuses) or, when none was left,
+    /// panicked.
+    #[test]
+    fn segments_without_data_keep_their_coding() {
+        let text = noise(1, 20_000);
+        let no_data = |op: u8| Seg {
+            ops: vec![op; 3],
+            data: Vec::new(),
+            stored: true,
+        };
+        let segs = [
+            no_data(1),
+            Seg {
+                ops: vec![2; 5],
+                data: text.clone(),
+                stored: true,
+            },
+            no_data(3),
+            Seg {
+                ops: vec![4; 5],
+                data: text.clone(),
+                stored: true,
+            },
+            no_data(5),
+        ];
+        let (entries, blocks) = recode_segments(&segs);
+        for i in [0, 2, 4] {
+            assert_eq!(entries[i].codec, Codec::Stored as u8, "segment {i}");
+            assert_eq!(entries[i].data_len, 0, "segment {i}");
+        }
+        assert_eq!(entries[1].codec, Codec::ZstdHistory as u8);
+        assert_eq!(entries[3].codec, Codec::ZstdHistory as u8);
+        assert_eq!(decode(&blocks[1], &[], text.len()), text);
+        assert!(blocks[3].len() < 100, "no history: {}", blocks[3].len());
+        assert_eq!(decode(&blocks[3], &text, text.len()), text);
+    }
+
+    /// A stored block near 4 MiB made a codec 0x03 frame longer than
+    /// `MAX_SEGMENT_LEN`, which no applier reads: it stays stored, and out
+    /// of the history of the frames after it.
+    #[test]
+    fn a_stored_block_near_4_mib_stays_stored_and_out_of_the_history() {
+        let big = noise(2, MAX_SEGMENT_LEN as usize);
+        let text = noise(3, 30_000);
+        let segs = [
+            Seg {
+                ops: vec![1; 4],
+                data: text.clone(),
+                stored: true,
+            },
+            Seg {
+                ops: vec![2; 4],
+                data: big.clone(),
+                stored: true,
+            },
+            Seg {
+                ops: vec![3; 4],
+                data: text.clone(),
+                stored: true,
+            },
+        ];
+        let (entries, blocks) = recode_segments(&segs);
+        for (i, e) in entries.iter().enumerate() {
+            assert!(e.data_len <= MAX_SEGMENT_LEN, "segment {i}: {}", e.data_len);
+        }
+        assert_eq!(entries[1].codec, Codec::Stored as u8);
+        assert_eq!(blocks[1], big);
+        assert_eq!(entries[2].codec, Codec::ZstdHistory as u8);
+        // Its history is segment 0's data alone, as an applier's is.
+        assert_eq!(decode(&blocks[2], &text, text.len()), text);
+        assert!(blocks[2].len() < 100, "no history: {}", blocks[2].len());
     }
 }

@@ -35,9 +35,11 @@ fn seeds() -> Vec<PathBuf> {
     files
 }
 
-/// Runs `check` on each file, naming the file in any failure; returns how
-/// many ran.
+/// Runs `check` on each file and fails naming every file that fails, with
+/// its message (one bug often fails many files, in more than one way);
+/// returns how many ran.
 fn replay(files: &[PathBuf], check: fn(&[u8])) -> usize {
+    let mut failed = Vec::new();
     for f in files {
         let data = fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         if let Err(panic) = std::panic::catch_unwind(|| check(&data)) {
@@ -46,9 +48,16 @@ fn replay(files: &[PathBuf], check: fn(&[u8])) -> usize {
                 .map(String::as_str)
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("(no message)");
-            panic!("{} fails its check: {msg}", f.display());
+            failed.push(format!("{} fails its check: {msg}", f.display()));
         }
     }
+    assert!(
+        failed.is_empty(),
+        "{} of {} files fail:\n{}",
+        failed.len(),
+        files.len(),
+        failed.join("\n")
+    );
     files.len()
 }
 
