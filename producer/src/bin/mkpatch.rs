@@ -243,13 +243,11 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
     let dest = destination(cli.output.as_deref())?;
     check_input("OLD", old)?;
     check_input("NEW", new)?;
-    if let Dest::File(out) | Dest::Stream(out) = &dest {
-        let mut inputs = vec![("OLD", old.as_path()), ("NEW", new.as_path())];
-        if let Some(key) = &cli.sign {
-            inputs.push(("the --sign key file", key.as_path()));
-        }
-        refuse_output_is_input(out, &inputs)?;
+    let mut inputs = vec![("OLD", old.as_path()), ("NEW", new.as_path())];
+    if let Some(key) = &cli.sign {
+        inputs.push(("the --sign key file", key.as_path()));
     }
+    refuse_output_is_input(&dest, &inputs)?;
     let base = match cli.level {
         LevelArg::Named(level) => level.options(),
         LevelArg::Zstd(n) => Options {
@@ -409,11 +407,25 @@ fn check_input(what: &str, path: &Path) -> Result<(), Failure> {
 
 /// Refuses an output that is one of the files mkpatch reads, which writing
 /// it would destroy. Same device and inode, so a symlink or a hard link to
-/// an input counts as that input.
-fn refuse_output_is_input(out: &Path, inputs: &[(&str, &Path)]) -> Result<(), Failure> {
+/// an input counts as that input, and so does stdout opened on one
+/// (`mkpatch a b >> a`).
+fn refuse_output_is_input(dest: &Dest, inputs: &[(&str, &Path)]) -> Result<(), Failure> {
+    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
+    let (shown, out) = match dest {
+        Dest::File(path) | Dest::Stream(path) => {
+            (format!("-o {}", path.display()), std::fs::metadata(path))
+        }
+        Dest::Stdout => (
+            "stdout".to_owned(),
+            io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .and_then(|fd| File::from(fd).metadata()),
+        ),
+    };
     // An output that does not exist yet is no input.
-    let Ok(o) = std::fs::metadata(out) else {
+    let Ok(o) = out else {
         return Ok(());
     };
     for (what, path) in inputs {
@@ -422,9 +434,8 @@ fn refuse_output_is_input(out: &Path, inputs: &[(&str, &Path)]) -> Result<(), Fa
         };
         if (i.dev(), i.ino()) == (o.dev(), o.ino()) {
             return Err(anyhow!(
-                "-o {} is {what} {} (the same file); writing the patch there would destroy it: \
+                "{shown} is {what} {} (the same file); writing the patch there would destroy it: \
                  choose another output",
-                out.display(),
                 path.display()
             )
             .into());

@@ -173,8 +173,8 @@ fn output_onto_a_device_node_never_replaces_the_node() {
 }
 
 /// Defect 3: an output that is one of the inputs (OLD, NEW or the --sign
-/// key; also through a symlink or a hard link) is refused before any work,
-/// and the input is left as it was.
+/// key; also through a symlink or a hard link, or stdout opened on one) is
+/// refused before any work, and the input is left as it was.
 #[test]
 fn output_that_is_an_input_is_refused() {
     let (src_old, src_new) = pair("sparse");
@@ -209,6 +209,23 @@ fn output_that_is_an_input_is_refused() {
             "-o {out}"
         );
     }
+    // `mkpatch a b >> a`: stdout opened on an input.
+    let append = fs::OpenOptions::new()
+        .append(true)
+        .open(&a)
+        .expect("open a");
+    let o = Command::new(bin("mkpatch"))
+        .arg(&a)
+        .arg(&b)
+        .stdin(Stdio::null())
+        .stdout(append)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run mkpatch");
+    assert_eq!(o.status.code(), Some(1), ">> a: {}", stderr(&o));
+    assert!(stderr(&o).contains("same file"), ">> a: {}", stderr(&o));
+    assert_eq!(blake3::hash(&fs::read(&a).expect("read")), old_hash, ">> a");
+
     let key = at("release.key");
     let o = mkpatch(&[Path::new("--sign"), &key, &a, &b, Path::new("-o"), &key]);
     assert_eq!(o.status.code(), Some(1), "-o the key: {}", stderr(&o));
