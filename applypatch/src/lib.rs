@@ -8,6 +8,9 @@
 #![forbid(unsafe_code)]
 
 pub mod inplace;
+pub mod output;
+
+pub use output::{apply_to_new_file, NewFileSink, OutputTarget, Written};
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -84,22 +87,6 @@ pub struct NullSink;
 impl Sink for NullSink {
     fn write_at(&mut self, _: u64, _: &[u8]) -> io::Result<()> {
         Ok(())
-    }
-    fn zero(&mut self, _: u64, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Writes a new file with positional writes. The file starts empty and is
-/// sized at the end, so zero runs are left as holes.
-#[derive(Debug)]
-pub struct NewFileSink<'a> {
-    file: &'a File,
-}
-
-impl Sink for NewFileSink<'_> {
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, offset)
     }
     fn zero(&mut self, _: u64, _: u64) -> io::Result<()> {
         Ok(())
@@ -196,16 +183,26 @@ impl PatchSource {
     fn open(&self) -> Result<Box<dyn Read>, DriveError> {
         Ok(match self {
             Self::Stdin => Box::new(io::stdin().lock()),
-            Self::Path(p) => Box::new(
-                File::open(p).map_err(io_err(format!("cannot open patch {}", p.display())))?,
-            ),
+            Self::Path(p) => {
+                // A pipe is a fine patch (it is read in order); a directory is not.
+                if std::fs::metadata(p).is_ok_and(|m| m.is_dir()) {
+                    return Err(DriveError::Refused(format!(
+                        "the patch {} is a directory; give the patch file",
+                        p.display()
+                    )));
+                }
+                Box::new(
+                    File::open(p).map_err(io_err(format!("cannot open patch {}", p.display())))?,
+                )
+            }
         })
     }
 }
 
+/// Opens OLD: a regular file or a block device (a FIFO, a directory or a
+/// character device is refused without blocking).
 fn open_old(path: &Path) -> Result<(File, u64), DriveError> {
-    let file =
-        File::open(path).map_err(io_err(format!("cannot open old file {}", path.display())))?;
+    let file = output::open_seekable_input(path)?;
     let len =
         file_len(&file).map_err(io_err(format!("cannot size old file {}", path.display())))?;
     Ok((file, len))
@@ -245,76 +242,6 @@ pub fn check(
         &mut |h| policy.check_header(h),
         on_progress,
     )
-}
-
-/// Applies a patch to `old`, writing the result to `new` atomically: a
-/// temporary file beside `new`, fsync, then rename. On any error no file is
-/// left at `new` (an existing `new` is left as it was).
-pub fn apply_to_new_file(
-    old: &Path,
-    patch: &PatchSource,
-    new: &Path,
-    policy: &Policy,
-    on_progress: &mut dyn FnMut(Progress),
-) -> Result<Summary, DriveError> {
-    let (old_file, old_len) = open_old(old)?;
-    if let (Ok(a), Ok(b)) = (std::fs::metadata(old), std::fs::metadata(new)) {
-        use std::os::unix::fs::MetadataExt;
-        if a.dev() == b.dev() && a.ino() == b.ino() {
-            return Err(DriveError::Refused(
-                "the output is the old file itself; use --in-place to patch a file in place".into(),
-            ));
-        }
-    }
-    let dir = match new.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = new
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".applypatch-tmp")
-        .tempfile_in(&dir)
-        .map_err(io_err(format!(
-            "cannot create a temporary file in {}",
-            dir.display()
-        )))?;
-    let mut reader = patch.open()?;
-    let mut applier = Applier::new(Config::new(old_len));
-    applier.require_signature(&policy.trusted_keys);
-    let mut sink = NewFileSink {
-        file: tmp.as_file(),
-    };
-    let summary = drive(
-        &mut applier,
-        &mut reader,
-        &old_file,
-        &mut sink,
-        &mut |h| policy.check_header(h),
-        on_progress,
-    )?;
-    let f = tmp.as_file();
-    f.set_len(summary.new_len)
-        .map_err(io_err("cannot size the new file"))?;
-    if let Ok(meta) = old_file.metadata() {
-        if meta.is_file() {
-            // Best effort: the new image keeps the old image's permissions.
-            let _ = f.set_permissions(meta.permissions());
-        }
-    }
-    f.sync_all()
-        .map_err(io_err("cannot flush the new file to disk"))?;
-    tmp.persist(new).map_err(|e| DriveError::Io {
-        action: format!("cannot rename into {}", new.display()),
-        source: e.error,
-    })?;
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all(); // make the rename durable where the file system allows
-    }
-    Ok(summary)
 }
 
 /// How an in-place apply keeps its crash-recovery state.
@@ -632,8 +559,10 @@ impl Policy {
     pub fn check_header(&self, h: &Header) -> Result<(), DriveError> {
         match self.max_new_len {
             Some(max) if h.new_len > max => Err(DriveError::Refused(format!(
-                "the patch makes a {}-byte image, above --max-new-size {max}",
-                h.new_len
+                "the patch makes a {} image ({} bytes), above --max-new-size {} ({max} bytes)",
+                output::human_bytes(h.new_len),
+                h.new_len,
+                output::human_bytes(max)
             ))),
             _ => Ok(()),
         }

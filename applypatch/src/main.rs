@@ -1,16 +1,22 @@
 //! `applypatch`: apply an anypatch patch. See `applypatch --help`.
 
+use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anypatch_apply::{ErrorClass, Progress, Summary};
+use anypatch_apply::{ErrorClass, Progress};
+use anypatch_applypatch::output::{self, human_bytes};
 use anypatch_applypatch::{
     apply_in_place, apply_to_new_file, check, hex, read_trusted_keys, DriveError, InPlaceOptions,
-    PatchSource, Policy,
+    OutputTarget, PatchSource, Policy, Written,
 };
 use clap::Parser;
+
+/// Largest --journal-batch, as the help says.
+const MAX_JOURNAL_BATCH: u64 = 0x40_0000;
 
 /// Apply an anypatch patch to an image.
 ///
@@ -23,27 +29,69 @@ use clap::Parser;
     version,
     after_help = "EXAMPLES:
     applypatch old.img p.bin -o new.img      write the new image (atomic: temp file, fsync, rename)
+    applypatch old.img p.bin -o /dev/sdb     write it onto a disk: verified whole first, then
+                                             written, synced and read back
     applypatch --check old.img p.bin         verify fully, write nothing, print the new BLAKE3
     applypatch --in-place disk.img p.bin     rewrite only what changed in disk.img;
                                              after a crash, the same command finishes it
     applypatch --trusted-key release.pub old.img p.bin -o new.img   accept only patches signed by this key
     curl ... | applypatch old.img - -o new.img
 
+OUTPUT (-o NEW):
+    a new or existing regular file: written beside it as .NEW.XXXXXX.applypatch-tmp, sparse
+        (all-zero 4 KiB blocks stay holes), fsynced, renamed over NEW. A symlink to a regular
+        file is followed: the file it points to is replaced, the link stays.
+    a block device: the whole patch is verified against OLD with nothing written, then the
+        image is written from offset 0, synced, read back and hashed against the new BLAKE3.
+        The device's old contents are lost only after the patch verified. A device smaller
+        than the new image is refused; bytes after the image on a larger device are left as
+        they are. The patch must be a file (it is read twice), and the device not in use.
+    refused before any work (exit 1): a directory, a missing directory, a FIFO, a character
+        device, a socket, OLD itself or the patch itself (same file: links count).
+    OLD must be a regular file or a block device: a directory, FIFO or character device is
+        refused (exit 1). The patch may be a file, a pipe or '-' (except onto a block device).
+
+SIZES (--max-new-size):
+    plain bytes (67108864), or a number with a unit, fractions allowed (1.5G): K, M, G, T, P,
+    alone or with i/iB, are powers of 1024 (64G = 64GiB, as GNU tools read them); kB, MB, GB,
+    TB, PB are powers of 1000. Case does not matter.
+
+JSON (--json): stdout is exactly one object, whatever happens:
+    ok             true or false
+    exit_code      the process's exit code
+    mode           \"output\", \"check\" or \"in_place\" (absent for usage errors)
+    status         on success: \"applied\", \"verified\" (--check) or \"already_applied\" (--in-place
+                   on a target that already is the new image)
+    output, output_kind, device_len    -o: the file written (symlink resolved), \"file\" or
+                   \"block_device\", and a device's size in bytes
+    target         --in-place: the image patched
+    new_len, new_blake3, patch_blake3  the new image's size and BLAKE3, the patch's BLAKE3
+    bytes_written  bytes the output received (holes not counted); absent with --check
+    bytes_zeroed   bytes of zero runs the patch declares; absent with --check
+    seconds        wall time
+    error_class    on failure: usage, io, refused, corrupt_patch, wrong_base, unsupported,
+                   not_in_place, untrusted, interrupted
+    error          on failure, and message on already_applied: the sentence also on stderr
+    signal         when interrupted: SIGINT, SIGTERM or SIGHUP
+
 EXIT CODES:
-    0  success
-    1  usage or I/O error (missing file, no space, ...)
+    0  success (also: --in-place on a target that already is the new image)
+    1  usage or I/O error (missing file, no space, refused input or output kind, ...)
     2  the patch is corrupt, truncated or not an anypatch patch
     3  wrong base: OLD is not the file the patch was made against
     4  the patch needs a newer applypatch (format version or feature)
     5  the patch cannot be applied in place; use -o
-    6  the patch is not signed by a trusted key (--trusted-key)"
+    6  the patch is not signed by a trusted key (--trusted-key)
+    129, 130, 143  stopped by SIGHUP, SIGINT, SIGTERM (128 + signal number) during -o or --check;
+       the temporary file is removed first, an existing NEW is left as it was"
 )]
 struct Cli {
     /// The old image the patch was made against (with --in-place: the image to rewrite).
     old: PathBuf,
     /// The patch file, or '-' for stdin.
     patch: PathBuf,
-    /// Write the new image here. Nothing appears at this path unless the whole patch verifies.
+    /// Write the new image here: a file, or a block device. Nothing appears
+    /// at a file path unless the whole patch verifies.
     #[arg(short, long, value_name = "NEW", required_unless_present_any = ["check", "in_place"])]
     output: Option<PathBuf>,
     /// Verify the patch against OLD completely and print the new image's BLAKE3. Writes nothing.
@@ -56,23 +104,32 @@ struct Cli {
     /// a regular file as .NAME.anypatch-state; /var/lib/anypatch/NAME.anypatch-state
     /// for a block device]. Killed or powered off mid-way, run the same command
     /// again: it finishes the job from there.
-    #[arg(long, value_name = "FILE", requires = "in_place")]
+    // `requires = "in_place"` is not enough: a flag's default false counts as present.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "check"])]
     state: Option<PathBuf>,
     /// Advanced, with --in-place: most bytes the crash journal gathers before
-    /// each sync, 1..=4194304. Smaller redoes less after a crash; larger is faster.
-    #[arg(long, value_name = "BYTES", default_value_t = anypatch_applypatch::inplace::BATCH_BYTES, hide_short_help = true)]
-    journal_batch: usize,
+    /// each sync, 1..=4194304 [default: 4194304]. Smaller redoes less after a
+    /// crash; larger is faster.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        conflicts_with_all = ["output", "check"],
+        value_parser = clap::value_parser!(u64).range(1..=MAX_JOURNAL_BATCH),
+        hide_short_help = true
+    )]
+    journal_batch: Option<u64>,
     /// Accept only patches signed by this public key (a .pub file from
     /// `mkpatch keygen`). Repeat for several keys; any one of them suffices.
     /// The signature is checked before the old file is read or anything is written.
     #[arg(long, value_name = "KEYFILE")]
     trusted_key: Vec<PathBuf>,
-    /// Refuse a patch whose new image would be larger than BYTES, before
-    /// reading the old file. Use it for patches from untrusted sources that
-    /// are not signed: a patch declares its size, and work follows it.
-    #[arg(long, value_name = "BYTES")]
+    /// Refuse a patch whose new image would be larger than SIZE (64G, 512MiB,
+    /// 2TB, 1.5G or bytes; see SIZES), before reading the old file. Use it
+    /// for patches from untrusted sources that are not signed: a patch
+    /// declares its size, and work follows it.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_new_size: Option<u64>,
-    /// Print the result as one JSON object on stdout.
+    /// Print the result as one JSON object on stdout, errors included (see JSON).
     #[arg(long)]
     json: bool,
     /// No progress or summary on stderr.
@@ -80,16 +137,51 @@ struct Cli {
     quiet: bool,
 }
 
+impl Cli {
+    fn mode(&self) -> &'static str {
+        if self.check {
+            "check"
+        } else if self.in_place {
+            "in_place"
+        } else {
+            "output"
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let started = Instant::now();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             // Usage errors exit 1: exit 2 is reserved for a corrupt patch.
-            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+            let code = if e.use_stderr() { 1 } else { 0 };
+            if code != 0 && json_requested() {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let mut j = Json::new(false, code);
+                j.str("error_class", "usage");
+                j.str("error", first.strip_prefix("error: ").unwrap_or(first));
+                j.print();
+            }
+            return ExitCode::from(code);
         }
     };
-    let started = Instant::now();
+    // -o and --check end on a signal with 128 + its number, after removing
+    // the temporary file. --in-place keeps the default: a kill is what its
+    // journal is made to survive, and the next run resumes.
+    if !cli.in_place {
+        if let Err(e) = exit_on_signals(cli.json, cli.mode()) {
+            return fail(
+                &cli,
+                &DriveError::Io {
+                    action: "cannot set up signal handling".into(),
+                    source: e,
+                },
+            );
+        }
+    }
     let patch = PatchSource::parse(&cli.patch);
     let mut meter = Meter::new(!cli.quiet && std::io::stderr().is_terminal());
     let mut on_progress = |p: Progress| meter.show(p);
@@ -99,13 +191,25 @@ fn main() -> ExitCode {
     });
     let result = policy.and_then(|keys| {
         if cli.check {
-            check(&cli.old, &patch, &keys, &mut on_progress)
+            check(&cli.old, &patch, &keys, &mut on_progress).map(|summary| Written {
+                summary,
+                target: OutputTarget::File(PathBuf::new()),
+            })
         } else if cli.in_place {
             let opts = InPlaceOptions {
                 state: cli.state.clone(),
-                batch_bytes: cli.journal_batch,
+                batch_bytes: cli.journal_batch.map_or(
+                    anypatch_applypatch::inplace::BATCH_BYTES,
+                    // At most MAX_JOURNAL_BATCH, by the value parser.
+                    |b| b as usize,
+                ),
             };
-            apply_in_place(&cli.old, &patch, &keys, &opts, &mut on_progress)
+            apply_in_place(&cli.old, &patch, &keys, &opts, &mut on_progress).map(|summary| {
+                Written {
+                    summary,
+                    target: OutputTarget::File(cli.old.clone()),
+                }
+            })
         } else {
             let out = cli
                 .output
@@ -116,76 +220,278 @@ fn main() -> ExitCode {
     });
     meter.clear();
     match result {
-        Ok(summary) => {
-            report(&cli, &summary, started.elapsed());
+        Ok(written) => {
+            report(&cli, &written, started.elapsed());
             ExitCode::SUCCESS
         }
         Err(DriveError::AlreadyApplied) => {
-            if !cli.quiet {
-                eprintln!("applypatch: {}", DriveError::AlreadyApplied);
+            let message = DriveError::AlreadyApplied.to_string();
+            if cli.json {
+                let mut j = Json::new(true, 0);
+                j.str("mode", cli.mode());
+                j.str("status", "already_applied");
+                j.str("target", &cli.old.to_string_lossy());
+                j.str("message", &message);
+                j.seconds(started.elapsed());
+                j.print();
+            } else if !cli.quiet {
+                eprintln!("applypatch: {message}");
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("applypatch: {e}");
-            ExitCode::from(exit_code(&e))
+        Err(e) => fail(&cli, &e),
+    }
+}
+
+/// Reports `e` on stderr (and on stdout with --json) and returns its exit code.
+fn fail(cli: &Cli, e: &DriveError) -> ExitCode {
+    eprintln!("applypatch: {e}");
+    let (code, class) = classify(e);
+    if cli.json {
+        let mut j = Json::new(false, code);
+        j.str("mode", cli.mode());
+        j.str("error_class", class);
+        j.str("error", &e.to_string());
+        j.print();
+    }
+    ExitCode::from(code)
+}
+
+/// The exit code and the JSON `error_class` of a failure, in one place so
+/// the two cannot disagree.
+fn classify(e: &DriveError) -> (u8, &'static str) {
+    match e {
+        DriveError::Apply(a) => match a.class() {
+            ErrorClass::CorruptPatch => (2, "corrupt_patch"),
+            ErrorClass::WrongBase => (3, "wrong_base"),
+            ErrorClass::Unsupported => (4, "unsupported"),
+            ErrorClass::NotInPlace => (5, "not_in_place"),
+            ErrorClass::Untrusted => (6, "untrusted"),
+        },
+        DriveError::NotInPlace(_) => (5, "not_in_place"),
+        DriveError::Io { .. } => (1, "io"),
+        DriveError::Refused(_) => (1, "refused"),
+        DriveError::AlreadyApplied => (0, "already_applied"),
+    }
+}
+
+/// Whether `--json` is among the arguments, for usage errors that clap
+/// reports before it gives us a `Cli`.
+fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != OsStr::new("--"))
+        .any(|a| a == OsStr::new("--json"))
+}
+
+/// Ends the process on SIGINT, SIGTERM or SIGHUP with exit code 128 + the
+/// signal's number, after removing the temporary output file.
+fn exit_on_signals(json: bool, mode: &'static str) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::spawn(move || {
+        if let Some(signo) = signals.forever().next() {
+            let name = match signo {
+                SIGINT => "SIGINT",
+                SIGTERM => "SIGTERM",
+                _ => "SIGHUP",
+            };
+            let mut message = format!("interrupted by {name}");
+            for note in output::interrupted() {
+                message.push_str("; ");
+                message.push_str(&note);
+            }
+            let clear = if std::io::stderr().is_terminal() {
+                "\r\x1b[K"
+            } else {
+                ""
+            };
+            eprintln!("{clear}applypatch: {message}");
+            // 128 + 1, 2 or 15: always fits.
+            let code = u8::try_from(128 + signo).unwrap_or(u8::MAX);
+            if json {
+                let mut j = Json::new(false, code);
+                j.str("mode", mode);
+                j.str("error_class", "interrupted");
+                j.str("signal", name);
+                j.str("error", &message);
+                j.print();
+            }
+            std::process::exit(code.into());
+        }
+    });
+    Ok(())
+}
+
+fn report(cli: &Cli, w: &Written, took: Duration) {
+    let s = &w.summary;
+    let hash = s.new_hash.as_ref().map(hex);
+    if cli.json {
+        let mut j = Json::new(true, 0);
+        j.str("mode", cli.mode());
+        j.str("status", if cli.check { "verified" } else { "applied" });
+        if cli.in_place {
+            j.str("target", &cli.old.to_string_lossy());
+        } else if !cli.check {
+            match &w.target {
+                OutputTarget::File(p) => {
+                    j.str("output", &p.to_string_lossy());
+                    j.str("output_kind", "file");
+                }
+                OutputTarget::Device { path, len } => {
+                    j.str("output", &path.to_string_lossy());
+                    j.str("output_kind", "block_device");
+                    j.num("device_len", *len);
+                }
+            }
+        }
+        j.num("new_len", s.new_len);
+        if let Some(h) = &hash {
+            j.str("new_blake3", h);
+        }
+        j.str("patch_blake3", &hex(&s.patch_hash));
+        if !cli.check {
+            j.num("bytes_written", s.bytes_written);
+            j.num("bytes_zeroed", s.bytes_zeroed);
+        }
+        j.seconds(took);
+        j.print();
+    } else if cli.check {
+        // A closed stdout (e.g. piped into `head`) is not an error worth reporting.
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            hash.as_deref().unwrap_or_default()
+        );
+    }
+    if cli.quiet || cli.json {
+        return;
+    }
+    let blake3 = hash.unwrap_or_else(|| "checked before writing".into());
+    let secs = took.as_secs_f64();
+    let size = human_bytes(s.new_len);
+    let written = human_bytes(s.bytes_written);
+    if cli.check {
+        eprintln!("applypatch: verified: a {size} image in {secs:.2} s, BLAKE3 {blake3}");
+    } else if cli.in_place {
+        eprintln!(
+            "applypatch: patched {} in place: {size} ({written} written) in {secs:.2} s, BLAKE3 {blake3}",
+            cli.old.display()
+        );
+    } else {
+        match &w.target {
+            OutputTarget::File(p) => eprintln!(
+                "applypatch: wrote {}: {size} ({written} written) in {secs:.2} s, BLAKE3 {blake3}",
+                p.display()
+            ),
+            OutputTarget::Device { path, len } => {
+                eprintln!(
+                    "applypatch: wrote {}: {size} ({written} written, read back and verified) in {secs:.2} s, BLAKE3 {blake3}",
+                    path.display()
+                );
+                if *len > s.new_len {
+                    eprintln!(
+                        "applypatch: the device's last {} after the image were left as they were",
+                        human_bytes(len - s.new_len)
+                    );
+                }
+            }
         }
     }
 }
 
-fn exit_code(e: &DriveError) -> u8 {
-    match e {
-        DriveError::Apply(a) => match a.class() {
-            ErrorClass::CorruptPatch => 2,
-            ErrorClass::WrongBase => 3,
-            ErrorClass::Unsupported => 4,
-            ErrorClass::NotInPlace => 5,
-            ErrorClass::Untrusted => 6,
-        },
-        DriveError::NotInPlace(_) => 5,
-        DriveError::Io { .. } | DriveError::Refused(_) => 1,
-        DriveError::AlreadyApplied => 0,
+/// Parses a size as users type it: plain bytes (`67108864`), or a number,
+/// fractions allowed (`1.5G`), with a unit. `K`, `M`, `G`, `T`, `P`, alone
+/// or with `i` or `iB`, are powers of 1024 (`64G` is `64GiB`, as GNU tools
+/// read it); `kB`, `MB`, `GB`, `TB`, `PB` are powers of 1000; `B` is bytes.
+/// Case does not matter. A fraction is rounded down to whole bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "'{s}' is not a size: give bytes (67108864) or a number with a unit: 64G or 64GiB (2^30 bytes each), 64GB (10^9), K M G T P"
+        )
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) || frac.len() > 18 {
+        return Err(bad());
     }
+    let mult: u128 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "ki" | "kib" => 1 << 10,
+        "m" | "mi" | "mib" => 1 << 20,
+        "g" | "gi" | "gib" => 1 << 30,
+        "t" | "ti" | "tib" => 1 << 40,
+        "p" | "pi" | "pib" => 1 << 50,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "pb" => 1_000_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    if mult == 1 && !frac.is_empty() {
+        return Err(bad()); // a fraction of a byte
+    }
+    let parse = |d: &str| -> Result<u128, String> {
+        if d.is_empty() {
+            Ok(0)
+        } else {
+            d.parse::<u128>().map_err(|_| bad())
+        }
+    };
+    let scale = 10u128.pow(frac.len() as u32);
+    let whole = parse(int)?.checked_mul(mult).ok_or_else(bad)?;
+    let part = parse(frac)? * mult / scale;
+    whole
+        .checked_add(part)
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| format!("'{s}' is larger than {} bytes", u64::MAX))
 }
 
-fn report(cli: &Cli, s: &Summary, took: Duration) {
-    let hash = s.new_hash.as_ref().map(hex).unwrap_or_default();
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (e.g. piped into `head`) is not an error worth reporting.
-    let _ = if cli.json {
-        writeln!(
-            out,
-            "{{\"new_len\":{},\"new_blake3\":\"{hash}\",\"patch_blake3\":\"{}\",\"bytes_written\":{},\"bytes_zeroed\":{},\"seconds\":{:.3}}}",
-            s.new_len,
-            hex(&s.patch_hash),
-            s.bytes_written,
-            s.bytes_zeroed,
-            took.as_secs_f64()
-        )
-    } else if cli.check {
-        writeln!(out, "{hash}")
-    } else {
-        Ok(())
-    };
-    if !cli.quiet && !cli.json {
-        let what = if cli.check {
-            "verified"
-        } else if cli.in_place {
-            "patched in place"
-        } else {
-            "wrote"
-        };
-        eprintln!(
-            "applypatch: {what}: {} bytes, {} written, BLAKE3 {}, {:.2} s",
-            s.new_len,
-            s.bytes_written,
-            if hash.is_empty() {
-                "checked before writing".to_string()
-            } else {
-                hash.clone()
-            },
-            took.as_secs_f64()
-        );
+/// One JSON object, built field by field, printed as one line on stdout.
+struct Json(String);
+
+impl Json {
+    fn new(ok: bool, exit_code: u8) -> Self {
+        Self(format!("{{\"ok\":{ok},\"exit_code\":{exit_code}"))
+    }
+
+    fn str(&mut self, key: &str, value: &str) {
+        let _ = write!(self.0, ",\"{key}\":\"");
+        for c in value.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                '\t' => self.0.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(self.0, "\\u{:04x}", c as u32);
+                }
+                c => self.0.push(c),
+            }
+        }
+        self.0.push('"');
+    }
+
+    fn num(&mut self, key: &str, value: u64) {
+        let _ = write!(self.0, ",\"{key}\":{value}");
+    }
+
+    fn seconds(&mut self, took: Duration) {
+        let _ = write!(self.0, ",\"seconds\":{:.3}", took.as_secs_f64());
+    }
+
+    fn print(mut self) {
+        self.0.push('}');
+        // A closed stdout (e.g. piped into `head`) is not an error worth reporting.
+        let _ = writeln!(std::io::stdout().lock(), "{}", self.0);
     }
 }
 
@@ -229,5 +535,68 @@ impl Meter {
         if self.enabled && self.last.is_some() {
             eprint!("\r\x1b[K");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_as_users_type_them() {
+        let ok = [
+            ("67108864", 67_108_864),
+            ("0", 0),
+            ("64G", 64 << 30),
+            ("64g", 64 << 30),
+            ("64GiB", 64 << 30),
+            ("64Gi", 64 << 30),
+            ("64 GiB", 64 << 30),
+            ("64GB", 64_000_000_000),
+            ("2T", 2 << 40),
+            ("2TB", 2_000_000_000_000),
+            ("512M", 512 << 20),
+            ("512MiB", 512 << 20),
+            ("1.5G", 3 << 29),
+            ("1.5GB", 1_500_000_000),
+            ("4k", 4096),
+            ("4kB", 4000),
+            ("4KB", 4000),
+            ("100B", 100),
+            (".5K", 512),
+            ("1.1K", 1126),
+        ];
+        for (s, want) in ok {
+            assert_eq!(parse_size(s), Ok(want), "{s}");
+        }
+        for s in [
+            "",
+            "G",
+            "-1",
+            "1.5",
+            "1..5G",
+            "12X",
+            "1e9",
+            "64 G B",
+            "99999999999P",
+        ] {
+            assert!(parse_size(s).is_err(), "{s} accepted");
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut j = Json::new(false, 1);
+        j.str("error", "a \"b\"\\\n\u{1}");
+        assert_eq!(
+            j.0,
+            "{\"ok\":false,\"exit_code\":1,\"error\":\"a \\\"b\\\"\\\\\\n\\u0001\""
+        );
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

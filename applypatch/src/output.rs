@@ -1,0 +1,765 @@
+//! `-o`: the new image written to a path, and the checks on OLD, the patch
+//! and the output that come before any work.
+//!
+//! The output is one of:
+//! - a regular file, new or replaced: a temporary file beside it, written
+//!   sparse (all-zero blocks stay holes), fsynced and renamed over the path.
+//!   A symlink to a regular file is followed: the file it points to is
+//!   replaced and the link stays.
+//! - a block device: the whole patch is verified against OLD first with
+//!   nothing written, then the image is written from offset 0, synced, and
+//!   read back and hashed against the new BLAKE3. Bytes of the device after
+//!   the image are left as they are; a device smaller than the image is
+//!   refused before anything is written.
+//!
+//! Anything else (a directory, a FIFO, a character device, a socket) is
+//! refused before the patch is read, as is an output that is OLD or the
+//! patch itself (same device and inode, so links count). Nothing is ever
+//! renamed over a path that is not a regular file.
+//!
+//! A signal handler calls [`interrupted`] to remove the temporary file of a
+//! run that is stopped midway.
+
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use anypatch_apply::format::Header;
+use anypatch_apply::{Applier, Config, Progress, Summary};
+use tempfile::NamedTempFile;
+
+use crate::{drive, file_len, io_err, open_old, DriveError, NullSink, PatchSource, Policy, Sink};
+
+/// New files are written in blocks of this size, aligned to the file's
+/// start; a block that is all zeros is not written and stays a hole.
+const HOLE_BLOCK: u64 = 0x1000;
+/// Zeros written per call where a device cannot zero a range itself.
+const ZERO_CHUNK: usize = 0x10_0000;
+/// Device bytes hashed per read when reading the written image back.
+const READBACK_CHUNK: usize = 0x10_0000;
+
+/// Where `-o` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputTarget {
+    /// A regular file at this path (a symlink already resolved), created or
+    /// replaced by renaming a temporary file over it.
+    File(PathBuf),
+    /// A block device, written in place from offset 0.
+    Device {
+        /// The device node as given.
+        path: PathBuf,
+        /// The device's size in bytes.
+        len: u64,
+    },
+}
+
+/// What `-o` did.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The engine's summary, except `bytes_written`: the bytes the output
+    /// actually received (a new file's all-zero blocks are holes and not
+    /// counted; a device's zero runs are written and counted).
+    pub summary: Summary,
+    /// Where the image went.
+    pub target: OutputTarget,
+}
+
+/// What a signal handler must undo or report before the process exits.
+struct Undo {
+    /// Temporary files that must not outlive the process.
+    temp_files: Vec<PathBuf>,
+    /// A device that is being written: it holds part of the new image.
+    device: Option<PathBuf>,
+}
+
+static UNDO: Mutex<Undo> = Mutex::new(Undo {
+    temp_files: Vec::new(),
+    device: None,
+});
+
+fn undo() -> MutexGuard<'static, Undo> {
+    // A panic elsewhere must not stop the cleanup.
+    UNDO.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// For a signal handler that is about to end the process: removes the
+/// temporary output file, if any, and returns what the user should know
+/// (one sentence per line). The registry stays locked, so no new temporary
+/// file can be made afterwards; call it once, then exit.
+pub fn interrupted() -> Vec<String> {
+    let mut u = undo();
+    let mut notes = Vec::new();
+    for p in u.temp_files.drain(..) {
+        if fs::remove_file(&p).is_ok() {
+            notes.push(format!("removed the temporary file {}", p.display()));
+        }
+    }
+    if let Some(d) = &u.device {
+        notes.push(format!(
+            "{} holds part of the new image; run the same command again to write it whole",
+            d.display()
+        ));
+    }
+    std::mem::forget(u);
+    notes
+}
+
+/// A temporary file registered with [`interrupted`]; removed and
+/// unregistered when dropped.
+struct Temp {
+    file: Option<NamedTempFile>,
+    path: PathBuf,
+}
+
+impl Temp {
+    /// Creates `.NAME.XXXXXX.applypatch-tmp` in `dir`. Creation and
+    /// registration happen under the registry's lock, so a signal cannot
+    /// fall between them.
+    fn create(dir: &Path, name: &str) -> Result<Self, DriveError> {
+        let mut u = undo();
+        let file = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".applypatch-tmp")
+            .tempfile_in(dir)
+            .map_err(io_err(format!(
+                "cannot create a temporary file in {}",
+                dir.display()
+            )))?;
+        let path = file.path().to_path_buf();
+        u.temp_files.push(path.clone());
+        Ok(Self {
+            file: Some(file),
+            path,
+        })
+    }
+
+    fn as_file(&self) -> &File {
+        self.file
+            .as_ref()
+            .expect("the file is only taken by persist, which consumes self")
+            .as_file()
+    }
+
+    /// Renames the file to `to`. Under the registry's lock, so a signal
+    /// handler either removes the temporary file before the rename or finds
+    /// it already renamed and unregistered.
+    fn persist(mut self, to: &Path) -> Result<(), DriveError> {
+        let mut u = undo();
+        let file = self.file.take().expect("persist runs once");
+        let result = file.persist(to).map(drop).map_err(|e| DriveError::Io {
+            action: format!("cannot rename the new image into {}", to.display()),
+            source: e.error,
+        });
+        u.temp_files.retain(|p| *p != self.path);
+        result
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let mut u = undo();
+        drop(self.file.take());
+        u.temp_files.retain(|p| *p != self.path);
+    }
+}
+
+/// Marks `path` as being written while alive, for [`interrupted`]'s note.
+struct DeviceWriting;
+
+impl DeviceWriting {
+    fn start(path: &Path) -> Self {
+        undo().device = Some(path.to_path_buf());
+        Self
+    }
+}
+
+impl Drop for DeviceWriting {
+    fn drop(&mut self) {
+        undo().device = None;
+    }
+}
+
+/// Checks that `meta` is something applypatch can read at any offset: a
+/// regular file or a block device. `what` names it ("old file ...").
+pub(crate) fn check_seekable_input(meta: &Metadata, what: &str) -> Result<(), DriveError> {
+    let t = meta.file_type();
+    let kind = if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        return Ok(());
+    };
+    Err(DriveError::Refused(format!(
+        "{what} is {kind}: applypatch reads the old image at any offset, so it must be a regular file or a block device"
+    )))
+}
+
+/// Opens OLD for reading without blocking on a FIFO: the type is checked
+/// on the path first and again on the open file.
+pub(crate) fn open_seekable_input(path: &Path) -> Result<File, DriveError> {
+    let what = format!("the old file {}", path.display());
+    let meta =
+        fs::metadata(path).map_err(io_err(format!("cannot open old file {}", path.display())))?;
+    check_seekable_input(&meta, &what)?;
+    // O_NONBLOCK: if the path became a FIFO since the check, opening it
+    // must not wait for a writer; the check on the open file refuses it.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(io_err(format!("cannot open old file {}", path.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(io_err(format!("cannot stat old file {}", path.display())))?;
+    check_seekable_input(&meta, &what)?;
+    let flags = rustix::fs::fcntl_getfl(&file)
+        .and_then(|f| rustix::fs::fcntl_setfl(&file, f - rustix::fs::OFlags::NONBLOCK))
+        .map_err(io::Error::from);
+    flags.map_err(io_err(format!("cannot open old file {}", path.display())))?;
+    Ok(file)
+}
+
+/// What a file is, for telling whether two paths are the same file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    /// The device a block device node stands for: two nodes of one disk
+    /// have different inodes but the same `rdev`.
+    block_rdev: Option<u64>,
+}
+
+impl FileId {
+    fn of(meta: &Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            block_rdev: meta.file_type().is_block_device().then(|| meta.rdev()),
+        }
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+            || (self.block_rdev.is_some() && self.block_rdev == other.block_rdev)
+    }
+}
+
+impl PatchSource {
+    /// The patch's metadata: the file's for a path, stdin's for `-`.
+    fn metadata(&self) -> Result<Metadata, DriveError> {
+        match self {
+            Self::Path(p) => {
+                fs::metadata(p).map_err(io_err(format!("cannot open patch {}", p.display())))
+            }
+            Self::Stdin => io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(File::from)
+                .and_then(|f| f.metadata())
+                .map_err(io_err("cannot stat stdin")),
+        }
+    }
+}
+
+/// Decides where `-o new` writes, refusing what would destroy OLD, the
+/// patch or something that is not an image file, before any work.
+pub fn resolve_output(
+    new: &Path,
+    old: &Metadata,
+    patch: &PatchSource,
+) -> Result<OutputTarget, DriveError> {
+    let shown = new.display();
+    let (path, meta) = match fs::symlink_metadata(new) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = parent_dir(new);
+            return match fs::metadata(&dir) {
+                Ok(m) if m.is_dir() => Ok(OutputTarget::File(new.to_path_buf())),
+                Ok(_) => Err(DriveError::Refused(format!(
+                    "cannot write {shown}: {} is not a directory",
+                    dir.display()
+                ))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DriveError::Refused(format!(
+                    "cannot write {shown}: the directory {} does not exist; create it first",
+                    dir.display()
+                ))),
+                Err(e) => Err(DriveError::Io {
+                    action: format!("cannot use the directory {}", dir.display()),
+                    source: e,
+                }),
+            };
+        }
+        Err(e) => {
+            return Err(DriveError::Io {
+                action: format!("cannot stat the output {shown}"),
+                source: e,
+            })
+        }
+        Ok(m) if m.file_type().is_symlink() => {
+            // Replace the file the link points to; the link stays a link.
+            let real = fs::canonicalize(new).map_err(|e| {
+                DriveError::Refused(format!(
+                    "the output {shown} is a symlink that does not lead to a file ({e}); remove it or give another path"
+                ))
+            })?;
+            let meta = fs::metadata(&real)
+                .map_err(io_err(format!("cannot stat the output {}", real.display())))?;
+            (real, meta)
+        }
+        Ok(m) => (new.to_path_buf(), m),
+    };
+    let id = FileId::of(&meta);
+    if id.same(&FileId::of(old)) {
+        return Err(DriveError::Refused(
+            "the output is the old file itself; use --in-place to patch a file in place".into(),
+        ));
+    }
+    if id.same(&FileId::of(&patch.metadata()?)) {
+        return Err(DriveError::Refused(format!(
+            "the output {shown} is the patch file itself; writing it would destroy the patch: give another -o path"
+        )));
+    }
+    let t = meta.file_type();
+    if t.is_file() {
+        return Ok(OutputTarget::File(path));
+    }
+    if t.is_block_device() {
+        return Ok(OutputTarget::Device {
+            path,
+            len: 0, // sized when opened for writing
+        });
+    }
+    let kind = if t.is_dir() {
+        return Err(DriveError::Refused(format!(
+            "the output {shown} is a directory; give the new image's file name, e.g. {}",
+            new.join("new.img").display()
+        )));
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "a socket"
+    };
+    Err(DriveError::Refused(format!(
+        "the output {shown} is {kind}; -o writes a regular file or a block device. Nothing was written"
+    )))
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Applies a patch to `old`, writing the new image to `new`: a regular file
+/// (atomically: on any error nothing appears at `new`, and an existing file
+/// there is left as it was) or a block device (see the module docs). Every
+/// refusal about the kinds of the three paths comes before the patch is read.
+pub fn apply_to_new_file(
+    old: &Path,
+    patch: &PatchSource,
+    new: &Path,
+    policy: &Policy,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Written, DriveError> {
+    let (old_file, old_len) = open_old(old)?;
+    let old_meta = old_file
+        .metadata()
+        .map_err(io_err(format!("cannot stat old file {}", old.display())))?;
+    match resolve_output(new, &old_meta, patch)? {
+        OutputTarget::File(path) => write_file(
+            &old_file,
+            old_len,
+            &old_meta,
+            patch,
+            &path,
+            policy,
+            on_progress,
+        ),
+        OutputTarget::Device { path, .. } => {
+            write_device(&old_file, old_len, patch, &path, policy, on_progress)
+        }
+    }
+}
+
+fn write_file(
+    old_file: &File,
+    old_len: u64,
+    old_meta: &Metadata,
+    patch: &PatchSource,
+    new: &Path,
+    policy: &Policy,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Written, DriveError> {
+    let dir = parent_dir(new);
+    let name = new
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = Temp::create(&dir, &name)?;
+    let mut reader = patch.open()?;
+    let mut applier = Applier::new(Config::new(old_len));
+    applier.require_signature(&policy.trusted_keys);
+    let mut sink = NewFileSink::new(tmp.as_file());
+    let summary = drive(
+        &mut applier,
+        &mut reader,
+        old_file,
+        &mut sink,
+        &mut |h| policy.check_header(h),
+        on_progress,
+    )?;
+    let written = sink.written;
+    let f = tmp.as_file();
+    f.set_len(summary.new_len)
+        .map_err(io_err("cannot size the new file"))?;
+    if old_meta.is_file() {
+        // Best effort: the new image keeps the old image's permissions.
+        let _ = f.set_permissions(old_meta.permissions());
+    }
+    f.sync_all()
+        .map_err(io_err("cannot flush the new file to disk"))?;
+    tmp.persist(new)?;
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all(); // make the rename durable where the file system allows
+    }
+    Ok(Written {
+        summary: Summary {
+            bytes_written: written,
+            ..summary
+        },
+        target: OutputTarget::File(new.to_path_buf()),
+    })
+}
+
+fn write_device(
+    old_file: &File,
+    old_len: u64,
+    patch: &PatchSource,
+    device: &Path,
+    policy: &Policy,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Written, DriveError> {
+    let shown = device.display();
+    // The patch is read twice: verified whole, then written.
+    let is_file = matches!(patch, PatchSource::Path(_)) && patch.metadata()?.is_file();
+    if !is_file {
+        return Err(DriveError::Refused(format!(
+            "writing onto the block device {shown} needs the patch as a regular file: it is verified whole before the device is touched, then read again to write. Save the patch to a file first"
+        )));
+    }
+    // O_EXCL on a block device: refused while it is mounted or claimed.
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(device)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                DriveError::Refused(format!(
+                    "the block device {shown} is in use (mounted, or held by another program); unmount it first. Nothing was written"
+                ))
+            } else {
+                DriveError::Io {
+                    action: format!("cannot open {shown} for writing"),
+                    source: e,
+                }
+            }
+        })?;
+    let dev_len = file_len(&dev).map_err(io_err(format!("cannot size {shown}")))?;
+
+    // Pass 1: verify everything against OLD, write nothing.
+    let mut first_header: Option<Header> = None;
+    let mut applier = Applier::new(Config::new(old_len));
+    applier.require_signature(&policy.trusted_keys);
+    let verified = drive(
+        &mut applier,
+        &mut patch.open()?,
+        old_file,
+        &mut NullSink,
+        &mut |h| {
+            policy.check_header(h)?;
+            if h.new_len > dev_len {
+                return Err(DriveError::Refused(format!(
+                    "the new image is {} ({} bytes), larger than the block device {shown} ({}, {dev_len} bytes). Nothing was written",
+                    human_bytes(h.new_len),
+                    h.new_len,
+                    human_bytes(dev_len),
+                )));
+            }
+            first_header = Some(h.clone());
+            Ok(())
+        },
+        on_progress,
+    )?;
+    let new_hash = verified
+        .new_hash
+        .expect("a full verifying pass computes the new hash");
+
+    // Pass 2: the same patch again, writing. The engine checks the base
+    // again before its first write, so OLD cannot have changed in between.
+    let writing = DeviceWriting::start(device);
+    let mut applier = Applier::new(Config::new(old_len));
+    applier.require_signature(&policy.trusted_keys);
+    let mut sink = DeviceSink {
+        file: &dev,
+        written: 0,
+    };
+    let summary = drive(
+        &mut applier,
+        &mut patch.open()?,
+        old_file,
+        &mut sink,
+        &mut |h| {
+            if first_header.as_ref() != Some(h) {
+                return Err(DriveError::Refused(format!(
+                    "the patch file changed while it was being applied; {shown} holds part of an image: apply a patch again"
+                )));
+            }
+            Ok(())
+        },
+        on_progress,
+    )?;
+    dev.sync_all()
+        .map_err(io_err(format!("cannot flush {shown} to disk")))?;
+    // Read back what the device holds, not what the page cache remembers.
+    let _ = rustix::fs::fadvise(&dev, 0, None, rustix::fs::Advice::DontNeed);
+    let got =
+        hash_prefix(&dev, summary.new_len).map_err(io_err(format!("cannot read {shown} back")))?;
+    if got != new_hash {
+        return Err(DriveError::Refused(format!(
+            "{shown} reads back different bytes than were written (BLAKE3 {}, expected {}): the device may be failing",
+            crate::hex(&got),
+            crate::hex(&new_hash)
+        )));
+    }
+    drop(writing);
+    Ok(Written {
+        summary: Summary {
+            bytes_written: sink.written,
+            new_hash: Some(new_hash),
+            ..summary
+        },
+        target: OutputTarget::Device {
+            path: device.to_path_buf(),
+            len: dev_len,
+        },
+    })
+}
+
+fn hash_prefix(file: &File, len: u64) -> io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; READBACK_CHUNK];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
+/// Writes a new file with positional writes. The file starts empty and is
+/// sized at the end, so zero runs, and every aligned block of
+/// [`HOLE_BLOCK`] bytes that is all zeros, are left as holes.
+#[derive(Debug)]
+pub struct NewFileSink<'a> {
+    file: &'a File,
+    /// Everything before this offset has been written or left as a hole.
+    end: u64,
+    /// Bytes actually written.
+    written: u64,
+}
+
+impl<'a> NewFileSink<'a> {
+    /// A sink over `file`, which must be empty.
+    pub fn new(file: &'a File) -> Self {
+        Self {
+            file,
+            end: 0,
+            written: 0,
+        }
+    }
+
+    /// Bytes written so far: the new image's bytes less the holes.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn put(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+}
+
+impl Sink for NewFileSink<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        if offset < self.end {
+            // Rewriting bytes already placed: a skipped zero would leave
+            // the earlier bytes, so write everything.
+            self.put(offset, data)?;
+            self.end = self.end.max(end);
+            return Ok(());
+        }
+        // Past `self.end` the file reads as zeros, so only blocks (aligned
+        // to the file's start) with a non-zero byte need writing.
+        let mut run: Option<usize> = None;
+        let mut at = 0usize;
+        while at < data.len() {
+            let pos = offset + at as u64;
+            let n = ((HOLE_BLOCK - pos % HOLE_BLOCK) as usize).min(data.len() - at);
+            if is_zero(&data[at..at + n]) {
+                if let Some(start) = run.take() {
+                    self.put(offset + start as u64, &data[start..at])?;
+                }
+            } else if run.is_none() {
+                run = Some(at);
+            }
+            at += n;
+        }
+        if let Some(start) = run {
+            self.put(offset + start as u64, &data[start..])?;
+        }
+        self.end = end;
+        Ok(())
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        if offset < self.end {
+            write_zeros(self.file, offset, len)?;
+            self.written += len;
+        }
+        self.end = self.end.max(offset + len);
+        Ok(())
+    }
+}
+
+/// Writes a block device in place; zero runs are zeroed by the device
+/// where it can, written as zeros where it cannot.
+struct DeviceSink<'a> {
+    file: &'a File,
+    written: u64,
+}
+
+impl Sink for DeviceSink<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        // Whole pages only: the kernel drops the page cache of the range.
+        let aligned = offset % HOLE_BLOCK == 0 && len % HOLE_BLOCK == 0;
+        let zeroed = aligned
+            && fallocate(
+                self.file,
+                FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
+                offset,
+                len,
+            )
+            .is_ok();
+        if !zeroed {
+            write_zeros(self.file, offset, len)?;
+        }
+        self.written += len;
+        Ok(())
+    }
+}
+
+fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(ZERO_CHUNK as u64) as usize;
+        file.write_all_at(&ZEROS[..n], offset + at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    // Fixed-size chunks OR-ed together vectorize; an early exit per byte does not.
+    let mut chunks = data.chunks_exact(64);
+    let body = chunks
+        .by_ref()
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0);
+    body && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// `n` bytes for people: "512 bytes", "1.5 KiB", "64.0 MiB", "2.0 GiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(0), "0 bytes");
+        assert_eq!(human_bytes(1023), "1023 bytes");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(64 << 20), "64.0 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn new_file_sink_leaves_zero_blocks_as_holes() {
+        let f = tempfile::tempfile().expect("tempfile");
+        let mut s = NewFileSink::new(&f);
+        let mut data = vec![0u8; 5 * HOLE_BLOCK as usize];
+        data[10] = 1; // block 0 (offset 100 + 10)
+        data[3 * HOLE_BLOCK as usize] = 2; // block 3
+        s.write_at(100, &data).expect("write");
+        s.zero(100 + data.len() as u64, 8192).expect("zero");
+        f.set_len(100 + data.len() as u64 + 8192).expect("len");
+        // Block 0 from 100 to 4096, and block 3 (data offset 3*4096 lies in file block 3).
+        assert_eq!(s.written(), (HOLE_BLOCK - 100) + HOLE_BLOCK);
+        let mut back = vec![0u8; data.len()];
+        f.read_exact_at(&mut back, 100).expect("read");
+        assert!(back == data);
+        // A rewrite of placed bytes writes zeros too.
+        s.write_at(100, &[0u8; 16]).expect("rewrite");
+        let mut b = [1u8; 16];
+        f.read_exact_at(&mut b, 100).expect("read");
+        assert_eq!(b, [0u8; 16]);
+    }
+
+    #[test]
+    fn is_zero_sees_every_byte() {
+        for len in [0, 1, 63, 64, 65, 200] {
+            let mut v = vec![0u8; len];
+            assert!(is_zero(&v));
+            for i in 0..len {
+                v[i] = 1;
+                assert!(!is_zero(&v), "len {len} byte {i}");
+                v[i] = 0;
+            }
+        }
+    }
+}
