@@ -6,8 +6,8 @@ use std::fmt;
 use std::io::{self, Read};
 
 use anypatch_format::{
-    key_id, parse_header_section, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page, Preamble,
-    PreambleRepr, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY,
+    key_id, parse_header_section, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page,
+    Preamble, PreambleRepr, SignatureBlock, Trailer, FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY,
     FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE, HASH_LEN, MAX_OPS_LEN,
     MAX_PAGE_LEN, PREAMBLE_LEN, TRAILER_LEN,
 };
