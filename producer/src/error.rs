@@ -32,6 +32,14 @@ pub enum ProduceError {
     Compress { source: io::Error },
     /// Writing the patch failed.
     Write { source: io::Error },
+    /// The self-check ([`crate::Options::verify`]) found that the apply
+    /// engine refuses the patch just made: a bug in the producer. `segment`
+    /// is the data segment (counted from 0 in patch order) when the
+    /// engine's error names one.
+    SelfCheck {
+        segment: Option<u64>,
+        source: anypatch_apply::ApplyError,
+    },
 }
 
 impl fmt::Display for ProduceError {
@@ -71,6 +79,18 @@ impl fmt::Display for ProduceError {
             ),
             Self::Compress { source } => write!(f, "zstd compression failed: {source}"),
             Self::Write { source } => write!(f, "cannot write the patch: {source}"),
+            Self::SelfCheck { segment, source } => {
+                write!(f, "self-check failed: ")?;
+                if let Some(n) = segment {
+                    write!(f, "data segment {n} of ")?;
+                }
+                write!(
+                    f,
+                    "the patch just made would be refused by applypatch ({source}). \
+                     This is a bug in mkpatch: do not use the patch; please report it with \
+                     the command line, and meanwhile try another --level or --segment-len"
+                )
+            }
         }
     }
 }
@@ -83,6 +103,7 @@ impl std::error::Error for ProduceError {
             | Self::Spool { source }
             | Self::Compress { source }
             | Self::Write { source } => Some(source),
+            Self::SelfCheck { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -27,7 +27,9 @@
 //!    data blocks before it as zstd history (module `history`, format 1.3),
 //!    and keeps that pass when the patch gets smaller.
 //!
-//! Then the header, pages, payloads and trailer are written out.
+//! Then the header, pages, payloads and trailer are written out; with
+//! [`Options::verify`] (the default at `best`), through the apply engine
+//! as they go (module `verify`), which must accept them.
 //!
 //! # Determinism
 //! Workers write into per-window or per-segment slots and one writer emits
@@ -74,6 +76,7 @@ mod matching;
 mod plan;
 mod scan;
 mod shift;
+mod verify;
 mod write;
 
 use std::io::Write;
@@ -114,6 +117,7 @@ impl Level {
             prefix_len,
             min_copy,
             data_history: self == Level::Best,
+            verify: self == Level::Best,
             ..Options::base()
         }
     }
@@ -159,6 +163,16 @@ pub struct Options {
     /// Make a patch that can be applied in place: never read old data at an
     /// offset before the one being written (spec section 4.3).
     pub in_place: bool,
+    /// Check the patch as it is written with the engine `applypatch` uses
+    /// (`anypatch-apply`): every page and data segment decoded and checked
+    /// against its hash, without reading unchanged data. A patch the engine
+    /// refuses, which only a producer bug makes, is then
+    /// [`ProduceError::SelfCheck`] naming the segment, not a patch nobody
+    /// can apply. It runs after compression, on the calling thread, at
+    /// about 200 MiB of changed data a second: on by default at
+    /// [`Level::Best`], where that is 1-3% of the time next to zstd level
+    /// 19; off otherwise, where it can add half again to [`Level::Fast`].
+    pub verify: bool,
 }
 
 impl Default for Options {
@@ -182,6 +196,7 @@ impl Options {
             spool_dir: None,
             signing_key: None,
             in_place: false,
+            verify: false,
         }
     }
 
@@ -351,21 +366,23 @@ pub fn make_patch(
             progress,
         )?;
     }
-    write::write_patch(
-        &plan,
-        encoded,
-        write::Identity {
-            old_len: old.len,
-            new_len: new.len,
-            old_hash: scanned.old_hash,
-            new_hash: scanned.new_hash,
-            block_size: opts.block_size,
-        },
-        opts.level,
-        opts.signing_key.as_ref(),
-        out,
-        progress,
-    )
+    #[cfg(test)]
+    verify::fault::inject(&encoded)?;
+    let id = write::Identity {
+        old_len: old.len,
+        new_len: new.len,
+        old_hash: scanned.old_hash,
+        new_hash: scanned.new_hash,
+        block_size: opts.block_size,
+    };
+    let key = opts.signing_key.as_ref();
+    if !opts.verify {
+        return write::write_patch(&plan, encoded, id, opts.level, key, out, progress);
+    }
+    let mut checked = verify::Checked::new(out, &old);
+    let summary = write::write_patch(&plan, encoded, id, opts.level, key, &mut checked, progress)?;
+    checked.finish()?;
+    Ok(summary)
 }
 
 /// Applied in place, in new-file order, a block that moved backwards (its

@@ -114,6 +114,22 @@ struct Cli {
     #[arg(long, value_name = "KEYFILE")]
     sign: Option<PathBuf>,
 
+    /// Check the patch before saying it is done: feed it, as it is written,
+    /// to the engine applypatch uses, which decodes every data segment and
+    /// checks it against its hash (unchanged data is not read). A patch the
+    /// engine refuses, which only a bug in mkpatch makes, is then an error
+    /// naming the segment, exit 1, instead of a patch nobody can apply. It
+    /// runs after compressing, on one thread, at about 200 MiB of changed
+    /// data a second. On by default at `--level best`, where that is 1-3% of
+    /// the time (zstd 19 is far slower); off otherwise: it can add half
+    /// again to a `--level fast` run.
+    #[arg(long, overrides_with = "no_verify")]
+    verify: bool,
+
+    /// Do not check the patch before saying it is done (see --verify).
+    #[arg(long, overrides_with = "verify")]
+    no_verify: bool,
+
     /// Print nothing on stderr except errors and warnings.
     #[arg(short, long)]
     quiet: bool,
@@ -262,6 +278,9 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
     };
     if let Some(len) = cli.segment_len {
         opts.segment_len = len;
+    }
+    if cli.verify || cli.no_verify {
+        opts.verify = cli.verify;
     }
     if let Some(path) = &cli.sign {
         opts.signing_key = Some(read_secret_key(path)?);
