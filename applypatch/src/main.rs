@@ -56,7 +56,8 @@ SIZES (--max-new-size):
     alone or with i/iB, are powers of 1024 (64G = 64GiB, as GNU tools read them); kB, MB, GB,
     TB, PB are powers of 1000. Case does not matter.
 
-JSON (--json): stdout is exactly one object, whatever happens:
+JSON (--json): stdout is exactly one object, errors included (none only when the process is
+killed: SIGKILL, or a signal during --in-place, which the next run resumes):
     ok             true or false
     exit_code      the process's exit code
     mode           \"output\", \"check\" or \"in_place\" (absent for usage errors)

@@ -277,6 +277,11 @@ pub fn resolve_output(
     patch: &PatchSource,
 ) -> Result<OutputTarget, DriveError> {
     let shown = new.display();
+    if new.as_os_str().as_encoded_bytes().ends_with(b"/") || new.file_name().is_none() {
+        return Err(DriveError::Refused(format!(
+            "the output {shown} names a directory; give the new image's file name"
+        )));
+    }
     let (path, meta) = match fs::symlink_metadata(new) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let dir = parent_dir(new);
