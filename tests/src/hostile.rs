@@ -885,6 +885,12 @@ pub fn pair_from(data: &[u8]) -> (Vec<u8>, Vec<u8>, Options) {
         data_history: r.u8() % 2 == 1,
         ..Options::default()
     };
+    // The self-check with it, as at level best: it must never refuse a
+    // patch that the engine and the reference accept below.
+    let opts = Options {
+        verify: opts.data_history,
+        ..opts
+    };
     (old, new, opts)
 }
 
@@ -912,7 +918,9 @@ pub fn produce(old: &[u8], new: &[u8], opts: &Options) -> Vec<u8> {
 
 /// The `differential` target: a pair made from the input (see [`pair_from`]),
 /// the producer, then the engine and the reference applier: both give new.
-/// In place, the engine gives new or refuses with `NotInPlace`.
+/// In place, the engine gives new or refuses with `NotInPlace`. With the
+/// data history, the producer's self-check (`Options::verify`) runs too, and
+/// must pass what the engine then accepts.
 pub fn check_differential(data: &[u8]) {
     let (old, new, opts) = pair_from(data);
     let patch = produce(&old, &new, &opts);
