@@ -1,528 +1,855 @@
-//! Crash-safe in-place apply: a redo journal in a state file.
+//! Crash-safe in-place apply.
 //!
-//! The units the engine hands out (verified segments, copy chunks, zero
-//! runs) are gathered into batches of at most [`BATCH_BYTES`]. Each batch is
-//! made durable in three ordered steps, each ended by an fsync:
+//! [`apply_in_place`] rewrites a regular file or a block device into the
+//! patch's new image, writing only the bytes that change, and survives a
+//! kill or power cut at any point: the same command finishes the job.
 //!
-//! 1. the batch (each unit's offset, length and bytes) goes into the state
-//!    file's journal, sealed with a BLAKE3;
-//! 2. the target gets the bytes that differ from what it holds (zero runs
-//!    become holes in regular files where the file system can punch them);
-//! 3. the state file's progress slot records the offset up to which the
-//!    target is final: the end of the batch's last unit.
-//!
-//! Holding a batch back is safe because no unit reads target bytes before
-//! its own start (the in-place rule), and the batch lies before it.
-//!
-//! After a crash at any point, the next run finds the state file, replays a
-//! journal batch that is intact but not yet committed (so a write that was
-//! lost or torn is redone, never trusted), and resumes the engine at the
-//! committed offset. Units never read target bytes before their own
-//! start (the in-place rule), so what lies after the resume point is still
-//! the old image. A resumed apply ends by hashing the whole target against
-//! the patch's new BLAKE3, and the state file is removed only after that.
-//!
-//! State file layout (little endian), three fixed areas:
-//!
-//! | offset   | size | content |
-//! |----------|------|---------|
-//! | 0x0000   | 128  | identity: magic `ANYPSTAT`, version 1, patch hash, new hash, old_len, new_len; BLAKE3 of the rest |
-//! | 0x1000   | 56   | progress slot A: sequence, committed offset; BLAKE3 |
-//! | 0x1200   | 56   | progress slot B (slots alternate; the valid one with the higher sequence counts) |
-//! | 0x2000   | 88   | journal record: sequence, unit count, batch length, BLAKE3 of the batch; BLAKE3 of the record |
-//! | 0x3000   | len  | journal batch: per unit, offset (u64), length (u64), kind (u8: 1 bytes follow, 0 zeros) and its bytes |
+//! 1. **The target is locked** for the whole run: an exclusive `flock` on
+//!    it (a second run is refused at once, naming the first), and for a
+//!    block device an exclusive open (`O_EXCL`), which the kernel refuses
+//!    while the device is mounted or claimed through any other node.
+//! 2. **A state file names its target**: the target's device and inode (a
+//!    block device's device number), its size, the patch's BLAKE3 and both
+//!    images'. It lives beside a regular file (by its canonical path) as
+//!    `.NAME.anypatch-state`, under `/var/lib/anypatch/block-MAJOR:MINOR.anypatch-state`
+//!    for a block device, or where `--state` says. A state file of another
+//!    target or another patch is never acted on.
+//! 3. **A fresh apply verifies everything first**, writing nothing to the
+//!    target: the base, every segment (whose full BLAKE3 is pinned in the
+//!    state file, spec section 7), the whole patch and the new hash. Then it
+//!    reads the patch again and writes, checking each segment against its
+//!    pin before any of its bytes reach the target ([`journal`] says how
+//!    the writes survive a crash).
+//! 4. **A resume checks the target before writing**: the committed part must
+//!    hold the new image, and the rest must make it (the engine is run over
+//!    the rest without writing, and all of it hashed against the new
+//!    BLAKE3). A target changed since the kill (restored from a backup,
+//!    touched) is refused with exit 1 and left as it is. The resumed result
+//!    is hashed whole again before the state file is removed.
 
+mod journal;
+
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::{DriveError, Sink};
+use anypatch_apply::format::{Hash, Header, FLAG_IN_PLACE_SAFE, TRAILER_LEN};
+use anypatch_apply::{Applier, ApplyError, Config, Progress, Summary};
 
-const MAGIC: &[u8; 8] = b"ANYPSTAT";
-const VERSION: u32 = 1;
-const IDENTITY_AT: u64 = 0x0000;
-const SLOT_AT: [u64; 2] = [0x1000, 0x1200];
-const JOURNAL_AT: u64 = 0x2000;
-const JOURNAL_DATA_AT: u64 = 0x3000;
-/// Differing byte runs closer than this are written as one.
-const WRITE_MERGE_GAP: usize = 64;
-/// Default for the most unit bytes held in one journal batch (a batch also
-/// ends after [`BATCH_UNITS`] units). A single larger unit is a batch of its own.
-pub const BATCH_BYTES: usize = 0x40_0000;
-const BATCH_UNITS: usize = 0x1000;
-/// Target bytes compared per read when writing only what differs.
-const COMPARE_CHUNK: usize = 0x4_0000;
+pub use journal::{Identity, Phase, TargetId, BATCH_BYTES};
+use journal::{JournaledSink, PinSink, State, TargetWriter};
 
-/// What a state file is about: the patch and the two images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Identity {
-    pub patch_hash: [u8; 32],
-    pub new_hash: [u8; 32],
-    pub old_len: u64,
-    pub new_len: u64,
+use crate::{drive, file_len, hex, io_err, DriveError, PatchSource, Policy, Sink, READ_CHUNK};
+
+/// Where the state files of block devices live.
+const STATE_DIR: &str = "/var/lib/anypatch";
+
+/// How an in-place apply keeps its crash-recovery state.
+#[derive(Debug, Clone)]
+pub struct InPlaceOptions {
+    /// The state file; `None`: [`default_state_path`].
+    pub state: Option<PathBuf>,
+    /// Most bytes per journal window: smaller redoes less after a crash and
+    /// syncs more often.
+    pub batch_bytes: usize,
 }
 
-impl Identity {
-    fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(128);
-        v.extend_from_slice(MAGIC);
-        v.extend_from_slice(&VERSION.to_le_bytes());
-        v.extend_from_slice(&[0; 4]);
-        v.extend_from_slice(&self.patch_hash);
-        v.extend_from_slice(&self.new_hash);
-        v.extend_from_slice(&self.old_len.to_le_bytes());
-        v.extend_from_slice(&self.new_len.to_le_bytes());
-        seal(v)
-    }
-
-    fn decode(b: &[u8]) -> Option<Self> {
-        let b = unseal(b, 96)?;
-        if &b[..8] != MAGIC || u32::from_le_bytes(b[8..12].try_into().ok()?) != VERSION {
-            return None;
+impl Default for InPlaceOptions {
+    fn default() -> Self {
+        Self {
+            state: None,
+            batch_bytes: BATCH_BYTES,
         }
-        Some(Self {
-            patch_hash: b[16..48].try_into().ok()?,
-            new_hash: b[48..80].try_into().ok()?,
-            old_len: u64::from_le_bytes(b[80..88].try_into().ok()?),
-            new_len: u64::from_le_bytes(b[88..96].try_into().ok()?),
-        })
     }
 }
 
-/// Appends BLAKE3 of `v` to it.
-fn seal(mut v: Vec<u8>) -> Vec<u8> {
-    let h = blake3::hash(&v);
-    v.extend_from_slice(h.as_bytes());
-    v
+/// Applies a patch to `target` in place, surviving a crash at any point.
+///
+/// A fresh apply verifies the entire patch first (base, every segment, the
+/// whole-patch and new hashes) with nothing written, then rewrites only
+/// the bytes that change. When a state file for this target and patch
+/// exists, the interrupted apply is checked and resumed instead. The patch
+/// must be a regular file: it is read more than once. See the module docs.
+pub fn apply_in_place(
+    target: &Path,
+    patch: &PatchSource,
+    policy: &Policy,
+    opts: &InPlaceOptions,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    let result = run(target, patch, policy, opts, on_progress);
+    report_io_for_tests(&result);
+    result
 }
 
-/// The first `len` bytes of `b` if the 32 bytes after them are their BLAKE3.
-fn unseal(b: &[u8], len: usize) -> Option<&[u8]> {
-    let (body, rest) = b.split_at_checked(len)?;
-    (rest.get(..32)? == blake3::hash(body).as_bytes()).then_some(body)
-}
-
-fn slot(seq: u64, done: u64) -> Vec<u8> {
-    let mut v = seq.to_le_bytes().to_vec();
-    v.extend_from_slice(&done.to_le_bytes());
-    seal(v)
-}
-
-fn journal_record(seq: u64, units: u64, batch: &[u8]) -> Vec<u8> {
-    let mut v = seq.to_le_bytes().to_vec();
-    v.extend_from_slice(&units.to_le_bytes());
-    v.extend_from_slice(&(batch.len() as u64).to_le_bytes());
-    v.extend_from_slice(blake3::hash(batch).as_bytes());
-    seal(v)
-}
-
-/// Applies every unit of an encoded batch to the target; returns the end of the last.
-fn apply_batch(batch: &[u8], target: &mut InPlaceTarget<'_>) -> io::Result<u64> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "damaged journal batch");
-    let (mut rest, mut end) = (batch, 0);
-    while !rest.is_empty() {
-        let head = rest.get(..17).ok_or_else(bad)?;
-        let offset = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-        let len = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-        rest = &rest[17..];
-        if head[16] == 1 {
-            let n = usize::try_from(len).map_err(|_| bad())?;
-            let data = rest.get(..n).ok_or_else(bad)?;
-            target.write_changed(offset, data)?;
-            rest = &rest[n..];
+fn run(
+    target: &Path,
+    patch: &PatchSource,
+    policy: &Policy,
+    opts: &InPlaceOptions,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    let patch_path = seekable_patch(patch)?;
+    let t = Target::open(target)?;
+    let state_path = opts
+        .state
+        .clone()
+        .unwrap_or_else(|| default_state_path(&t.canonical, t.id));
+    if let Some(state) = State::open(&state_path)? {
+        if state.identity.target != t.id {
+            return Err(DriveError::Refused(format!(
+                "the state file {} belongs to an unfinished in-place apply of {}, not of {} ({}); nothing was written. Finish that apply by running the same command on that target, or give this one its own --state",
+                state_path.display(),
+                state.identity.target,
+                target.display(),
+                t.id
+            )));
+        }
+        if state.identity.phase == Phase::Verifying {
+            // Killed while verifying: nothing was written; start again.
+            state.remove()?;
         } else {
-            target.zero(offset, len)?;
+            return resume(state, &t, patch, patch_path, policy, opts, on_progress);
         }
-        end = offset + len;
     }
-    Ok(end)
+    fresh(&t, &state_path, patch, policy, opts, on_progress)
 }
 
-/// Where the state of an in-place apply of `target` lives by default:
-/// beside a regular file; for a block device, under /var/lib/anypatch.
-pub fn default_state_path(target: &Path, is_regular: bool) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "target".into());
-    if is_regular {
-        target.with_file_name(format!(".{name}.anypatch-state"))
+/// `--in-place` reads the patch more than once, so it must be a regular file.
+fn seekable_patch(patch: &PatchSource) -> Result<&Path, DriveError> {
+    let refuse = |what: &str| {
+        DriveError::Refused(format!(
+            "--in-place needs the patch as a regular file, not {what}: it reads the patch once to verify everything before the first write, again to write, and again to resume after a crash. Save it to a file first (e.g. `cat > p.anyp`)"
+        ))
+    };
+    let PatchSource::Path(path) = patch else {
+        return Err(refuse("stdin"));
+    };
+    let meta =
+        std::fs::metadata(path).map_err(io_err(format!("cannot open patch {}", path.display())))?;
+    if meta.is_file() {
+        Ok(path)
+    } else if meta.file_type().is_fifo() || meta.file_type().is_socket() {
+        Err(refuse("a pipe"))
+    } else if meta.is_dir() {
+        Err(refuse("a directory"))
     } else {
-        PathBuf::from("/var/lib/anypatch").join(format!("{name}.anypatch-state"))
+        Err(refuse("a device"))
     }
 }
 
-/// An open state file.
+/// The target, open for reading and writing and locked.
 #[derive(Debug)]
-pub struct State {
+struct Target {
     file: File,
     path: PathBuf,
-    pub identity: Identity,
-    seq: u64,
-    /// New-file offset before which the target is final.
-    pub done: u64,
+    canonical: PathBuf,
+    id: TargetId,
+    len: u64,
+    is_regular: bool,
 }
 
-impl State {
-    /// Opens an existing state file; `Ok(None)` when there is none.
-    pub fn open(path: &Path) -> Result<Option<Self>, DriveError> {
-        let file = match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(path, "cannot open the state file")(e)),
-        };
-        let damaged = || {
-            DriveError::Refused(format!(
-                "the state file {} is damaged; if the target was never written, remove it and run again",
+impl Target {
+    fn open(path: &Path) -> Result<Self, DriveError> {
+        let meta =
+            std::fs::metadata(path).map_err(io_err(format!("cannot open {}", path.display())))?;
+        let ft = meta.file_type();
+        let is_block = ft.is_block_device();
+        if !meta.is_file() && !is_block {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_char_device() {
+                "a character device"
+            } else {
+                "not a regular file"
+            };
+            return Err(DriveError::Refused(format!(
+                "{} is {what}: --in-place rewrites a regular file or a block device",
                 path.display()
-            ))
+            )));
+        }
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(true);
+        if is_block {
+            // An exclusive open: refused while the device is mounted, or
+            // claimed by another applypatch through any of its nodes.
+            oo.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+        }
+        let file = oo.open(path).map_err(|e| {
+            if is_block && e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                DriveError::Refused(format!(
+                    "{} is in use ({}); nothing was written. Wait for it to finish, or unmount the device",
+                    path.display(),
+                    device_users(meta.rdev())
+                ))
+            } else {
+                DriveError::Io {
+                    action: format!("cannot open {} for writing", path.display()),
+                    source: e,
+                }
+            }
+        })?;
+        let meta = file
+            .metadata()
+            .map_err(io_err(format!("cannot stat {}", path.display())))?;
+        if meta.file_type().is_block_device() != is_block {
+            return Err(DriveError::Refused(format!(
+                "{} changed while it was opened; run again",
+                path.display()
+            )));
+        }
+        lock_target(&file, path, &meta)?;
+        let id = if is_block {
+            TargetId::Block { rdev: meta.rdev() }
+        } else {
+            TargetId::File {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }
         };
-        let mut id = [0u8; 128];
-        file.read_exact_at(&mut id, IDENTITY_AT)
-            .map_err(|_| damaged())?;
-        let identity = Identity::decode(&id).ok_or_else(damaged)?;
-        let (mut seq, mut done) = (0, 0);
-        for at in SLOT_AT {
-            let mut b = [0u8; 48];
-            if file.read_exact_at(&mut b, at).is_ok() {
-                if let Some(body) = unseal(&b, 16) {
-                    let s = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-                    if s >= seq {
-                        seq = s;
-                        done = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-                    }
+        let len = file_len(&file).map_err(io_err(format!("cannot size {}", path.display())))?;
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            canonical,
+            id,
+            len,
+            is_regular: !is_block,
+        })
+    }
+
+    fn writer(&self) -> TargetWriter<'_> {
+        TargetWriter::new(&self.file, &self.path, self.is_regular)
+    }
+}
+
+/// Takes an exclusive `flock` on the target for the whole run. Another
+/// applypatch holding it is named and refused at once; another program
+/// (udev probing a device) is waited for, briefly.
+fn lock_target(file: &File, path: &Path, meta: &std::fs::Metadata) -> Result<(), DriveError> {
+    use rustix::fs::{flock, FlockOperation};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {}
+            Err(e) => {
+                return Err(DriveError::Io {
+                    action: format!("cannot lock {}", path.display()),
+                    source: e.into(),
+                })
+            }
+        }
+        let holder = lock_holder(meta.dev(), meta.ino());
+        let ours = holder
+            .as_ref()
+            .is_some_and(|(_, cmd)| cmd.contains("applypatch"));
+        if ours || std::time::Instant::now() >= deadline {
+            let who = match holder {
+                Some((pid, cmd)) => format!("pid {pid}: {cmd}"),
+                None => "a process this one cannot see".into(),
+            };
+            return Err(DriveError::Refused(format!(
+                "{} is locked by another run ({who}); nothing was written. Wait for it to finish (if it was killed, run the same command again afterwards to resume it)",
+                path.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Who holds block device `rdev` open or mounted, for a refusal message.
+fn device_users(rdev: u64) -> String {
+    use rustix::fs::{major, minor};
+    let mut who = Vec::new();
+    let dev = format!("{}:{}", major(rdev), minor(rdev));
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(2) == Some(&dev.as_str()) {
+                if let Some(at) = f.get(4) {
+                    who.push(format!("mounted at {at}"));
                 }
             }
         }
-        Ok(Some(Self {
-            file,
-            path: path.to_path_buf(),
-            identity,
-            seq,
-            done,
-        }))
     }
-
-    /// Creates a state file for a new apply, durably, before the first write.
-    pub fn create(path: &Path, identity: Identity) -> Result<Self, DriveError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(io_err(dir, "cannot create the state directory"))?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io_err(path, "cannot create the state file"))?;
-        let state = Self {
-            file,
-            path: path.to_path_buf(),
-            identity,
-            seq: 0,
-            done: 0,
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
         };
-        let write = |b: &[u8], at| state.file.write_all_at(b, at);
-        write(&identity.encode(), IDENTITY_AT)
-            .and_then(|()| write(&slot(0, 0), SLOT_AT[0]))
-            .and_then(|()| state.file.sync_all())
-            .map_err(io_err(path, "cannot write the state file"))?;
-        sync_dir(path);
-        Ok(state)
-    }
-
-    /// Replays a journal batch that is intact but not committed. Returns
-    /// whether one was replayed.
-    pub fn replay(&mut self, target: &mut InPlaceTarget<'_>) -> Result<bool, DriveError> {
-        let mut rec = [0u8; 88];
-        if self.file.read_exact_at(&mut rec, JOURNAL_AT).is_err() {
-            return Ok(false);
+        if pid == me {
+            continue;
         }
-        let Some(body) = unseal(&rec, 56) else {
-            return Ok(false);
-        };
-        let word = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
-        let (seq, len) = (word(0), word(16));
-        // Committed already, or larger than any batch this program writes.
-        if seq <= self.seq
-            || len > 2 * (BATCH_BYTES as u64 + u64::from(anypatch_apply::format::MAX_SEGMENT_LEN))
-        {
-            return Ok(false);
+        let holds = std::fs::read_dir(entry.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| {
+                std::fs::metadata(fd.path())
+                    .is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == rdev)
+            });
+        if holds {
+            who.push(format!(
+                "open by another run, pid {pid}: {}",
+                command_line(pid)
+            ));
         }
-        let mut batch = vec![0u8; len as usize];
-        self.file
-            .read_exact_at(&mut batch, JOURNAL_DATA_AT)
-            .map_err(io_err(&self.path, "cannot read the journal"))?;
-        if blake3::hash(&batch).as_bytes()[..] != body[24..56] {
-            return Ok(false); // torn journal write: the target was not touched for it
-        }
-        let end =
-            apply_batch(&batch, target).map_err(io_err(target.path, "cannot write the target"))?;
-        target.sync()?;
-        self.commit(end)?;
-        Ok(true)
     }
-
-    /// Step 1: journals a batch durably.
-    fn journal(&mut self, units: u64, batch: &[u8]) -> io::Result<()> {
-        failpoint();
-        self.file.write_all_at(batch, JOURNAL_DATA_AT)?;
-        self.file
-            .write_all_at(&journal_record(self.seq + 1, units, batch), JOURNAL_AT)?;
-        failpoint();
-        self.file.sync_data()
-    }
-
-    /// Step 3: records that the target is final before `done`.
-    fn commit(&mut self, done: u64) -> Result<(), DriveError> {
-        failpoint();
-        self.seq += 1;
-        let at = SLOT_AT[(self.seq % 2) as usize];
-        self.file
-            .write_all_at(&slot(self.seq, done), at)
-            .and_then(|()| {
-                failpoint();
-                self.file.sync_data()
-            })
-            .map_err(io_err(&self.path, "cannot write the state file"))?;
-        self.done = done;
-        Ok(())
-    }
-
-    /// Removes the state file once the apply is complete and verified.
-    pub fn remove(self) -> Result<(), DriveError> {
-        std::fs::remove_file(&self.path)
-            .map_err(io_err(&self.path, "cannot remove the state file"))?;
-        sync_dir(&self.path);
-        Ok(())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+    if who.is_empty() {
+        "opened exclusively by the kernel or another program".into()
+    } else {
+        who.join("; ")
     }
 }
 
-/// The target of an in-place apply: reads for comparison, writes what differs.
-#[derive(Debug)]
-pub struct InPlaceTarget<'a> {
-    pub file: &'a File,
-    pub path: &'a Path,
-    pub is_regular: bool,
-    /// Target bytes actually written (differing bytes, and zeros where no hole could be punched).
-    pub bytes_written: u64,
-    scratch: Vec<u8>,
+fn command_line(pid: u32) -> String {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    if cmd.is_empty() {
+        "?".into()
+    } else {
+        cmd
+    }
 }
 
-impl<'a> InPlaceTarget<'a> {
-    pub fn new(file: &'a File, path: &'a Path, is_regular: bool) -> Self {
-        Self {
-            file,
-            path,
-            is_regular,
-            bytes_written: 0,
-            scratch: Vec::new(),
+/// The process holding a `flock` on the inode `ino` of device `dev`, from
+/// /proc/locks, with its command line.
+fn lock_holder(dev: u64, ino: u64) -> Option<(u32, String)> {
+    use rustix::fs::{major, minor};
+    let want = format!("{:02x}:{:02x}:{ino}", major(dev), minor(dev));
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid: u32 = locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+    })?;
+    Some((pid, command_line(pid)))
+}
+
+/// Where the state of an in-place apply of `canonical` lives by default:
+/// beside a regular file; for a block device, under /var/lib/anypatch,
+/// named by its device number (so /dev/vg0/root and /dev/vg1/root, or two
+/// symlinks named `disk`, never share one).
+pub fn default_state_path(canonical: &Path, id: TargetId) -> PathBuf {
+    match id {
+        TargetId::Block { rdev } => {
+            use rustix::fs::{major, minor};
+            PathBuf::from(STATE_DIR).join(format!(
+                "block-{}:{}.anypatch-state",
+                major(rdev),
+                minor(rdev)
+            ))
+        }
+        TargetId::File { .. } => {
+            let name = canonical
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "target".into());
+            canonical.with_file_name(format!(".{name}.anypatch-state"))
         }
     }
+}
 
-    /// Writes only the byte runs of `data` that differ from the target,
-    /// comparing [`COMPARE_CHUNK`] bytes at a time.
-    fn write_changed(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        for (k, chunk) in data.chunks(COMPARE_CHUNK).enumerate() {
-            self.write_changed_chunk(offset + (k * COMPARE_CHUNK) as u64, chunk)?;
+/// A fresh apply: verify everything (pinning segments), then write.
+fn fresh(
+    t: &Target,
+    state_path: &Path,
+    patch: &PatchSource,
+    policy: &Policy,
+    opts: &InPlaceOptions,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    // Pass 1: verify everything, write nothing to the target.
+    let state: RefCell<Option<State>> = RefCell::new(None);
+    let mut first_header: Option<Header> = None;
+    let mut applier = Applier::new(Config {
+        in_place: true,
+        ..Config::new(t.len)
+    });
+    applier.require_signature(&policy.trusted_keys);
+    let verified = drive(
+        &mut applier,
+        &mut patch.open()?,
+        &t.file,
+        &mut PinSink { state: &state },
+        &mut |h| {
+            policy.check_header(h)?;
+            // Refuse from the header alone, before hashing the whole base.
+            if h.flags & FLAG_IN_PLACE_SAFE == 0 {
+                return Err(DriveError::NotInPlace(
+                    "this patch is not marked safe to apply in place (it reads data it would overwrite); make it with mkpatch --in-place, or apply it with -o".into(),
+                ));
+            }
+            if !t.is_regular && h.new_len != t.len {
+                return Err(DriveError::Refused(format!(
+                    "the patch changes the size from {} to {} bytes, which a block device cannot do",
+                    t.len, h.new_len
+                )));
+            }
+            first_header = Some(h.clone());
+            *state.borrow_mut() = Some(State::create(
+                state_path,
+                Identity {
+                    phase: Phase::Verifying,
+                    patch_hash: [0; 32],
+                    old_hash: h.old_hash,
+                    new_hash: h.new_hash,
+                    old_len: h.old_len,
+                    new_len: h.new_len,
+                    segment_count: h.segment_count,
+                    pins_hash: [0; 32],
+                    target: t.id,
+                    target_len: t.len,
+                },
+            )?);
+            Ok(())
+        },
+        on_progress,
+    );
+    let state = state.into_inner();
+    let verified = match verified {
+        Ok(v) => v,
+        Err(e) => {
+            // Nothing was written: the state file goes too.
+            if let Some(s) = state {
+                s.remove()?;
+            }
+            return Err(explain_failure(e, t, first_header.as_ref(), patch));
         }
-        Ok(())
-    }
+    };
+    let mut state = state.expect("the header comes before the end of a successful pass");
+    let new_hash = verified
+        .new_hash
+        .expect("a verifying pass computes the new hash");
+    state.begin_writing(verified.patch_hash)?;
 
-    fn write_changed_chunk(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.scratch.clear();
-        self.scratch.resize(data.len(), 0);
-        let have = read_up_to(self.file, &mut self.scratch, offset)?;
-        let same = |i: usize| i < have && self.scratch[i] == data[i];
-        let mut i = 0;
-        while i < data.len() {
-            if same(i) {
-                i += 1;
+    // Pass 2: the same patch again, now writing. The header must be the one
+    // just verified; its hash chain pins the pages, the pins each segment.
+    let mut written = 0;
+    let summary = write_pass(
+        &mut state,
+        t,
+        patch,
+        policy,
+        opts,
+        &mut written,
+        &mut |h| {
+            if first_header.as_ref() != Some(h) {
+                return Err(DriveError::Refused(
+                    "the patch file changed while it was being applied; get it again and run the same command".into(),
+                ));
+            }
+            Ok(())
+        },
+        on_progress,
+    )?;
+    finish(state, t, false)?;
+    Ok(Summary {
+        bytes_written: written,
+        new_hash: Some(new_hash),
+        ..summary
+    })
+}
+
+/// Says more about a failed verifying pass: an already-applied target is not
+/// an error, and a wrong base that is a half-patched target names its state.
+fn explain_failure(
+    e: DriveError,
+    t: &Target,
+    header: Option<&Header>,
+    patch: &PatchSource,
+) -> DriveError {
+    let DriveError::Apply(source @ (ApplyError::BaseHash | ApplyError::BaseLength { .. })) = e
+    else {
+        return e;
+    };
+    if let Some(h) = header {
+        if is_image(&t.file, h.new_len, &h.new_hash) {
+            return DriveError::AlreadyApplied;
+        }
+    }
+    let found = unfinished_states(t);
+    if found.is_empty() {
+        return DriveError::Apply(source);
+    }
+    let patch_name = match patch {
+        PatchSource::Path(p) => p.display().to_string(),
+        PatchSource::Stdin => "PATCH".into(),
+    };
+    let mut note = String::from("the target is half-patched:");
+    for (path, id, done) in found {
+        note.push_str(&format!(
+            " {} records an unfinished in-place apply to it ({done} of {} bytes final) of the patch with BLAKE3 {}. To finish it, run: applypatch --in-place {} {} --state {} (with that patch); to discard it, only if the target was restored from a backup: rm {}.",
+            path.display(),
+            id.new_len,
+            &hex(&id.patch_hash)[..16],
+            t.path.display(),
+            patch_name,
+            path.display(),
+            path.display()
+        ));
+    }
+    DriveError::WrongBase { source, note }
+}
+
+/// State files in the usual places (beside the target as given and as
+/// resolved, and under /var/lib/anypatch) that record an unfinished write
+/// to this very target.
+fn unfinished_states(t: &Target) -> Vec<(PathBuf, Identity, u64)> {
+    let mut dirs: Vec<PathBuf> = vec![PathBuf::from(STATE_DIR)];
+    for p in [&t.path, &t.canonical] {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    let mut found = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.to_string_lossy().ends_with(".anypatch-state") {
                 continue;
             }
-            // A differing run, extended over equal gaps shorter than WRITE_MERGE_GAP.
-            let (start, mut end, mut gap) = (i, i + 1, 0);
-            while end < data.len() && gap < WRITE_MERGE_GAP {
-                gap = if same(end) { gap + 1 } else { 0 };
-                end += 1;
-            }
-            let end = end - gap;
-            self.file
-                .write_all_at(&data[start..end], offset + start as u64)?;
-            self.bytes_written += (end - start) as u64;
-            i = end;
-        }
-        Ok(())
-    }
-
-    /// Makes `len` bytes at `offset` zero: a punched hole in a regular file
-    /// where the file system can, else written zeros where they differ.
-    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        if self.is_regular {
-            use rustix::fs::{fallocate, FallocateFlags};
-            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-            if fallocate(self.file, flags, offset, len).is_ok() {
-                return Ok(());
+            if let Some((id, done)) = journal::peek_identity(&path) {
+                if id.target == t.id && id.phase == Phase::Writing {
+                    found.push((path, id, done));
+                }
             }
         }
-        const CHUNK: u64 = 0x10_0000;
-        let zeros = vec![0u8; CHUNK.min(len) as usize];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(CHUNK) as usize;
-            self.write_changed(offset + done, &zeros[..n])?;
-            done += n as u64;
-        }
-        Ok(())
     }
-
-    fn sync(&self) -> Result<(), DriveError> {
-        failpoint();
-        self.file
-            .sync_data()
-            .map_err(io_err(self.path, "cannot flush the target"))
-    }
+    found
 }
 
-/// Reads as much of `buf` as the file has at `offset`; returns the count.
-fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Finishes an interrupted in-place apply recorded in `state`, after
+/// checking that the target is as the interrupted run left it.
+fn resume(
+    mut state: State,
+    t: &Target,
+    patch: &PatchSource,
+    patch_path: &Path,
+    policy: &Policy,
+    opts: &InPlaceOptions,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    let identity = state.identity;
+    if hash_patch_file(patch_path)? != identity.patch_hash {
+        return Err(DriveError::Refused(format!(
+            "{} records an unfinished in-place apply of a different patch (BLAKE3 {}); finish it with that patch first (or, if the target was restored from a backup, remove the state file)",
+            state.path().display(),
+            &hex(&identity.patch_hash)[..16],
+        )));
+    }
+    if let TargetId::Block { .. } = identity.target {
+        if t.len != identity.target_len {
+            return Err(DriveError::Refused(format!(
+                "{} is {} bytes, but the unfinished apply in {} began on {} bytes; nothing was written",
+                t.path.display(),
+                t.len,
+                state.path().display(),
+                identity.target_len
+            )));
         }
     }
-    Ok(got)
+    check_before_resuming(&state, t, patch, policy, on_progress)?;
+    state.replay(&mut t.writer())?;
+    let mut written = 0;
+    let summary = write_pass(
+        &mut state,
+        t,
+        patch,
+        policy,
+        opts,
+        &mut written,
+        &mut same_patch(&identity),
+        on_progress,
+    )?;
+    finish(state, t, true)?;
+    Ok(Summary {
+        bytes_written: written,
+        new_hash: Some(identity.new_hash),
+        ..summary
+    })
 }
 
-/// A [`Sink`] that applies units in journaled batches.
-#[derive(Debug)]
-pub struct JournaledSink<'s, 't> {
-    state: &'s mut State,
-    target: InPlaceTarget<'t>,
-    batch: Vec<u8>,
-    batch_limit: usize,
-    units: u64,
-    batch_end: u64,
-    /// An error from inside the protocol, with its full context.
-    error: Option<DriveError>,
-}
-
-impl<'s, 't> JournaledSink<'s, 't> {
-    /// `batch_limit`: most unit bytes per journal batch, at most [`BATCH_BYTES`].
-    pub fn new(state: &'s mut State, target: InPlaceTarget<'t>, batch_limit: usize) -> Self {
-        let batch_limit = batch_limit.clamp(1, BATCH_BYTES);
-        Self {
-            state,
-            target,
-            batch: Vec::new(),
-            batch_limit,
-            units: 0,
-            batch_end: 0,
-            error: None,
-        }
-    }
-
-    /// Target bytes written so far, and the error behind a failed call.
-    pub fn into_parts(self) -> (u64, Option<DriveError>) {
-        (self.target.bytes_written, self.error)
-    }
-
-    fn add(&mut self, offset: u64, data: Option<&[u8]>, len: u64) -> io::Result<()> {
-        if !self.batch.is_empty()
-            && (self.batch.len() + data.map_or(0, <[u8]>::len) > self.batch_limit
-                || self.units as usize >= BATCH_UNITS)
+fn same_patch(identity: &Identity) -> impl FnMut(&Header) -> Result<(), DriveError> + '_ {
+    move |h| {
+        if h.new_hash != identity.new_hash
+            || h.old_len != identity.old_len
+            || h.segment_count != identity.segment_count
         {
-            self.flush()?;
+            return Err(DriveError::Refused(
+                "the patch does not match the recorded apply".into(),
+            ));
         }
-        self.batch.extend_from_slice(&offset.to_le_bytes());
-        self.batch.extend_from_slice(&len.to_le_bytes());
-        self.batch.push(u8::from(data.is_some()));
-        if let Some(d) = data {
-            self.batch.extend_from_slice(d);
-        }
-        self.units += 1;
-        self.batch_end = offset + len;
-        Ok(())
-    }
-
-    /// The three ordered steps for the pending batch (see the module docs).
-    fn commit_batch(&mut self) -> Result<(), DriveError> {
-        self.state
-            .journal(self.units, &self.batch)
-            .map_err(io_err(&self.state.path, "cannot write the journal"))?;
-        failpoint();
-        apply_batch(&self.batch, &mut self.target)
-            .map_err(io_err(self.target.path, "cannot write the target"))?;
-        self.target.sync()?;
-        self.state.commit(self.batch_end)?;
-        self.batch.clear();
-        self.units = 0;
         Ok(())
     }
 }
 
-impl Sink for JournaledSink<'_, '_> {
+/// Before a resume writes anything: the target must be what the interrupted
+/// run left. Its committed part (with an uncommitted journal's runs laid
+/// over it) followed by what the engine makes from the rest, without
+/// writing, must hash to the new image's BLAKE3. Refuses otherwise, with
+/// the target untouched.
+fn check_before_resuming(
+    state: &State,
+    t: &Target,
+    patch: &PatchSource,
+    policy: &Policy,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<(), DriveError> {
+    let identity = state.identity;
+    let pending = state.pending_journal()?;
+    let (from, runs) = match &pending {
+        Some(p) => (
+            p.end,
+            p.runs()
+                .map_err(io_err(format!("cannot read {}", state.path().display())))?,
+        ),
+        None => (state.done, Vec::new()),
+    };
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut at = 0;
+    while at < from {
+        let n = (from - at).min(buf.len() as u64) as usize;
+        journal::read_up_to(&t.file, &mut buf[..n], at)
+            .map_err(io_err(format!("cannot read {}", t.path.display())))?;
+        for (offset, data) in &runs {
+            // Lay the journaled runs over what the target holds.
+            let (s, e) = (*offset, *offset + data.len() as u64);
+            let (lo, hi) = (s.max(at), e.min(at + n as u64));
+            if lo < hi {
+                buf[(lo - at) as usize..(hi - at) as usize]
+                    .copy_from_slice(&data[(lo - s) as usize..(hi - s) as usize]);
+            }
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    let mut applier = Applier::new(Config {
+        verify_base: false,
+        in_place: true,
+        resume_from: from,
+        ..Config::new(identity.old_len)
+    });
+    applier.require_signature(&policy.trusted_keys);
+    let mut sink = HashSink {
+        hasher,
+        next: from,
+        state,
+        gap: false,
+    };
+    let made = drive(
+        &mut applier,
+        &mut patch.open()?,
+        &t.file,
+        &mut sink,
+        &mut same_patch(&identity),
+        on_progress,
+    );
+    let changed = match made {
+        Ok(_) => sink.gap || *sink.hasher.finalize().as_bytes() != identity.new_hash,
+        // A segment that fails its hash: the old bytes it reads changed.
+        Err(DriveError::Apply(ApplyError::SegmentHash { .. })) => true,
+        Err(e) => return Err(e),
+    };
+    if !changed {
+        return Ok(());
+    }
+    let what = if is_image(&t.file, identity.old_len, &identity.old_hash) {
+        "it is the patch's old image again (restored from a backup?)"
+    } else {
+        "it is neither the old image nor what the interrupted apply left (restored, or written to by something else?)"
+    };
+    Err(DriveError::Refused(format!(
+        "{} changed since the interrupted in-place apply recorded in {}: {what}. Nothing was written; the target is left as it is. If it holds the old image, remove {} and run again; otherwise restore it from a backup first",
+        t.path.display(),
+        state.path().display(),
+        state.path().display()
+    )))
+}
+
+/// Hashes what the engine makes, in order, checking segment pins.
+struct HashSink<'a> {
+    hasher: blake3::Hasher,
+    next: u64,
+    state: &'a State,
+    /// Output was not contiguous: cannot be the new image.
+    gap: bool,
+}
+
+impl Sink for HashSink<'_> {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.add(offset, Some(data), data.len() as u64)
+        self.gap |= offset != self.next;
+        self.hasher.update(data);
+        self.next = offset + data.len() as u64;
+        Ok(())
     }
     fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        self.add(offset, None, len)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
+        self.gap |= offset != self.next;
+        let zeros = [0u8; 0x4000];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            self.hasher.update(&zeros[..n]);
+            left -= n as u64;
         }
-        self.commit_batch().map_err(|e| {
-            let msg = e.to_string();
-            self.error = Some(e);
-            io::Error::other(msg)
+        self.next = offset + len;
+        Ok(())
+    }
+    fn segment_written(&mut self, index: u64, hash: &Hash) -> io::Result<()> {
+        if self.state.check_pin(index, hash)? {
+            Ok(())
+        } else {
+            Err(io::Error::other(journal::pin_mismatch(index).to_string()))
+        }
+    }
+}
+
+/// The writing pass, from where the state says the target is final.
+#[allow(clippy::too_many_arguments)]
+fn write_pass(
+    state: &mut State,
+    t: &Target,
+    patch: &PatchSource,
+    policy: &Policy,
+    opts: &InPlaceOptions,
+    written: &mut u64,
+    on_header: &mut dyn FnMut(&Header) -> Result<(), DriveError>,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    let cfg = Config {
+        verify_base: false,
+        skip_unchanged: true,
+        in_place: true,
+        resume_from: state.done,
+        ..Config::new(state.identity.old_len)
+    };
+    let mut applier = Applier::new(cfg);
+    applier.require_signature(&policy.trusted_keys);
+    let mut sink = JournaledSink::new(state, t.writer(), opts.batch_bytes);
+    let result = drive(
+        &mut applier,
+        &mut patch.open()?,
+        &t.file,
+        &mut sink,
+        on_header,
+        on_progress,
+    );
+    let (bytes, error) = sink.into_parts();
+    *written += bytes;
+    match (result, error) {
+        (Err(_), Some(e)) => Err(e),
+        (r, _) => r,
+    }
+}
+
+/// Sets the final length, flushes, checks a resumed result, removes the state.
+fn finish(state: State, t: &Target, resumed: bool) -> Result<(), DriveError> {
+    let identity = state.identity;
+    if t.is_regular {
+        t.file
+            .set_len(identity.new_len)
+            .map_err(io_err("cannot set the target's final length"))?;
+    }
+    t.file
+        .sync_all()
+        .map_err(io_err("cannot flush the target to disk"))?;
+    // A resumed result is checked whole before success is declared.
+    if resumed && !is_image(&t.file, identity.new_len, &identity.new_hash) {
+        return Err(DriveError::Refused(format!(
+            "the resumed target does not match the patch's new BLAKE3: it was changed outside applypatch; the state is kept in {}",
+            state.path().display()
+        )));
+    }
+    state.remove()
+}
+
+/// Whether `file` holds exactly `len` bytes hashing to `hash`.
+fn is_image(file: &File, len: u64, hash: &Hash) -> bool {
+    if file_len(file).ok() != Some(len) {
+        return false;
+    }
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        if file.read_exact_at(&mut buf[..n], at).is_err() {
+            return false;
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    *h.finalize().as_bytes() == *hash
+}
+
+/// BLAKE3 of the patch file without its trailer: the patch hash that the
+/// trailer, the engine's summary and the state file record.
+fn hash_patch_file(path: &Path) -> Result<Hash, DriveError> {
+    let f = File::open(path).map_err(io_err(format!("cannot open patch {}", path.display())))?;
+    let len = f.metadata().map_err(io_err("cannot size the patch"))?.len();
+    let end = len.saturating_sub(TRAILER_LEN as u64);
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut at = 0;
+    while at < end {
+        let n = (end - at).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], at)
+            .map_err(io_err("cannot read the patch"))?;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
+/// Test hook: with `ANYPATCH_TEST_IO_REPORT=FILE`, writes to FILE what this
+/// process wrote (`wchar` from /proc/self/io: every byte of every write
+/// call, to the target, the state file or anywhere) and the part of it that
+/// went to state files, so a test can measure write amplification.
+fn report_io_for_tests(result: &Result<Summary, DriveError>) {
+    let Some(path) = std::env::var_os("ANYPATCH_TEST_IO_REPORT") else {
+        return;
+    };
+    let wchar = std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar:").map(|v| v.trim().parse::<u64>()))
         })
-    }
-}
-
-fn io_err<'p>(path: &'p Path, action: &'p str) -> impl FnOnce(io::Error) -> DriveError + 'p {
-    move |source| DriveError::Io {
-        action: format!("{action} {}", path.display()),
-        source,
-    }
-}
-
-fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all(); // durability of the name; best effort where unsupported
-        }
-    }
-}
-
-/// Crash testing: with `ANYPATCH_TEST_KILL_AT=N` in the environment, the
-/// process kills itself with SIGKILL at the Nth step of the journal
-/// protocol, exactly as a power cut or `kill -9` would stop it. The crash
-/// tests use it to stop at every step; it does nothing otherwise.
-fn failpoint() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static AT: OnceLock<Option<u64>> = OnceLock::new();
-    static STEP: AtomicU64 = AtomicU64::new(0);
-    if let Some(at) = *AT.get_or_init(|| {
-        std::env::var("ANYPATCH_TEST_KILL_AT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    }) {
-        if STEP.fetch_add(1, Ordering::Relaxed) + 1 == at {
-            let _ = rustix::process::kill_process(
-                rustix::process::getpid(),
-                rustix::process::Signal::KILL,
-            );
-        }
-    }
+        .and_then(Result::ok);
+    let state = journal::STATE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+    let target = result.as_ref().map_or(0, |s| s.bytes_written);
+    let _ = std::fs::write(
+        path,
+        format!(
+            "{{\"wchar\":{},\"state_bytes\":{state},\"target_bytes\":{target}}}\n",
+            wchar.map_or("null".into(), |w| w.to_string())
+        ),
+    );
 }

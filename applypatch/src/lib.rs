@@ -10,17 +10,16 @@
 pub mod inplace;
 pub mod output;
 
+pub use inplace::{apply_in_place, InPlaceOptions};
 pub use output::{apply_to_new_file, NewFileSink, OutputTarget, Written};
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use anypatch_apply::format::{
-    parse_key_file, Hash, Header, KeyKind, FLAG_IN_PLACE_SAFE, TRAILER_LEN,
-};
+use anypatch_apply::format::{parse_key_file, Hash, Header, KeyKind};
 use anypatch_apply::{Applier, ApplyError, Config, Event, Progress, Summary};
 
 /// Patch bytes read per `read` call.
@@ -39,6 +38,9 @@ pub enum DriveError {
     NotInPlace(String),
     /// In place: the target already is the patch's new image. Not a failure.
     AlreadyApplied,
+    /// The base is wrong (a wrong-base [`ApplyError`]), and `note` says why:
+    /// the target is half-patched by an unfinished in-place apply.
+    WrongBase { source: ApplyError, note: String },
 }
 
 impl fmt::Display for DriveError {
@@ -50,6 +52,7 @@ impl fmt::Display for DriveError {
             Self::AlreadyApplied => {
                 f.write_str("the target already is the patch's new image; nothing to do")
             }
+            Self::WrongBase { source, note } => write!(f, "{source}; {note}"),
         }
     }
 }
@@ -78,6 +81,16 @@ pub trait Sink {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Called right after [`Sink::write_at`] when its bytes were a data
+    /// segment's output: the segment's index and the full BLAKE3 of its
+    /// output (see `Applier::written_segment`). A sink that must not write
+    /// bytes it cannot pin holds them until this call.
+    fn segment_written(&mut self, _index: u64, _hash: &Hash) -> io::Result<()> {
+        Ok(())
+    }
+    /// Called after each old-byte read the engine asked for, with the bytes
+    /// read: an in-place sink learns which target bytes a replay relies on.
+    fn old_read(&mut self, _offset: u64, _data: &[u8]) {}
 }
 
 /// Discards everything: verification only.
@@ -133,6 +146,7 @@ pub fn drive(
                         }
                     }
                 })?;
+                sink.old_read(offset, buf);
                 // Reported after old reads too, so base checking shows progress.
                 on_progress(applier.progress());
             }
@@ -140,6 +154,11 @@ pub fn drive(
                 sink.write_at(offset, data).map_err(io_err(format!(
                     "cannot write the target at offset {offset}"
                 )))?;
+                if let Some((index, hash)) = applier.written_segment() {
+                    sink.segment_written(index, &hash).map_err(io_err(format!(
+                        "cannot write the target at offset {offset}"
+                    )))?;
+                }
                 on_progress(applier.progress());
             }
             Event::Zero { offset, len } => {
@@ -242,305 +261,6 @@ pub fn check(
         &mut |h| policy.check_header(h),
         on_progress,
     )
-}
-
-/// How an in-place apply keeps its crash-recovery state.
-#[derive(Debug, Clone)]
-pub struct InPlaceOptions {
-    /// The state file; `None`: [`inplace::default_state_path`].
-    pub state: Option<PathBuf>,
-    /// Most bytes per journal batch: smaller redoes less after a crash and
-    /// syncs more often.
-    pub batch_bytes: usize,
-}
-
-impl Default for InPlaceOptions {
-    fn default() -> Self {
-        Self {
-            state: None,
-            batch_bytes: inplace::BATCH_BYTES,
-        }
-    }
-}
-
-/// Applies a patch to `target` in place, surviving a crash at any point.
-///
-/// A fresh apply verifies the entire patch first (base, every segment, the
-/// whole-patch and new hashes) with nothing written, then records a state
-/// file (`state`, or [`inplace::default_state_path`]) and rewrites only the
-/// bytes that change, through the journal protocol of [`inplace`]. When a
-/// state file for this patch exists, the interrupted apply is resumed
-/// instead, and the whole target is hashed against the new BLAKE3 at the end.
-/// The patch must be a file: it is read more than once.
-pub fn apply_in_place(
-    target: &Path,
-    patch: &PatchSource,
-    policy: &Policy,
-    opts: &InPlaceOptions,
-    on_progress: &mut dyn FnMut(Progress),
-) -> Result<Summary, DriveError> {
-    let PatchSource::Path(patch_path) = patch else {
-        return Err(DriveError::Refused(
-            "--in-place needs the patch as a file, not stdin: it verifies the whole patch before the first write".into(),
-        ));
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(target)
-        .map_err(io_err(format!(
-            "cannot open {} for writing",
-            target.display()
-        )))?;
-    let old_len = file_len(&file).map_err(io_err(format!("cannot size {}", target.display())))?;
-    let is_regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
-    let state_path = opts
-        .state
-        .clone()
-        .unwrap_or_else(|| inplace::default_state_path(target, is_regular));
-    let mut t = inplace::InPlaceTarget::new(&file, target, is_regular);
-
-    if let Some(state) = inplace::State::open(&state_path)? {
-        return resume(state, &mut t, patch, patch_path, policy, opts, on_progress);
-    }
-
-    // Pass 1: verify everything, write nothing.
-    let mut first_header: Option<Header> = None;
-    let mut applier = Applier::new(Config {
-        in_place: true,
-        ..Config::new(old_len)
-    });
-    applier.require_signature(&policy.trusted_keys);
-    let verified = drive(
-        &mut applier,
-        &mut patch.open()?,
-        &file,
-        &mut NullSink,
-        &mut |h| {
-            policy.check_header(h)?;
-            // Refuse from the header alone, before hashing the whole base.
-            if h.flags & FLAG_IN_PLACE_SAFE == 0 {
-                return Err(DriveError::NotInPlace(
-                    "this patch is not marked safe to apply in place (it reads data it would overwrite); make it with mkpatch --in-place, or apply it with -o".into(),
-                ));
-            }
-            if !is_regular && h.new_len != old_len {
-                return Err(DriveError::Refused(format!(
-                    "the patch changes the size from {} to {} bytes, which a block device cannot do",
-                    old_len, h.new_len
-                )));
-            }
-            first_header = Some(h.clone());
-            Ok(())
-        },
-        on_progress,
-    );
-    let verified = match verified {
-        // Run again after it finished: say so instead of "wrong base".
-        Err(DriveError::Apply(ApplyError::BaseHash | ApplyError::BaseLength { .. }))
-            if first_header
-                .as_ref()
-                .is_some_and(|h| is_new_image(&file, h)) =>
-        {
-            return Err(DriveError::AlreadyApplied);
-        }
-        other => other?,
-    };
-    let new_hash = verified
-        .new_hash
-        .expect("a verifying pass computes the new hash");
-
-    // Pass 2: the same patch again, now writing through the journal. The
-    // header must be the one just verified; its hash chain pins the rest.
-    let identity = inplace::Identity {
-        patch_hash: verified.patch_hash,
-        new_hash,
-        old_len,
-        new_len: verified.new_len,
-    };
-    let mut state = inplace::State::create(&state_path, identity)?;
-    let summary = write_pass(
-        &mut state,
-        &mut t,
-        patch,
-        policy,
-        opts,
-        &mut |h| {
-            if first_header.as_ref() != Some(h) {
-                return Err(DriveError::Refused(
-                    "the patch file changed while it was being applied".into(),
-                ));
-            }
-            Ok(())
-        },
-        on_progress,
-    )?;
-    finish(state, &mut t, &identity, false)?;
-    Ok(Summary {
-        bytes_written: t.bytes_written,
-        new_hash: Some(new_hash),
-        ..summary
-    })
-}
-
-/// Whether `file` holds exactly the new image `header` describes.
-fn is_new_image(file: &File, header: &Header) -> bool {
-    if file_len(file).ok() != Some(header.new_len) {
-        return false;
-    }
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut at = 0;
-    while at < header.new_len {
-        let n = (header.new_len - at).min(buf.len() as u64) as usize;
-        if file.read_exact_at(&mut buf[..n], at).is_err() {
-            return false;
-        }
-        h.update(&buf[..n]);
-        at += n as u64;
-    }
-    *h.finalize().as_bytes() == header.new_hash
-}
-
-/// Finishes an interrupted in-place apply recorded in `state`.
-fn resume(
-    mut state: inplace::State,
-    t: &mut inplace::InPlaceTarget<'_>,
-    patch: &PatchSource,
-    patch_path: &Path,
-    policy: &Policy,
-    opts: &InPlaceOptions,
-    on_progress: &mut dyn FnMut(Progress),
-) -> Result<Summary, DriveError> {
-    let identity = state.identity;
-    if hash_patch_file(patch_path)? != identity.patch_hash {
-        return Err(DriveError::Refused(format!(
-            "{} records an unfinished in-place apply of a different patch; finish it with that patch first (or, if the target was restored from a backup, remove the state file)",
-            state.path().display()
-        )));
-    }
-    state.replay(t)?;
-    let summary = write_pass(
-        &mut state,
-        t,
-        patch,
-        policy,
-        opts,
-        &mut |h| {
-            if h.new_hash != identity.new_hash || h.old_len != identity.old_len {
-                return Err(DriveError::Refused(
-                    "the patch does not match the recorded apply".into(),
-                ));
-            }
-            Ok(())
-        },
-        on_progress,
-    )?;
-    finish(state, t, &identity, true)?;
-    Ok(Summary {
-        bytes_written: t.bytes_written,
-        new_hash: Some(identity.new_hash),
-        ..summary
-    })
-}
-
-/// The writing pass, from where the state says the target is final, through the journal.
-fn write_pass(
-    state: &mut inplace::State,
-    t: &mut inplace::InPlaceTarget<'_>,
-    patch: &PatchSource,
-    policy: &Policy,
-    opts: &InPlaceOptions,
-    on_header: &mut dyn FnMut(&Header) -> Result<(), DriveError>,
-    on_progress: &mut dyn FnMut(Progress),
-) -> Result<Summary, DriveError> {
-    let cfg = Config {
-        verify_base: false,
-        skip_unchanged: true,
-        in_place: true,
-        resume_from: state.done,
-        ..Config::new(state.identity.old_len)
-    };
-    let mut applier = Applier::new(cfg);
-    applier.require_signature(&policy.trusted_keys);
-    let file = t.file;
-    let mut sink = inplace::JournaledSink::new(
-        state,
-        inplace::InPlaceTarget::new(t.file, t.path, t.is_regular),
-        opts.batch_bytes,
-    );
-    let result = drive(
-        &mut applier,
-        &mut patch.open()?,
-        file,
-        &mut sink,
-        on_header,
-        on_progress,
-    );
-    let (written, error) = sink.into_parts();
-    t.bytes_written += written;
-    match (result, error) {
-        (Err(_), Some(e)) => Err(e),
-        (r, _) => r,
-    }
-}
-
-/// Sets the final length, flushes, checks a resumed result, removes the state.
-fn finish(
-    state: inplace::State,
-    t: &mut inplace::InPlaceTarget<'_>,
-    identity: &inplace::Identity,
-    resumed: bool,
-) -> Result<(), DriveError> {
-    if t.is_regular {
-        t.file
-            .set_len(identity.new_len)
-            .map_err(io_err("cannot set the target's final length"))?;
-    }
-    t.file
-        .sync_all()
-        .map_err(io_err("cannot flush the target to disk"))?;
-    if resumed {
-        // The part after the resume point was never re-verified against the
-        // base, so check the whole result before declaring success.
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut at = 0;
-        while at < identity.new_len {
-            let n = (identity.new_len - at).min(buf.len() as u64) as usize;
-            t.file
-                .read_exact_at(&mut buf[..n], at)
-                .map_err(io_err("cannot read the target back"))?;
-            h.update(&buf[..n]);
-            at += n as u64;
-        }
-        if *h.finalize().as_bytes() != identity.new_hash {
-            return Err(DriveError::Refused(format!(
-                "the resumed target does not match the patch's new BLAKE3: it was changed outside applypatch; the state is kept in {}",
-                state.path().display()
-            )));
-        }
-    }
-    state.remove()
-}
-
-/// BLAKE3 of the patch file without its trailer: the patch hash that the
-/// trailer, the engine's summary and the state file record.
-fn hash_patch_file(path: &Path) -> Result<Hash, DriveError> {
-    let f = File::open(path).map_err(io_err(format!("cannot open patch {}", path.display())))?;
-    let len = f.metadata().map_err(io_err("cannot size the patch"))?.len();
-    let end = len.saturating_sub(TRAILER_LEN as u64);
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut at = 0;
-    while at < end {
-        let n = (end - at).min(buf.len() as u64) as usize;
-        f.read_exact_at(&mut buf[..n], at)
-            .map_err(io_err("cannot read the patch"))?;
-        h.update(&buf[..n]);
-        at += n as u64;
-    }
-    Ok(*h.finalize().as_bytes())
 }
 
 /// What an applier accepts, decided from the header before any old byte

@@ -269,6 +269,7 @@ fn classify(e: &DriveError) -> (u8, &'static str) {
             ErrorClass::NotInPlace => (5, "not_in_place"),
             ErrorClass::Untrusted => (6, "untrusted"),
         },
+        DriveError::WrongBase { .. } => (3, "wrong_base"),
         DriveError::NotInPlace(_) => (5, "not_in_place"),
         DriveError::Io { .. } => (1, "io"),
         DriveError::Refused(_) => (1, "refused"),

@@ -1,1 +1,413 @@
-//! (filled in by the inplace work)
+//! `applypatch --in-place`: state files that name their target, a lock,
+//! patches from pipes, a wrong base on a half-patched target, and a target
+//! changed between a kill and the resume (issue 13, defects 1, 4, 5, 8, 14).
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anypatch_tests::{bin, corpus_small};
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A pair of the small corpus with an in-place patch at the fast level
+/// (small, separate segments: many journal windows to kill between).
+struct Pair {
+    name: &'static str,
+    dir: tempfile::TempDir,
+}
+
+impl Pair {
+    fn new(name: &'static str) -> Self {
+        let dir = tempfile::tempdir_in(shm()).expect("tempdir");
+        let c = corpus_small();
+        let o = Command::new(bin("mkpatch"))
+            .arg("--in-place")
+            .arg(c.join(format!("{name}.old")))
+            .arg(c.join(format!("{name}.new")))
+            .arg("-o")
+            .arg(dir.path().join("p.anyp"))
+            .args(["-q", "--level", "fast"])
+            .output()
+            .expect("mkpatch runs");
+        assert!(o.status.success(), "{}", stderr(&o));
+        Pair { name, dir }
+    }
+    fn old(&self) -> Vec<u8> {
+        fs::read(corpus_small().join(format!("{}.old", self.name))).expect("old")
+    }
+    fn new_image(&self) -> Vec<u8> {
+        fs::read(corpus_small().join(format!("{}.new", self.name))).expect("new")
+    }
+    fn patch(&self) -> PathBuf {
+        self.dir.path().join("p.anyp")
+    }
+    /// A copy of the old image in the pair's directory.
+    fn disk(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        fs::write(&p, self.old()).expect("write disk");
+        p
+    }
+}
+
+/// tmpfs where there is one: SIGKILL keeps the page cache, and fsyncs are free.
+fn shm() -> &'static Path {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm
+    } else {
+        Path::new("/tmp")
+    }
+}
+
+/// `applypatch --in-place TARGET PATCH -q --journal-batch 4096 EXTRA`,
+/// killed by itself at journal step `kill_at`, under `timeout`.
+fn in_place(target: &Path, patch: &Path, extra: &[&str], kill_at: Option<u32>) -> Output {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("60")
+        .arg(bin("applypatch"))
+        .arg("--in-place")
+        .arg(target)
+        .arg(patch)
+        .args(["-q", "--journal-batch", "4096"])
+        .args(extra)
+        .stdin(Stdio::null());
+    if let Some(k) = kill_at {
+        cmd.env("ANYPATCH_TEST_KILL_AT", k.to_string());
+    }
+    cmd.output().expect("applypatch runs")
+}
+
+fn killed(o: &Output) -> bool {
+    // `timeout` reports a child killed by a signal as 128 + the signal.
+    o.status.code() == Some(128 + 9) || o.status.signal() == Some(9)
+}
+
+/// A loop device over a file, detached (and its default state removed) on drop.
+struct Loop {
+    dev: PathBuf,
+}
+
+impl Loop {
+    fn attach(file: &Path) -> Self {
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup runs (the tests run as root)");
+        assert!(out.status.success(), "losetup: {}", stderr(&out));
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Loop { dev }
+    }
+    fn rdev(&self) -> u64 {
+        fs::metadata(&self.dev).expect("loop device").rdev()
+    }
+    /// The state file applypatch keeps for this device by default.
+    fn default_state(&self) -> PathBuf {
+        let rdev = self.rdev();
+        let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+        let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+        PathBuf::from(format!(
+            "/var/lib/anypatch/block-{major}:{minor}.anypatch-state"
+        ))
+    }
+    fn read(&self) -> Vec<u8> {
+        fs::read(&self.dev).expect("read loop device")
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.default_state());
+        // The state the binaries before the fix kept, keyed by basename.
+        if let Some(name) = self.dev.file_name() {
+            let _ = fs::remove_file(
+                Path::new("/var/lib/anypatch")
+                    .join(format!("{}.anypatch-state", name.to_string_lossy())),
+            );
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+#[test]
+fn the_state_of_a_block_device_names_the_device_not_the_basename_of_its_path() {
+    let p = Pair::new("moved");
+    let (a, b) = (
+        Loop::attach(&p.disk("a.img")),
+        Loop::attach(&p.disk("b.img")),
+    );
+    // Two devices both reached as `disk`, as /dev/vg0/root and /dev/vg1/root are.
+    let root = p.dir.path();
+    for (d, l) in [("a", &a), ("b", &b)] {
+        fs::create_dir(root.join(d)).expect("mkdir");
+        std::os::unix::fs::symlink(&l.dev, root.join(d).join("disk")).expect("symlink");
+    }
+    // Leftovers of an earlier run of the binaries before the fix.
+    let _ = fs::remove_file("/var/lib/anypatch/disk.anypatch-state");
+    let first = in_place(&root.join("a/disk"), &p.patch(), &[], Some(12));
+    assert!(
+        killed(&first),
+        "a/disk was not killed mid-way: {}",
+        stderr(&first)
+    );
+    let half_a = a.read();
+    assert!(
+        half_a != p.old() && half_a != p.new_image(),
+        "a/disk is not half-patched"
+    );
+
+    // b/disk is another device: a fresh apply of its own, never a "resume" of a's.
+    let other = in_place(&root.join("b/disk"), &p.patch(), &[], None);
+    assert!(other.status.success(), "b/disk: {}", stderr(&other));
+    assert!(
+        b.read() == p.new_image(),
+        "b/disk was not patched correctly"
+    );
+    assert!(a.read() == half_a, "patching b/disk changed a/disk");
+
+    // a's state handed to b explicitly: refused, b untouched.
+    let c = Loop::attach(&p.disk("c.img"));
+    let state_a = a.default_state();
+    assert!(state_a.exists(), "no state at {}", state_a.display());
+    let o = in_place(
+        &c.dev,
+        &p.patch(),
+        &["--state", &state_a.to_string_lossy()],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("belongs to"), "{}", stderr(&o));
+    assert!(
+        c.read() == p.old(),
+        "a state of another device was acted on"
+    );
+
+    // And a/disk still finishes.
+    let last = in_place(&root.join("a/disk"), &p.patch(), &[], None);
+    assert!(last.status.success(), "resume a/disk: {}", stderr(&last));
+    assert!(a.read() == p.new_image(), "a/disk did not finish");
+    assert!(!state_a.exists(), "state left after success");
+}
+
+#[test]
+fn a_target_changed_between_the_kill_and_the_resume_is_refused_and_left_as_it_is() {
+    let p = Pair::new("moved");
+    let disk = p.disk("disk.img");
+    let state = p.dir.path().join(".disk.img.anypatch-state");
+    let new = p.new_image();
+    // Where the target is final after the kill: the first differing byte
+    // lies before it, the last after it.
+    let first_diff = p
+        .old()
+        .iter()
+        .zip(&new)
+        .position(|(a, b)| a != b)
+        .expect("differs");
+    let last_diff = p
+        .old()
+        .iter()
+        .zip(&new)
+        .rposition(|(a, b)| a != b)
+        .expect("differs");
+    let cases: [(&str, Box<dyn Fn(&Path)>); 3] = [
+        (
+            "restored from a backup",
+            Box::new(|d: &Path| fs::write(d, p.old()).expect("restore")),
+        ),
+        (
+            "a byte touched in the written part",
+            Box::new(move |d: &Path| flip(d, first_diff as u64)),
+        ),
+        (
+            "a byte touched in the part still to write",
+            Box::new(move |d: &Path| flip(d, last_diff as u64)),
+        ),
+    ];
+    for (what, change) in cases {
+        fs::write(&disk, p.old()).expect("fresh disk");
+        let _ = fs::remove_file(&state);
+        assert!(
+            killed(&in_place(&disk, &p.patch(), &[], Some(14))),
+            "{what}: not killed"
+        );
+        assert!(state.exists());
+        change(&disk);
+        let before = fs::read(&disk).expect("disk");
+        let o = in_place(&disk, &p.patch(), &[], None);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("changed since"),
+            "{what}: {}",
+            stderr(&o)
+        );
+        assert!(
+            fs::read(&disk).expect("disk") == before,
+            "{what}: target was written"
+        );
+        assert!(state.exists(), "{what}: the state was dropped");
+    }
+    // Restored to the old image, the message says so; removing the state lets it run.
+    fs::write(&disk, p.old()).expect("restore");
+    let o = in_place(&disk, &p.patch(), &[], None);
+    assert!(stderr(&o).contains("old image again"), "{}", stderr(&o));
+    fs::remove_file(&state).expect("remove state");
+    assert!(in_place(&disk, &p.patch(), &[], None).status.success());
+    assert!(fs::read(&disk).expect("disk") == new);
+}
+
+fn flip(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).expect("read");
+    f.write_all_at(&[b[0] ^ 0x5a], at).expect("write");
+}
+
+#[test]
+fn a_second_apply_on_the_same_target_is_refused_at_once_naming_the_first() {
+    let p = Pair::new("sparse");
+    let l = Loop::attach(&p.disk("d.img"));
+    // The first run stops itself (SIGSTOP) at a journal step, holding its locks.
+    let mut first = Command::new(bin("applypatch"))
+        .arg("--in-place")
+        .arg(&l.dev)
+        .arg(p.patch())
+        .args(["-q", "--journal-batch", "4096"])
+        .env("ANYPATCH_TEST_STOP_AT", "5")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = first.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('T'))
+        {
+            break;
+        }
+        let finished = first.try_wait().expect("try_wait").is_some();
+        assert!(
+            !finished && Instant::now() < deadline,
+            "the first run ended before it could be paused mid-apply"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let half = l.read();
+    let second = in_place(&l.dev, &p.patch(), &[], None);
+    // Through another node of the same device, too.
+    let node = p.dir.path().join("node");
+    let rdev = l.rdev();
+    let st = Command::new("mknod")
+        .arg(&node)
+        .arg("b")
+        .arg((((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff)).to_string())
+        .arg(((rdev & 0xff) | ((rdev >> 12) & !0xff)).to_string())
+        .status()
+        .expect("mknod");
+    assert!(st.success());
+    let third = in_place(&node, &p.patch(), &[], None);
+    let after = l.read();
+    let _ = Command::new("kill")
+        .arg("-CONT")
+        .arg(pid.to_string())
+        .status();
+    let first = first.wait_with_output().expect("first run");
+    assert_eq!(second.status.code(), Some(1), "second: {}", stderr(&second));
+    assert!(
+        stderr(&second).contains(&format!("pid {pid}")),
+        "the second run does not name the first: {}",
+        stderr(&second)
+    );
+    assert_eq!(
+        third.status.code(),
+        Some(1),
+        "another node: {}",
+        stderr(&third)
+    );
+    assert!(after == half, "a refused run wrote to the device");
+    assert!(first.status.success(), "first: {}", stderr(&first));
+    assert!(
+        l.read() == p.new_image(),
+        "the first run did not finish correctly"
+    );
+}
+
+#[test]
+fn a_patch_from_a_pipe_is_refused_up_front_and_leaves_no_state() {
+    let p = Pair::new("sparse");
+    let disk = p.disk("disk.img");
+    let state = p.dir.path().join(".disk.img.anypatch-state");
+    let o = Command::new("timeout")
+        .arg("60")
+        .arg("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec {} --in-place {} <(cat {})",
+            bin("applypatch").display(),
+            disk.display(),
+            p.patch().display()
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("regular file"), "{}", stderr(&o));
+    assert!(!state.exists(), "a state file was left");
+    assert!(
+        fs::read(&disk).expect("disk") == p.old(),
+        "the target was written"
+    );
+    // Nothing blocks the next try with the patch as a file.
+    assert!(in_place(&disk, &p.patch(), &[], None).status.success());
+    assert!(fs::read(&disk).expect("disk") == p.new_image());
+}
+
+#[test]
+fn a_wrong_base_on_a_half_patched_target_names_its_unfinished_state() {
+    let p = Pair::new("moved");
+    let disk = p.disk("disk.img");
+    let state = p.dir.path().join(".disk.img.anypatch-state");
+    assert!(killed(&in_place(&disk, &p.patch(), &[], Some(12))));
+    assert!(state.exists());
+    // The same file under another name (a hard link): its own default state
+    // path is empty, and the base is wrong because the file is half-patched.
+    let alias = p.dir.path().join("alias.img");
+    fs::hard_link(&disk, &alias).expect("link");
+    let before = fs::read(&disk).expect("disk");
+    let o = in_place(&alias, &p.patch(), &[], None);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&state.display().to_string()),
+        "the state is not named: {err}"
+    );
+    assert!(
+        err.contains("--state") && err.contains("rm "),
+        "no way to finish or discard it: {err}"
+    );
+    assert!(fs::read(&disk).expect("disk") == before);
+    // What it says to do works.
+    let o = in_place(
+        &alias,
+        &p.patch(),
+        &["--state", &state.to_string_lossy()],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(&disk).expect("disk") == p.new_image());
+    let _ = fs::set_permissions(&disk, fs::Permissions::from_mode(0o644));
+}

@@ -1,0 +1,937 @@
+//! The state file of an in-place apply and the sink that writes through it.
+//!
+//! The units the engine hands out (verified segments, copy chunks, zero
+//! runs) are written in *windows*: runs of units after the committed offset,
+//! ended by a commit. Only the bytes that differ from what the target holds
+//! are written. A unit is written in one of two ways:
+//!
+//! - **directly**, when no old byte it or an earlier unit of the window read
+//!   is among the bytes it changes. A crash before the commit leaves those
+//!   reads intact, so the engine, resumed at the committed offset, makes
+//!   the same bytes again: literal and zero segments, copies from elsewhere,
+//!   and deltas or copies whose changed bytes nobody read;
+//! - **through the journal**, when it changes bytes that it read itself (a
+//!   delta, a copy from its own range, zstd history over its own range): a
+//!   replay could not make them again, so its changed runs are recorded in
+//!   the state file before the target gets them.
+//!
+//! A unit whose changed bytes an *earlier* unit of the window read ends the
+//! window first. A window is committed in ordered steps, each ended by an
+//! fsync: (direct writes, already done; the target is synced if the window
+//! also has journaled runs) the journal record; the journaled runs on the
+//! target; the progress slot with the window's end.
+//!
+//! After a crash, the next run replays a journal record that is intact but
+//! not committed (its runs are final bytes, so replaying is idempotent) and
+//! resumes the engine at the committed offset. The in-place rule (no unit
+//! reads target bytes before its own start) keeps what lies after that
+//! offset, and every byte a replay reads, as the old image had it.
+//!
+//! State file layout (little endian):
+//!
+//! | offset | size | content |
+//! |--------|------|---------|
+//! | 0x000  | 232  | identity: magic `ANYPSTAT`, version 2, phase, the patch, both images, the target; BLAKE3 of the rest |
+//! | 0x140  | 48   | progress slot A: sequence, committed offset; BLAKE3 |
+//! | 0x180  | 48   | progress slot B (slots alternate; the valid one with the higher sequence counts) |
+//! | 0x1c0  | 88   | journal record: sequence, window end, runs length, BLAKE3 of the runs; BLAKE3 of the record |
+//! | 0x400  | 32 n | pins: the full BLAKE3 of each of the patch's n segments, from the verifying pass |
+//! | after  | len  | journal runs, 4 KiB aligned after the pins: per run offset (u64), length (u32), bytes |
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anypatch_apply::format::Hash;
+
+use crate::{DriveError, Sink};
+
+const MAGIC: &[u8; 8] = b"ANYPSTAT";
+const VERSION: u32 = 2;
+const IDENTITY_AT: u64 = 0x000;
+const IDENTITY_LEN: usize = 200;
+const SLOT_AT: [u64; 2] = [0x140, 0x180];
+const JOURNAL_AT: u64 = 0x1c0;
+const PINS_AT: u64 = 0x400;
+/// Differing byte runs closer than this are written as one.
+const WRITE_MERGE_GAP: usize = 64;
+/// Default for the most unit bytes in one window (a window also ends after
+/// [`BATCH_UNITS`] units). A single larger unit is a window of its own.
+pub const BATCH_BYTES: usize = 0x40_0000;
+const BATCH_UNITS: usize = 0x1000;
+/// Target bytes compared per read when finding what differs.
+const COMPARE_CHUNK: usize = 0x4_0000;
+
+/// Bytes written to state files by this process, for the write-amplification test hook.
+pub(crate) static STATE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Which target a state file belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetId {
+    /// A regular file: the device and inode it lives on.
+    File { dev: u64, ino: u64 },
+    /// A block device: its device number.
+    Block { rdev: u64 },
+}
+
+impl std::fmt::Display for TargetId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use rustix::fs::{major, minor};
+        match *self {
+            Self::File { dev, ino } => {
+                write!(
+                    f,
+                    "the file with inode {ino} on device {}:{}",
+                    major(dev),
+                    minor(dev)
+                )
+            }
+            Self::Block { rdev } => write!(f, "block device {}:{}", major(rdev), minor(rdev)),
+        }
+    }
+}
+
+/// How far a state file's apply got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The verifying pass was under way: nothing was written to the target.
+    Verifying = 1,
+    /// The target is being written.
+    Writing = 2,
+}
+
+/// What a state file is about: the patch, the two images and the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub phase: Phase,
+    /// BLAKE3 of the patch (zero while verifying: not known yet).
+    pub patch_hash: Hash,
+    pub old_hash: Hash,
+    pub new_hash: Hash,
+    pub old_len: u64,
+    pub new_len: u64,
+    /// Segments in the patch: the pins table's length.
+    pub segment_count: u64,
+    /// BLAKE3 of the pins table (zero while verifying).
+    pub pins_hash: Hash,
+    pub target: TargetId,
+    /// The target's size when the apply began.
+    pub target_len: u64,
+}
+
+impl Identity {
+    fn encode(&self) -> Vec<u8> {
+        let (kind, a, b) = match self.target {
+            TargetId::File { dev, ino } => (1u32, dev, ino),
+            TargetId::Block { rdev } => (2, rdev, 0),
+        };
+        let mut v = Vec::with_capacity(IDENTITY_LEN + 32);
+        v.extend_from_slice(MAGIC);
+        v.extend_from_slice(&VERSION.to_le_bytes());
+        v.extend_from_slice(&(self.phase as u32).to_le_bytes());
+        for h in [
+            &self.patch_hash,
+            &self.old_hash,
+            &self.new_hash,
+            &self.pins_hash,
+        ] {
+            v.extend_from_slice(h);
+        }
+        for n in [self.old_len, self.new_len, self.segment_count] {
+            v.extend_from_slice(&n.to_le_bytes());
+        }
+        v.extend_from_slice(&kind.to_le_bytes());
+        v.extend_from_slice(&[0; 4]);
+        for n in [a, b, self.target_len] {
+            v.extend_from_slice(&n.to_le_bytes());
+        }
+        debug_assert_eq!(v.len(), IDENTITY_LEN);
+        seal(v)
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, &'static str> {
+        if b.get(..8) != Some(&MAGIC[..]) {
+            return Err("it is not an anypatch state file");
+        }
+        let word = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+        if word(8) != VERSION {
+            return Err("it was written by another version of applypatch; finish its apply with that version");
+        }
+        let b = unseal(b, IDENTITY_LEN).ok_or("it is damaged")?;
+        let hash = |at: usize| -> Hash { b[at..at + 32].try_into().expect("32 bytes") };
+        let long = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        let phase = match word(12) {
+            1 => Phase::Verifying,
+            2 => Phase::Writing,
+            _ => return Err("it is damaged"),
+        };
+        let target = match word(168) {
+            1 => TargetId::File {
+                dev: long(176),
+                ino: long(184),
+            },
+            2 => TargetId::Block { rdev: long(176) },
+            _ => return Err("it is damaged"),
+        };
+        Ok(Self {
+            phase,
+            patch_hash: hash(16),
+            old_hash: hash(48),
+            new_hash: hash(80),
+            pins_hash: hash(112),
+            old_len: long(144),
+            new_len: long(152),
+            segment_count: long(160),
+            target,
+            target_len: long(192),
+        })
+    }
+}
+
+/// Appends BLAKE3 of `v` to it.
+fn seal(mut v: Vec<u8>) -> Vec<u8> {
+    let h = blake3::hash(&v);
+    v.extend_from_slice(h.as_bytes());
+    v
+}
+
+/// The first `len` bytes of `b` if the 32 bytes after them are their BLAKE3.
+fn unseal(b: &[u8], len: usize) -> Option<&[u8]> {
+    let (body, rest) = b.split_at_checked(len)?;
+    (rest.get(..32)? == blake3::hash(body).as_bytes()).then_some(body)
+}
+
+fn slot(seq: u64, done: u64) -> Vec<u8> {
+    let mut v = seq.to_le_bytes().to_vec();
+    v.extend_from_slice(&done.to_le_bytes());
+    seal(v)
+}
+
+fn journal_record(seq: u64, end: u64, runs: &[u8]) -> Vec<u8> {
+    let mut v = seq.to_le_bytes().to_vec();
+    v.extend_from_slice(&end.to_le_bytes());
+    v.extend_from_slice(&(runs.len() as u64).to_le_bytes());
+    v.extend_from_slice(blake3::hash(runs).as_bytes());
+    seal(v)
+}
+
+/// The runs of an encoded journal, in order: (offset, bytes).
+fn decode_runs(mut runs: &[u8]) -> io::Result<Vec<(u64, &[u8])>> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "damaged journal runs");
+    let mut out = Vec::new();
+    while !runs.is_empty() {
+        let head = runs.get(..12).ok_or_else(bad)?;
+        let offset = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as usize;
+        let data = runs.get(12..12 + len).ok_or_else(bad)?;
+        out.push((offset, data));
+        runs = &runs[12 + len..];
+    }
+    Ok(out)
+}
+
+/// An intact journal record that was not committed: replaying it makes the
+/// target final up to `end`.
+#[derive(Debug)]
+pub struct PendingJournal {
+    pub end: u64,
+    runs: Vec<u8>,
+}
+
+impl PendingJournal {
+    /// The journaled runs: (offset, final bytes), in increasing offsets.
+    pub fn runs(&self) -> io::Result<Vec<(u64, &[u8])>> {
+        decode_runs(&self.runs)
+    }
+}
+
+/// An open state file, locked against other runs.
+#[derive(Debug)]
+pub struct State {
+    file: File,
+    path: PathBuf,
+    pub identity: Identity,
+    seq: u64,
+    /// New-file offset before which the target is final.
+    pub done: u64,
+    pins: Option<blake3::Hasher>,
+}
+
+impl State {
+    /// Opens and locks an existing state file; `Ok(None)` when there is none.
+    pub fn open(path: &Path) -> Result<Option<Self>, DriveError> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path, "cannot open the state file")(e)),
+        };
+        lock_state(&file, path)?;
+        let identity = read_identity(&file).map_err(|why| {
+            DriveError::Refused(format!(
+                "the state file {} cannot be used: {why}; nothing was written. If the target was never written by it, remove it and run again",
+                path.display()
+            ))
+        })?;
+        let (mut seq, mut done) = (0, 0);
+        for at in SLOT_AT {
+            let mut b = [0u8; 48];
+            if file.read_exact_at(&mut b, at).is_ok() {
+                if let Some(body) = unseal(&b, 16) {
+                    let s = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+                    if s >= seq {
+                        seq = s;
+                        done = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+                    }
+                }
+            }
+        }
+        let state = Self {
+            file,
+            path: path.to_path_buf(),
+            identity,
+            seq,
+            done,
+            pins: None,
+        };
+        if identity.phase == Phase::Writing && state.hash_pins()? != identity.pins_hash {
+            return Err(DriveError::Refused(format!(
+                "the state file {} is damaged (its segment pins do not match their hash); nothing was written",
+                path.display()
+            )));
+        }
+        Ok(Some(state))
+    }
+
+    /// Creates and locks a state file at the start of the verifying pass.
+    /// Nothing is written to the target while it says [`Phase::Verifying`].
+    pub fn create(path: &Path, identity: Identity) -> Result<Self, DriveError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(io_err(dir, "cannot create the state directory"))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io_err(path, "cannot create the state file"))?;
+        lock_state(&file, path)?;
+        let state = Self {
+            file,
+            path: path.to_path_buf(),
+            identity,
+            seq: 0,
+            done: 0,
+            pins: Some(blake3::Hasher::new()),
+        };
+        let mut head = identity.encode();
+        head.resize((SLOT_AT[0] - IDENTITY_AT) as usize, 0);
+        head.extend_from_slice(&slot(0, 0));
+        state
+            .write_at(&head, IDENTITY_AT)
+            .map_err(io_err(path, "cannot write the state file"))?;
+        failpoint();
+        Ok(state)
+    }
+
+    /// Pass 1: records the full hash of segment `index` (in order from 0).
+    pub fn write_pin(&mut self, index: u64, hash: &Hash) -> io::Result<()> {
+        if index >= self.identity.segment_count {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the patch has more data segments than its header declares",
+            ));
+        }
+        if let Some(h) = self.pins.as_mut() {
+            h.update(hash);
+        }
+        self.write_at(hash, PINS_AT + 32 * index)
+    }
+
+    /// Pass 2: whether segment `index` makes the output pinned in pass 1.
+    pub fn check_pin(&self, index: u64, hash: &Hash) -> io::Result<bool> {
+        if index >= self.identity.segment_count {
+            return Ok(false);
+        }
+        let mut pin = [0u8; 32];
+        self.file.read_exact_at(&mut pin, PINS_AT + 32 * index)?;
+        Ok(pin == *hash)
+    }
+
+    fn hash_pins(&self) -> Result<Hash, DriveError> {
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 32 * 0x800];
+        let total = 32 * self.identity.segment_count;
+        let mut at = 0;
+        while at < total {
+            let n = (total - at).min(buf.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut buf[..n], PINS_AT + at)
+                .map_err(io_err(&self.path, "cannot read the state file"))?;
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+
+    /// Ends the verifying pass: records the verified patch and its pins, durably.
+    pub fn begin_writing(&mut self, patch_hash: Hash) -> Result<(), DriveError> {
+        let pins = self.pins.take().unwrap_or_default();
+        self.identity.phase = Phase::Writing;
+        self.identity.patch_hash = patch_hash;
+        self.identity.pins_hash = *pins.finalize().as_bytes();
+        failpoint();
+        self.write_at(&self.identity.encode(), IDENTITY_AT)
+            .and_then(|()| {
+                failpoint();
+                self.file.sync_all()
+            })
+            .map_err(io_err(&self.path, "cannot write the state file"))?;
+        sync_dir(&self.path);
+        Ok(())
+    }
+
+    fn journal_at(&self) -> u64 {
+        (PINS_AT + 32 * self.identity.segment_count).next_multiple_of(0x1000)
+    }
+
+    /// The journal record that is intact but not committed, if any.
+    pub fn pending_journal(&self) -> Result<Option<PendingJournal>, DriveError> {
+        let mut rec = [0u8; 88];
+        if self.file.read_exact_at(&mut rec, JOURNAL_AT).is_err() {
+            return Ok(None);
+        }
+        let Some(body) = unseal(&rec, 56) else {
+            return Ok(None);
+        };
+        let word = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
+        let (seq, end, len) = (word(0), word(8), word(16));
+        // Committed already, or larger than any window this program journals.
+        let most = 2 * (BATCH_BYTES as u64 + u64::from(anypatch_apply::format::MAX_SEGMENT_LEN));
+        if seq <= self.seq || len > most || end < self.done {
+            return Ok(None);
+        }
+        let mut runs = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut runs, self.journal_at())
+            .map_err(io_err(&self.path, "cannot read the journal"))?;
+        if blake3::hash(&runs).as_bytes()[..] != body[24..56] || decode_runs(&runs).is_err() {
+            return Ok(None); // torn journal write: the target was not touched for it
+        }
+        Ok(Some(PendingJournal { end, runs }))
+    }
+
+    /// Replays a journal record that is intact but not committed. Returns
+    /// whether one was replayed.
+    pub fn replay(&mut self, target: &mut TargetWriter<'_>) -> Result<bool, DriveError> {
+        let Some(pending) = self.pending_journal()? else {
+            return Ok(false);
+        };
+        let write = |target: &mut TargetWriter<'_>| -> io::Result<()> {
+            for (offset, data) in pending.runs()? {
+                target.write_all(offset, data)?;
+            }
+            Ok(())
+        };
+        write(target).map_err(io_err(target.path, "cannot write the target"))?;
+        target.sync()?;
+        self.commit(pending.end)?;
+        Ok(true)
+    }
+
+    /// Records a window's journaled runs durably, before the target gets them.
+    fn journal(&mut self, end: u64, runs: &[u8]) -> io::Result<()> {
+        failpoint();
+        self.write_at(runs, self.journal_at())?;
+        self.write_at(&journal_record(self.seq + 1, end, runs), JOURNAL_AT)?;
+        failpoint();
+        self.file.sync_data()
+    }
+
+    /// Records that the target is final before `done`.
+    fn commit(&mut self, done: u64) -> Result<(), DriveError> {
+        failpoint();
+        self.seq += 1;
+        let at = SLOT_AT[(self.seq % 2) as usize];
+        self.write_at(&slot(self.seq, done), at)
+            .and_then(|()| {
+                failpoint();
+                self.file.sync_data()
+            })
+            .map_err(io_err(&self.path, "cannot write the state file"))?;
+        self.done = done;
+        Ok(())
+    }
+
+    fn write_at(&self, data: &[u8], at: u64) -> io::Result<()> {
+        STATE_BYTES.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.file.write_all_at(data, at)
+    }
+
+    /// Removes the state file: the apply is complete and verified, or it
+    /// never wrote to the target.
+    pub fn remove(self) -> Result<(), DriveError> {
+        std::fs::remove_file(&self.path)
+            .map_err(io_err(&self.path, "cannot remove the state file"))?;
+        sync_dir(&self.path);
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads a state file's identity without locking it (to describe it).
+pub fn peek_identity(path: &Path) -> Option<(Identity, u64)> {
+    let file = File::open(path).ok()?;
+    let identity = read_identity(&file).ok()?;
+    let mut done = 0;
+    let mut best = 0;
+    for at in SLOT_AT {
+        let mut b = [0u8; 48];
+        if file.read_exact_at(&mut b, at).is_ok() {
+            if let Some(body) = unseal(&b, 16) {
+                let s = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+                if s >= best {
+                    best = s;
+                    done = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+                }
+            }
+        }
+    }
+    Some((identity, done))
+}
+
+fn read_identity(file: &File) -> Result<Identity, &'static str> {
+    let mut id = [0u8; IDENTITY_LEN + 32];
+    file.read_exact_at(&mut id, IDENTITY_AT)
+        .map_err(|_| "it is too short to be a state file")?;
+    Identity::decode(&id)
+}
+
+/// An exclusive lock on the state file for the whole run.
+fn lock_state(file: &File, path: &Path) -> Result<(), DriveError> {
+    use rustix::fs::{flock, FlockOperation};
+    flock(file, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        DriveError::Refused(format!(
+            "the state file {} is in use by another applypatch; wait for it to finish",
+            path.display()
+        ))
+    })
+}
+
+/// Writes to the target: only what differs from what it holds.
+#[derive(Debug)]
+pub struct TargetWriter<'a> {
+    pub file: &'a File,
+    pub path: &'a Path,
+    pub is_regular: bool,
+    /// Target bytes actually written (differing bytes, and zeros where no hole could be punched).
+    pub bytes_written: u64,
+    scratch: Vec<u8>,
+}
+
+impl<'a> TargetWriter<'a> {
+    pub fn new(file: &'a File, path: &'a Path, is_regular: bool) -> Self {
+        Self {
+            file,
+            path,
+            is_regular,
+            bytes_written: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn write_all(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)?;
+        self.bytes_written += data.len() as u64;
+        Ok(())
+    }
+
+    /// The runs of `data` (to go at `offset`) that differ from the target,
+    /// as ranges of `data`, equal gaps shorter than [`WRITE_MERGE_GAP`]
+    /// merged. Bytes past the target's end count as zeros: the final length
+    /// is set at the end, and nothing reads them before.
+    fn differing(&mut self, offset: u64, data: &[u8]) -> io::Result<Vec<(usize, usize)>> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (k, chunk) in data.chunks(COMPARE_CHUNK).enumerate() {
+            let base = k * COMPARE_CHUNK;
+            self.scratch.clear();
+            self.scratch.resize(chunk.len(), 0);
+            read_up_to(self.file, &mut self.scratch, offset + base as u64)?;
+            let mut i = 0;
+            while i < chunk.len() {
+                if self.scratch[i] == chunk[i] {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < chunk.len() && self.scratch[i] != chunk[i] {
+                    i += 1;
+                }
+                match runs.last_mut() {
+                    Some(last) if base + start - last.1 < WRITE_MERGE_GAP => last.1 = base + i,
+                    _ => runs.push((base + start, base + i)),
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Makes `len` bytes at `offset` zero: a punched hole in a regular file
+    /// where the file system can, else written zeros where they differ.
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        if self.is_regular {
+            use rustix::fs::{fallocate, FallocateFlags};
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            if fallocate(self.file, flags, offset, len).is_ok() {
+                return Ok(());
+            }
+        }
+        const CHUNK: u64 = 0x10_0000;
+        let zeros = vec![0u8; CHUNK.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK) as usize;
+            for (a, b) in self.differing(offset + done, &zeros[..n])? {
+                self.write_all(offset + done + a as u64, &zeros[a..b])?;
+            }
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    pub fn sync(&self) -> Result<(), DriveError> {
+        failpoint();
+        self.file
+            .sync_data()
+            .map_err(io_err(self.path, "cannot flush the target"))
+    }
+}
+
+/// Reads as much of `buf` as the file has at `offset`, zeros after its end.
+pub fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[got..].fill(0);
+    Ok(got)
+}
+
+/// Byte ranges `[start, end)` of the target that old-byte reads covered.
+#[derive(Debug, Default)]
+struct Ranges {
+    list: Vec<(u64, u64)>,
+    sorted: bool,
+}
+
+impl Ranges {
+    fn add(&mut self, start: u64, end: u64) {
+        if start < end {
+            self.list.push((start, end));
+            self.sorted = false;
+        }
+    }
+
+    fn append(&mut self, other: &mut Ranges) {
+        self.list.append(&mut other.list);
+        self.sorted = false;
+    }
+
+    fn clear(&mut self) {
+        self.list.clear();
+        self.sorted = true;
+    }
+
+    /// Whether any of `ranges` (sorted) meets a range here.
+    fn meets(&mut self, ranges: &[(u64, u64)]) -> bool {
+        if self.list.is_empty() || ranges.is_empty() {
+            return false;
+        }
+        if !self.sorted {
+            self.list.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.list.len());
+            for &(s, e) in &self.list {
+                match merged.last_mut() {
+                    Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                    _ => merged.push((s, e)),
+                }
+            }
+            self.list = merged;
+            self.sorted = true;
+        }
+        ranges.iter().any(|&(s, e)| {
+            // The first range ending after s starts before e?
+            let i = self.list.partition_point(|r| r.1 <= s);
+            self.list.get(i).is_some_and(|r| r.0 < e)
+        })
+    }
+}
+
+/// A unit handed to [`JournaledSink::write_at`], held until it is known
+/// whether it was a segment (whose pin must match before it is written).
+#[derive(Debug)]
+struct Held {
+    offset: u64,
+    data: Vec<u8>,
+}
+
+/// A [`Sink`] that writes units directly or through the journal, in
+/// committed windows (see the module docs). Checks each segment's output
+/// against its pin from the verifying pass before any of it is written.
+#[derive(Debug)]
+pub struct JournaledSink<'s, 't> {
+    state: &'s mut State,
+    target: TargetWriter<'t>,
+    batch_limit: usize,
+    /// Old-byte reads by the window's units so far.
+    window_reads: Ranges,
+    /// Old-byte reads since the last unit: the next unit's.
+    unit_reads: Ranges,
+    window_units: usize,
+    window_bytes: usize,
+    window_end: u64,
+    /// The window wrote to the target directly.
+    direct: bool,
+    /// The window's journaled runs, encoded.
+    journal: Vec<u8>,
+    held: Option<Held>,
+    /// An error from inside the protocol, with its full context.
+    error: Option<DriveError>,
+}
+
+impl<'s, 't> JournaledSink<'s, 't> {
+    /// `batch_limit`: most unit bytes per window, at most [`BATCH_BYTES`].
+    pub fn new(state: &'s mut State, target: TargetWriter<'t>, batch_limit: usize) -> Self {
+        Self {
+            state,
+            target,
+            batch_limit: batch_limit.clamp(1, BATCH_BYTES),
+            window_reads: Ranges::default(),
+            unit_reads: Ranges::default(),
+            window_units: 0,
+            window_bytes: 0,
+            window_end: 0,
+            direct: false,
+            journal: Vec::new(),
+            held: None,
+            error: None,
+        }
+    }
+
+    /// Target bytes written so far, and the error behind a failed call.
+    pub fn into_parts(self) -> (u64, Option<DriveError>) {
+        (self.target.bytes_written, self.error)
+    }
+
+    /// Keeps the error's context for the caller; the engine loop gets an io::Error.
+    fn fail(&mut self, e: DriveError) -> io::Error {
+        let msg = e.to_string();
+        self.error = Some(e);
+        io::Error::other(msg)
+    }
+
+    /// Writes a held unit: it was not a segment, or its pin matched.
+    fn settle(&mut self) -> io::Result<()> {
+        if let Some(h) = self.held.take() {
+            self.unit(h.offset, Some(&h.data), h.data.len() as u64)?;
+        }
+        Ok(())
+    }
+
+    fn unit(&mut self, offset: u64, data: Option<&[u8]>, len: u64) -> io::Result<()> {
+        // What the unit changes, as target ranges.
+        let runs = match data {
+            Some(d) => self.target.differing(offset, d)?,
+            None => vec![(0, len as usize)],
+        };
+        let changed: Vec<(u64, u64)> = runs
+            .iter()
+            .map(|&(a, b)| (offset + a as u64, offset + b as u64))
+            .collect();
+        if self.window_units > 0 && self.window_reads.meets(&changed) {
+            // An earlier unit of the window read what this one changes.
+            self.commit_window()?;
+        }
+        match data {
+            Some(d) if self.unit_reads.meets(&changed) => {
+                // Changes what it read itself: a replay could not redo it.
+                for &(a, b) in &runs {
+                    self.journal
+                        .extend_from_slice(&(offset + a as u64).to_le_bytes());
+                    self.journal
+                        .extend_from_slice(&((b - a) as u32).to_le_bytes());
+                    self.journal.extend_from_slice(&d[a..b]);
+                }
+            }
+            Some(d) => {
+                failpoint();
+                for &(a, b) in &runs {
+                    self.target.write_all(offset + a as u64, &d[a..b])?;
+                }
+                self.direct |= !runs.is_empty();
+                failpoint();
+            }
+            None => {
+                failpoint();
+                self.target.zero(offset, len)?;
+                self.direct = true;
+                failpoint();
+            }
+        }
+        let mut reads = std::mem::take(&mut self.unit_reads);
+        self.window_reads.append(&mut reads);
+        self.unit_reads = reads;
+        self.unit_reads.clear();
+        self.window_units += 1;
+        self.window_bytes += data.map_or(0, <[u8]>::len);
+        self.window_end = offset + len;
+        if self.window_bytes >= self.batch_limit || self.window_units >= BATCH_UNITS {
+            self.commit_window()?;
+        }
+        Ok(())
+    }
+
+    /// Commits the window: journaled runs through the journal, then the
+    /// progress slot (see the module docs for the order).
+    fn commit_window(&mut self) -> io::Result<()> {
+        if self.window_units == 0 {
+            return Ok(());
+        }
+        let result = (|| -> Result<(), DriveError> {
+            if !self.journal.is_empty() {
+                if self.direct {
+                    // Direct writes must be durable before the journal
+                    // claims the window: a replay of it does not redo them.
+                    self.target.sync()?;
+                }
+                self.state
+                    .journal(self.window_end, &self.journal)
+                    .map_err(io_err(&self.state.path, "cannot write the journal"))?;
+                failpoint();
+                for (offset, data) in decode_runs(&self.journal).expect("encoded just now") {
+                    self.target
+                        .write_all(offset, data)
+                        .map_err(io_err(self.target.path, "cannot write the target"))?;
+                }
+            }
+            self.target.sync()?;
+            self.state.commit(self.window_end)
+        })();
+        result.map_err(|e| self.fail(e))?;
+        self.window_reads.clear();
+        self.window_units = 0;
+        self.window_bytes = 0;
+        self.direct = false;
+        self.journal.clear();
+        Ok(())
+    }
+}
+
+impl Sink for JournaledSink<'_, '_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.settle()?;
+        self.held = Some(Held {
+            offset,
+            data: data.to_vec(),
+        });
+        Ok(())
+    }
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.settle()?;
+        self.unit(offset, None, len)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.settle()?;
+        self.commit_window()
+    }
+    fn segment_written(&mut self, index: u64, hash: &Hash) -> io::Result<()> {
+        if !self.state.check_pin(index, hash)? {
+            self.held = None;
+            return Err(self.fail(pin_mismatch(index)));
+        }
+        self.settle()
+    }
+    fn old_read(&mut self, offset: u64, data: &[u8]) {
+        self.unit_reads.add(offset, offset + data.len() as u64);
+    }
+}
+
+/// The patch file changed after the verifying pass.
+pub fn pin_mismatch(index: u64) -> DriveError {
+    DriveError::Refused(format!(
+        "the patch file changed after it was verified: data segment {index} makes other bytes than in the verifying pass; nothing of it was written. Get the patch again and run the same command"
+    ))
+}
+
+/// The verifying pass's sink: writes nothing, records each segment's pin.
+#[derive(Debug)]
+pub struct PinSink<'a> {
+    pub state: &'a std::cell::RefCell<Option<State>>,
+}
+
+impl Sink for PinSink<'_> {
+    fn write_at(&mut self, _: u64, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn zero(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn segment_written(&mut self, index: u64, hash: &Hash) -> io::Result<()> {
+        match self.state.borrow_mut().as_mut() {
+            Some(s) => s.write_pin(index, hash),
+            None => Ok(()),
+        }
+    }
+}
+
+fn io_err<'p>(path: &'p Path, action: &'p str) -> impl FnOnce(io::Error) -> DriveError + 'p {
+    move |source| DriveError::Io {
+        action: format!("{action} {}", path.display()),
+        source,
+    }
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all(); // durability of the name; best effort where unsupported
+        }
+    }
+}
+
+/// Crash testing: with `ANYPATCH_TEST_KILL_AT=N` in the environment, the
+/// process kills itself with SIGKILL at the Nth step of the journal
+/// protocol, exactly as a power cut or `kill -9` would stop it; with
+/// `ANYPATCH_TEST_STOP_AT=N` it stops itself (SIGSTOP) there instead, so a
+/// test can act while it holds its locks. Nothing happens otherwise.
+pub(crate) fn failpoint() {
+    use std::sync::OnceLock;
+    static AT: OnceLock<(Option<u64>, Option<u64>)> = OnceLock::new();
+    static STEP: AtomicU64 = AtomicU64::new(0);
+    let at = *AT.get_or_init(|| {
+        let var = |name| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        (var("ANYPATCH_TEST_KILL_AT"), var("ANYPATCH_TEST_STOP_AT"))
+    });
+    if at == (None, None) {
+        return;
+    }
+    let step = STEP.fetch_add(1, Ordering::Relaxed) + 1;
+    let signal = if at.0 == Some(step) {
+        rustix::process::Signal::KILL
+    } else if at.1 == Some(step) {
+        rustix::process::Signal::STOP
+    } else {
+        return;
+    };
+    let _ = rustix::process::kill_process(rustix::process::getpid(), signal);
+}
