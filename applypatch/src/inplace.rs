@@ -107,12 +107,7 @@ fn run(
                 t.id
             )));
         }
-        if state.identity.phase == Phase::Verifying {
-            // Killed while verifying: nothing was written; start again.
-            state.remove()?;
-        } else {
-            return resume(state, &t, patch, patch_path, policy, opts, on_progress);
-        }
+        return resume(state, &t, patch, patch_path, policy, opts, on_progress);
     }
     fresh(&t, &state_path, patch, policy, opts, on_progress)
 }

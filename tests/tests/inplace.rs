@@ -338,3 +338,66 @@ fn the_engine_hands_out_little_more_than_what_differs() {
         run.bytes_touched
     );
 }
+
+/// Bytes where `new` differs from `old` (past old's end: where new is not
+/// zero, as the grown part of a file starts as zeros).
+fn differing_bytes(old: &[u8], new: &[u8]) -> u64 {
+    new.iter()
+        .enumerate()
+        .filter(|&(i, b)| old.get(i).copied().unwrap_or(0) != *b)
+        .count() as u64
+}
+
+#[test]
+fn total_writes_journal_included_stay_near_the_differing_bytes() {
+    // Every byte the applier writes, to the target and the state file alike,
+    // as the kernel counts it (wchar of /proc/self/io, reported by the
+    // ANYPATCH_TEST_IO_REPORT hook), against the bytes that differ. A state
+    // file costs a fixed few hundred bytes per apply (its identity, one pin
+    // per segment, a progress slot), which dominates only for pairs that
+    // differ in a few bytes (append: 1 byte), hence the fixed allowance.
+    const FIXED: u64 = 2048;
+    let mut table = String::new();
+    for name in [
+        "sparse", "edits", "shift", "append", "moved", "zeros", "grow", "ext4",
+    ] {
+        let p = Pair::new(name);
+        p.fresh_disk();
+        let report = p.dir.path().join("io.json");
+        let o = Command::new(bin("applypatch"))
+            .arg("--in-place")
+            .arg(p.disk())
+            .arg(p.patch())
+            .arg("-q")
+            .env("ANYPATCH_TEST_IO_REPORT", &report)
+            .output()
+            .expect("runs");
+        assert_ok(&o, name);
+        assert!(
+            fs::read(p.disk()).expect("disk") == p.new_image(),
+            "{name}: wrong result"
+        );
+        let j: serde_json::Value =
+            serde_json::from_slice(&fs::read(&report).expect("io report")).expect("json");
+        let total = j["wchar"].as_u64().expect("wchar");
+        let state = j["state_bytes"].as_u64().expect("state_bytes");
+        let target = j["target_bytes"].as_u64().expect("target_bytes");
+        assert!(
+            total >= state + target,
+            "{name}: wchar {total} below what was counted"
+        );
+        let differing = differing_bytes(&fs::read(p.old()).expect("old"), &p.new_image());
+        let ratio = total as f64 / differing as f64;
+        table.push_str(&format!(
+            "{name:>7}: differing {differing:>8}, target {target:>8}, state {state:>8}, total {total:>8}, {ratio:.3}x\n"
+        ));
+        if name == "sparse" {
+            assert!(ratio <= 1.1, "sparse: {ratio:.3}x\n{table}");
+        }
+        assert!(
+            total as f64 <= 2.05 * differing as f64 + FIXED as f64,
+            "{name}: {total} bytes written for {differing} differing\n{table}"
+        );
+    }
+    eprintln!("{table}");
+}

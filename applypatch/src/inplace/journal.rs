@@ -10,16 +10,18 @@
 //!   reads intact, so the engine, resumed at the committed offset, makes
 //!   the same bytes again: literal and zero segments, copies from elsewhere,
 //!   and deltas or copies whose changed bytes nobody read;
-//! - **through the journal**, when it changes bytes that it read itself (a
-//!   delta, a copy from its own range, zstd history over its own range): a
-//!   replay could not make them again, so its changed runs are recorded in
-//!   the state file before the target gets them.
+//! - **through the journal**, for the changed runs that it or an earlier
+//!   unit of the window read (a delta, a copy from its own range, zstd
+//!   history over its own range): a replay could not make them again, so
+//!   they are recorded in the state file before the target gets them.
 //!
-//! A unit whose changed bytes an *earlier* unit of the window read ends the
-//! window first. A window is committed in ordered steps, each ended by an
-//! fsync: (direct writes, already done; the target is synced if the window
-//! also has journaled runs) the journal record; the journaled runs on the
-//! target; the progress slot with the window's end.
+//! So the choice is made per changed run, not per unit: a segment of
+//! literals and deltas journals only what its deltas changed. Zero runs
+//! read nothing; one that clears bytes the window read waits for a commit.
+//! A window is committed in ordered steps, each ended by an fsync: (direct
+//! writes, already done; the target is synced if the window also has
+//! journaled runs) the journal record; the journaled runs on the target;
+//! the progress slot with the window's end.
 //!
 //! After a crash, the next run replays a journal record that is intact but
 //! not committed (its runs are final bytes, so replaying is idempotent) and
@@ -36,7 +38,11 @@
 //! | 0x180  | 48   | progress slot B (slots alternate; the valid one with the higher sequence counts) |
 //! | 0x1c0  | 88   | journal record: sequence, window end, runs length, BLAKE3 of the runs; BLAKE3 of the record |
 //! | 0x400  | 32 n | pins: the full BLAKE3 of each of the patch's n segments, from the verifying pass |
-//! | after  | len  | journal runs, 4 KiB aligned after the pins: per run offset (u64), length (u32), bytes |
+//! | after  | len  | journal runs, 4 KiB aligned after the pins: per run the gap since the last run's end and its length (LEB128), then its bytes |
+//!
+//! The file starts empty: until the verifying pass ends, only pins are
+//! written, and a state file without an identity records that nothing was
+//! written to the target (it is removed and the apply started again).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -56,11 +62,16 @@ const SLOT_AT: [u64; 2] = [0x140, 0x180];
 const JOURNAL_AT: u64 = 0x1c0;
 const PINS_AT: u64 = 0x400;
 /// Differing byte runs closer than this are written as one.
-const WRITE_MERGE_GAP: usize = 64;
-/// Default for the most unit bytes in one window (a window also ends after
-/// [`BATCH_UNITS`] units). A single larger unit is a window of its own.
+const WRITE_MERGE_GAP: usize = 16;
+/// Default for the most changed bytes in one window (a window also ends
+/// after [`BATCH_UNITS`] units, or units spanning [`SPAN_PER_BATCH`] times this).
 pub const BATCH_BYTES: usize = 0x40_0000;
 const BATCH_UNITS: usize = 0x1000;
+/// Journaled bytes above which ending the window is cheaper (a commit
+/// writes a progress slot and a journal record).
+const COMMIT_COST: usize = 256;
+/// A window also ends when its units span this many times the batch limit.
+const SPAN_PER_BATCH: u64 = 16;
 /// Target bytes compared per read when finding what differs.
 const COMPARE_CHUNK: usize = 0x4_0000;
 
@@ -217,17 +228,45 @@ fn journal_record(seq: u64, end: u64, runs: &[u8]) -> Vec<u8> {
     seal(v)
 }
 
+/// Appends a run to an encoded journal whose last run ended at `*end`:
+/// LEB128 of the gap since then and of the length, then the bytes. Runs
+/// come in increasing offsets, so a few-byte edit costs a few bytes more.
+fn encode_run(journal: &mut Vec<u8>, end: &mut u64, offset: u64, data: &[u8]) {
+    for mut n in [offset - *end, data.len() as u64] {
+        while n >= 0x80 {
+            journal.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        journal.push(n as u8);
+    }
+    journal.extend_from_slice(data);
+    *end = offset + data.len() as u64;
+}
+
 /// The runs of an encoded journal, in order: (offset, bytes).
 fn decode_runs(mut runs: &[u8]) -> io::Result<Vec<(u64, &[u8])>> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "damaged journal runs");
-    let mut out = Vec::new();
+    let varint = |runs: &mut &[u8]| -> io::Result<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = runs.split_first().ok_or_else(bad)?;
+            *runs = rest;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(bad())
+    };
+    let (mut out, mut end) = (Vec::new(), 0u64);
     while !runs.is_empty() {
-        let head = runs.get(..12).ok_or_else(bad)?;
-        let offset = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as usize;
-        let data = runs.get(12..12 + len).ok_or_else(bad)?;
+        let gap = varint(&mut runs)?;
+        let len = usize::try_from(varint(&mut runs)?).map_err(|_| bad())?;
+        let offset = end.checked_add(gap).ok_or_else(bad)?;
+        let data = runs.get(..len).ok_or_else(bad)?;
+        runs = &runs[len..];
+        end = offset + len as u64;
         out.push((offset, data));
-        runs = &runs[12 + len..];
     }
     Ok(out)
 }
@@ -268,6 +307,13 @@ impl State {
             Err(e) => return Err(io_err(path, "cannot open the state file")(e)),
         };
         lock_state(&file, path)?;
+        if never_wrote(&file) {
+            // Killed in its verifying pass: it wrote nothing to any target.
+            std::fs::remove_file(path)
+                .map_err(io_err(path, "cannot remove the unused state file"))?;
+            drop(file); // unlocked only once the name is gone
+            return Ok(None);
+        }
         let identity = read_identity(&file).map_err(|why| {
             DriveError::Refused(format!(
                 "the state file {} cannot be used: {why}; nothing was written. If the target was never written by it, remove it and run again",
@@ -326,12 +372,7 @@ impl State {
             done: 0,
             pins: Some(blake3::Hasher::new()),
         };
-        let mut head = identity.encode();
-        head.resize((SLOT_AT[0] - IDENTITY_AT) as usize, 0);
-        head.extend_from_slice(&slot(0, 0));
-        state
-            .write_at(&head, IDENTITY_AT)
-            .map_err(io_err(path, "cannot write the state file"))?;
+        // Nothing is written yet: an empty state file says nothing was written.
         failpoint();
         Ok(state)
     }
@@ -503,6 +544,13 @@ pub fn peek_identity(path: &Path) -> Option<(Identity, u64)> {
         }
     }
     Some((identity, done))
+}
+
+/// Whether a state file was left by a verifying pass: its identity area is
+/// empty (the identity is written and synced before the target's first write).
+fn never_wrote(file: &File) -> bool {
+    let mut id = [0u8; IDENTITY_LEN + 32];
+    read_up_to(file, &mut id, IDENTITY_AT).is_ok_and(|_| id.iter().all(|&b| b == 0))
 }
 
 fn read_identity(file: &File) -> Result<Identity, &'static str> {
@@ -699,11 +747,13 @@ pub struct JournaledSink<'s, 't> {
     unit_reads: Ranges,
     window_units: usize,
     window_bytes: usize,
+    window_span: u64,
     window_end: u64,
     /// The window wrote to the target directly.
     direct: bool,
-    /// The window's journaled runs, encoded.
+    /// The window's journaled runs, encoded, and where the last one ended.
     journal: Vec<u8>,
+    journal_end: u64,
     held: Option<Held>,
     /// An error from inside the protocol, with its full context.
     error: Option<DriveError>,
@@ -720,9 +770,11 @@ impl<'s, 't> JournaledSink<'s, 't> {
             unit_reads: Ranges::default(),
             window_units: 0,
             window_bytes: 0,
+            window_span: 0,
             window_end: 0,
             direct: false,
             journal: Vec::new(),
+            journal_end: 0,
             held: None,
             error: None,
         }
@@ -749,53 +801,68 @@ impl<'s, 't> JournaledSink<'s, 't> {
     }
 
     fn unit(&mut self, offset: u64, data: Option<&[u8]>, len: u64) -> io::Result<()> {
-        // What the unit changes, as target ranges.
-        let runs = match data {
-            Some(d) => self.target.differing(offset, d)?,
-            None => vec![(0, len as usize)],
+        let Some(d) = data else {
+            // Zeros read nothing; they wait for a commit only if the window
+            // read what they clear.
+            if self.window_reads.meets(&[(offset, offset + len)]) {
+                self.commit_window()?;
+            }
+            failpoint();
+            self.target.zero(offset, len)?;
+            self.direct = true;
+            failpoint();
+            return self.unit_done(offset + len, 0, len);
         };
-        let changed: Vec<(u64, u64)> = runs
+        let runs = self.target.differing(offset, d)?;
+        let at = |&(a, b): &(usize, usize)| [(offset + a as u64, offset + b as u64)];
+        // Runs only earlier units read: a commit first lets them go direct,
+        // which costs less than journaling more than a little of them.
+        let earlier_only: usize = runs
             .iter()
-            .map(|&(a, b)| (offset + a as u64, offset + b as u64))
-            .collect();
-        if self.window_units > 0 && self.window_reads.meets(&changed) {
-            // An earlier unit of the window read what this one changes.
+            .filter(|r| !self.unit_reads.meets(&at(r)) && self.window_reads.meets(&at(r)))
+            .map(|(a, b)| b - a)
+            .sum();
+        if earlier_only > COMMIT_COST {
             self.commit_window()?;
         }
-        match data {
-            Some(d) if self.unit_reads.meets(&changed) => {
-                // Changes what it read itself: a replay could not redo it.
-                for &(a, b) in &runs {
-                    self.journal
-                        .extend_from_slice(&(offset + a as u64).to_le_bytes());
-                    self.journal
-                        .extend_from_slice(&((b - a) as u32).to_le_bytes());
-                    self.journal.extend_from_slice(&d[a..b]);
-                }
-            }
-            Some(d) => {
-                failpoint();
-                for &(a, b) in &runs {
-                    self.target.write_all(offset + a as u64, &d[a..b])?;
-                }
-                self.direct |= !runs.is_empty();
-                failpoint();
-            }
-            None => {
-                failpoint();
-                self.target.zero(offset, len)?;
-                self.direct = true;
-                failpoint();
-            }
-        }
+        // The window's reads, this unit's included: what a replay relies on.
         let mut reads = std::mem::take(&mut self.unit_reads);
         self.window_reads.append(&mut reads);
         self.unit_reads = reads;
-        self.unit_reads.clear();
+        let (mut wrote, mut changed) = (false, 0);
+        for (a, b) in runs {
+            let (s, e) = (offset + a as u64, offset + b as u64);
+            changed += b - a;
+            if self.window_reads.meets(&[(s, e)]) {
+                // A replay reads these bytes: they go through the journal.
+                encode_run(&mut self.journal, &mut self.journal_end, s, &d[a..b]);
+            } else {
+                if !wrote {
+                    failpoint();
+                }
+                self.target.write_all(s, &d[a..b])?;
+                wrote = true;
+            }
+        }
+        if wrote {
+            self.direct = true;
+            failpoint();
+        }
+        self.unit_done(offset + len, changed, len)
+    }
+
+    /// Ends the window when it changed `batch_limit` bytes, or its units
+    /// span [`SPAN_PER_BATCH`] times that: each commit costs the state file a
+    /// record, so windows are sized by what they change.
+    fn unit_done(&mut self, end: u64, changed: usize, span: u64) -> io::Result<()> {
         self.window_units += 1;
-        self.window_bytes += data.map_or(0, <[u8]>::len);
-        self.window_end = offset + len;
-        if self.window_bytes >= self.batch_limit || self.window_units >= BATCH_UNITS {
+        self.window_bytes += changed;
+        self.window_span += span;
+        self.window_end = end;
+        if self.window_bytes >= self.batch_limit
+            || self.window_span >= SPAN_PER_BATCH * self.batch_limit as u64
+            || self.window_units >= BATCH_UNITS
+        {
             self.commit_window()?;
         }
         Ok(())
@@ -831,8 +898,10 @@ impl<'s, 't> JournaledSink<'s, 't> {
         self.window_reads.clear();
         self.window_units = 0;
         self.window_bytes = 0;
+        self.window_span = 0;
         self.direct = false;
         self.journal.clear();
+        self.journal_end = 0;
         Ok(())
     }
 }

@@ -215,7 +215,7 @@ fn a_target_changed_between_the_kill_and_the_resume_is_refused_and_left_as_it_is
         .zip(&new)
         .rposition(|(a, b)| a != b)
         .expect("differs");
-    let cases: [(&str, Box<dyn Fn(&Path)>); 3] = [
+    let cases: [(&str, Change<'_>); 3] = [
         (
             "restored from a backup",
             Box::new(|d: &Path| fs::write(d, p.old()).expect("restore")),
@@ -260,6 +260,9 @@ fn a_target_changed_between_the_kill_and_the_resume_is_refused_and_left_as_it_is
     assert!(in_place(&disk, &p.patch(), &[], None).status.success());
     assert!(fs::read(&disk).expect("disk") == new);
 }
+
+/// A change made to the target between the kill and the resume.
+type Change<'a> = Box<dyn Fn(&Path) + 'a>;
 
 fn flip(path: &Path, at: u64) {
     use std::os::unix::fs::FileExt;
