@@ -107,7 +107,7 @@ impl Buckets {
 #[derive(Debug, Clone, Copy)]
 enum Section {
     Preamble,
-    Header(PreambleRepr),
+    Header,
     Page(PageRef),
     Done,
 }
@@ -216,7 +216,7 @@ impl Layout {
     pub fn truncated(&mut self) {
         let section = match self.section {
             Section::Preamble => "preamble",
-            Section::Header(_) => "header",
+            Section::Header => "header",
             Section::Page(_) => "manifest page",
             Section::Done => return,
         };
@@ -240,9 +240,9 @@ impl Layout {
                 self.preamble = Some(repr);
                 self.preamble_bytes.copy_from_slice(&self.buf);
                 let len = repr.header_len as usize + HASH_LEN;
-                self.expect(Section::Header(repr), end, len);
+                self.expect(Section::Header, end, len);
             }
-            Section::Header(_) => {
+            Section::Header => {
                 // The one header-section parser: hash before version.
                 let section = [&self.preamble_bytes[..], &self.buf[..]].concat();
                 let (repr, header) = parse_header_section(&section)?;

@@ -116,6 +116,22 @@ test('a signed patch shows its signer, and a trusted key is required', async () 
   const other = await verify({ old: pair.old, patchFile: signed, keys: [path.join(keys, 'other.pub')], shot: 'untrusted' });
   assert.equal(other.verdict, 'untrusted', other.text);
   assert.match(other.text, /^Refused: the patch is signed by key [0-9a-f]{16}, which is not one of the trusted keys\.$/);
+
+  // One bit of the signature flipped and the patch hash fixed up: altered
+  // after signing. Red, with or without a trusted key (issue 13, defect 16).
+  const data = fs.readFileSync(signed);
+  data[24 + data.readUInt32LE(16) + 32 + 1 + 33 + 5] ^= 0x04;
+  load(fs.readFileSync(path.join(www, 'pkg/anypatch_wasm_bg.wasm')));
+  const end = data.length - 40;
+  Buffer.from(await hashBlob(new Blob([data.subarray(0, end)])), 'hex').copy(data, end);
+  const altered = path.join(work, 'patches', 'sparse.altered.anyp');
+  fs.writeFileSync(altered, data);
+  for (const keyFiles of [[], [path.join(keys, 'release.pub')]]) {
+    const r = await verify({ old: pair.old, patchFile: altered, keys: keyFiles, shot: `altered-${keyFiles.length}` });
+    assert.equal(r.verdict, 'untrusted', r.text);
+    assert.match(r.text, /^Refused: the signature by key [0-9a-f]{16} does not verify; the patch was altered after signing/);
+    assert.equal(r.checks['check-signature'].state, 'bad');
+  }
 });
 
 test('save streams the new image to disk (origin-private file system standing in for the picker)', async () => {
