@@ -336,6 +336,11 @@ pub fn resolve_output(
         return Ok(OutputTarget::File(path));
     }
     if t.is_block_device() {
+        if let Some(why) = device_holds_old(meta.rdev(), old) {
+            return Err(DriveError::Refused(format!(
+                "the output {shown} {why}: writing it would destroy the old image while it is read. Nothing was written"
+            )));
+        }
         return Ok(OutputTarget::Device {
             path,
             len: 0, // sized when opened for writing
@@ -356,6 +361,33 @@ pub fn resolve_output(
     Err(DriveError::Refused(format!(
         "the output {shown} is {kind}; -o writes a regular file or a block device. Nothing was written"
     )))
+}
+
+/// Whether the block device `rdev` holds OLD's bytes under another name:
+/// OLD is a partition of it or the disk it is a partition of, OLD is a
+/// file on a file system on it (or on one of its partitions), or it is a
+/// loop device backed by OLD. Each of these passes the same-file check,
+/// and writing would overwrite OLD while it is read. Read from sysfs; where
+/// sysfs is missing, only the same-file check applies.
+fn device_holds_old(rdev: u64, old: &Metadata) -> Option<&'static str> {
+    let sys = |dev: u64| {
+        let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+        fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()
+    };
+    let out = sys(rdev)?;
+    // A partition's sysfs directory lies inside its disk's.
+    let overlaps = |dev: u64| sys(dev).is_some_and(|d| d.starts_with(&out) || out.starts_with(&d));
+    if old.file_type().is_block_device() {
+        return overlaps(old.rdev())
+            .then_some("is the disk or a partition that holds the old image");
+    }
+    if overlaps(old.dev()) {
+        return Some("holds the file system the old image is on");
+    }
+    let backing = fs::read_to_string(out.join("loop/backing_file")).ok()?;
+    let backing = fs::metadata(backing.trim_end_matches('\n')).ok()?;
+    ((backing.dev(), backing.ino()) == (old.dev(), old.ino()))
+        .then_some("is a loop device backed by the old image")
 }
 
 fn parent_dir(path: &Path) -> PathBuf {

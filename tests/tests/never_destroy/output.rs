@@ -738,3 +738,35 @@ fn max_new_size_takes_units_and_the_summary_reads_in_mib() {
         anypatch_tests::hex(blake3::hash(&fs::read(&new).expect("new")).as_bytes())
     );
 }
+
+/// Defect 2, another name for OLD: a loop device backed by the old image
+/// passes the same-file check (its node is another inode), and writing it
+/// would overwrite OLD while it is read. Refused before any work; OLD and
+/// the node stay as they were.
+#[test]
+fn output_onto_a_loop_device_backed_by_old_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = corpus_small();
+    let old = dir.path().join("a.old");
+    fs::copy(c.join("sparse.old"), &old).expect("copy old");
+    let patch = dir.path().join("p.bin");
+    make_patch(&old, &c.join("sparse.new"), &patch, &[]);
+    let old_bytes = fs::read(&old).expect("old");
+    let dev = Loop::attach(&old);
+    let node = dev.node_in(dir.path(), "backed-by-old");
+    let o = applypatch(&[&old, &patch, Path::new("-o"), &node]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("loop device backed by the old image"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(fs::read(&old).expect("old") == old_bytes, "OLD changed");
+    assert!(
+        fs::symlink_metadata(&node)
+            .expect("node")
+            .file_type()
+            .is_block_device(),
+        "the node was replaced"
+    );
+}
