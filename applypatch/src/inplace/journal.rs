@@ -745,6 +745,9 @@ pub struct JournaledSink<'s, 't> {
     window_reads: Ranges,
     /// Old-byte reads since the last unit: the next unit's.
     unit_reads: Ranges,
+    /// Reads that came while a unit was held (a copy chunk is known not to
+    /// be a segment only at the next call): the unit after it's.
+    next_reads: Ranges,
     window_units: usize,
     window_bytes: usize,
     window_span: u64,
@@ -768,6 +771,7 @@ impl<'s, 't> JournaledSink<'s, 't> {
             batch_limit: batch_limit.clamp(1, BATCH_BYTES),
             window_reads: Ranges::default(),
             unit_reads: Ranges::default(),
+            next_reads: Ranges::default(),
             window_units: 0,
             window_bytes: 0,
             window_span: 0,
@@ -796,6 +800,8 @@ impl<'s, 't> JournaledSink<'s, 't> {
     fn settle(&mut self) -> io::Result<()> {
         if let Some(h) = self.held.take() {
             self.unit(h.offset, Some(&h.data), h.data.len() as u64)?;
+            // Reads that came while it was held belong to the next unit.
+            std::mem::swap(&mut self.unit_reads, &mut self.next_reads);
         }
         Ok(())
     }
@@ -931,7 +937,12 @@ impl Sink for JournaledSink<'_, '_> {
         self.settle()
     }
     fn old_read(&mut self, offset: u64, data: &[u8]) {
-        self.unit_reads.add(offset, offset + data.len() as u64);
+        let reads = if self.held.is_some() {
+            &mut self.next_reads
+        } else {
+            &mut self.unit_reads
+        };
+        reads.add(offset, offset + data.len() as u64);
     }
 }
 
