@@ -482,40 +482,75 @@ fn explain_failure(
             return DriveError::AlreadyApplied;
         }
     }
-    let found = unfinished_states(t);
+    match half_patched_note(&t.path, &t.canonical, t.id, patch) {
+        Some(note) => DriveError::WrongBase { source, note },
+        None => DriveError::Apply(source),
+    }
+}
+
+/// For a wrong base on any command (`--in-place`, `-o`, `--check`): when
+/// `path` is the target of an unfinished in-place apply, a note that names
+/// its state and says how to finish or discard it.
+pub(crate) fn wrong_base_note(path: &Path, patch: &PatchSource) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let id = if meta.file_type().is_block_device() {
+        TargetId::Block { rdev: meta.rdev() }
+    } else {
+        TargetId::File {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    };
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    half_patched_note(path, &canonical, id, patch)
+}
+
+fn half_patched_note(
+    path: &Path,
+    canonical: &Path,
+    id: TargetId,
+    patch: &PatchSource,
+) -> Option<String> {
+    let found = unfinished_states(path, canonical, id);
     if found.is_empty() {
-        return DriveError::Apply(source);
+        return None;
     }
     let patch_name = match patch {
         PatchSource::Path(p) => p.display().to_string(),
         PatchSource::Stdin => "PATCH".into(),
     };
     let mut note = String::from("the target is half-patched:");
-    for (path, id, done) in found {
+    for (state, sid, done) in found {
         note.push_str(&format!(
             " {} records an unfinished in-place apply to it ({done} of {} bytes final) of the patch with BLAKE3 {}. To finish it, run: applypatch --in-place {} {} --state {} (with that patch); to discard it, only if the target was restored from a backup: rm {}.",
+            state.display(),
+            sid.new_len,
+            &hex(&sid.patch_hash)[..16],
             path.display(),
-            id.new_len,
-            &hex(&id.patch_hash)[..16],
-            t.path.display(),
             patch_name,
-            path.display(),
-            path.display()
+            state.display(),
+            state.display()
         ));
     }
-    DriveError::WrongBase { source, note }
+    Some(note)
 }
 
 /// State files in the usual places (beside the target as given and as
 /// resolved, and under /var/lib/anypatch) that record an unfinished write
 /// to this very target.
-fn unfinished_states(t: &Target) -> Vec<(PathBuf, Identity, u64)> {
+fn unfinished_states(
+    path: &Path,
+    canonical: &Path,
+    target: TargetId,
+) -> Vec<(PathBuf, Identity, u64)> {
     let mut dirs: Vec<PathBuf> = vec![PathBuf::from(STATE_DIR)];
-    for p in [&t.path, &t.canonical] {
+    for p in [path, canonical] {
         let dir = match p.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        // `.` and the directory's full name are one directory: list it once.
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         if !dirs.contains(&dir) {
             dirs.push(dir);
         }
@@ -531,7 +566,7 @@ fn unfinished_states(t: &Target) -> Vec<(PathBuf, Identity, u64)> {
                 continue;
             }
             if let Some((id, done)) = journal::peek_identity(&path) {
-                if id.target == t.id && id.phase == Phase::Writing {
+                if id.target == target && id.phase == Phase::Writing {
                     found.push((path, id, done));
                 }
             }

@@ -261,6 +261,21 @@ pub fn check(
         &mut |h| policy.check_header(h),
         on_progress,
     )
+    .map_err(|e| explain_wrong_base(e, old, patch))
+}
+
+/// A wrong base on an OLD that an unfinished in-place apply half-patched
+/// names that apply's state and says how to finish or discard it: a plain
+/// "wrong base" would send the user after the wrong file.
+pub(crate) fn explain_wrong_base(e: DriveError, old: &Path, patch: &PatchSource) -> DriveError {
+    let DriveError::Apply(source @ (ApplyError::BaseHash | ApplyError::BaseLength { .. })) = e
+    else {
+        return e;
+    };
+    match inplace::wrong_base_note(old, patch) {
+        Some(note) => DriveError::WrongBase { source, note },
+        None => DriveError::Apply(source),
+    }
 }
 
 /// What an applier accepts, decided from the header before any old byte

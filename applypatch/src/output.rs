@@ -31,7 +31,10 @@ use anypatch_apply::format::Header;
 use anypatch_apply::{Applier, Config, Progress, Summary};
 use tempfile::NamedTempFile;
 
-use crate::{drive, file_len, io_err, open_old, DriveError, NullSink, PatchSource, Policy, Sink};
+use crate::{
+    drive, explain_wrong_base, file_len, io_err, open_old, DriveError, NullSink, PatchSource,
+    Policy, Sink,
+};
 
 /// New files are written in blocks of this size, aligned to the file's
 /// start; a block that is all zeros is not written and stays a hole.
@@ -426,6 +429,7 @@ pub fn apply_to_new_file(
             write_device(&old_file, old_len, patch, &path, policy, on_progress)
         }
     }
+    .map_err(|e| explain_wrong_base(e, old, patch))
 }
 
 fn write_file(

@@ -403,6 +403,27 @@ fn a_wrong_base_on_a_half_patched_target_names_its_unfinished_state() {
         "no way to finish or discard it: {err}"
     );
     assert!(fs::read(&disk).expect("disk") == before);
+    // `-o` and `--check` on the half-patched file say the same.
+    for args in [vec!["--check"], vec!["-o", "elsewhere.img"]] {
+        let o = Command::new(bin("applypatch"))
+            .current_dir(p.dir.path())
+            .args(&args)
+            .arg(&alias)
+            .arg(p.patch())
+            .output()
+            .expect("runs");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains(&state.display().to_string()) && err.contains("--state"),
+            "{args:?} does not name the state: {err}"
+        );
+        assert_eq!(
+            err.matches("records an unfinished").count(),
+            1,
+            "{args:?} names the state more than once: {err}"
+        );
+    }
     // What it says to do works.
     let o = in_place(
         &alias,
