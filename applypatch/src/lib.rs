@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anypatch_apply::format::{parse_key_file, Hash, Header, KeyKind};
-use anypatch_apply::{Applier, ApplyError, Config, Event, Progress, Summary};
+use anypatch_apply::{Applier, ApplyError, Config, ErrorClass, Event, Progress, Summary};
 
 /// Patch bytes read per `read` call.
 const READ_CHUNK: usize = 0x4_0000;
@@ -91,6 +91,10 @@ pub trait Sink {
     /// Called after each old-byte read the engine asked for, with the bytes
     /// read: an in-place sink learns which target bytes a replay relies on.
     fn old_read(&mut self, _offset: u64, _data: &[u8]) {}
+    /// What error messages call the place written ("the temporary file X").
+    fn describe(&self) -> String {
+        "the target".into()
+    }
 }
 
 /// Discards everything: verification only.
@@ -151,23 +155,33 @@ pub fn drive(
                 on_progress(applier.progress());
             }
             Event::Write { offset, data } => {
-                sink.write_at(offset, data).map_err(io_err(format!(
-                    "cannot write the target at offset {offset}"
-                )))?;
-                if let Some((index, hash)) = applier.written_segment() {
-                    sink.segment_written(index, &hash).map_err(io_err(format!(
-                        "cannot write the target at offset {offset}"
-                    )))?;
-                }
+                let written = match sink.write_at(offset, data) {
+                    Ok(()) => match applier.written_segment() {
+                        Some((index, hash)) => sink.segment_written(index, &hash),
+                        None => Ok(()),
+                    },
+                    Err(e) => Err(e),
+                };
+                written.map_err(|e| DriveError::Io {
+                    action: format!("cannot write {} at offset {offset}", sink.describe()),
+                    source: e,
+                })?;
                 on_progress(applier.progress());
             }
             Event::Zero { offset, len } => {
-                sink.zero(offset, len).map_err(io_err(format!(
-                    "cannot write zeros to the target at offset {offset}"
-                )))?;
+                sink.zero(offset, len).map_err(|e| DriveError::Io {
+                    action: format!(
+                        "cannot write zeros to {} at offset {offset}",
+                        sink.describe()
+                    ),
+                    source: e,
+                })?;
             }
             Event::Done(summary) => {
-                sink.flush().map_err(io_err("cannot write the target"))?;
+                sink.flush().map_err(|e| DriveError::Io {
+                    action: format!("cannot write {}", sink.describe()),
+                    source: e,
+                })?;
                 return Ok(summary);
             }
         }
@@ -250,6 +264,9 @@ pub fn check(
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
     let (old_file, old_len) = open_old(old)?;
+    let old_meta = old_file
+        .metadata()
+        .map_err(io_err(format!("cannot stat old file {}", old.display())))?;
     let mut reader = patch.open()?;
     let mut applier = Applier::new(Config::new(old_len));
     applier.require_signature(&policy.trusted_keys);
@@ -261,7 +278,43 @@ pub fn check(
         &mut |h| policy.check_header(h),
         on_progress,
     )
+    .map_err(|e| blame_changed_old(e, &old_file, &old_meta, "nothing was written"))
     .map_err(|e| explain_wrong_base(e, old, patch))
+}
+
+/// A patch or base failure while OLD changed under the applier (its size,
+/// modification or change time differ from `before`, taken when it was
+/// opened) is OLD's doing, not the patch's: say so, with `outcome` telling
+/// what became of the output. A block device's metadata does not follow
+/// its contents, so there this cannot tell.
+pub(crate) fn blame_changed_old(
+    e: DriveError,
+    old_file: &File,
+    before: &std::fs::Metadata,
+    outcome: &str,
+) -> DriveError {
+    use std::os::unix::fs::MetadataExt;
+    let blames_input = matches!(&e, DriveError::Apply(a)
+        if matches!(a.class(), ErrorClass::CorruptPatch | ErrorClass::WrongBase));
+    if !blames_input {
+        return e;
+    }
+    let stamp = |m: &std::fs::Metadata| {
+        (
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    };
+    match old_file.metadata() {
+        Ok(now) if stamp(&now) != stamp(before) => {}
+        _ => return e,
+    }
+    DriveError::Refused(format!(
+        "the old file changed while it was read (its size or modification time is not what it was when applypatch opened it), so the patch could not be checked against it: {outcome}. The patch was not found at fault ({e}); run again when nothing writes to the old file"
+    ))
 }
 
 /// A wrong base on an OLD that an unfinished in-place apply half-patched
@@ -294,10 +347,9 @@ impl Policy {
     pub fn check_header(&self, h: &Header) -> Result<(), DriveError> {
         match self.max_new_len {
             Some(max) if h.new_len > max => Err(DriveError::Refused(format!(
-                "the patch makes a {} image ({} bytes), above --max-new-size {} ({max} bytes)",
-                output::human_bytes(h.new_len),
-                h.new_len,
-                output::human_bytes(max)
+                "the patch makes an image of {}, above --max-new-size {}; raise the limit if you trust the patch",
+                output::human_bytes_exact(h.new_len),
+                output::human_bytes_exact(max)
             ))),
             _ => Ok(()),
         }

@@ -15,6 +15,15 @@ use anypatch_applypatch::{
 };
 use clap::Parser;
 
+/// `eprintln!` that cannot panic: a diagnostic that cannot be written
+/// (stderr on a full disk, a closed pipe) must not change the outcome or
+/// the exit code.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Largest --journal-batch, as the help says.
 const MAX_JOURNAL_BATCH: u64 = 0x40_0000;
 
@@ -164,7 +173,7 @@ fn main() -> ExitCode {
                 let mut j = Json::new(false, code);
                 j.str("error_class", "usage");
                 j.str("error", first.strip_prefix("error: ").unwrap_or(first));
-                j.print();
+                let _ = j.print(); // the exit code already says it failed
             }
             return ExitCode::from(code);
         }
@@ -184,6 +193,18 @@ fn main() -> ExitCode {
         }
     }
     let patch = PatchSource::parse(&cli.patch);
+    // stdout opened on OLD or the patch (`>> old.img`): what applypatch
+    // prints there would damage it. Refused on stderr alone: even the JSON
+    // error object would be written into the file.
+    if cli.json || cli.check {
+        let written = (!cli.check && !cli.in_place)
+            .then_some(cli.output.as_deref())
+            .flatten();
+        if let Err(e) = output::check_stdout(&cli.old, &patch, written) {
+            say!("applypatch: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let mut meter = Meter::new(!cli.quiet && std::io::stderr().is_terminal());
     let mut on_progress = |p: Progress| meter.show(p);
     let policy = read_trusted_keys(&cli.trusted_key).map(|trusted_keys| Policy {
@@ -221,10 +242,24 @@ fn main() -> ExitCode {
     });
     meter.clear();
     match result {
-        Ok(written) => {
-            report(&cli, &written, started.elapsed());
-            ExitCode::SUCCESS
-        }
+        Ok(written) => match report(&cli, &written, started.elapsed()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let done = if cli.check {
+                    "the patch verified".to_string()
+                } else if cli.in_place {
+                    format!("{} was patched", cli.old.display())
+                } else {
+                    match &written.target {
+                        OutputTarget::File(p) | OutputTarget::Device { path: p, .. } => {
+                            format!("{} was written", p.display())
+                        }
+                    }
+                };
+                say!("applypatch: {done}, but the result cannot be written to stdout: {e}");
+                ExitCode::from(1)
+            }
+        },
         Err(DriveError::AlreadyApplied) => {
             let message = DriveError::AlreadyApplied.to_string();
             if cli.json {
@@ -234,9 +269,12 @@ fn main() -> ExitCode {
                 j.str("target", &cli.old.to_string_lossy());
                 j.str("message", &message);
                 j.seconds(started.elapsed());
-                j.print();
+                if let Err(e) = j.print() {
+                    say!("applypatch: {message}, but the result cannot be written to stdout: {e}");
+                    return ExitCode::from(1);
+                }
             } else if !cli.quiet {
-                eprintln!("applypatch: {message}");
+                say!("applypatch: {message}");
             }
             ExitCode::SUCCESS
         }
@@ -246,14 +284,14 @@ fn main() -> ExitCode {
 
 /// Reports `e` on stderr (and on stdout with --json) and returns its exit code.
 fn fail(cli: &Cli, e: &DriveError) -> ExitCode {
-    eprintln!("applypatch: {e}");
+    say!("applypatch: {e}");
     let (code, class) = classify(e);
     if cli.json {
         let mut j = Json::new(false, code);
         j.str("mode", cli.mode());
         j.str("error_class", class);
         j.str("error", &e.to_string());
-        j.print();
+        let _ = j.print(); // the exit code already says it failed
     }
     ExitCode::from(code)
 }
@@ -287,19 +325,30 @@ fn json_requested() -> bool {
 }
 
 /// Ends the process on SIGINT, SIGTERM or SIGHUP with exit code 128 + the
-/// signal's number, after removing the temporary output file.
+/// signal's number, after removing the temporary output file. A signal that
+/// comes once the output is committed changes nothing: the run finishes and
+/// reports success. A signal ignored when applypatch started (`nohup`
+/// ignores SIGHUP) stays ignored.
 fn exit_on_signals(json: bool, mode: &'static str) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let ignored = ignored_signals();
+    let wanted = [SIGINT, SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|&s| ignored & (1 << (s - 1)) == 0);
+    let mut signals = signal_hook::iterator::Signals::new(wanted)?;
     std::thread::spawn(move || {
-        if let Some(signo) = signals.forever().next() {
+        for signo in signals.forever() {
+            let notes = match output::interrupted() {
+                output::Interruption::Finished => continue,
+                output::Interruption::Stop(notes) => notes,
+            };
             let name = match signo {
                 SIGINT => "SIGINT",
                 SIGTERM => "SIGTERM",
                 _ => "SIGHUP",
             };
             let mut message = format!("interrupted by {name}");
-            for note in output::interrupted() {
+            for note in notes {
                 message.push_str("; ");
                 message.push_str(&note);
             }
@@ -308,7 +357,7 @@ fn exit_on_signals(json: bool, mode: &'static str) -> std::io::Result<()> {
             } else {
                 ""
             };
-            eprintln!("{clear}applypatch: {message}");
+            say!("{clear}applypatch: {message}");
             // 128 + 1, 2 or 15: always fits.
             let code = u8::try_from(128 + signo).unwrap_or(u8::MAX);
             if json {
@@ -317,7 +366,8 @@ fn exit_on_signals(json: bool, mode: &'static str) -> std::io::Result<()> {
                 j.str("error_class", "interrupted");
                 j.str("signal", name);
                 j.str("error", &message);
-                j.print();
+                // The exit code already says what happened.
+                let _ = j.print();
             }
             std::process::exit(code.into());
         }
@@ -325,7 +375,25 @@ fn exit_on_signals(json: bool, mode: &'static str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn report(cli: &Cli, w: &Written, took: Duration) {
+/// The set of signals this process started with ignored, as a mask with bit
+/// `signal - 1` set, read from /proc/self/status (asking sigaction would take
+/// unsafe code); none where /proc cannot tell.
+fn ignored_signals() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Prints the result: the JSON object or `--check`'s BLAKE3 on stdout (an
+/// error if it cannot be written: it is what the caller asked for), and the
+/// summary on stderr.
+fn report(cli: &Cli, w: &Written, took: Duration) -> std::io::Result<()> {
     let s = &w.summary;
     let hash = s.new_hash.as_ref().map(hex);
     if cli.json {
@@ -357,42 +425,39 @@ fn report(cli: &Cli, w: &Written, took: Duration) {
             j.num("bytes_zeroed", s.bytes_zeroed);
         }
         j.seconds(took);
-        j.print();
+        j.print()?;
     } else if cli.check {
-        // A closed stdout (e.g. piped into `head`) is not an error worth reporting.
-        let _ = writeln!(
-            std::io::stdout().lock(),
-            "{}",
-            hash.as_deref().unwrap_or_default()
-        );
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", hash.as_deref().unwrap_or_default())?;
+        out.flush()?;
     }
     if cli.quiet || cli.json {
-        return;
+        return Ok(());
     }
     let blake3 = hash.unwrap_or_else(|| "checked before writing".into());
     let secs = took.as_secs_f64();
     let size = human_bytes(s.new_len);
     let written = human_bytes(s.bytes_written);
     if cli.check {
-        eprintln!("applypatch: verified: a {size} image in {secs:.2} s, BLAKE3 {blake3}");
+        say!("applypatch: verified: a {size} image in {secs:.2} s, BLAKE3 {blake3}");
     } else if cli.in_place {
-        eprintln!(
+        say!(
             "applypatch: patched {} in place: {size} ({written} written) in {secs:.2} s, BLAKE3 {blake3}",
             cli.old.display()
         );
     } else {
         match &w.target {
-            OutputTarget::File(p) => eprintln!(
+            OutputTarget::File(p) => say!(
                 "applypatch: wrote {}: {size} ({written} written) in {secs:.2} s, BLAKE3 {blake3}",
                 p.display()
             ),
             OutputTarget::Device { path, len } => {
-                eprintln!(
+                say!(
                     "applypatch: wrote {}: {size} ({written} written, read back and verified) in {secs:.2} s, BLAKE3 {blake3}",
                     path.display()
                 );
                 if *len > s.new_len {
-                    eprintln!(
+                    say!(
                         "applypatch: the device's last {} after the image were left as they were",
                         human_bytes(len - s.new_len)
                     );
@@ -400,6 +465,7 @@ fn report(cli: &Cli, w: &Written, took: Duration) {
             }
         }
     }
+    Ok(())
 }
 
 /// Parses a size as users type it: plain bytes (`67108864`), or a number,
@@ -438,7 +504,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     if mult == 1 && !frac.is_empty() {
-        return Err(bad()); // a fraction of a byte
+        return Err(format!(
+            "'{s}' is a fraction of a byte: give whole bytes, or a unit after the number ({s}G, {s}GB)"
+        ));
     }
     let parse = |d: &str| -> Result<u128, String> {
         if d.is_empty() {
@@ -490,10 +558,13 @@ impl Json {
         let _ = write!(self.0, ",\"seconds\":{:.3}", took.as_secs_f64());
     }
 
-    fn print(mut self) {
+    /// Prints the object and a newline on stdout, flushed, so a failed
+    /// write is seen here.
+    fn print(mut self) -> std::io::Result<()> {
         self.0.push('}');
-        // A closed stdout (e.g. piped into `head`) is not an error worth reporting.
-        let _ = writeln!(std::io::stdout().lock(), "{}", self.0);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", self.0)?;
+        out.flush()
     }
 }
 
@@ -524,7 +595,8 @@ impl Meter {
         self.last = Some(Instant::now());
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let done = p.base_checked + p.new_done;
-        eprint!(
+        let _ = write!(
+            std::io::stderr(),
             "\r\x1b[Kapplypatch: base checked {} MiB, new {} MiB, patch {} MiB read, {:.0} MiB/s",
             p.base_checked >> 20,
             p.new_done >> 20,
@@ -535,7 +607,7 @@ impl Meter {
 
     fn clear(&self) {
         if self.enabled && self.last.is_some() {
-            eprint!("\r\x1b[K");
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
         }
     }
 }

@@ -25,6 +25,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use anypatch_apply::format::Header;
@@ -43,6 +44,10 @@ const HOLE_BLOCK: u64 = 0x1000;
 const ZERO_CHUNK: usize = 0x10_0000;
 /// Device bytes hashed per read when reading the written image back.
 const READBACK_CHUNK: usize = 0x10_0000;
+/// Bytes of the output's name kept in its temporary file's name: with the
+/// dots, the random part and the suffix (23 bytes) it stays far below the
+/// usual 255-byte limit on a name.
+const TEMP_NAME_KEEP: usize = 128;
 
 /// Where `-o` writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,24 +81,49 @@ struct Undo {
     temp_files: Vec<PathBuf>,
     /// A device that is being written: it holds part of the new image.
     device: Option<PathBuf>,
+    /// The new image is complete and in place (renamed, or written and
+    /// read back): a signal can no longer change the outcome.
+    committed: bool,
 }
 
 static UNDO: Mutex<Undo> = Mutex::new(Undo {
     temp_files: Vec::new(),
     device: None,
+    committed: false,
 });
+
+/// Set once [`interrupted`] has decided about a signal; the
+/// `ANYPATCH_TEST_STOP_AFTER_COMMIT` hook waits for it.
+static SIGNAL_DECIDED: AtomicBool = AtomicBool::new(false);
+
+/// What a signal means for this run, as [`interrupted`] decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interruption {
+    /// The new image is already complete and in place: the signal came too
+    /// late to change anything, so the run goes on and reports success.
+    Finished,
+    /// End the process now. The temporary file, if any, is removed; each
+    /// string is a sentence the user should read.
+    Stop(Vec<String>),
+}
 
 fn undo() -> MutexGuard<'static, Undo> {
     // A panic elsewhere must not stop the cleanup.
     UNDO.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// For a signal handler that is about to end the process: removes the
-/// temporary output file, if any, and returns what the user should know
-/// (one sentence per line). The registry stays locked, so no new temporary
-/// file can be made afterwards; call it once, then exit.
-pub fn interrupted() -> Vec<String> {
+/// For a signal handler: decides what a signal does to this run. Once the
+/// output is committed the run finishes as if no signal had come
+/// ([`Interruption::Finished`]). Before that, it removes the temporary
+/// output file, if any, and returns what the user should know; the registry
+/// then stays locked, so no new temporary file can be made or renamed
+/// afterwards: on [`Interruption::Stop`], exit.
+pub fn interrupted() -> Interruption {
     let mut u = undo();
+    SIGNAL_DECIDED.store(true, Ordering::SeqCst);
+    if u.committed {
+        return Interruption::Finished;
+    }
     let mut notes = Vec::new();
     for p in u.temp_files.drain(..) {
         if fs::remove_file(&p).is_ok() {
@@ -107,7 +137,31 @@ pub fn interrupted() -> Vec<String> {
         ));
     }
     std::mem::forget(u);
-    notes
+    Interruption::Stop(notes)
+}
+
+/// Marks the new image as complete and in place; call it with the
+/// registry's lock held, in the same critical section as the commit.
+fn commit(u: &mut Undo) {
+    u.committed = true;
+    u.device = None;
+}
+
+/// Test hook: with `ANYPATCH_TEST_STOP_AFTER_COMMIT=1`, the process stops
+/// itself (SIGSTOP) right after the output is committed, so a test can send
+/// a signal at exactly that point; once continued, it waits (at most 10 s)
+/// for the signal handler to decide, so the outcome does not depend on
+/// which thread runs first. Nothing happens otherwise.
+fn stop_after_commit_for_tests() {
+    if std::env::var_os("ANYPATCH_TEST_STOP_AFTER_COMMIT").is_none() {
+        return;
+    }
+    let me = rustix::process::getpid();
+    let _ = rustix::process::kill_process(me, rustix::process::Signal::STOP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !SIGNAL_DECIDED.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// A temporary file registered with [`interrupted`]; removed and
@@ -118,14 +172,22 @@ struct Temp {
 }
 
 impl Temp {
-    /// Creates `.NAME.XXXXXX.applypatch-tmp` in `dir`. Creation and
-    /// registration happen under the registry's lock, so a signal cannot
-    /// fall between them.
-    fn create(dir: &Path, name: &str) -> Result<Self, DriveError> {
+    /// Creates `.NAME.XXXXXX.applypatch-tmp` in `dir` with permissions
+    /// `mode` less the umask (NAME cut to [`TEMP_NAME_KEEP`] bytes, so a
+    /// name near the file system's limit still has a temporary file).
+    /// Creation and registration happen under the registry's lock, so a
+    /// signal cannot fall between them.
+    fn create(dir: &Path, name: &str, mode: u32) -> Result<Self, DriveError> {
+        use std::os::unix::fs::PermissionsExt;
         let mut u = undo();
+        let mut keep = name.len().min(TEMP_NAME_KEEP);
+        while !name.is_char_boundary(keep) {
+            keep -= 1;
+        }
         let file = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+            .prefix(&format!(".{}.", &name[..keep]))
             .suffix(".applypatch-tmp")
+            .permissions(fs::Permissions::from_mode(mode))
             .tempfile_in(dir)
             .map_err(io_err(format!(
                 "cannot create a temporary file in {}",
@@ -157,6 +219,9 @@ impl Temp {
             source: e.error,
         });
         u.temp_files.retain(|p| *p != self.path);
+        if result.is_ok() {
+            commit(&mut u);
+        }
         result
     }
 }
@@ -280,6 +345,11 @@ pub fn resolve_output(
     patch: &PatchSource,
 ) -> Result<OutputTarget, DriveError> {
     let shown = new.display();
+    if new == Path::new("-") || through_fd_link(new) {
+        return Err(DriveError::Refused(format!(
+            "the output {shown} is a stream (stdout, or another open file descriptor): applypatch writes the image at any offset and cannot write to a stream. Give a file or device path. Nothing was written"
+        )));
+    }
     if new.as_os_str().as_encoded_bytes().ends_with(b"/") || new.file_name().is_none() {
         return Err(DriveError::Refused(format!(
             "the output {shown} names a directory; give the new image's file name"
@@ -335,15 +405,32 @@ pub fn resolve_output(
         )));
     }
     let t = meta.file_type();
-    if t.is_file() {
-        return Ok(OutputTarget::File(path));
-    }
     if t.is_block_device() {
         if let Some(why) = device_holds_old(meta.rdev(), old) {
             return Err(DriveError::Refused(format!(
                 "the output {shown} {why}: writing it would destroy the old image while it is read. Nothing was written"
             )));
         }
+    }
+    if t.is_file() || t.is_block_device() {
+        // The same bytes under another name: a loop device and the file
+        // behind it, or two loop devices over one file.
+        let out = stores(&meta);
+        if let Some(why) = shared(&out, &stores(old)) {
+            return Err(DriveError::Refused(format!(
+                "the output {shown} is the old image under another name ({why}): writing it would destroy the old image while it is read. Nothing was written"
+            )));
+        }
+        if let Some(why) = shared(&out, &stores(&patch.metadata()?)) {
+            return Err(DriveError::Refused(format!(
+                "the output {shown} is the patch under another name ({why}): writing it would destroy the patch while it is read. Nothing was written"
+            )));
+        }
+    }
+    if t.is_file() {
+        return Ok(OutputTarget::File(path));
+    }
+    if t.is_block_device() {
         return Ok(OutputTarget::Device {
             path,
             len: 0, // sized when opened for writing
@@ -393,6 +480,184 @@ fn device_holds_old(rdev: u64, old: &Metadata) -> Option<&'static str> {
         .then_some("is a loop device backed by the old image")
 }
 
+/// Whether `path`, or a symlink it leads through, names an entry of a
+/// process's file descriptor table (`/dev/stdout`, `/dev/fd/N`,
+/// `/proc/PID/fd/N`): a stream that is already open, not a place to write a
+/// file. Each link's directory is resolved, so other names for those
+/// directories count too.
+fn through_fd_link(path: &Path) -> bool {
+    let mut p = path.to_path_buf();
+    // The kernel's own limit on links followed in one lookup.
+    for _ in 0..40 {
+        let Ok(dir) = fs::canonicalize(parent_dir(&p)) else {
+            return false;
+        };
+        if is_fd_dir(&dir) {
+            return true;
+        }
+        match fs::read_link(&p) {
+            Ok(to) => p = dir.join(to),
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// `/proc/PID/fd` or `/proc/PID/task/TID/fd`.
+fn is_fd_dir(dir: &Path) -> bool {
+    let parts: Vec<_> = dir.iter().map(|c| c.to_string_lossy()).collect();
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match parts.iter().map(|c| c.as_ref()).collect::<Vec<&str>>()[..] {
+        ["/", "proc", pid, "fd"] => number(pid),
+        ["/", "proc", pid, "task", tid, "fd"] => number(pid) && number(tid),
+        _ => false,
+    }
+}
+
+/// One place bytes are stored: a file (device and inode), or a block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreId {
+    Inode { dev: u64, ino: u64 },
+    Block(u64),
+}
+
+/// Where writes through a path land: the file itself, the block device it
+/// stands for, and, for a loop device (or a partition of one), the file or
+/// device behind it, followed down. `via` says how a store was reached.
+#[derive(Debug, Clone)]
+struct Store {
+    id: StoreId,
+    via: Option<String>,
+}
+
+/// The stores of a file with metadata `meta`, outermost first.
+fn stores(meta: &Metadata) -> Vec<Store> {
+    let mut out = Vec::new();
+    let mut meta = meta.clone();
+    let mut via: Option<String> = None;
+    // Loop devices over loop devices are rare; a few levels are plenty.
+    for _ in 0..8 {
+        out.push(Store {
+            id: StoreId::Inode {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+            via: via.clone(),
+        });
+        if !meta.file_type().is_block_device() {
+            break;
+        }
+        out.push(Store {
+            id: StoreId::Block(meta.rdev()),
+            via: via.clone(),
+        });
+        let Some((device, backing)) = loop_backing(meta.rdev()) else {
+            break;
+        };
+        let Ok(m) = fs::metadata(&backing) else {
+            break;
+        };
+        let step = format!("{device} is a loop device over {backing}");
+        via = Some(match via {
+            Some(v) => format!("{v}, {step}"),
+            None => step,
+        });
+        meta = m;
+    }
+    out
+}
+
+/// The device's name and the file behind it, when `rdev` is a loop device
+/// or a partition of one (from sysfs).
+fn loop_backing(rdev: u64) -> Option<(String, String)> {
+    let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    let sys = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    // A partition's directory lies inside its disk's, where `loop/` is.
+    let found = [Some(sys.as_path()), sys.parent()]
+        .into_iter()
+        .flatten()
+        .find_map(|d| {
+            let backing = fs::read_to_string(d.join("loop/backing_file")).ok()?;
+            let name = d.file_name()?.to_string_lossy();
+            Some((
+                format!("/dev/{name}"),
+                backing.trim_end_matches('\n').to_owned(),
+            ))
+        });
+    found
+}
+
+/// Why two lists of stores share one, if they do.
+fn shared(a: &[Store], b: &[Store]) -> Option<String> {
+    a.iter().find_map(|x| {
+        let y = b.iter().find(|y| y.id == x.id)?;
+        let why: Vec<&str> = [&x.via, &y.via]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        Some(if why.is_empty() {
+            "the same file".to_owned()
+        } else {
+            why.join("; ")
+        })
+    })
+}
+
+/// Refuses a stdout that applypatch would write into OLD, the patch or
+/// the `-o` output (`--json >> old.img`, `--check >> p.bin`): the same
+/// file, or a loop device and the file behind it. Paths that do not exist
+/// are left to the run to report.
+pub fn check_stdout(
+    old: &Path,
+    patch: &PatchSource,
+    output: Option<&Path>,
+) -> Result<(), DriveError> {
+    let Ok(out) = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from)
+        .and_then(|f| f.metadata())
+    else {
+        return Ok(());
+    };
+    // A character device (a terminal, /dev/null) or a pipe holds no image.
+    if !(out.is_file() || out.file_type().is_block_device()) {
+        return Ok(());
+    }
+    let out = stores(&out);
+    let patch_meta = match patch {
+        PatchSource::Path(p) => fs::metadata(p).ok(),
+        PatchSource::Stdin => None,
+    };
+    let named = [
+        (fs::metadata(old).ok(), "the old file", old),
+        (patch_meta, "the patch", patch_path(patch)),
+        (
+            output.and_then(|o| fs::metadata(o).ok()),
+            "the output",
+            output.unwrap_or(Path::new("")),
+        ),
+    ];
+    for (meta, what, path) in named {
+        let Some(meta) = meta else { continue };
+        if let Some(why) = shared(&out, &stores(&meta)) {
+            return Err(DriveError::Refused(format!(
+                "stdout is {what} {} ({why}): the result printed there would damage it. Redirect stdout elsewhere. Nothing was done",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn patch_path(patch: &PatchSource) -> &Path {
+    match patch {
+        PatchSource::Path(p) => p,
+        PatchSource::Stdin => Path::new("-"),
+    }
+}
+
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -425,9 +690,15 @@ pub fn apply_to_new_file(
             policy,
             on_progress,
         ),
-        OutputTarget::Device { path, .. } => {
-            write_device(&old_file, old_len, patch, &path, policy, on_progress)
-        }
+        OutputTarget::Device { path, .. } => write_device(
+            &old_file,
+            old_len,
+            &old_meta,
+            patch,
+            &path,
+            policy,
+            on_progress,
+        ),
     }
     .map_err(|e| explain_wrong_base(e, old, patch))
 }
@@ -446,11 +717,34 @@ fn write_file(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = Temp::create(&dir, &name)?;
+    // A file that is replaced keeps its owner and permissions. A new one
+    // gets OLD's permission bits (rw for everyone when OLD is a device),
+    // less the umask, as the kernel applies it when the file is created.
+    let existing = fs::metadata(new).ok().filter(Metadata::is_file);
+    let mode = if old_meta.is_file() {
+        old_meta.mode() & 0o777
+    } else {
+        0o666
+    };
+    let tmp = Temp::create(&dir, &name, mode)?;
+    // Errors from here on are about the temporary file; say that NEW was
+    // not touched, so nobody goes looking for damage there.
+    let untouched = match &existing {
+        Some(_) => format!("{} was left as it was", new.display()),
+        None => format!("nothing was created at {}", new.display()),
+    };
+    let note = |e: DriveError| match e {
+        DriveError::Io { action, source } => DriveError::Io {
+            action,
+            source: io::Error::new(source.kind(), format!("{source}; {untouched}")),
+        },
+        other => other,
+    };
     let mut reader = patch.open()?;
     let mut applier = Applier::new(Config::new(old_len));
     applier.require_signature(&policy.trusted_keys);
-    let mut sink = NewFileSink::new(tmp.as_file());
+    let mut sink =
+        NewFileSink::new(tmp.as_file()).named(format!("the temporary file {}", tmp.path.display()));
     let summary = drive(
         &mut applier,
         &mut reader,
@@ -458,18 +752,29 @@ fn write_file(
         &mut sink,
         &mut |h| policy.check_header(h),
         on_progress,
-    )?;
+    )
+    .map_err(|e| crate::blame_changed_old(e, old_file, old_meta, &untouched))
+    .map_err(note)?;
     let written = sink.written;
     let f = tmp.as_file();
+    let shown = tmp.path.display();
     f.set_len(summary.new_len)
-        .map_err(io_err("cannot size the new file"))?;
-    if old_meta.is_file() {
-        // Best effort: the new image keeps the old image's permissions.
-        let _ = f.set_permissions(old_meta.permissions());
+        .map_err(io_err(format!("cannot size the temporary file {shown}")))
+        .map_err(note)?;
+    if let Some(m) = &existing {
+        // Owner first: a change of owner clears set-id bits. Best effort:
+        // only root may give a file away, and a user replacing a file
+        // they may write but do not own gets it as their own.
+        let _ = std::os::unix::fs::fchown(f, Some(m.uid()), Some(m.gid()));
+        let _ = f.set_permissions(m.permissions());
     }
     f.sync_all()
-        .map_err(io_err("cannot flush the new file to disk"))?;
+        .map_err(io_err(format!(
+            "cannot flush the temporary file {shown} to disk"
+        )))
+        .map_err(note)?;
     tmp.persist(new)?;
+    stop_after_commit_for_tests();
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all(); // make the rename durable where the file system allows
     }
@@ -485,6 +790,7 @@ fn write_file(
 fn write_device(
     old_file: &File,
     old_len: u64,
+    old_meta: &Metadata,
     patch: &PatchSource,
     device: &Path,
     policy: &Policy,
@@ -496,6 +802,12 @@ fn write_device(
     if !is_file {
         return Err(DriveError::Refused(format!(
             "writing onto the block device {shown} needs the patch as a regular file: it is verified whole before the device is touched, then read again to write. Save the patch to a file first"
+        )));
+    }
+    let meta = fs::metadata(device).map_err(io_err(format!("cannot stat {shown}")))?;
+    if read_only(meta.rdev()) {
+        return Err(DriveError::Refused(format!(
+            "the block device {shown} is read-only; make it writable first (blockdev --setrw {shown}) or give another output. Nothing was written"
         )));
     }
     // O_EXCL on a block device: refused while it is mounted or claimed.
@@ -541,7 +853,10 @@ fn write_device(
             Ok(())
         },
         on_progress,
-    )?;
+    )
+    .map_err(|e| {
+        crate::blame_changed_old(e, old_file, old_meta, &format!("{shown} was left as it was"))
+    })?;
     let new_hash = verified
         .new_hash
         .expect("a full verifying pass computes the new hash");
@@ -569,7 +884,11 @@ fn write_device(
             Ok(())
         },
         on_progress,
-    )?;
+    )
+    .map_err(|e| {
+        let partly = format!("{shown} holds part of the new image");
+        crate::blame_changed_old(e, old_file, old_meta, &partly)
+    })?;
     dev.sync_all()
         .map_err(io_err(format!("cannot flush {shown} to disk")))?;
     // Read back what the device holds, not what the page cache remembers.
@@ -583,7 +902,9 @@ fn write_device(
             crate::hex(&new_hash)
         )));
     }
+    commit(&mut undo());
     drop(writing);
+    stop_after_commit_for_tests();
     Ok(Written {
         summary: Summary {
             bytes_written: sink.written,
@@ -595,6 +916,14 @@ fn write_device(
             len: dev_len,
         },
     })
+}
+
+/// Whether the block device `rdev` is read-only (sysfs `ro`). Opening such
+/// a device for writing succeeds; its first write fails, which would come
+/// only after the whole patch was verified.
+fn read_only(rdev: u64) -> bool {
+    let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/ro")).is_ok_and(|s| s.trim() == "1")
 }
 
 fn hash_prefix(file: &File, len: u64) -> io::Result<[u8; 32]> {
@@ -616,6 +945,8 @@ fn hash_prefix(file: &File, len: u64) -> io::Result<[u8; 32]> {
 #[derive(Debug)]
 pub struct NewFileSink<'a> {
     file: &'a File,
+    /// What error messages call the file.
+    name: String,
     /// Everything before this offset has been written or left as a hole.
     end: u64,
     /// Bytes actually written.
@@ -627,9 +958,16 @@ impl<'a> NewFileSink<'a> {
     pub fn new(file: &'a File) -> Self {
         Self {
             file,
+            name: "the new file".into(),
             end: 0,
             written: 0,
         }
+    }
+
+    /// Calls the file `name` in error messages ("the temporary file X").
+    pub fn named(mut self, name: String) -> Self {
+        self.name = name;
+        self
     }
 
     /// Bytes written so far: the new image's bytes less the holes.
@@ -645,6 +983,10 @@ impl<'a> NewFileSink<'a> {
 }
 
 impl Sink for NewFileSink<'_> {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         let end = offset + data.len() as u64;
         if offset < self.end {
@@ -741,7 +1083,9 @@ fn is_zero(data: &[u8]) -> bool {
     body && chunks.remainder().iter().all(|&b| b == 0)
 }
 
-/// `n` bytes for people: "512 bytes", "1.5 KiB", "64.0 MiB", "2.0 GiB".
+/// `n` bytes for people, rounded down so a size never reads larger than it
+/// is: "512 bytes", "1.5 KiB", "64.0 MiB", "2.0 GiB", "15.9 MiB" for one
+/// byte less than 16 MiB.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
@@ -753,7 +1097,17 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    format!("{v:.1} {}", UNITS[unit])
+    format!("{:.1} {}", (v * 10.0).floor() / 10.0, UNITS[unit])
+}
+
+/// [`human_bytes`] and, where that rounds, the exact count:
+/// "512 bytes", "16.0 MiB (16777216 bytes)".
+pub fn human_bytes_exact(n: u64) -> String {
+    if n < 1024 {
+        human_bytes(n)
+    } else {
+        format!("{} ({n} bytes)", human_bytes(n))
+    }
 }
 
 #[cfg(test)]
@@ -767,6 +1121,9 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(64 << 20), "64.0 MiB");
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(human_bytes((16 << 20) - 1), "15.9 MiB");
+        assert_eq!(human_bytes_exact(0), "0 bytes");
+        assert_eq!(human_bytes_exact(16 << 20), "16.0 MiB (16777216 bytes)");
     }
 
     #[test]
