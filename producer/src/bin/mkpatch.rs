@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use anypatch_format::{key_file_text, key_id, parse_key_file, KeyKind, VERSION_MAJOR};
+use anypatch_format::{
+    key_file_text, key_id, parse_key_file, KeyKind, MAX_SEGMENT_LEN, VERSION_MAJOR,
+};
 use anypatch_producer::inspect::{inspect, InspectError, Inspection};
 use anypatch_producer::{
     make_patch, Level, Options, Phase, ProduceError, Progress, SecretKey, Summary,
@@ -58,7 +60,6 @@ Exit status:
     name = "mkpatch",
     version,
     after_help = AFTER_HELP,
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 struct Cli {
@@ -99,7 +100,8 @@ struct Cli {
 
     /// Advanced: most new bytes per data segment, 1..=4194304. Smaller
     /// segments apply with less memory but compress worse.
-    #[arg(long, value_name = "BYTES", hide_short_help = true)]
+    #[arg(long, value_name = "BYTES", hide_short_help = true,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SEGMENT_LEN)))]
     segment_len: Option<u32>,
 
     /// Make a patch that is safe to apply in place (`applypatch --in-place`):
@@ -131,7 +133,7 @@ struct Cli {
     no_verify: bool,
 
     /// Print nothing on stderr except errors and warnings.
-    #[arg(short, long)]
+    #[arg(short, long, global = true)]
     quiet: bool,
 }
 
@@ -159,6 +161,22 @@ enum Command {
     },
 }
 
+/// Writes a diagnostic line to stderr. A stderr that cannot be written
+/// (`2>/dev/full`, a reader that went away) must neither panic, as
+/// `eprintln!` does, nor change the documented exit code: the error is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
+/// [`say!`] without the newline, for the progress line.
+macro_rules! say_part {
+    ($($arg:tt)*) => {{
+        let _ = write!(io::stderr(), $($arg)*);
+    }};
+}
+
 /// How a run ended, mapped to the documented exit codes.
 enum Failure {
     /// Exit 1: usage or I/O.
@@ -167,6 +185,8 @@ enum Failure {
     Corrupt(anyhow::Error),
     /// The reader of stdout went away: stop quietly.
     BrokenPipe,
+    /// Already reported in full on stdout (`inspect --json`): exit with this code.
+    Reported(u8),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -176,34 +196,92 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             // Help and version go to stdout and succeed; usage errors are 1.
-            return if e.use_stderr() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            };
+            if !e.use_stderr() {
+                return ExitCode::SUCCESS;
+            }
+            let args: Vec<_> = std::env::args_os().collect();
+            if args.iter().any(|a| a == "inspect") && args.iter().any(|a| a == "--json") {
+                // The error's first paragraph, on one line.
+                let text = e.render().to_string();
+                let words: Vec<&str> = text
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                print_json_error(1, "usage", words.join(" ").trim_start_matches("error: "));
+            }
+            return ExitCode::from(1);
         }
     };
+    let json = matches!(cli.command, Some(Command::Inspect { json: true, .. }));
     let result = match &cli.command {
         Some(Command::Inspect { patch, json }) => run_inspect(patch, *json),
-        Some(Command::Keygen { output }) => run_keygen(output),
+        Some(Command::Keygen { output }) => run_keygen(output, cli.quiet),
         None => run_make(&cli),
     };
-    match result {
-        Ok(()) | Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
-        Err(Failure::Usage(e)) => {
-            eprintln!("mkpatch: {}", one_line(&e));
-            ExitCode::from(1)
-        }
-        Err(Failure::Corrupt(e)) => {
-            eprintln!("mkpatch: {}", one_line(&e));
-            ExitCode::from(2)
+    let (code, error) = match result {
+        Ok(()) | Err(Failure::BrokenPipe) => return ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => (1, e),
+        Err(Failure::Corrupt(e)) => (2, e),
+        Err(Failure::Reported(code)) => return ExitCode::from(code),
+    };
+    let line = one_line(&error);
+    say!("mkpatch: {line}");
+    if json {
+        print_json_error(code, if code == 2 { "corrupt_patch" } else { "io" }, &line);
+    }
+    ExitCode::from(code)
+}
+
+/// `inspect --json` on a failure: stdout is still one JSON object. A stdout
+/// that cannot take it changes nothing: the exit code says it.
+fn print_json_error(code: u8, class: &str, error: &str) {
+    let object = serde_json::json!({
+        "ok": false, "exit_code": code, "error_class": class, "error": error,
+    });
+    let mut stdout = io::stdout().lock();
+    let _ = writeln!(stdout, "{object}").and_then(|()| stdout.flush());
+}
+
+/// Parses the command line. A subcommand may follow global flags
+/// (`mkpatch -q keygen -o k.key`); flags that only making a patch uses are
+/// refused with a subcommand rather than silently ignored.
+fn parse() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    if let Some((name, _)) = matches.subcommand() {
+        let make_only = [
+            "output",
+            "threads",
+            "level",
+            "segment_len",
+            "in_place",
+            "sign",
+            "verify",
+            "no_verify",
+        ];
+        for id in make_only {
+            if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+                let long = id.replace('_', "-");
+                return Err(command.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--{long} is for making a patch and means nothing to `mkpatch {name}`; \
+                         give the subcommand's own options after its name \
+                         (see mkpatch {name} --help)"
+                    ),
+                ));
+            }
         }
     }
+    Ok(cli)
 }
 
 /// The error and its causes on one line. Causes that a message already
@@ -264,6 +342,7 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
         inputs.push(("the --sign key file", key.as_path()));
     }
     refuse_output_is_input(&dest, &inputs)?;
+    refuse_key_file(&dest)?;
     let base = match cli.level {
         LevelArg::Named(level) => level.options(),
         LevelArg::Zstd(n) => Options {
@@ -285,7 +364,8 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
     if let Some(path) = &cli.sign {
         opts.signing_key = Some(read_secret_key(path)?);
     }
-    let show = !cli.quiet && io::stderr().is_terminal();
+    // With `-o /dev/stderr` the patch is what goes to stderr.
+    let show = !cli.quiet && io::stderr().is_terminal() && !matches!(dest, Dest::Stderr);
     let start = Instant::now();
     let last = Cell::new(Instant::now() - Duration::from_secs(1));
     let progress = |p: Progress| {
@@ -300,104 +380,289 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
                 _ => "working",
             };
             let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
-            eprint!("\r\x1b[2Kmkpatch: {phase} {pct:3}%");
+            say_part!("\r\x1b[2Kmkpatch: {phase} {pct:3}%");
         }
     };
 
+    // Taken before the first read; compared before the patch is committed.
+    let before = [Stamp::of("OLD", old)?, Stamp::of("NEW", new)?];
     let summary = match &dest {
-        Dest::Stdout => {
-            let stdout = io::stdout();
-            if stdout.is_terminal() {
-                return Err(anyhow!(
-                    "refusing to write a binary patch to a terminal; use -o FILE or redirect stdout"
-                )
-                .into());
-            }
-            let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-            let summary = make_patch(old, new, &mut out, &opts, &progress).map_err(produce)?;
-            out.flush()
-                .map_err(|e| produce(ProduceError::Write { source: e }))?;
-            summary
-        }
-        Dest::Stream(path) => write_stream(path, old, new, &opts, &progress)?,
-        Dest::File(path) => write_file(path, old, new, &mut opts, &progress)?,
+        Dest::Stdout => write_direct(
+            io::stdout().lock(),
+            "stdout",
+            old,
+            new,
+            &opts,
+            &progress,
+            &before,
+        )?,
+        Dest::Stderr => write_direct(
+            io::stderr().lock(),
+            "stderr",
+            old,
+            new,
+            &opts,
+            &progress,
+            &before,
+        )?,
+        Dest::Stream(path) => write_stream(path, old, new, &opts, &progress, &before)?,
+        Dest::File(path) => write_file(path, old, new, &mut opts, &progress, &before)?,
     };
     if show {
-        eprintln!("\r\x1b[2K{}", summary_line(&summary, start.elapsed()));
+        say!("\r\x1b[2K{}", summary_line(&summary, start.elapsed()));
     }
     Ok(())
 }
 
 /// Where the patch goes.
 enum Dest {
-    /// Stdout: no `-o`, or `-o -`.
+    /// Stdout: no `-o`, `-o -`, or a path to this process's descriptor 1
+    /// (`/dev/stdout`, `/dev/fd/1`, `/proc/self/fd/1`).
     Stdout,
+    /// A path to this process's descriptor 2 (`/dev/stderr`).
+    Stderr,
     /// A FIFO or character device, written to directly, as stdout is.
     Stream(PathBuf),
-    /// A new or regular file, written under a temporary name and renamed.
+    /// A new or regular file, written without a name and named when
+    /// complete. A symlink is resolved first: the file it points to is
+    /// replaced, the link stays.
     File(PathBuf),
 }
 
+/// Most symlinks followed for `-o`, as the kernel allows (`ELOOP`).
+const MAX_LINKS: usize = 40;
+
 /// Decides where `-o` sends the patch, refusing before any work what would
 /// fail only at the end (a directory, a missing directory) or destroy
-/// something (renaming over a block device replaces the node, not the disk).
+/// something (renaming over a block device replaces the node, not the disk;
+/// renaming over a symlink replaces the link, and over `/dev/stdout` the
+/// system's link to every process's stdout).
 fn destination(out: Option<&Path>) -> Result<Dest, Failure> {
     use std::os::unix::ffi::OsStrExt;
-    let Some(path) = out.filter(|p| !is_dash(p)) else {
+    let Some(given) = out.filter(|p| !is_dash(p)) else {
         return Ok(Dest::Stdout);
     };
-    let shown = path.display();
-    if path.as_os_str().as_bytes().ends_with(b"/") {
-        return Err(anyhow!("-o {shown} ends with `/`; give the patch a file name").into());
+    if given.as_os_str().as_bytes().ends_with(b"/") {
+        return Err(anyhow!(
+            "-o {} ends with `/`; give the patch a file name",
+            given.display()
+        )
+        .into());
     }
-    match std::fs::metadata(path) {
-        Ok(meta) => {
-            let kind = meta.file_type();
-            if kind.is_file() {
-                return Ok(Dest::File(path.to_owned()));
-            }
-            if kind.is_fifo() || kind.is_char_device() {
-                return Ok(Dest::Stream(path.to_owned()));
-            }
-            let why = if kind.is_dir() {
-                format!(
-                    "is a directory; name the patch file, e.g. -o {}",
-                    path.join("update.patch").display()
-                )
-            } else if kind.is_block_device() {
-                "is a block device, and a patch is not a disk image: write the patch to a \
-                 file (-o update.patch); `applypatch OLD update.patch -o NEW` writes images"
-                    .into()
-            } else {
-                format!("is a {}; give the patch a file name", kind_name(kind))
-            };
-            Err(anyhow!("-o {shown} {why}").into())
+    // Links are followed one at a time, so that the file at the end is what
+    // gets replaced and a descriptor path is seen as one.
+    let mut path = given.to_owned();
+    for _ in 0..MAX_LINKS {
+        let shown = if path == given {
+            given.display().to_string()
+        } else {
+            format!("{} (a link to {})", given.display(), path.display())
+        };
+        if let Some((pid, fd)) = open_descriptor(&path) {
+            return descriptor(&shown, &path, pid, fd);
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let dir = parent_dir(path);
-            match std::fs::metadata(&dir) {
-                Ok(m) if m.is_dir() => Ok(Dest::File(path.to_owned())),
-                Ok(m) => Err(anyhow!(
-                    "-o {shown}: {} is a {}, not a directory",
-                    dir.display(),
-                    kind_name(m.file_type())
-                )
-                .into()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(anyhow!(
-                    "-o {shown}: the directory {} does not exist; create it first",
-                    dir.display()
-                )
-                .into()),
-                Err(e) => Err(anyhow!(e)
-                    .context(format!(
-                        "-o {shown}: cannot use directory {}",
-                        dir.display()
-                    ))
-                    .into()),
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(&path)
+                    .with_context(|| format!("cannot read the link -o {shown}"))?;
+                // A relative target is relative to the link's directory;
+                // `join` keeps an absolute one as it is.
+                path = parent_dir(&path).join(target);
             }
+            Ok(meta) => return existing(&shown, &path, meta.file_type()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && path != given => {
+                return Err(anyhow!(
+                    "-o {shown}: the link points to nothing; mkpatch writes through a link \
+                     only to a file that exists. Give the new file's own path, or create it first"
+                )
+                .into())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return new_file(&shown, &path),
+            Err(e) => return Err(anyhow!(e).context(format!("cannot use -o {shown}")).into()),
         }
-        Err(e) => Err(anyhow!(e).context(format!("cannot use -o {shown}")).into()),
     }
+    Err(anyhow!(
+        "-o {}: more than {MAX_LINKS} symlinks in a row (a loop?); give the file's own path",
+        given.display()
+    )
+    .into())
+}
+
+/// The process id and descriptor number when `path` is a descriptor's entry
+/// in /proc (`/proc/PID/fd/N`, `/proc/self/fd/N`, `/dev/fd/N`, all the same
+/// directory once its links are resolved).
+fn open_descriptor(path: &Path) -> Option<(u32, u32)> {
+    let fd = path.file_name()?.to_str()?.parse::<u32>().ok()?;
+    let dir = std::fs::canonicalize(path.parent()?).ok()?;
+    let parts: Vec<&str> = dir
+        .strip_prefix("/proc")
+        .ok()?
+        .iter()
+        .map(|c| c.to_str())
+        .collect::<Option<_>>()?;
+    let pid = parts.first()?.parse::<u32>().ok()?;
+    // `/proc/thread-self/fd` is `/proc/PID/task/TID/fd`.
+    match parts[1..] {
+        ["fd"] | ["task", _, "fd"] => Some((pid, fd)),
+        _ => None,
+    }
+}
+
+/// `-o` names an open descriptor. This process's stdout and stderr are
+/// written as they are (a `>>` file is appended to, as the shell set up);
+/// renaming over the entry would replace a file the shell opened, or the
+/// link itself. A pipe or character device elsewhere (`-o >(gzip > p.gz)`)
+/// is opened and written like a FIFO. Anything else is refused: opening it
+/// again would write from offset 0 whatever the descriptor's own offset.
+fn descriptor(shown: &str, path: &Path, pid: u32, fd: u32) -> Result<Dest, Failure> {
+    if pid == std::process::id() {
+        match fd {
+            1 => return Ok(Dest::Stdout),
+            2 => return Ok(Dest::Stderr),
+            0 => {
+                return Err(anyhow!(
+                    "-o {shown} is mkpatch's stdin; give a file, or `-` for stdout"
+                )
+                .into())
+            }
+            _ => {}
+        }
+    }
+    let kind = std::fs::metadata(path)
+        .with_context(|| format!("cannot use -o {shown}"))?
+        .file_type();
+    if kind.is_fifo() || kind.is_char_device() {
+        return Ok(Dest::Stream(path.to_owned()));
+    }
+    Err(anyhow!(
+        "-o {shown} is open descriptor {fd} of process {pid}, a {}: mkpatch writes to a \
+         descriptor only when it is its stdout or stderr, or a pipe; give the file's own path",
+        kind_name(kind)
+    )
+    .into())
+}
+
+/// `-o` names something that exists (a symlink resolved): a regular file is
+/// replaced when the patch is complete, a FIFO or character device written
+/// to, anything else refused.
+fn existing(shown: &str, path: &Path, kind: FileType) -> Result<Dest, Failure> {
+    if kind.is_file() {
+        return Ok(Dest::File(path.to_owned()));
+    }
+    if kind.is_fifo() || kind.is_char_device() {
+        return Ok(Dest::Stream(path.to_owned()));
+    }
+    let why = if kind.is_dir() {
+        format!(
+            "is a directory; name the patch file, e.g. -o {}",
+            path.join("update.patch").display()
+        )
+    } else if kind.is_block_device() {
+        "is a block device, and a patch is not a disk image: write the patch to a \
+         file (-o update.patch); `applypatch OLD update.patch -o NEW` writes images"
+            .into()
+    } else {
+        format!("is a {}; give the patch a file name", kind_name(kind))
+    };
+    Err(anyhow!("-o {shown} {why}").into())
+}
+
+/// `-o` names a file that does not exist yet: its directory must.
+fn new_file(shown: &str, path: &Path) -> Result<Dest, Failure> {
+    let dir = parent_dir(path);
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(Dest::File(path.to_owned())),
+        Ok(m) => Err(anyhow!(
+            "-o {shown}: {} is a {}, not a directory",
+            dir.display(),
+            kind_name(m.file_type())
+        )
+        .into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(anyhow!(
+            "-o {shown}: the directory {} does not exist; create it first",
+            dir.display()
+        )
+        .into()),
+        Err(e) => Err(anyhow!(e)
+            .context(format!(
+                "-o {shown}: cannot use directory {}",
+                dir.display()
+            ))
+            .into()),
+    }
+}
+
+/// Refuses an `-o` file that holds an anypatch key: `-o release.pub` for
+/// `-o release.patch` is one slip of tab completion, and the key would be
+/// gone without a word.
+fn refuse_key_file(dest: &Dest) -> Result<(), Failure> {
+    let Dest::File(path) = dest else {
+        return Ok(());
+    };
+    // A key file is one short line; anything larger is no key.
+    let small = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= 4096);
+    let Some(text) = small.then(|| std::fs::read_to_string(path).ok()).flatten() else {
+        return Ok(());
+    };
+    for (kind, name) in [(KeyKind::Public, "public"), (KeyKind::Secret, "secret")] {
+        if parse_key_file(&text, kind).is_ok() {
+            return Err(anyhow!(
+                "-o {} holds an anypatch {name} key; writing the patch there would destroy it: \
+                 choose another output (or remove the key file first if it is no longer needed)",
+                path.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// What tells whether an input changed without reading it: if any of it
+/// differs after the run, the file was written (or replaced) while mkpatch
+/// read it, and the patch may mix old and new contents.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    what: &'static str,
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(what: &'static str, path: &Path) -> Result<Self, Failure> {
+        use std::os::unix::fs::MetadataExt;
+        let m =
+            std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self {
+            what,
+            path: path.to_owned(),
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// Fails when an input is no longer what it was before the first read.
+/// `left` says what became of the output.
+fn unchanged(before: &[Stamp], left: &str) -> Result<(), Failure> {
+    for stamp in before {
+        if Stamp::of(stamp.what, &stamp.path).ok().as_ref() != Some(stamp) {
+            return Err(anyhow!(
+                "{} {} changed while mkpatch read it; the patch would not apply ({left}). \
+                 Run again when it is stable",
+                stamp.what,
+                stamp.path.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an input that cannot be read as an image, before any work: a
@@ -438,6 +703,13 @@ fn refuse_output_is_input(dest: &Dest, inputs: &[(&str, &Path)]) -> Result<(), F
         Dest::Stdout => (
             "stdout".to_owned(),
             io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .and_then(|fd| File::from(fd).metadata()),
+        ),
+        Dest::Stderr => (
+            "stderr".to_owned(),
+            io::stderr()
                 .as_fd()
                 .try_clone_to_owned()
                 .and_then(|fd| File::from(fd).metadata()),
@@ -490,6 +762,35 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// Writes the patch to this process's stdout or stderr (`name`) as it is
+/// comes, and checks afterwards that the inputs did not change meanwhile.
+#[allow(clippy::too_many_arguments)]
+fn write_direct(
+    stream: impl Write + IsTerminal,
+    name: &str,
+    old: &Path,
+    new: &Path,
+    opts: &Options,
+    progress: &dyn Fn(Progress),
+    before: &[Stamp],
+) -> Result<Summary, Failure> {
+    if stream.is_terminal() {
+        return Err(anyhow!(
+            "refusing to write a binary patch to a terminal ({name}); use -o FILE or redirect {name}"
+        )
+        .into());
+    }
+    let mut out = BufWriter::with_capacity(1 << 20, stream);
+    let summary = make_patch(old, new, &mut out, opts, progress).map_err(produce)?;
+    out.flush()
+        .map_err(|e| produce(ProduceError::Write { source: e }))?;
+    unchanged(
+        before,
+        &format!("what went to {name} is unusable: discard it"),
+    )?;
+    Ok(summary)
+}
+
 /// Writes the patch straight into a FIFO or character device, as into
 /// stdout: there is no file to rename into place, and a reader that stops
 /// early gets an incomplete patch.
@@ -499,6 +800,7 @@ fn write_stream(
     new: &Path,
     opts: &Options,
     progress: &dyn Fn(Progress),
+    before: &[Stamp],
 ) -> Result<Summary, Failure> {
     // Opening a FIFO waits until it has a reader. No create, no truncate:
     // the node is used as it is.
@@ -529,49 +831,70 @@ fn write_stream(
     let summary = make_patch(old, new, &mut out, opts, progress).map_err(produce)?;
     out.flush()
         .map_err(|e| produce(ProduceError::Write { source: e }))?;
+    let left = format!("what went to {} is unusable: discard it", path.display());
+    unchanged(before, &left)?;
     Ok(summary)
 }
 
-/// Writes the patch to a temporary file next to `path`, syncs it and
-/// renames it into place, so `path` never holds a partial patch. SIGINT,
-/// SIGTERM and SIGHUP remove the temporary file (see [`cleanup_on_signals`]).
+/// Writes the patch to a file in `path`'s directory that has no name yet
+/// (`O_TMPFILE`), syncs it, and only then names it: linked as `path` when
+/// that is new, else linked under a temporary name and renamed over it. So
+/// `path` never holds a partial patch, and a run ended any way, even by
+/// SIGKILL, leaves nothing behind. Where the file system or /proc cannot do
+/// that, a named temporary file is used, which SIGINT, SIGTERM and SIGHUP
+/// remove (see [`cleanup_on_signals`]). An existing `path` keeps its owner
+/// and mode; a new one gets 0666 less the umask.
 fn write_file(
     path: &Path,
     old: &Path,
     new: &Path,
     opts: &mut Options,
     progress: &dyn Fn(Progress),
+    before: &[Stamp],
 ) -> Result<Summary, Failure> {
+    use std::os::unix::fs::MetadataExt;
     let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("-o {} does not name a file", path.display()))?;
     let pending = cleanup_on_signals()?;
-    let tmp = {
-        // Created and registered under the lock, so a signal cannot fall between.
-        let mut slot = lock(&pending);
-        let tmp = tempfile::Builder::new()
-            .prefix(".mkpatch-")
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-        *slot = Some(tmp.path().to_owned());
-        tmp
-    };
+    let keep = std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777));
+    // Names are made relative to the directory as it was opened; if it was
+    // moved meanwhile, the patch is not written (see below).
+    let dir_fd = rustix::fs::open(
+        &dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(io::Error::from)
+    .with_context(|| format!("cannot open the directory {}", dir.display()))?;
+    let temp = Temp::create(&dir, &dir_fd, &pending)?;
     // The spool files have no name (O_TMPFILE, or unlinked at once), so a
     // signal leaves none of them behind.
     opts.spool_dir = Some(dir.clone());
-    let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let mut out = BufWriter::with_capacity(1 << 20, temp.file());
     let summary = make_patch(old, new, &mut out, opts, progress).map_err(produce)?;
     out.flush()
-        .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
     drop(out);
-    set_readable(tmp.as_file());
+    // Dropping `temp` on an error removes the patch it holds.
+    unchanged(before, "nothing was written")?;
+    if let Some((uid, gid, mode)) = keep {
+        keep_owner_and_mode(temp.file(), path, uid, gid, mode)?;
+    }
+    temp.file()
+        .sync_all()
+        .with_context(|| format!("cannot write {}", path.display()))?;
     {
         // A signal now waits for the rename: `path` ends up complete or as it was.
         let mut slot = lock(&pending);
         *slot = None;
-        // Checked at the start; checked again, since renaming over a node
-        // that appeared meanwhile would destroy it.
-        if let Ok(meta) = std::fs::metadata(path) {
+        // Checked at the start; checked again, since renaming over a node or
+        // a link that appeared meanwhile would destroy it.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.is_file() {
                 return Err(anyhow!(
                     "-o {} became a {} while mkpatch ran; the patch was not written",
@@ -581,16 +904,147 @@ fn write_file(
                 .into());
             }
         }
-        // Dropping the error's file removes the temporary file.
-        tmp.persist(path)
-            .map_err(|e| e.error)
-            .with_context(|| format!("cannot rename the patch to {}", path.display()))?;
+        let opened = rustix::fs::fstat(&dir_fd).map(|s| (s.st_dev, s.st_ino));
+        let now = std::fs::metadata(&dir).map(|m| (m.dev(), m.ino()));
+        if opened.ok() != now.ok() {
+            return Err(anyhow!(
+                "the directory {} was moved or replaced while mkpatch ran; the patch was not \
+                 written. Run mkpatch again",
+                dir.display()
+            )
+            .into());
+        }
+        temp.commit(&dir_fd, &dir, name)
+            .with_context(|| format!("cannot name the patch {}", path.display()))?;
     }
-    // Make the rename durable too; failing here loses nothing already written.
+    // Make the name durable too; failing here loses nothing already written.
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all();
     }
     Ok(summary)
+}
+
+/// The patch while it is written.
+enum Temp {
+    /// `O_TMPFILE`: no name until complete.
+    Unnamed(File),
+    /// Where `O_TMPFILE` or /proc is missing: a named temporary file,
+    /// removed when dropped and by the signal handler.
+    Named(tempfile::NamedTempFile),
+}
+
+impl Temp {
+    /// A new file in `dir` (opened as `dir_fd`) with mode 0666 less the umask.
+    fn create(
+        dir: &Path,
+        dir_fd: &std::os::fd::OwnedFd,
+        pending: &Pending,
+    ) -> Result<Self, Failure> {
+        use rustix::fs::{Mode, OFlags};
+        use std::os::unix::fs::PermissionsExt;
+        // Naming it later goes through its /proc/self/fd entry.
+        if Path::new("/proc/self/fd").is_dir() {
+            let unnamed = rustix::fs::openat(
+                dir_fd,
+                ".",
+                OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            );
+            if let Ok(fd) = unnamed {
+                return Ok(Self::Unnamed(File::from(fd)));
+            }
+        }
+        // Created and registered under the lock, so a signal cannot fall between.
+        let mut slot = lock(pending);
+        let tmp = tempfile::Builder::new()
+            .prefix(".mkpatch-")
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+        *slot = Some(tmp.path().to_owned());
+        Ok(Self::Named(tmp))
+    }
+
+    fn file(&self) -> &File {
+        match self {
+            Self::Unnamed(f) => f,
+            Self::Named(t) => t.as_file(),
+        }
+    }
+
+    /// Gives the complete file the name `name` in the directory, replacing
+    /// a regular file of that name.
+    fn commit(
+        self,
+        dir_fd: &std::os::fd::OwnedFd,
+        dir: &Path,
+        name: &std::ffi::OsStr,
+    ) -> io::Result<()> {
+        use rustix::fs::{linkat, renameat, unlinkat, AtFlags, CWD};
+        use rustix::io::Errno;
+        use std::os::fd::AsRawFd;
+        let file = match self {
+            Self::Named(tmp) => return tmp.persist(dir.join(name)).map(drop).map_err(|e| e.error),
+            Self::Unnamed(file) => file,
+        };
+        let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        // A new output is linked straight to its name: there is no moment
+        // when a temporary name exists.
+        match linkat(CWD, &fd_path, dir_fd, name, AtFlags::SYMLINK_FOLLOW) {
+            Err(Errno::EXIST) => {}
+            done => return done.map_err(io::Error::from),
+        }
+        // An existing one is replaced by a rename, atomically; only a
+        // SIGKILL between these two calls leaves the temporary name.
+        for attempt in 0..100u32 {
+            let temp = format!(".mkpatch-{}-{attempt}.tmp", std::process::id());
+            match linkat(CWD, &fd_path, dir_fd, &temp, AtFlags::SYMLINK_FOLLOW) {
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(()) => {}
+            }
+            return renameat(dir_fd, &temp, dir_fd, name).map_err(|e| {
+                let _ = unlinkat(dir_fd, &temp, AtFlags::empty());
+                e.into()
+            });
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free temporary name in the directory",
+        ))
+    }
+}
+
+/// Gives the new patch the owner and mode of the file it replaces, as an
+/// editor saving a file does. Root can always; another user can only when
+/// the file was theirs, and is warned otherwise.
+fn keep_owner_and_mode(
+    file: &File,
+    path: &Path,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+) -> Result<(), Failure> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if (meta.uid(), meta.gid()) != (uid, gid) {
+        if let Err(e) = std::os::unix::fs::fchown(file, Some(uid), Some(gid)) {
+            say!(
+                "mkpatch: warning: {} was owned by {uid}:{gid}; the new patch is owned by {}:{} \
+                 ({e})",
+                path.display(),
+                meta.uid(),
+                meta.gid()
+            );
+        }
+    }
+    // After the chown, which clears set-id bits.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(())
 }
 
 /// The temporary file a signal must remove, if any.
@@ -643,12 +1097,6 @@ fn ignored_signals() -> u64 {
 /// Locks `m`; a panic elsewhere does not make the path it guards wrong.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Temporary files are created 0600; a patch is meant to be shared.
-fn set_readable(file: &File) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = file.set_permissions(std::fs::Permissions::from_mode(0o644));
 }
 
 fn produce(e: ProduceError) -> Failure {
@@ -718,7 +1166,7 @@ fn read_secret_key(path: &Path) -> Result<SecretKey, Failure> {
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            eprintln!(
+            say!(
                 "mkpatch: warning: the secret key {} can be read by other users (mode {mode:04o}), \
                  who could then sign patches; fix it with: chmod 600 {}",
                 path.display(),
@@ -740,7 +1188,7 @@ fn public_path(secret: &Path) -> PathBuf {
     }
 }
 
-fn run_keygen(secret_path: &Path) -> Result<(), Failure> {
+fn run_keygen(secret_path: &Path, quiet: bool) -> Result<(), Failure> {
     use std::os::unix::fs::OpenOptionsExt;
     // `keygen -o release.pub` would put the secret key where people look
     // for the one to hand out.
@@ -783,7 +1231,10 @@ fn run_keygen(secret_path: &Path) -> Result<(), Failure> {
         let _ = std::fs::remove_file(secret_path); // no secret key without its public half
         return Err(e.into());
     }
-    eprintln!(
+    if quiet {
+        return Ok(());
+    }
+    say!(
         "mkpatch: wrote {} (secret: keep it private) and {} (key id {})",
         secret_path.display(),
         public_path.display(),
@@ -806,8 +1257,20 @@ fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
         }
         e => Failure::Corrupt(anyhow!(e)),
     })?;
+    // A patch that parsed but fails its whole-patch hash or a signature
+    // is corrupt (exit 2); the report still shows what it contains.
+    let verdict = if !report.patch_hash_ok {
+        Some("patch hash does not match: the patch is corrupt; get it again".to_owned())
+    } else {
+        report.signers.iter().find(|s| !s.valid).map(|bad| {
+            format!(
+                "the signature by key {} does not verify: the patch was altered after signing",
+                hex(&bad.key_id)
+            )
+        })
+    };
     let text = if json {
-        json_report(&report) + "\n"
+        json_report(&report, verdict.as_deref()) + "\n"
     } else {
         text_report(&report)
     };
@@ -816,18 +1279,15 @@ fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(write_err)?;
-    if !report.patch_hash_ok {
-        return Err(Failure::Corrupt(anyhow!(
-            "patch hash does not match: the patch is corrupt; get it again"
-        )));
+    match verdict {
+        None => Ok(()),
+        // The JSON object already carries the error; stderr gets it too.
+        Some(why) if json => {
+            say!("mkpatch: {why}");
+            Err(Failure::Reported(2))
+        }
+        Some(why) => Err(Failure::Corrupt(anyhow!(why))),
     }
-    if let Some(bad) = report.signers.iter().find(|s| !s.valid) {
-        return Err(Failure::Corrupt(anyhow!(
-            "the signature by key {} does not verify: the patch was altered after signing",
-            hex(&bad.key_id)
-        )));
-    }
-    Ok(())
 }
 
 fn text_report(r: &Inspection) -> String {
@@ -921,10 +1381,13 @@ fn text_report(r: &Inspection) -> String {
     s
 }
 
-fn json_report(r: &Inspection) -> String {
+/// The `inspect --json` object; `error` is why the patch is refused (exit 2), if it is.
+fn json_report(r: &Inspection, error: Option<&str>) -> String {
     let h = &r.header;
     let kind = |k: &anypatch_producer::inspect::KindCount| serde_json::json!({ "extents": k.extents, "bytes": k.bytes });
-    serde_json::json!({
+    let mut object = serde_json::json!({
+        "ok": error.is_none(),
+        "exit_code": if error.is_none() { 0 } else { 2 },
         "format": { "major": r.major, "minor": r.minor, "supported_major": VERSION_MAJOR },
         "required_features": r.required_features,
         "producer": h.producer,
@@ -970,6 +1433,10 @@ fn json_report(r: &Inspection) -> String {
         "patch_len": r.patch_len,
         "patch_hash": hex(&r.patch_hash),
         "patch_hash_ok": r.patch_hash_ok,
-    })
-    .to_string()
+    });
+    if let Some(error) = error {
+        object["error_class"] = "corrupt_patch".into();
+        object["error"] = error.into();
+    }
+    object.to_string()
 }
