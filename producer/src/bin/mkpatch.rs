@@ -41,7 +41,8 @@ Exit status:
        closes it early, as `| head` does: mkpatch stops quietly, and what
        the reader got is an incomplete patch
   1    usage error; an input or output mkpatch refuses (see -o, OLD, NEW);
-       an I/O error such as a missing file
+       an I/O error such as a missing file or a full disk; OLD or NEW
+       changed while mkpatch read it (with -o FILE nothing is written)
   2    the patch given to `inspect` is invalid or corrupt
   129  stopped by SIGHUP  (128 + signal number; with -o FILE, the temporary
   130  stopped by SIGINT   file is removed and FILE is left as it was)
@@ -54,7 +55,8 @@ Exit status:
 /// the old bytes; and compresses only what is left with zstd, optionally
 /// with nearby old bytes as history. Inputs must be regular files or block
 /// devices (a FIFO, character device or directory is refused); neither is
-/// ever loaded whole.
+/// ever loaded whole. They must not change while mkpatch runs: one that
+/// did (its size, times or inode differ at the end) fails the run.
 #[derive(Debug, Parser)]
 #[command(
     name = "mkpatch",
@@ -75,12 +77,18 @@ struct Cli {
     new: Option<PathBuf>,
 
     /// Write the patch to OUT instead of stdout (`-` means stdout). A new or
-    /// regular file OUT is written under a temporary name in its directory
-    /// and renamed when complete, so it never holds part of a patch. A FIFO
-    /// or character device (e.g. /dev/null) is written to directly, as
-    /// stdout is. Refused before any work: a directory, a missing
-    /// directory, a block device (a patch is not a disk image), and OLD,
-    /// NEW or the --sign key file (also through a symlink or hard link).
+    /// regular file OUT is written as a file with no name in its directory
+    /// and named OUT only when complete, so OUT never holds part of a patch
+    /// and a run that is stopped leaves nothing behind. A new OUT gets mode
+    /// 0666 less the umask; an existing one keeps its mode and owner. A
+    /// symlink OUT is followed: the file it points to is replaced, the link
+    /// stays. /dev/stdout, /dev/stderr and /dev/fd/N are the streams
+    /// themselves, written as they are (`-o /dev/stdout >> log` appends).
+    /// A FIFO or character device (e.g. /dev/null) is written to directly,
+    /// as stdout is. Refused before any work: a directory, a missing
+    /// directory, a link to nothing or a loop of links, a block device (a
+    /// patch is not a disk image), an anypatch key file, and OLD, NEW or
+    /// the --sign key file (also through a symlink or hard link).
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
 
@@ -199,10 +207,17 @@ fn main() -> ExitCode {
     let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            // Help and version go to stdout and succeed; usage errors are 1.
+            let printed = e.print();
+            // Help and version go to stdout and succeed, unless stdout cannot
+            // take them (a reader that stopped early chose to); usage errors are 1.
             if !e.use_stderr() {
-                return ExitCode::SUCCESS;
+                return match printed {
+                    Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+                        say!("mkpatch: cannot write to stdout: {err}");
+                        ExitCode::from(1)
+                    }
+                    _ => ExitCode::SUCCESS,
+                };
             }
             let args: Vec<_> = std::env::args_os().collect();
             if args.iter().any(|a| a == "inspect") && args.iter().any(|a| a == "--json") {
