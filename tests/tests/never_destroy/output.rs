@@ -770,3 +770,652 @@ fn output_onto_a_loop_device_backed_by_old_is_refused() {
         "the node was replaced"
     );
 }
+
+// Hostile-user findings on the fixed `applypatch` (numbered as reported).
+
+/// Runs applypatch with the given stdout and stderr (stdin closed).
+fn applypatch_to(args: &[&Path], stdout: Stdio, stderr_to: Stdio) -> Output {
+    Command::new(bin("applypatch"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr_to)
+        .output()
+        .expect("run applypatch")
+}
+
+/// A file opened for appending, as a shell's `>> FILE` gives it.
+fn appending(path: &Path) -> Stdio {
+    fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open for appending")
+        .into()
+}
+
+/// /dev/full opened for writing: every write fails with ENOSPC.
+fn dev_full() -> Stdio {
+    fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full")
+        .into()
+}
+
+/// The process state letter from /proc/PID/stat ('T' when stopped), or
+/// None once it is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Waits until `pid` is stopped; panics with `why` if it is not within 20 s
+/// or ends first (a zombie is 'Z').
+fn wait_stopped(pid: u32, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match proc_state(pid) {
+            Some('T') | Some('t') => return,
+            Some('Z') | None => panic!("{why}: the process ended instead"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "{why}: it did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The patch's header section (preamble, header, its hash, signatures):
+/// what the applier needs before it checks the base.
+fn header_section_len(patch: &[u8]) -> usize {
+    let u32_at =
+        |at: usize| u32::from_le_bytes(patch[at..at + 4].try_into().expect("4 bytes")) as usize;
+    24 + u32_at(0x10) + 32 + u32_at(0x14)
+}
+
+/// Bytes read by `pid` so far (rchar in /proc/PID/io), all files together.
+fn bytes_read(pid: u32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A tmpfs of `size` mounted on a new directory, unmounted when dropped.
+struct SmallFs {
+    dir: PathBuf,
+}
+
+impl SmallFs {
+    fn mount(parent: &Path, size: &str) -> Self {
+        let dir = parent.join("small-fs");
+        fs::create_dir(&dir).expect("mkdir");
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size}"))
+                .arg("tmpfs")
+                .arg(&dir),
+        );
+        Self { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// Finding 2 (and 14): `-o` naming a stream (`/dev/stdout`, `/dev/fd/1`,
+/// `/proc/self/fd/1`, `/dev/stderr`, `-`) is refused, exit 1, and the file
+/// that stdout was opened on keeps its contents; the message never tells
+/// the user to remove /dev/stdout.
+#[test]
+fn output_naming_a_stream_is_refused_and_the_file_behind_stdout_survives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, _, patch) = sparse_pair(dir.path());
+    let log = dir.path().join("log");
+    for out in [
+        "/dev/stdout",
+        "/dev/fd/1",
+        "/proc/self/fd/1",
+        "/dev/stderr",
+        "-",
+    ] {
+        fs::write(&log, b"important\n").expect("log");
+        // In `dir`, so that a binary that takes `-` for a name litters only there.
+        let o = Command::new(bin("applypatch"))
+            .args([&old, &patch, Path::new("-o"), Path::new(out)])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(appending(&log))
+            .output()
+            .expect("run applypatch");
+        assert_eq!(o.status.code(), Some(1), "-o {out}: {}", stderr(&o));
+        assert!(stderr(&o).contains("stream"), "-o {out}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("remove"), "-o {out}: {}", stderr(&o));
+        assert_eq!(
+            fs::read(&log).expect("log"),
+            b"important\n",
+            "-o {out} changed the file stdout is on"
+        );
+        assert!(!dir.path().join("-").exists(), "-o - made a file named '-'");
+    }
+    // With stdout a pipe too: refused, no advice to remove /dev/stdout.
+    let o = applypatch(&[&old, &patch, Path::new("-o"), Path::new("/dev/stdout")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("remove"), "{}", stderr(&o));
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+}
+
+/// Finding 3: a SIGINT that arrives right after the new image was renamed
+/// into place does not turn the run into "interrupted" (exit 130): the
+/// output is complete, so the run reports success, exit 0. The test hook
+/// `ANYPATCH_TEST_STOP_AFTER_COMMIT` stops the process at exactly that
+/// point and waits for the signal handler's decision once continued.
+#[test]
+fn a_signal_after_the_output_is_renamed_does_not_change_the_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new, patch) = sparse_pair(dir.path());
+    let out = dir.path().join("new.img");
+    let mut child = Reaped(
+        Command::new(bin("applypatch"))
+            .arg(&old)
+            .arg(&patch)
+            .arg("-o")
+            .arg(&out)
+            .arg("--json")
+            .env("ANYPATCH_TEST_STOP_AFTER_COMMIT", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn applypatch"),
+    );
+    let pid = child.0.id();
+    wait_stopped(
+        pid,
+        "applypatch should stop itself after the rename (test hook)",
+    );
+    assert!(
+        fs::read(&out).expect("the output is in place") == fs::read(&new).expect("new"),
+        "stopped after the commit, the output must hold the new image"
+    );
+    for signal in ["INT", "CONT"] {
+        run_ok(
+            Command::new("kill")
+                .args(["-s", signal])
+                .arg(pid.to_string()),
+        );
+    }
+    let o = child.0.wait_with_output_ref();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j = json(&o);
+    assert_eq!(
+        (j["ok"].as_bool(), j["status"].as_str()),
+        (Some(true), Some("applied")),
+        "{j}"
+    );
+    assert!(fs::read(&out).expect("out") == fs::read(&new).expect("new"));
+}
+
+/// Finding 4: a stderr that cannot be written (/dev/full, a pipe nobody
+/// reads) never makes applypatch panic (exit 101): a success stays exit 0
+/// with the image written, a failure keeps its exit code, and `--json`
+/// still prints its object.
+#[test]
+fn an_unwritable_stderr_never_panics_and_json_still_comes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new, patch) = sparse_pair(dir.path());
+    let out = dir.path().join("x.img");
+    let o = applypatch_to(
+        &[&old, &patch, Path::new("-o"), &out],
+        Stdio::null(),
+        dev_full(),
+    );
+    assert_eq!(o.status.code(), Some(0), "2>/dev/full, success");
+    assert!(fs::read(&out).expect("out") == fs::read(&new).expect("new"));
+
+    let missing = dir.path().join("nosuch");
+    let o = applypatch_to(
+        &[Path::new("--json"), &old, &missing, Path::new("-o"), &out],
+        Stdio::piped(),
+        dev_full(),
+    );
+    assert_eq!(o.status.code(), Some(1), "2>/dev/full, a missing patch");
+    let j = json(&o);
+    assert_eq!(
+        (j["ok"].as_bool(), j["exit_code"].as_u64()),
+        (Some(false), Some(1)),
+        "{j}"
+    );
+
+    // stderr a pipe whose reader is gone (`2>&1 | true`): EPIPE.
+    for (args, code) in [
+        (
+            vec![old.as_path(), patch.as_path(), Path::new("-o"), &out],
+            0,
+        ),
+        (
+            vec![new.as_path(), patch.as_path(), Path::new("--check")],
+            3,
+        ),
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let o = applypatch_to(&args, Stdio::null(), writer.into());
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{args:?} with a closed stderr pipe"
+        );
+    }
+}
+
+/// Finding 5: `-o` over an existing file keeps that file's permissions and
+/// owner; a new file gets OLD's permissions less the umask, so a umask of
+/// 077 gives nobody else access.
+#[test]
+fn output_keeps_an_existing_files_mode_and_owner_and_new_files_follow_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new, patch) = sparse_pair(dir.path());
+    let existing = dir.path().join("f.img");
+    fs::write(&existing, b"x").expect("f");
+    fs::set_permissions(&existing, fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::os::unix::fs::chown(&existing, Some(1234), Some(5678)).expect("chown");
+    let o = applypatch(&[&old, &patch, Path::new("-o"), &existing]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let m = fs::metadata(&existing).expect("f");
+    assert!(fs::read(&existing).expect("f") == fs::read(&new).expect("new"));
+    assert_eq!(
+        (m.mode() & 0o7777, m.uid(), m.gid()),
+        (0o600, 1234, 5678),
+        "the replaced file lost its mode or owner"
+    );
+
+    let fresh = dir.path().join("n.img");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("umask 077; exec \"$@\"")
+        .arg("sh")
+        .arg(bin("applypatch"))
+        .arg(&old)
+        .arg(&patch)
+        .arg("-o")
+        .arg(&fresh)
+        .output()
+        .expect("run applypatch under umask 077");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mode = fs::metadata(&fresh).expect("n").mode() & 0o7777;
+    assert_eq!(mode & 0o077, 0, "umask 077 gave a new file mode {mode:o}");
+    assert_eq!(mode, fs::metadata(&old).expect("old").mode() & 0o700);
+}
+
+/// Finding 7: OLD written to while `-o` reads it (after the base check,
+/// before the copies from it) is reported as a changed old file, exit 1,
+/// not blamed on the patch (exit 2), and nothing is created.
+#[test]
+fn old_changed_while_read_is_not_blamed_on_the_patch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = corpus_small();
+    let old = dir.path().join("a.old");
+    fs::copy(c.join("sparse.old"), &old).expect("copy");
+    let new = c.join("sparse.new");
+    let patch = dir.path().join("p.bin");
+    make_patch(&old, &new, &patch, &[]);
+    let patch_bytes = fs::read(&patch).expect("patch");
+    let old_bytes = fs::read(&old).expect("old");
+    let new_bytes = fs::read(&new).expect("new");
+    let old_len = old_bytes.len() as u64;
+    // A byte the patch copies from OLD unchanged.
+    let at = (0..old_bytes.len())
+        .rev()
+        .find(|&i| old_bytes[i] == new_bytes[i])
+        .expect("an unchanged byte");
+    let out = dir.path().join("new.img");
+    let mut child = Reaped(
+        Command::new(bin("applypatch"))
+            .arg(&old)
+            .arg("-")
+            .arg("-o")
+            .arg(&out)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn applypatch"),
+    );
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    let head = header_section_len(&patch_bytes);
+    stdin
+        .write_all(&patch_bytes[..head])
+        .expect("feed the header");
+    // The header lets it check the base (all of OLD); then it waits for
+    // the manifest, which reads OLD again for every unchanged extent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bytes_read(child.0.id()) < old_len + head as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "applypatch never checked the base"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&old)
+        .expect("open old");
+    f.write_all_at(&[old_bytes[at] ^ 0xFF], at as u64)
+        .expect("change old");
+    drop(f);
+    stdin
+        .write_all(&patch_bytes[head..])
+        .expect("feed the rest");
+    drop(stdin);
+    let o = child.0.wait_with_output_ref();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("old file changed while it was read"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+}
+
+/// Finding 8: loop devices are other names for the files behind them.
+/// Refused as `-o`, exit 1, with OLD and the patch intact: (a) a second
+/// loop device over the file behind OLD's loop device, (b) a loop device
+/// over the patch, (c) the file behind OLD's loop device.
+#[test]
+fn loop_devices_over_old_or_the_patch_are_refused_as_outputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = corpus_small();
+    let backing = dir.path().join("s5.img");
+    fs::copy(c.join("sparse.old"), &backing).expect("copy old");
+    let patch = dir.path().join("p.bin");
+    make_patch(&backing, &c.join("sparse.new"), &patch, &[]);
+    let old_bytes = fs::read(&backing).expect("old");
+    let patch_bytes = fs::read(&patch).expect("patch");
+    let l5 = Loop::attach(&backing);
+    let l6 = Loop::attach(&backing);
+    let lp = Loop::attach(&patch);
+    let old_node = l5.node_in(dir.path(), "old-dev");
+    let cases = [
+        (l6.node_in(dir.path(), "same-backing"), "the old image"),
+        (lp.node_in(dir.path(), "over-patch"), "the patch"),
+        (backing.clone(), "the old image"),
+    ];
+    for (out, what) in &cases {
+        let o = applypatch(&[&old_node, &patch, Path::new("-o"), out]);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "-o {}: {}",
+            out.display(),
+            stderr(&o)
+        );
+        assert!(
+            stderr(&o).contains(&format!("is {what} under another name")),
+            "{}",
+            stderr(&o)
+        );
+        assert!(
+            fs::read(&backing).expect("old") == old_bytes,
+            "-o {} changed OLD",
+            out.display()
+        );
+        assert!(
+            fs::read(&patch).expect("patch") == patch_bytes,
+            "-o {} changed the patch",
+            out.display()
+        );
+    }
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+}
+
+/// Finding 9: a result that stdout cannot take (/dev/full) is an error,
+/// exit 1: `--check`'s BLAKE3 and `--json`'s object are what the caller
+/// asked for. With `-o` the image is still in place, and stderr says so.
+#[test]
+fn a_result_that_stdout_cannot_take_is_exit_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new, patch) = sparse_pair(dir.path());
+    let o = applypatch_to(
+        &[Path::new("--check"), &old, &patch],
+        dev_full(),
+        Stdio::piped(),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "--check >/dev/full: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("stdout"), "{}", stderr(&o));
+
+    let out = dir.path().join("x.img");
+    let o = applypatch_to(
+        &[Path::new("--json"), &old, &patch, Path::new("-o"), &out],
+        dev_full(),
+        Stdio::piped(),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "--json >/dev/full: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("was written"), "{}", stderr(&o));
+    assert!(fs::read(&out).expect("out") == fs::read(&new).expect("new"));
+}
+
+/// Finding 10: a signal ignored by the parent (`nohup` ignores SIGHUP)
+/// stays ignored during `-o`: SIGHUP does not stop the run, which ends with
+/// the new image, exit 0.
+#[test]
+fn signals_ignored_by_the_parent_stay_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new, patch) = sparse_pair(dir.path());
+    let patch_bytes = fs::read(&patch).expect("patch");
+    let out = dir.path().join("new.img");
+    let mut child = Reaped(
+        Command::new("nohup")
+            .arg(bin("applypatch"))
+            .arg(&old)
+            .arg("-")
+            .arg("-o")
+            .arg(&out)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nohup applypatch"),
+    );
+    let pid = child.0.id();
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    stdin.write_all(&patch_bytes[..64]).expect("feed the start");
+    // The temporary file comes after the signal handlers are set up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while temp_files(dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "no temporary file appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .expect("signal mask")
+    };
+    assert_eq!(
+        mask("SigCgt:") & 1,
+        0,
+        "applypatch catches SIGHUP that nohup ignored"
+    );
+    assert_eq!(mask("SigIgn:") & 1, 1, "SIGHUP is no longer ignored");
+    run_ok(
+        Command::new("kill")
+            .args(["-s", "HUP"])
+            .arg(pid.to_string()),
+    );
+    stdin.write_all(&patch_bytes[64..]).expect("feed the rest");
+    drop(stdin);
+    let o = child.0.wait_with_output_ref();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(fs::read(&out).expect("out") == fs::read(&new).expect("new"));
+}
+
+/// Finding 11: stdout opened on OLD or on the patch (`--json ... >> old`,
+/// `--check ... >> patch`) is refused before any work, exit 1, and both
+/// stay as they were: the result would have been written into them.
+#[test]
+fn stdout_onto_old_or_the_patch_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = corpus_small();
+    let old = dir.path().join("sa.old");
+    fs::copy(c.join("sparse.old"), &old).expect("copy");
+    let patch = dir.path().join("p.bin");
+    make_patch(&old, &c.join("sparse.new"), &patch, &[]);
+    let old_bytes = fs::read(&old).expect("old");
+    let patch_bytes = fs::read(&patch).expect("patch");
+    let out = dir.path().join("y.img");
+    let cases: [(Vec<&Path>, &Path); 3] = [
+        (
+            vec![Path::new("--json"), &old, &patch, Path::new("-o"), &out],
+            &old,
+        ),
+        (vec![Path::new("--check"), &old, &patch], &patch),
+        (
+            vec![Path::new("--check"), Path::new("--json"), &old, &patch],
+            &old,
+        ),
+    ];
+    for (args, stdout_on) in cases {
+        let o = applypatch_to(&args, appending(stdout_on), Stdio::piped());
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{args:?} >> {}: {}",
+            stdout_on.display(),
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains("stdout is"), "{}", stderr(&o));
+        assert!(
+            fs::read(&old).expect("old") == old_bytes,
+            "{args:?} changed OLD"
+        );
+        assert!(
+            fs::read(&patch).expect("patch") == patch_bytes,
+            "{args:?} changed the patch"
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// Finding 13: an output name near the 255-byte limit still gets its
+/// temporary file (the temporary name keeps only part of it).
+#[test]
+fn a_long_output_name_gets_a_temporary_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new, patch) = sparse_pair(dir.path());
+    let out = dir.path().join("y".repeat(250));
+    let o = applypatch(&[&old, &patch, Path::new("-o"), &out]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(fs::read(&out).expect("out") == fs::read(&new).expect("new"));
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+}
+
+/// Finding 15: `--max-new-size` messages give exact bytes where the
+/// rounded size would mislead (a limit one byte under 16 MiB must not read
+/// "16.0 MiB" like the image), never "0 bytes (0 bytes)", and a fraction
+/// of a byte is named as such.
+#[test]
+fn max_new_size_messages_are_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, _, patch) = sparse_pair(dir.path());
+    let size = |s: &str| {
+        applypatch(&[
+            &old,
+            &patch,
+            Path::new("--check"),
+            Path::new("--max-new-size"),
+            Path::new(s),
+        ])
+    };
+    let o = size("0");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("(0 bytes)"), "{}", stderr(&o));
+    let o = size("16777215");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("16777215 bytes") && e.contains("16777216 bytes"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("16.0 MiB (16777215"),
+        "the limit reads like the image: {e}"
+    );
+    let o = size("0.5");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fraction of a byte"), "{}", stderr(&o));
+}
+
+/// Finding 15: out of space while writing `-o`, the message names the
+/// temporary file (not "the target") and says that NEW was left as it
+/// was; NEW keeps its contents.
+#[test]
+fn out_of_space_names_the_temporary_file_and_leaves_new_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, _, patch) = sparse_pair(dir.path());
+    let small = SmallFs::mount(dir.path(), "1m");
+    let out = small.dir.join("new.img");
+    let o = applypatch(&[&old, &patch, Path::new("-o"), &out]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("temporary file"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nothing was created at"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+
+    fs::write(&out, b"previous image").expect("existing NEW");
+    let o = applypatch(&[&old, &patch, Path::new("-o"), &out]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("was left as it was"), "{}", stderr(&o));
+    assert_eq!(fs::read(&out).expect("NEW"), b"previous image");
+    assert_eq!(temp_files(&small.dir), Vec::<String>::new());
+}
+
+/// Finding 15: a read-only block device as `-o` is refused when it is
+/// opened, before the patch is verified: even with a wrong OLD the answer
+/// is "read-only" (exit 1), not the verify pass's "wrong base".
+#[test]
+fn a_read_only_device_is_refused_before_verifying() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, _, patch) = sparse_pair(dir.path());
+    let disk = dir.path().join("ro.img");
+    let len = (16 << 20) + (1 << 20);
+    fs::write(&disk, filled(len, 0xAA)).expect("backing file");
+    let dev = run_ok(
+        Command::new("losetup")
+            .args(["-r", "-f", "--show"])
+            .arg(&disk),
+    );
+    let lo = Loop { dev };
+    let node = lo.node_in(dir.path(), "ro-disk");
+    let wrong = dir.path().join("wrong.old");
+    let mut w = fs::read(&old).expect("old");
+    w[4321] ^= 1;
+    fs::write(&wrong, &w).expect("wrong old");
+    for base in [&wrong, &old] {
+        let o = applypatch(&[base, &patch, Path::new("-o"), &node]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
+    }
+    assert!(lo.read(len) == filled(len, 0xAA), "the device changed");
+}
