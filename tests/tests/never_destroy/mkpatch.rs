@@ -1,10 +1,13 @@
 //! `mkpatch`: device nodes and inputs as `-o`, FIFOs and directories as
 //! inputs, signals during `-o`, key file names, and a reader that closes the
-//! pipe early (issue 13, defects 2, 3, 6, 9, 11 and 12).
+//! pipe early (issue 13, defects 2, 3, 6, 9, 11 and 12); then what a hostile
+//! user found after those fixes: symlinks and /dev/stdout as `-o`, a stderr
+//! or stdout that cannot be written, modes and owners, inputs that change
+//! while read, SIGKILL, and small CLI traps (findings 1, 4, 5, 6, 9, 12, 15).
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -83,6 +86,43 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Waits until the child has a file open whose path (as /proc shows it)
+/// `wanted` accepts: an input it reads, or the patch it writes, which an
+/// unnamed file shows as `DIR/#INODE (deleted)`.
+fn wait_for_open(child: &mut Reaped, wanted: impl Fn(&Path) -> bool) {
+    let fds = PathBuf::from(format!("/proc/{}/fd", child.0.id()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open = fs::read_dir(&fds)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .any(|target| wanted(&target));
+        if open {
+            return;
+        }
+        assert!(
+            child.0.try_wait().expect("try_wait").is_none(),
+            "mkpatch ended before it opened the file"
+        );
+        assert!(Instant::now() < deadline, "mkpatch never opened the file");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A character device like /dev/full (1:7): every write fails with ENOSPC.
+fn mknod_full(path: &Path) -> fs::File {
+    run_ok(Command::new("mknod").arg(path).args(["c", "1", "7"]));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open the full device")
+}
+
+fn symlink(target: impl AsRef<Path>, link: &Path) {
+    std::os::unix::fs::symlink(target, link).expect("symlink");
 }
 
 /// Defect 2: `-o` onto a block device, a FIFO or a character device must
@@ -261,11 +301,8 @@ fn signals_during_output_leave_no_temporary_file() {
             .spawn()
             .expect("spawn mkpatch");
         let mut child = Reaped(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while fs::read_dir(dir.path()).expect("list").next().is_none() {
-            assert!(Instant::now() < deadline, "no temporary file appeared");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        // The patch being written is open in the directory, named or not.
+        wait_for_open(&mut child, |target| target.starts_with(dir.path()));
         assert!(
             child.0.try_wait().expect("try_wait").is_none(),
             "mkpatch finished before SIG{signal}: give this test a larger input"
@@ -446,4 +483,474 @@ fn a_reader_that_closes_the_pipe_early_ends_mkpatch_quietly() {
         String::from_utf8_lossy(&help.stdout).contains("incomplete patch"),
         "--help says nothing of the incomplete patch"
     );
+}
+
+/// Finding 1: `-o` through a symlink never replaces the link. A link to
+/// /proc/self/fd/1 (what /dev/stdout and /dev/fd/1 are) is mkpatch's own
+/// stdout, written as it is: `> file` gets the patch and `>> file` appends
+/// to it. A link to a regular file replaces that file and stays a link. A
+/// link to nothing and a loop of links are refused, and nothing is made.
+/// (Links live in the test's directory: /dev is never touched.)
+#[test]
+fn output_through_a_symlink_never_replaces_the_link() {
+    let (old, new) = pair("sparse");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = |name: &str| dir.path().join(name);
+    let o = mkpatch(&[&old, &new, Path::new("-o"), &at("reference")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let patch = fs::read(at("reference")).expect("read");
+
+    symlink("/proc/self/fd/1", &at("stdout"));
+    symlink("stdout", &at("stdout-again"));
+    symlink("/proc/self/fd", &at("fd"));
+    let is_link_to = |name: &str, target: &str| {
+        fs::symlink_metadata(at(name)).is_ok_and(|m| m.file_type().is_symlink())
+            && fs::read_link(at(name)).is_ok_and(|t| t == Path::new(target))
+    };
+    for (out, appended) in [
+        ("stdout", false),
+        ("stdout-again", false),
+        ("fd/1", false),
+        ("stdout", true),
+    ] {
+        let captured = at("captured");
+        fs::write(&captured, b"important\n").expect("write");
+        let file = if appended {
+            fs::OpenOptions::new().append(true).open(&captured)
+        } else {
+            fs::File::create(&captured)
+        }
+        .expect("open the capture file");
+        let o = Command::new(bin("mkpatch"))
+            .arg(&old)
+            .arg(&new)
+            .arg("-o")
+            .arg(at(out))
+            .stdin(Stdio::null())
+            .stdout(file)
+            .output()
+            .expect("run mkpatch");
+        let what = format!("-o {out} {}", if appended { ">>" } else { ">" });
+        assert_eq!(o.status.code(), Some(0), "{what}: {}", stderr(&o));
+        let mut expected = if appended {
+            b"important\n".to_vec()
+        } else {
+            Vec::new()
+        };
+        expected.extend_from_slice(&patch);
+        assert!(
+            fs::read(&captured).expect("read") == expected,
+            "{what}: stdout did not get the patch"
+        );
+        assert!(
+            is_link_to("stdout", "/proc/self/fd/1"),
+            "{what}: the link was replaced"
+        );
+        assert!(
+            is_link_to("stdout-again", "stdout"),
+            "{what}: the link was replaced"
+        );
+        assert!(
+            is_link_to("fd", "/proc/self/fd"),
+            "{what}: the link was replaced"
+        );
+    }
+
+    // A link to a regular file: the file is replaced, the link stays.
+    fs::write(at("target"), b"x").expect("write");
+    symlink("target", &at("link"));
+    let o = mkpatch(&[&old, &new, Path::new("-o"), &at("link")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        is_link_to("link", "target"),
+        "the link to a file was replaced"
+    );
+    assert!(
+        fs::read(at("target")).expect("read") == patch,
+        "the link's file did not get the patch"
+    );
+
+    // A link to nothing, and two links to each other: refused, nothing made.
+    symlink("nothing", &at("dangling"));
+    symlink("loop-b", &at("loop-a"));
+    symlink("loop-a", &at("loop-b"));
+    for (out, says) in [("dangling", "points to nothing"), ("loop-a", "loop")] {
+        let o = mkpatch(&[&old, &new, Path::new("-o"), &at(out)]);
+        assert_eq!(o.status.code(), Some(1), "-o {out}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "-o {out}: {}", stderr(&o));
+    }
+    assert!(is_link_to("dangling", "nothing") && !at("nothing").exists());
+    assert!(is_link_to("loop-a", "loop-b") && is_link_to("loop-b", "loop-a"));
+}
+
+/// Finding 4: a stderr that cannot be written (a full device, a reader that
+/// went away) never makes mkpatch panic (exit 101): a refused run still
+/// exits 1, keygen still writes its keys and exits 0, and `inspect --json`
+/// still prints its one JSON object on stdout.
+#[test]
+fn unwritable_stderr_never_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = |name: &str| dir.path().join(name);
+    let (old, _) = pair("sparse");
+    let full = at("full");
+    mknod_full(&full);
+    let run = |args: &[&Path], stderr: Stdio| {
+        Command::new(bin("mkpatch"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .output()
+            .expect("run mkpatch")
+    };
+    let to_full = || {
+        Stdio::from(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&full)
+                .expect("open"),
+        )
+    };
+    let missing = at("missing");
+    let o = run(&[&old, &missing, Path::new("-o"), &at("p")], to_full());
+    assert_eq!(o.status.code(), Some(1), "a missing NEW, 2>full");
+
+    let o = run(
+        &[Path::new("keygen"), Path::new("-o"), &at("k.key")],
+        to_full(),
+    );
+    assert_eq!(o.status.code(), Some(0), "keygen 2>full");
+    assert!(
+        at("k.key").is_file() && at("k.pub").is_file(),
+        "keygen 2>full wrote no keys"
+    );
+
+    let o = run(
+        &[Path::new("inspect"), Path::new("--json"), &missing],
+        to_full(),
+    );
+    assert_eq!(o.status.code(), Some(1), "inspect --json 2>full");
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("one JSON object on stdout");
+    assert_eq!(v["ok"], false);
+
+    // A pipe whose reader is gone: writes fail with EPIPE.
+    let mut child = Command::new(bin("mkpatch"))
+        .arg(&old)
+        .arg(&missing)
+        .arg("-o")
+        .arg(at("p"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mkpatch");
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a missing NEW, stderr closed by its reader"
+    );
+    assert!(!at("p").exists());
+}
+
+/// Finding 5: a new patch file gets 0666 less the umask (0600 under umask
+/// 077, as keygen's public key does), never a fixed 0644; a patch written
+/// over an existing file keeps that file's mode and owner.
+#[test]
+fn outputs_honour_the_umask_and_keep_an_existing_files_mode_and_owner() {
+    let (old, new) = pair("sparse");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = |name: &str| dir.path().join(name);
+    let under_umask = |umask: &str, args: &[&Path]| {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$@\""))
+            .arg("sh")
+            .arg(bin("mkpatch"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mkpatch");
+        assert!(o.status.success(), "umask {umask}: {}", stderr(&o));
+    };
+    let mode = |name: &str| fs::metadata(at(name)).expect("stat").mode() & 0o7777;
+    under_umask("077", &[&old, &new, Path::new("-o"), &at("private")]);
+    assert_eq!(mode("private"), 0o600, "umask 077");
+    under_umask("027", &[&old, &new, Path::new("-o"), &at("group")]);
+    assert_eq!(mode("group"), 0o640, "umask 027");
+    under_umask("077", &[Path::new("keygen"), Path::new("-o"), &at("k.key")]);
+    assert_eq!(
+        (mode("k.key"), mode("k.pub")),
+        (0o600, 0o600),
+        "keygen, umask 077"
+    );
+
+    // An existing output keeps its mode and owner (the test runs as root).
+    fs::write(at("kept"), b"x").expect("write");
+    fs::set_permissions(at("kept"), fs::Permissions::from_mode(0o604)).expect("chmod");
+    std::os::unix::fs::chown(at("kept"), Some(1234), Some(4321)).expect("chown");
+    under_umask("022", &[&old, &new, Path::new("-o"), &at("kept")]);
+    let meta = fs::metadata(at("kept")).expect("stat");
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o604, 1234, 4321)
+    );
+    assert!(fs::read(at("kept")).expect("read") == fs::read(at("private")).expect("read"));
+}
+
+/// Finding 6: an input written while mkpatch reads it (same size, same
+/// inode) fails the run, exit 1, naming the input, with nothing written:
+/// the patch would mix old and new bytes and not apply. The write is made
+/// once mkpatch has the input open and counted only if mkpatch was still
+/// running after it, so the test cannot pass without exercising the check.
+#[test]
+fn an_input_changed_while_read_fails_the_run_and_writes_nothing() {
+    let (src_old, src_new) = pair("ext4");
+    for what in ["OLD", "NEW"] {
+        let mut interleaved = false;
+        for _attempt in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (a, b, out) = (
+                dir.path().join("a"),
+                dir.path().join("b"),
+                dir.path().join("out"),
+            );
+            fs::copy(&src_old, &a).expect("copy");
+            fs::copy(&src_new, &b).expect("copy");
+            fs::create_dir(&out).expect("mkdir");
+            let victim = if what == "OLD" { &a } else { &b };
+            let child = Command::new(bin("mkpatch"))
+                .args(["--level", "best", "-j", "1"])
+                .arg(&a)
+                .arg(&b)
+                .arg("-o")
+                .arg(out.join("p"))
+                .stdin(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn mkpatch");
+            let mut child = Reaped(child);
+            wait_for_open(&mut child, |target| target == victim.as_path());
+            // Invert 4 KiB in the middle: same size, same inode, other bytes.
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(victim)
+                .expect("open");
+            let at = file.metadata().expect("stat").len() / 2;
+            let mut block = vec![0u8; 4096];
+            file.read_exact_at(&mut block, at).expect("read");
+            block.iter_mut().for_each(|b| *b = !*b);
+            file.write_all_at(&block, at).expect("write");
+            drop(file);
+            if child.0.try_wait().expect("try_wait").is_some() {
+                continue; // it ended before the write: try again
+            }
+            interleaved = true;
+            let mut err = String::new();
+            child
+                .0
+                .stderr
+                .take()
+                .expect("piped")
+                .read_to_string(&mut err)
+                .expect("read");
+            let status = child.0.wait().expect("wait");
+            assert_eq!(status.code(), Some(1), "{what} changed: {err}");
+            assert!(
+                err.contains(&format!("{what} {}", victim.display())),
+                "{err}"
+            );
+            assert!(err.contains("changed while mkpatch read it"), "{err}");
+            let left: Vec<_> = fs::read_dir(&out).expect("list").collect();
+            assert!(left.is_empty(), "{what} changed: left {left:?}");
+            break;
+        }
+        assert!(
+            interleaved,
+            "mkpatch always ended before {what} could be changed"
+        );
+    }
+}
+
+/// Finding 9: a stdout that cannot take what mkpatch writes there is an
+/// error, exit 1: the patch stream (also as `-o` through a link to
+/// /proc/self/fd/1), `inspect`'s report, and `--help` and `--version`.
+#[test]
+fn a_stdout_that_cannot_be_written_fails_the_run() {
+    let (old, new) = pair("sparse");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = |name: &str| dir.path().join(name);
+    let full = at("full");
+    drop(mknod_full(&full));
+    let o = mkpatch(&[&old, &new, Path::new("-o"), &at("p")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    symlink("/proc/self/fd/1", &at("stdout"));
+    let cases: [&[&Path]; 6] = [
+        &[&old, &new],
+        &[&old, &new, Path::new("-o"), &at("stdout")],
+        &[Path::new("inspect"), &at("p")],
+        &[Path::new("inspect"), Path::new("--json"), &at("p")],
+        &[Path::new("--help")],
+        &[Path::new("--version")],
+    ];
+    for args in cases {
+        let o = Command::new(bin("mkpatch"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&full)
+                    .expect("open"),
+            )
+            .output()
+            .expect("run mkpatch");
+        assert_eq!(o.status.code(), Some(1), "{args:?} >full: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("No space left"),
+            "{args:?} >full: {}",
+            stderr(&o)
+        );
+    }
+    assert!(fs::symlink_metadata(at("stdout"))
+        .expect("link")
+        .file_type()
+        .is_symlink());
+}
+
+/// Finding 12: SIGKILL, which no handler sees, during `mkpatch -o` leaves
+/// nothing in the output's directory: the patch has no name until it is
+/// complete.
+#[test]
+fn sigkill_during_output_leaves_no_file() {
+    let (old, new) = pair("ext4");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(bin("mkpatch"))
+        .args(["--level", "best", "-j", "1"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(dir.path().join("p"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mkpatch");
+    let mut child = Reaped(child);
+    wait_for_open(&mut child, |target| target.starts_with(dir.path()));
+    child.0.kill().expect("SIGKILL");
+    let status = child.0.wait().expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "mkpatch ended before SIGKILL: {status}"
+    );
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "SIGKILL left {left:?}");
+}
+
+/// Finding 15: `--segment-len 0` names the flag as typed, not the library's
+/// field (`option segment_len`).
+#[test]
+fn segment_len_out_of_range_names_the_flag() {
+    let (old, new) = pair("sparse");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for bad in ["0", "4194305"] {
+        let o = mkpatch(&[
+            Path::new("--segment-len"),
+            Path::new(bad),
+            &old,
+            &new,
+            Path::new("-o"),
+            &dir.path().join("p"),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "--segment-len {bad}");
+        assert!(stderr(&o).contains("--segment-len"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("segment_len"), "{}", stderr(&o));
+    }
+}
+
+/// Finding 15: a subcommand after a global flag (`mkpatch -q keygen -o
+/// k.key`) runs the subcommand instead of taking `keygen` for OLD; a flag
+/// that only making a patch uses is refused with a subcommand.
+#[test]
+fn subcommands_work_after_global_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("k.key");
+    let o = mkpatch(&[Path::new("-q"), Path::new("keygen"), Path::new("-o"), &key]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stderr.is_empty(), "-q: {}", stderr(&o));
+    assert!(key.is_file() && dir.path().join("k.pub").is_file());
+    let o = mkpatch(&[
+        Path::new("--level"),
+        Path::new("best"),
+        Path::new("inspect"),
+        &key,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--level"), "{}", stderr(&o));
+}
+
+/// Finding 15: `-o` onto an existing anypatch key file (`-o release.pub`
+/// typed for `-o release.patch`) is refused, and the key is left as it was.
+#[test]
+fn output_onto_a_key_file_is_refused() {
+    let (old, new) = pair("sparse");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = |name: &str| dir.path().join(name);
+    let o = mkpatch(&[Path::new("keygen"), Path::new("-o"), &at("release.key")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for key in ["release.pub", "release.key"] {
+        let text = fs::read(at(key)).expect("key");
+        let o = mkpatch(&[&old, &new, Path::new("-o"), &at(key)]);
+        assert_eq!(o.status.code(), Some(1), "-o {key}: {}", stderr(&o));
+        assert!(stderr(&o).contains("key"), "-o {key}: {}", stderr(&o));
+        assert_eq!(
+            fs::read(at(key)).expect("key"),
+            text,
+            "-o {key} overwrote the key"
+        );
+    }
+}
+
+/// Finding 15: `inspect --json` prints exactly one JSON object on stdout
+/// on an error too, with `ok: false`, the exit code and the error.
+#[test]
+fn inspect_json_prints_one_object_on_errors() {
+    let (old, new) = pair("sparse");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = |name: &str| dir.path().join(name);
+    let o = mkpatch(&[&old, &new, Path::new("-o"), &at("p")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut bytes = fs::read(at("p")).expect("read");
+    bytes.truncate(bytes.len() - 3);
+    fs::write(at("cut"), bytes).expect("write");
+    let cases: [(&[&Path], i32); 3] = [
+        (
+            &[Path::new("inspect"), Path::new("--json"), &at("missing")],
+            1,
+        ),
+        (&[Path::new("inspect"), Path::new("--json"), &at("cut")], 2),
+        (&[Path::new("inspect"), Path::new("--json")], 1),
+    ];
+    for (args, code) in cases {
+        let o = mkpatch(args);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not one JSON object ({e}): {:?}",
+                String::from_utf8_lossy(&o.stdout)
+            )
+        });
+        assert_eq!(v["ok"], false, "{args:?}");
+        assert_eq!(v["exit_code"], code, "{args:?}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{args:?}: {v}"
+        );
+    }
 }
