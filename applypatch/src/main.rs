@@ -49,14 +49,17 @@ const MAX_JOURNAL_BATCH: u64 = 0x40_0000;
 OUTPUT (-o NEW):
     a new or existing regular file: written beside it as .NEW.XXXXXX.applypatch-tmp, sparse
         (all-zero 4 KiB blocks stay holes), fsynced, renamed over NEW. A symlink to a regular
-        file is followed: the file it points to is replaced, the link stays.
+        file is followed: the file it points to is replaced, the link stays. A replaced file
+        keeps its permissions and owner; a new one gets OLD's permissions less the umask.
     a block device: the whole patch is verified against OLD with nothing written, then the
         image is written from offset 0, synced, read back and hashed against the new BLAKE3.
         The device's old contents are lost only after the patch verified. A device smaller
         than the new image is refused; bytes after the image on a larger device are left as
         they are. The patch must be a file (it is read twice), and the device not in use.
     refused before any work (exit 1): a directory, a missing directory, a FIFO, a character
-        device, a socket, OLD itself or the patch itself (same file: links count).
+        device, a socket, OLD itself or the patch itself (same file: links count, and loop
+        devices count as the file behind them), a read-only device, and a stream: '-',
+        /dev/stdout, /dev/fd/N (applypatch writes at any offset; give a file or device).
     OLD must be a regular file or a block device: a directory, FIFO or character device is
         refused (exit 1). The patch may be a file, a pipe or '-' (except onto a block device).
 
@@ -66,7 +69,8 @@ SIZES (--max-new-size):
     TB, PB are powers of 1000. Case does not matter.
 
 JSON (--json): stdout is exactly one object, errors included (none only when the process is
-killed: SIGKILL, or a signal during --in-place, which the next run resumes):
+killed: SIGKILL, or a signal during --in-place, which the next run resumes; or when stdout is
+OLD, the patch or the output, which the object would damage: refused on stderr, exit 1):
     ok             true or false
     exit_code      the process's exit code
     mode           \"output\", \"check\" or \"in_place\" (absent for usage errors)
@@ -86,14 +90,16 @@ killed: SIGKILL, or a signal during --in-place, which the next run resumes):
 
 EXIT CODES:
     0  success (also: --in-place on a target that already is the new image)
-    1  usage or I/O error (missing file, no space, refused input or output kind, ...)
+    1  usage or I/O error (missing file, no space, refused input or output kind, OLD changed
+       while it was read, stdout cannot take --check's hash or --json's object, ...)
     2  the patch is corrupt, truncated or not an anypatch patch
     3  wrong base: OLD is not the file the patch was made against
     4  the patch needs a newer applypatch (format version or feature)
     5  the patch cannot be applied in place; use -o
     6  the patch is not signed by a trusted key (--trusted-key)
     129, 130, 143  stopped by SIGHUP, SIGINT, SIGTERM (128 + signal number) during -o or --check;
-       the temporary file is removed first, an existing NEW is left as it was"
+       the temporary file is removed first, an existing NEW is left as it was. A signal that
+       comes once NEW is in place changes nothing; one ignored at start (nohup) stays ignored"
 )]
 struct Cli {
     /// The old image the patch was made against (with --in-place: the image to rewrite).

@@ -736,7 +736,10 @@ fn write_file(
     let note = |e: DriveError| match e {
         DriveError::Io { action, source } => DriveError::Io {
             action,
-            source: io::Error::new(source.kind(), format!("{source}; the temporary file was removed and {untouched}")),
+            source: io::Error::new(
+                source.kind(),
+                format!("{source}; the temporary file was removed and {untouched}"),
+            ),
         },
         other => other,
     };
