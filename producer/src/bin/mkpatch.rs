@@ -779,7 +779,6 @@ fn parent_dir(path: &Path) -> PathBuf {
 
 /// Writes the patch to this process's stdout or stderr (`name`) as it is
 /// comes, and checks afterwards that the inputs did not change meanwhile.
-#[allow(clippy::too_many_arguments)]
 fn write_direct(
     stream: impl Write + IsTerminal,
     name: &str,
@@ -867,6 +866,7 @@ fn write_file(
     progress: &dyn Fn(Progress),
     before: &[Stamp],
 ) -> Result<Summary, Failure> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let dir = parent_dir(path);
     let name = path
@@ -888,8 +888,13 @@ fn write_file(
     .with_context(|| format!("cannot open the directory {}", dir.display()))?;
     let temp = Temp::create(&dir, &dir_fd, &pending)?;
     // The spool files have no name (O_TMPFILE, or unlinked at once), so a
-    // signal leaves none of them behind.
-    opts.spool_dir = Some(dir.clone());
+    // signal leaves none of them behind. They go in the directory as it was
+    // opened (its /proc entry, where that works), so moving it does not
+    // break the run before the check below can say what happened.
+    opts.spool_dir = Some(match &temp {
+        Temp::Unnamed(_) => PathBuf::from(format!("/proc/self/fd/{}", dir_fd.as_raw_fd())),
+        Temp::Named(_) => dir.clone(),
+    });
     let mut out = BufWriter::with_capacity(1 << 20, temp.file());
     let summary = make_patch(old, new, &mut out, opts, progress).map_err(produce)?;
     out.flush()
@@ -1009,6 +1014,15 @@ impl Temp {
         match linkat(CWD, &fd_path, dir_fd, name, AtFlags::SYMLINK_FOLLOW) {
             Err(Errno::EXIST) => {}
             done => return done.map_err(io::Error::from),
+        }
+        // The name appeared since the caller looked: still never rename
+        // over anything but a regular file.
+        let there = rustix::fs::statat(dir_fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if rustix::fs::FileType::from_raw_mode(there.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "something other than a regular file appeared under that name",
+            ));
         }
         // An existing one is replaced by a rename, atomically; only a
         // SIGKILL between these two calls leaves the temporary name.

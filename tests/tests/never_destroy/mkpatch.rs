@@ -954,3 +954,48 @@ fn inspect_json_prints_one_object_on_errors() {
         );
     }
 }
+
+/// Finding 12: the output's directory renamed while mkpatch runs: the run
+/// fails, exit 1, saying so, and leaves nothing in the directory under its
+/// new name (no temporary file) nor a patch anywhere.
+#[test]
+fn output_directory_moved_during_the_run_leaves_nothing() {
+    let (old, new) = pair("ext4");
+    let root = tempfile::tempdir().expect("tempdir");
+    let (dir, moved) = (root.path().join("out"), root.path().join("moved"));
+    fs::create_dir(&dir).expect("mkdir");
+    let child = Command::new(bin("mkpatch"))
+        .args(["--level", "best", "-j", "1"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(dir.join("p"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mkpatch");
+    let mut child = Reaped(child);
+    wait_for_open(&mut child, |target| target.starts_with(&dir));
+    fs::rename(&dir, &moved).expect("rename the directory");
+    assert!(
+        child.0.try_wait().expect("try_wait").is_none(),
+        "mkpatch finished before its directory moved: give this test a larger input"
+    );
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut err)
+        .expect("read");
+    let status = child.0.wait().expect("wait");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("moved"), "{err}");
+    let left: Vec<_> = fs::read_dir(&moved)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left {left:?} in the moved directory");
+    assert!(!dir.exists(), "a new directory appeared at the old name");
+}
