@@ -47,8 +47,10 @@ const MAX_JOURNAL_BATCH: u64 = 0x40_0000;
     curl ... | applypatch old.img - -o new.img
 
 OUTPUT (-o NEW):
-    a new or existing regular file: written beside it as .NEW.XXXXXX.applypatch-tmp, sparse
-        (all-zero 4 KiB blocks stay holes), fsynced, renamed over NEW. A symlink to a regular
+    a new or existing regular file: written beside it as an unnamed temporary file (O_TMPFILE;
+        where the file system lacks it, .NEW.XXXXXX.applypatch-tmp), sparse (all-zero 4 KiB
+        blocks stay holes), fsynced, given a name only when complete and renamed over NEW.
+        Killed even with SIGKILL, nothing is left behind. A symlink to a regular
         file is followed: the file it points to is replaced, the link stays. A replaced file
         keeps its permissions and owner; a new one gets OLD's permissions less the umask.
     a block device: the whole patch is verified against OLD with nothing written, then the

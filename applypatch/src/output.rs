@@ -2,8 +2,10 @@
 //! and the output that come before any work.
 //!
 //! The output is one of:
-//! - a regular file, new or replaced: a temporary file beside it, written
-//!   sparse (all-zero blocks stay holes), fsynced and renamed over the path.
+//! - a regular file, new or replaced: a temporary file beside it, unnamed
+//!   (`O_TMPFILE`) where the file system allows, so even SIGKILL leaves
+//!   nothing; written sparse (all-zero blocks stay holes), fsynced, named
+//!   and renamed over the path.
 //!   A symlink to a regular file is followed: the file it points to is
 //!   replaced and the link stays.
 //! - a block device: the whole patch is verified against OLD first with
@@ -164,65 +166,167 @@ fn stop_after_commit_for_tests() {
     }
 }
 
-/// A temporary file registered with [`interrupted`]; removed and
-/// unregistered when dropped.
+/// The new image while it is written, in NEW's directory.
+enum TempFile {
+    /// `O_TMPFILE`: a file without a name, which vanishes with the process
+    /// however it ends (SIGKILL, power cut), until `persist` names it.
+    Unnamed(File),
+    /// Where the file system has no `O_TMPFILE`: a named file, registered
+    /// with [`interrupted`].
+    Named(NamedTempFile),
+}
+
+/// A temporary file for the new image; removed (a named one also
+/// unregistered) when dropped.
 struct Temp {
-    file: Option<NamedTempFile>,
-    path: PathBuf,
+    file: Option<TempFile>,
+    dir: PathBuf,
+    /// `.NAME.`, NAME cut to [`TEMP_NAME_KEEP`] bytes.
+    prefix: String,
+    /// A named file's path, registered with [`interrupted`].
+    path: Option<PathBuf>,
 }
 
 impl Temp {
-    /// Creates `.NAME.XXXXXX.applypatch-tmp` in `dir` with permissions
-    /// `mode` less the umask (NAME cut to [`TEMP_NAME_KEEP`] bytes, so a
-    /// name near the file system's limit still has a temporary file).
+    /// Creates the temporary file in `dir` with permissions `mode` less the
+    /// umask: unnamed where the file system allows (`O_TMPFILE`), else as
+    /// `.NAME.XXXXXX.applypatch-tmp`, NAME cut to [`TEMP_NAME_KEEP`] bytes so
+    /// a name near the file system's limit still has a temporary file.
     /// Creation and registration happen under the registry's lock, so a
     /// signal cannot fall between them.
     fn create(dir: &Path, name: &str, mode: u32) -> Result<Self, DriveError> {
+        use rustix::fs::{Mode, OFlags};
+        use rustix::io::Errno;
         use std::os::unix::fs::PermissionsExt;
         let mut u = undo();
         let mut keep = name.len().min(TEMP_NAME_KEEP);
         while !name.is_char_boundary(keep) {
             keep -= 1;
         }
+        let prefix = format!(".{}.", &name[..keep]);
+        let failed = || format!("cannot create a temporary file in {}", dir.display());
+        // Naming it at the end goes through /proc/self/fd (see `link`).
+        if Path::new("/proc/self/fd").is_dir() {
+            let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+            match rustix::fs::open(dir, flags, Mode::from_raw_mode(mode)) {
+                Ok(fd) => {
+                    return Ok(Self {
+                        file: Some(TempFile::Unnamed(File::from(fd))),
+                        dir: dir.to_path_buf(),
+                        prefix,
+                        path: None,
+                    })
+                }
+                // No O_TMPFILE here (the file system or the kernel): a named file.
+                Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOSYS) => {}
+                Err(e) => return Err(io_err(failed())(e.into())),
+            }
+        }
         let file = tempfile::Builder::new()
-            .prefix(&format!(".{}.", &name[..keep]))
+            .prefix(&prefix)
             .suffix(".applypatch-tmp")
             .permissions(fs::Permissions::from_mode(mode))
             .tempfile_in(dir)
-            .map_err(io_err(format!(
-                "cannot create a temporary file in {}",
-                dir.display()
-            )))?;
+            .map_err(io_err(failed()))?;
         let path = file.path().to_path_buf();
         u.temp_files.push(path.clone());
         Ok(Self {
-            file: Some(file),
-            path,
+            file: Some(TempFile::Named(file)),
+            dir: dir.to_path_buf(),
+            prefix,
+            path: Some(path),
         })
     }
 
     fn as_file(&self) -> &File {
-        self.file
+        match self
+            .file
             .as_ref()
             .expect("the file is only taken by persist, which consumes self")
-            .as_file()
+        {
+            TempFile::Unnamed(f) => f,
+            TempFile::Named(f) => f.as_file(),
+        }
     }
 
-    /// Renames the file to `to`. Under the registry's lock, so a signal
-    /// handler either removes the temporary file before the rename or finds
-    /// it already renamed and unregistered.
+    /// What messages call it: "the temporary file PATH".
+    fn describe(&self) -> String {
+        match &self.path {
+            Some(p) => format!("the temporary file {}", p.display()),
+            None => format!("the (unnamed) temporary file in {}", self.dir.display()),
+        }
+    }
+
+    /// Puts the file at `to`: an unnamed file is linked into its directory
+    /// under a temporary name and renamed over `to`, a named one renamed.
+    /// Under the registry's lock, so a signal handler either comes before
+    /// (and removes a named file) or finds the output committed.
     fn persist(mut self, to: &Path) -> Result<(), DriveError> {
         let mut u = undo();
-        let file = self.file.take().expect("persist runs once");
-        let result = file.persist(to).map(drop).map_err(|e| DriveError::Io {
+        let rename_failed = |source| DriveError::Io {
             action: format!("cannot rename the new image into {}", to.display()),
-            source: e.error,
-        });
-        u.temp_files.retain(|p| *p != self.path);
+            source,
+        };
+        let result = match self.file.take().expect("persist runs once") {
+            TempFile::Named(file) => file
+                .persist(to)
+                .map(drop)
+                .map_err(|e| rename_failed(e.error)),
+            TempFile::Unnamed(file) => self.link(&file).and_then(|named| {
+                fs::rename(&named, to).map_err(|e| {
+                    let _ = fs::remove_file(&named);
+                    rename_failed(e)
+                })
+            }),
+        };
+        if let Some(path) = &self.path {
+            u.temp_files.retain(|p| p != path);
+        }
         if result.is_ok() {
             commit(&mut u);
         }
         result
+    }
+
+    /// Gives the unnamed `file` a fresh `.NAME.XXXXXX.applypatch-tmp` name
+    /// in its directory: through /proc/self/fd with `AT_SYMLINK_FOLLOW`,
+    /// which needs no privilege, or `AT_EMPTY_PATH` (which needs
+    /// CAP_DAC_READ_SEARCH) where that fails. The caller holds the
+    /// registry's lock, so no signal handler runs while the name exists.
+    fn link(&self, file: &File) -> Result<PathBuf, DriveError> {
+        use rustix::fs::{linkat, AtFlags, CWD};
+        use rustix::io::Errno;
+        use std::hash::{BuildHasher, Hasher};
+        use std::os::fd::AsRawFd;
+        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let mut last = Errno::EXIST;
+        for _ in 0..64 {
+            // Random enough for a name: the hasher's keys are random.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            let name = self.dir.join(format!(
+                "{}{:06x}.applypatch-tmp",
+                self.prefix,
+                h.finish() & 0xFF_FFFF
+            ));
+            let linked =
+                linkat(CWD, &proc_path, CWD, &name, AtFlags::SYMLINK_FOLLOW).or_else(|e| match e {
+                    Errno::EXIST => Err(e),
+                    _ => linkat(file, "", CWD, &name, AtFlags::EMPTY_PATH),
+                });
+            match linked {
+                Ok(()) => return Ok(name),
+                Err(Errno::EXIST) => continue,
+                Err(e) => {
+                    last = e;
+                    break;
+                }
+            }
+        }
+        Err(DriveError::Io {
+            action: format!("cannot give the new image a name in {}", self.dir.display()),
+            source: last.into(),
+        })
     }
 }
 
@@ -230,7 +334,9 @@ impl Drop for Temp {
     fn drop(&mut self) {
         let mut u = undo();
         drop(self.file.take());
-        u.temp_files.retain(|p| *p != self.path);
+        if let Some(path) = &self.path {
+            u.temp_files.retain(|p| p != path);
+        }
     }
 }
 
@@ -746,8 +852,7 @@ fn write_file(
     let mut reader = patch.open()?;
     let mut applier = Applier::new(Config::new(old_len));
     applier.require_signature(&policy.trusted_keys);
-    let mut sink =
-        NewFileSink::new(tmp.as_file()).named(format!("the temporary file {}", tmp.path.display()));
+    let mut sink = NewFileSink::new(tmp.as_file()).named(tmp.describe());
     let summary = drive(
         &mut applier,
         &mut reader,
@@ -760,9 +865,9 @@ fn write_file(
     .map_err(note)?;
     let written = sink.written;
     let f = tmp.as_file();
-    let shown = tmp.path.display();
+    let shown = tmp.describe();
     f.set_len(summary.new_len)
-        .map_err(io_err(format!("cannot size the temporary file {shown}")))
+        .map_err(io_err(format!("cannot size {shown}")))
         .map_err(note)?;
     if let Some(m) = &existing {
         // Owner first: a change of owner clears set-id bits. Best effort:
@@ -772,9 +877,7 @@ fn write_file(
         let _ = f.set_permissions(m.permissions());
     }
     f.sync_all()
-        .map_err(io_err(format!(
-            "cannot flush the temporary file {shown} to disk"
-        )))
+        .map_err(io_err(format!("cannot flush {shown} to disk")))
         .map_err(note)?;
     tmp.persist(new)?;
     stop_after_commit_for_tests();

@@ -85,6 +85,27 @@ fn temp_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Waits (at most 20 s) until applypatch `pid` has its temporary output
+/// file in `dir`: a named one, or an unnamed (`O_TMPFILE`) one among its
+/// open files, which /proc shows as `DIR/#INODE (deleted)`.
+fn wait_for_temp(pid: u32, dir: &Path) {
+    let unnamed = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .any(|to| {
+                let to = to.to_string_lossy().into_owned();
+                to.starts_with(&dir.to_string_lossy().into_owned()) && to.ends_with(" (deleted)")
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while temp_files(dir).is_empty() && !unnamed() {
+        assert!(Instant::now() < deadline, "no temporary file appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A loop device over a file, detached when dropped.
 struct Loop {
     dev: String,
@@ -350,11 +371,7 @@ fn signals_during_output_remove_the_temporary_file_and_dirs_fail_first() {
         stdin
             .write_all(&patch_bytes[..64])
             .expect("feed the patch's start");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while temp_files(dir.path()).is_empty() {
-            assert!(Instant::now() < deadline, "no temporary file appeared");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_temp(child.0.id(), dir.path());
         run_ok(
             Command::new("kill")
                 .args(["-s", signal])
@@ -875,6 +892,12 @@ impl Drop for SmallFs {
 fn output_naming_a_stream_is_refused_and_the_file_behind_stdout_survives() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (old, _, patch) = sparse_pair(dir.path());
+    for link in ["/dev/stdout", "/dev/stderr", "/dev/fd"] {
+        assert!(
+            fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()),
+            "{link} is not a symlink: this machine's /dev was damaged (by a binary that renames over it?); restore it first"
+        );
+    }
     let log = dir.path().join("log");
     for out in [
         "/dev/stdout",
@@ -1237,11 +1260,7 @@ fn signals_ignored_by_the_parent_stay_ignored() {
     let mut stdin = child.0.stdin.take().expect("stdin");
     stdin.write_all(&patch_bytes[..64]).expect("feed the start");
     // The temporary file comes after the signal handlers are set up.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while temp_files(dir.path()).is_empty() {
-        assert!(Instant::now() < deadline, "no temporary file appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_temp(pid, dir.path());
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let mask = |name: &str| {
         status
@@ -1418,4 +1437,47 @@ fn a_read_only_device_is_refused_before_verifying() {
         assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
     }
     assert!(lo.read(len) == filled(len, 0xAA), "the device changed");
+}
+
+/// Finding 12: applypatch killed with SIGKILL mid-way leaves nothing in
+/// NEW's directory (the temporary file has no name until it is complete,
+/// `O_TMPFILE`), and a later run still writes NEW.
+#[test]
+fn a_killed_output_run_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new, patch) = sparse_pair(dir.path());
+    let patch_bytes = fs::read(&patch).expect("patch");
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).expect("mkdir");
+    let out = out_dir.join("new.img");
+    let mut child = Reaped(
+        Command::new(bin("applypatch"))
+            .arg(&old)
+            .arg("-")
+            .arg("-o")
+            .arg(&out)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn applypatch"),
+    );
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    // All but the last byte: the image is written, the run not finished.
+    let last = patch_bytes.len() - 1;
+    stdin
+        .write_all(&patch_bytes[..last])
+        .expect("feed the patch");
+    wait_for_temp(child.0.id(), &out_dir);
+    child.0.kill().expect("SIGKILL");
+    let _ = child.0.wait();
+    drop(stdin);
+    let left: Vec<_> = fs::read_dir(&out_dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "SIGKILL left {left:?}");
+    let o = applypatch(&[&old, &patch, Path::new("-o"), &out]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(fs::read(&out).expect("out") == fs::read(&new).expect("new"));
 }
