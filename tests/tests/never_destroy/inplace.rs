@@ -3,7 +3,7 @@
 //! changed between a kill and the resume (issue 13, defects 1, 4, 5, 8, 14).
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use anypatch_tests::{bin, corpus_small};
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::common::{stderr, Loop};
 
 /// A pair of the small corpus with an in-place patch at the fast level
 /// (small, separate segments: many journal windows to kill between).
@@ -86,53 +84,6 @@ fn in_place(target: &Path, patch: &Path, extra: &[&str], kill_at: Option<u32>) -
 fn killed(o: &Output) -> bool {
     // `timeout` reports a child killed by a signal as 128 + the signal.
     o.status.code() == Some(128 + 9) || o.status.signal() == Some(9)
-}
-
-/// A loop device over a file, detached (and its default state removed) on drop.
-struct Loop {
-    dev: PathBuf,
-}
-
-impl Loop {
-    fn attach(file: &Path) -> Self {
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(file)
-            .output()
-            .expect("losetup runs (the tests run as root)");
-        assert!(out.status.success(), "losetup: {}", stderr(&out));
-        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        Loop { dev }
-    }
-    fn rdev(&self) -> u64 {
-        fs::metadata(&self.dev).expect("loop device").rdev()
-    }
-    /// The state file applypatch keeps for this device by default.
-    fn default_state(&self) -> PathBuf {
-        let rdev = self.rdev();
-        let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-        let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
-        PathBuf::from(format!(
-            "/var/lib/anypatch/block-{major}:{minor}.anypatch-state"
-        ))
-    }
-    fn read(&self) -> Vec<u8> {
-        fs::read(&self.dev).expect("read loop device")
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(self.default_state());
-        // The state the binaries before the fix kept, keyed by basename.
-        if let Some(name) = self.dev.file_name() {
-            let _ = fs::remove_file(
-                Path::new("/var/lib/anypatch")
-                    .join(format!("{}.anypatch-state", name.to_string_lossy())),
-            );
-        }
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
 }
 
 #[test]

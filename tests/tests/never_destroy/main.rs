@@ -2,6 +2,7 @@
 //! real binaries the way a user would, on files, FIFOs, loop devices and
 //! char devices. Every test here failed on the commit before its fix.
 
+mod common;
 mod inplace;
 mod mkpatch;
 mod output;

@@ -9,10 +9,12 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anypatch_tests::{bin, corpus_small};
+
+use crate::common::{run_ok, stderr, Loop, Reaped};
 
 fn mkpatch(args: &[&Path]) -> Output {
     Command::new(bin("mkpatch"))
@@ -20,10 +22,6 @@ fn mkpatch(args: &[&Path]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run mkpatch")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn pair(name: &str) -> (PathBuf, PathBuf) {
@@ -34,12 +32,6 @@ fn pair(name: &str) -> (PathBuf, PathBuf) {
     )
 }
 
-fn run_ok(cmd: &mut Command) -> String {
-    let o = cmd.output().expect("run");
-    assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
 fn mkfifo(path: &Path) {
     run_ok(Command::new("mkfifo").arg(path));
 }
@@ -47,45 +39,6 @@ fn mkfifo(path: &Path) {
 /// A character device like /dev/null (1:3), made where the test can lose it.
 fn mknod_null(path: &Path) {
     run_ok(Command::new("mknod").arg(path).args(["c", "1", "3"]));
-}
-
-/// A loop device over a file, detached when dropped.
-struct Loop {
-    dev: String,
-}
-
-impl Loop {
-    fn attach(file: &Path) -> Self {
-        let dev = run_ok(Command::new("losetup").args(["-f", "--show"]).arg(file));
-        assert!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
-        Self { dev }
-    }
-
-    /// "MAJOR:MINOR" of the device.
-    fn numbers(&self) -> String {
-        let name = self.dev.trim_start_matches("/dev/");
-        fs::read_to_string(format!("/sys/class/block/{name}/dev"))
-            .expect("sysfs names the device numbers")
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
-
-/// A child process killed and reaped when dropped, so a failed assertion
-/// never leaves it waiting on a FIFO.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Waits until the child has a file open whose path (as /proc shows it)

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use anypatch_tests::{bin, corpus_small};
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::common::{run_ok, stderr, Loop, Reaped};
 
 fn applypatch(args: &[&Path]) -> Output {
     Command::new(bin("applypatch"))
@@ -35,12 +33,6 @@ fn applypatch_timeout(args: &[&Path], stdin: Stdio) -> Output {
         .stdin(stdin)
         .output()
         .expect("run timeout applypatch")
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let o = cmd.output().expect("run");
-    assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
 /// The sparse pair of the small corpus and a patch between them, in `dir`.
@@ -106,58 +98,6 @@ fn wait_for_temp(pid: u32, dir: &Path) {
     }
 }
 
-/// A loop device over a file, detached when dropped.
-struct Loop {
-    dev: String,
-}
-
-impl Loop {
-    fn attach(file: &Path) -> Self {
-        let dev = run_ok(Command::new("losetup").args(["-f", "--show"]).arg(file));
-        assert!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
-        Self { dev }
-    }
-
-    /// A block device node for this loop device inside `dir`, so a binary
-    /// that renames a file over it cannot damage /dev.
-    fn node_in(&self, dir: &Path, name: &str) -> PathBuf {
-        let sys = self.dev.trim_start_matches("/dev/");
-        let numbers = fs::read_to_string(format!("/sys/class/block/{sys}/dev"))
-            .expect("sysfs names the device numbers");
-        let (major, minor) = numbers.trim().split_once(':').expect("MAJOR:MINOR");
-        let node = dir.join(name);
-        run_ok(Command::new("mknod").arg(&node).args(["b", major, minor]));
-        node
-    }
-
-    /// The first `len` bytes the device holds.
-    fn read(&self, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        fs::File::open(&self.dev)
-            .expect("open the loop device")
-            .read_exact_at(&mut buf, 0)
-            .expect("read the loop device");
-        buf
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
-
-/// A child process killed and reaped when dropped, so a failed assertion
-/// never leaves it running.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn filled(len: usize, byte: u8) -> Vec<u8> {
     vec![byte; len]
 }
@@ -186,7 +126,7 @@ fn output_onto_a_block_device_writes_the_device_and_only_after_verifying() {
     let o = applypatch(&[&wrong, &patch, Path::new("-o"), &node]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
-        lo.read(dev_len) == filled(dev_len, 0xAA),
+        lo.read_prefix(dev_len) == filled(dev_len, 0xAA),
         "a wrong base changed the device"
     );
 
@@ -198,7 +138,7 @@ fn output_onto_a_block_device_writes_the_device_and_only_after_verifying() {
         meta.file_type().is_block_device(),
         "the node was replaced: {meta:?}"
     );
-    let got = lo.read(dev_len);
+    let got = lo.read_prefix(dev_len);
     assert!(
         got[..new_bytes.len()] == new_bytes[..],
         "the device does not hold the new image"
@@ -225,7 +165,7 @@ fn output_onto_a_block_device_writes_the_device_and_only_after_verifying() {
         stderr(&o)
     );
     assert!(
-        lo_small.read(8 << 20) == filled(8 << 20, 0x55),
+        lo_small.read_prefix(8 << 20) == filled(8 << 20, 0x55),
         "a too-small device changed"
     );
     assert!(fs::symlink_metadata(&small_node)
@@ -1420,12 +1360,7 @@ fn a_read_only_device_is_refused_before_verifying() {
     let disk = dir.path().join("ro.img");
     let len = (16 << 20) + (1 << 20);
     fs::write(&disk, filled(len, 0xAA)).expect("backing file");
-    let dev = run_ok(
-        Command::new("losetup")
-            .args(["-r", "-f", "--show"])
-            .arg(&disk),
-    );
-    let lo = Loop { dev };
+    let lo = Loop::attach_read_only(&disk);
     let node = lo.node_in(dir.path(), "ro-disk");
     let wrong = dir.path().join("wrong.old");
     let mut w = fs::read(&old).expect("old");
@@ -1436,7 +1371,10 @@ fn a_read_only_device_is_refused_before_verifying() {
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
         assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
     }
-    assert!(lo.read(len) == filled(len, 0xAA), "the device changed");
+    assert!(
+        lo.read_prefix(len) == filled(len, 0xAA),
+        "the device changed"
+    );
 }
 
 /// Finding 12: applypatch killed with SIGKILL mid-way leaves nothing in
