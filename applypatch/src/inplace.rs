@@ -153,18 +153,10 @@ impl Target {
         let ft = meta.file_type();
         let is_block = ft.is_block_device();
         if !meta.is_file() && !is_block {
-            let what = if meta.is_dir() {
-                "a directory"
-            } else if ft.is_fifo() {
-                "a FIFO"
-            } else if ft.is_char_device() {
-                "a character device"
-            } else {
-                "not a regular file"
-            };
             return Err(DriveError::Refused(format!(
-                "{} is {what}: --in-place rewrites a regular file or a block device",
-                path.display()
+                "{} is {}: --in-place rewrites a regular file or a block device",
+                path.display(),
+                anypatch_safe_output::a_kind(ft)
             )));
         }
         let mut oo = OpenOptions::new();

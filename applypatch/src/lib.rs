@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use anypatch_apply::format::{parse_key_file, Hash, Header, KeyKind};
 use anypatch_apply::{Applier, ApplyError, Config, ErrorClass, Event, Progress, Summary};
+use anypatch_safe_output::{a_kind, human_bytes_exact};
 
 /// Patch bytes read per `read` call.
 const READ_CHUNK: usize = 0x4_0000;
@@ -235,10 +236,51 @@ impl PatchSource {
 /// Opens OLD: a regular file or a block device (a FIFO, a directory or a
 /// character device is refused without blocking).
 fn open_old(path: &Path) -> Result<(File, u64), DriveError> {
-    let file = output::open_seekable_input(path)?;
+    let file = open_seekable_input(path)?;
     let len =
         file_len(&file).map_err(io_err(format!("cannot size old file {}", path.display())))?;
     Ok((file, len))
+}
+
+/// Checks that `meta` is something applypatch can read at any offset: a
+/// regular file or a block device. `what` names it ("old file ...").
+fn check_seekable_input(meta: &std::fs::Metadata, what: &str) -> Result<(), DriveError> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() || t.is_block_device() {
+        return Ok(());
+    }
+    Err(DriveError::Refused(format!(
+        "{what} is {}: applypatch reads the old image at any offset, so it must be a regular file or a block device",
+        a_kind(t)
+    )))
+}
+
+/// Opens OLD for reading without blocking on a FIFO: the type is checked
+/// on the path first and again on the open file.
+fn open_seekable_input(path: &Path) -> Result<File, DriveError> {
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = format!("the old file {}", path.display());
+    let meta = std::fs::metadata(path)
+        .map_err(io_err(format!("cannot open old file {}", path.display())))?;
+    check_seekable_input(&meta, &what)?;
+    // O_NONBLOCK: if the path became a FIFO since the check, opening it
+    // must not wait for a writer; the check on the open file refuses it.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(io_err(format!("cannot open old file {}", path.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(io_err(format!("cannot stat old file {}", path.display())))?;
+    check_seekable_input(&meta, &what)?;
+    let flags = rustix::fs::fcntl_getfl(&file)
+        .and_then(|f| rustix::fs::fcntl_setfl(&file, f - rustix::fs::OFlags::NONBLOCK))
+        .map_err(io::Error::from);
+    flags.map_err(io_err(format!("cannot open old file {}", path.display())))?;
+    Ok(file)
 }
 
 /// The length of a regular file or a block device.
@@ -348,8 +390,8 @@ impl Policy {
         match self.max_new_len {
             Some(max) if h.new_len > max => Err(DriveError::Refused(format!(
                 "the patch makes an image of {}, above --max-new-size {}; raise the limit if you trust the patch",
-                output::human_bytes_exact(h.new_len),
-                output::human_bytes_exact(max)
+                human_bytes_exact(h.new_len),
+                human_bytes_exact(max)
             ))),
             _ => Ok(()),
         }

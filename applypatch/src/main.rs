@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anypatch_apply::{ErrorClass, Progress};
-use anypatch_applypatch::output::{self, human_bytes};
+use anypatch_applypatch::output;
 use anypatch_applypatch::{
     apply_in_place, apply_to_new_file, check, hex, read_trusted_keys, DriveError, InPlaceOptions,
     OutputTarget, PatchSource, Policy, Written,
 };
+use anypatch_safe_output::{human_bytes, signals};
 use clap::Parser;
 
 /// `eprintln!` that cannot panic: a diagnostic that cannot be written
@@ -338,64 +339,40 @@ fn json_requested() -> bool {
 /// reports success. A signal ignored when applypatch started (`nohup`
 /// ignores SIGHUP) stays ignored.
 fn exit_on_signals(json: bool, mode: &'static str) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let ignored = ignored_signals();
-    let wanted = [SIGINT, SIGTERM, SIGHUP]
-        .into_iter()
-        .filter(|&s| ignored & (1 << (s - 1)) == 0);
-    let mut signals = signal_hook::iterator::Signals::new(wanted)?;
-    std::thread::spawn(move || {
-        for signo in signals.forever() {
-            let notes = match output::interrupted() {
-                output::Interruption::Finished => continue,
-                output::Interruption::Stop(notes) => notes,
-            };
-            let name = match signo {
-                SIGINT => "SIGINT",
-                SIGTERM => "SIGTERM",
-                _ => "SIGHUP",
-            };
-            let mut message = format!("interrupted by {name}");
-            for note in notes {
-                message.push_str("; ");
-                message.push_str(&note);
-            }
-            let clear = if std::io::stderr().is_terminal() {
-                "\r\x1b[K"
-            } else {
-                ""
-            };
-            say!("{clear}applypatch: {message}");
-            // 128 + 1, 2 or 15: always fits.
-            let code = u8::try_from(128 + signo).unwrap_or(u8::MAX);
-            if json {
-                let mut j = Json::new(false, code);
-                j.str("mode", mode);
-                j.str("error_class", "interrupted");
-                j.str("signal", name);
-                j.str("error", &message);
-                // The exit code already says what happened.
-                let _ = j.print();
-            }
-            std::process::exit(code.into());
+    signals::on_signals(move |signo| {
+        let notes = match output::interrupted() {
+            output::Interruption::Finished => return,
+            output::Interruption::Stop(notes) => notes,
+        };
+        let name = match signo {
+            signals::SIGINT => "SIGINT",
+            signals::SIGTERM => "SIGTERM",
+            _ => "SIGHUP",
+        };
+        let mut message = format!("interrupted by {name}");
+        for note in notes {
+            message.push_str("; ");
+            message.push_str(&note);
         }
-    });
-    Ok(())
-}
-
-/// The set of signals this process started with ignored, as a mask with bit
-/// `signal - 1` set, read from /proc/self/status (asking sigaction would take
-/// unsafe code); none where /proc cannot tell.
-fn ignored_signals() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("SigIgn:"))
-                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        })
-        .unwrap_or(0)
+        let clear = if std::io::stderr().is_terminal() {
+            "\r\x1b[K"
+        } else {
+            ""
+        };
+        say!("{clear}applypatch: {message}");
+        // 128 + 1, 2 or 15: always fits.
+        let code = u8::try_from(128 + signo).unwrap_or(u8::MAX);
+        if json {
+            let mut j = Json::new(false, code);
+            j.str("mode", mode);
+            j.str("error_class", "interrupted");
+            j.str("signal", name);
+            j.str("error", &message);
+            // The exit code already says what happened.
+            let _ = j.print();
+        }
+        std::process::exit(code.into());
+    })
 }
 
 /// Prints the result: the JSON object or `--check`'s BLAKE3 on stdout (an

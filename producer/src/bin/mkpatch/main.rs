@@ -1,0 +1,484 @@
+//! `mkpatch`: make an anypatch patch, or inspect one.
+//!
+//! - `main.rs`: the command line, exit codes, and making a patch ([`run_make`]);
+//! - [`dest`]: where `-o` sends the patch, and what it refuses;
+//! - [`inputs`]: OLD and NEW, checked before the work and after it;
+//! - [`write`]: the patch written to a stream, or whole or not at all to a file;
+//! - [`keygen`]: signing keys;
+//! - [`report`]: `mkpatch inspect`, as text or JSON.
+
+use std::cell::Cell;
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use anypatch_format::MAX_SEGMENT_LEN;
+use anypatch_producer::{Level, Options, Phase, ProduceError, Progress, Summary};
+use anypatch_safe_output::human_bytes;
+use clap::{Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Examples:
+  mkpatch old.img new.img -o update.patch    make a patch (file appears only when complete)
+  mkpatch old.img new.img > update.patch     the same, to stdout
+  mkpatch --level best a.img b.img -o p      smallest patch (zstd 19, wider search), slower
+  mkpatch --level fast a.img b.img -o p      least CPU, larger patch
+  mkpatch inspect update.patch               check a patch and show what it contains
+  mkpatch inspect --json - < update.patch    the same as one JSON object
+  mkpatch --in-place disk.img new.img -o p    a patch for applypatch --in-place, even with moved data
+  mkpatch keygen -o release.key              make a signing key: release.key (secret) and release.pub
+  mkpatch --sign release.key a.img b.img -o p    sign the patch (applypatch --trusted-key release.pub)
+
+Then, anywhere that has old.img:
+  applypatch old.img update.patch -o new.img
+
+The patch is the same, byte for byte, whatever the thread count.
+
+Exit status:
+  0    success; also when the reader of stdout (or of a FIFO given to -o)
+       closes it early, as `| head` does: mkpatch stops quietly, and what
+       the reader got is an incomplete patch
+  1    usage error; an input or output mkpatch refuses (see -o, OLD, NEW);
+       an I/O error such as a missing file or a full disk; OLD or NEW
+       changed while mkpatch read it (with -o FILE nothing is written)
+  2    the patch given to `inspect` is invalid or corrupt
+  129  stopped by SIGHUP  (128 + signal number; with -o FILE, the temporary
+  130  stopped by SIGINT   file is removed and FILE is left as it was)
+  143  stopped by SIGTERM";
+
+/// Make a binary patch that turns OLD into NEW.
+///
+/// mkpatch reads both images in one parallel pass; finds unchanged, moved,
+/// shifted and zeroed data; codes near matches as bytewise deltas against
+/// the old bytes; and compresses only what is left with zstd, optionally
+/// with nearby old bytes as history. Inputs must be regular files or block
+/// devices (a FIFO, character device or directory is refused); neither is
+/// ever loaded whole. They must not change while mkpatch runs: one that
+/// did (its size, times or inode differ at the end) fails the run.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mkpatch",
+    version,
+    after_help = AFTER_HELP,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// The old (base) image the patch will be applied to.
+    #[arg(required = true, value_name = "OLD")]
+    old: Option<PathBuf>,
+
+    /// The new image the patch produces.
+    #[arg(required = true, value_name = "NEW")]
+    new: Option<PathBuf>,
+
+    /// Write the patch to OUT instead of stdout (`-` means stdout). A new or
+    /// regular file OUT is written as a file with no name in its directory
+    /// and named OUT only when complete, so OUT never holds part of a patch
+    /// and a run that is stopped leaves nothing behind. A new OUT gets mode
+    /// 0666 less the umask; an existing one keeps its mode and owner. A
+    /// symlink OUT is followed: the file it points to is replaced, the link
+    /// stays. /dev/stdout, /dev/stderr and /dev/fd/N are the streams
+    /// themselves, written as they are (`-o /dev/stdout >> log` appends).
+    /// A FIFO or character device (e.g. /dev/null) is written to directly,
+    /// as stdout is. Refused before any work: a directory, a missing
+    /// directory, a link to nothing or a loop of links, a block device (a
+    /// patch is not a disk image), an anypatch key file, and OLD, NEW or
+    /// the --sign key file (also through a symlink or hard link).
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+
+    /// Worker threads [default: number of cores].
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+
+    /// Speed against size: `fast` (zstd 3, no old-byte history), `default`
+    /// (zstd 9, changes up to 1 MiB apart share a segment, new data
+    /// compressed against the old bytes around it) or `best` (zstd 19,
+    /// changes up to 4 MiB apart share a segment, and, when smaller, the
+    /// data of earlier segments as history too, which needs an applier of
+    /// format 1.3; slower). A number 1..=19 is `default` with that zstd
+    /// level.
+    #[arg(long, value_name = "LEVEL", default_value = "default", value_parser = parse_level)]
+    level: LevelArg,
+
+    /// Advanced: most new bytes per data segment, 1..=4194304. Smaller
+    /// segments apply with less memory but compress worse.
+    #[arg(long, value_name = "BYTES", hide_short_help = true,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SEGMENT_LEN)))]
+    segment_len: Option<u32>,
+
+    /// Make a patch that is safe to apply in place (`applypatch --in-place`):
+    /// data that moved backwards is sent as compressed data instead of a copy,
+    /// so no part of the apply reads bytes it already overwrote.
+    #[arg(long)]
+    in_place: bool,
+
+    /// Sign the patch with this secret key file (made by `mkpatch keygen`).
+    /// Appliers given the matching .pub with --trusted-key accept only
+    /// patches it signed.
+    #[arg(long, value_name = "KEYFILE")]
+    sign: Option<PathBuf>,
+
+    /// Check the patch before saying it is done: feed it, as it is written,
+    /// to the engine applypatch uses, which decodes every data segment and
+    /// checks it against its hash (unchanged data is not read). A patch the
+    /// engine refuses, which only a bug in mkpatch makes, is then an error
+    /// naming the segment, exit 1, instead of a patch nobody can apply. It
+    /// runs after compressing, on one thread, at about 200 MiB of changed
+    /// data a second. On by default at `--level best`, where that is 1-3% of
+    /// the time (zstd 19 is far slower); off otherwise: it can add half
+    /// again to a `--level fast` run.
+    #[arg(long, overrides_with = "no_verify")]
+    verify: bool,
+
+    /// Do not check the patch before saying it is done (see --verify).
+    #[arg(long, overrides_with = "verify")]
+    no_verify: bool,
+
+    /// Print nothing on stderr except errors and warnings.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a patch (every hash that does not need the old file) and print
+    /// what it contains. Exits with status 2 if the patch is corrupt.
+    Inspect {
+        /// The patch file, or `-` for stdin.
+        #[arg(value_name = "PATCH")]
+        patch: PathBuf,
+
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an Ed25519 signing key: writes KEYFILE (secret, mode 0600) and
+    /// KEYFILE with `.pub` in place of `.key` (or appended): the public key to
+    /// give appliers. Refuses to overwrite existing files, and a KEYFILE
+    /// named `.pub`, the public key's name.
+    Keygen {
+        /// Where to write the secret key, e.g. release.key.
+        #[arg(short, long, value_name = "KEYFILE")]
+        output: PathBuf,
+    },
+}
+
+/// Writes a diagnostic line to stderr. A stderr that cannot be written
+/// (`2>/dev/full`, a reader that went away) must neither panic, as
+/// `eprintln!` does, nor change the documented exit code: the error is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
+/// [`say!`] without the newline, for the progress line.
+macro_rules! say_part {
+    ($($arg:tt)*) => {{
+        let _ = write!(io::stderr(), $($arg)*);
+    }};
+}
+
+// Declared after the macros, which they use.
+mod dest;
+mod inputs;
+mod keygen;
+mod report;
+mod write;
+
+use dest::{destination, refuse_key_file, refuse_output_is_input, Dest};
+use inputs::{check_input, Stamp};
+use keygen::{read_secret_key, run_keygen};
+use report::run_inspect;
+use write::{write_direct, write_file, write_stream};
+
+/// How a run ended, mapped to the documented exit codes.
+enum Failure {
+    /// Exit 1: usage or I/O.
+    Usage(anyhow::Error),
+    /// Exit 2: the patch is invalid or corrupt.
+    Corrupt(anyhow::Error),
+    /// The reader of stdout went away: stop quietly.
+    BrokenPipe,
+    /// Already reported in full on stdout (`inspect --json`): exit with this code.
+    Reported(u8),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Usage(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let printed = e.print();
+            // Help and version go to stdout and succeed, unless stdout cannot
+            // take them (a reader that stopped early chose to); usage errors are 1.
+            if !e.use_stderr() {
+                return match printed {
+                    Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+                        say!("mkpatch: cannot write to stdout: {err}");
+                        ExitCode::from(1)
+                    }
+                    _ => ExitCode::SUCCESS,
+                };
+            }
+            let args: Vec<_> = std::env::args_os().collect();
+            if args.iter().any(|a| a == "inspect") && args.iter().any(|a| a == "--json") {
+                // The error's first paragraph, on one line.
+                let text = e.render().to_string();
+                let words: Vec<&str> = text
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                print_json_error(1, "usage", words.join(" ").trim_start_matches("error: "));
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let json = matches!(cli.command, Some(Command::Inspect { json: true, .. }));
+    let result = match &cli.command {
+        Some(Command::Inspect { patch, json }) => run_inspect(patch, *json),
+        Some(Command::Keygen { output }) => run_keygen(output, cli.quiet),
+        None => run_make(&cli),
+    };
+    let (code, error) = match result {
+        Ok(()) | Err(Failure::BrokenPipe) => return ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => (1, e),
+        Err(Failure::Corrupt(e)) => (2, e),
+        Err(Failure::Reported(code)) => return ExitCode::from(code),
+    };
+    let line = one_line(&error);
+    say!("mkpatch: {line}");
+    if json {
+        print_json_error(code, if code == 2 { "corrupt_patch" } else { "io" }, &line);
+    }
+    ExitCode::from(code)
+}
+
+/// `inspect --json` on a failure: stdout is still one JSON object. A stdout
+/// that cannot take it changes nothing: the exit code says it.
+fn print_json_error(code: u8, class: &str, error: &str) {
+    let object = serde_json::json!({
+        "ok": false, "exit_code": code, "error_class": class, "error": error,
+    });
+    let mut stdout = io::stdout().lock();
+    let _ = writeln!(stdout, "{object}").and_then(|()| stdout.flush());
+}
+
+/// Parses the command line. A subcommand may follow global flags
+/// (`mkpatch -q keygen -o k.key`); flags that only making a patch uses are
+/// refused with a subcommand rather than silently ignored.
+fn parse() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    if let Some((name, _)) = matches.subcommand() {
+        let make_only = [
+            "output",
+            "threads",
+            "level",
+            "segment_len",
+            "in_place",
+            "sign",
+            "verify",
+            "no_verify",
+        ];
+        for id in make_only {
+            if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+                let long = id.replace('_', "-");
+                return Err(command.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--{long} is for making a patch and means nothing to `mkpatch {name}`; \
+                         give the subcommand's own options after its name \
+                         (see mkpatch {name} --help)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(cli)
+}
+
+/// The error and its causes on one line. Causes that a message already
+/// quotes (library errors include their source) are not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if line.is_empty() {
+            line = cause;
+        } else if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
+}
+
+/// `--level`: a named preset or a zstd level.
+#[derive(Debug, Clone, Copy)]
+enum LevelArg {
+    Named(Level),
+    Zstd(i32),
+}
+
+fn parse_level(s: &str) -> Result<LevelArg, String> {
+    match s {
+        "fast" => Ok(LevelArg::Named(Level::Fast)),
+        "default" => Ok(LevelArg::Named(Level::Default)),
+        "best" => Ok(LevelArg::Named(Level::Best)),
+        _ => match s.parse::<i32>() {
+            Ok(n) if (1..=19).contains(&n) => Ok(LevelArg::Zstd(n)),
+            _ => Err("use fast, default, best, or a zstd level 1..=19".into()),
+        },
+    }
+}
+
+fn is_dash(p: &Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+fn run_make(cli: &Cli) -> Result<(), Failure> {
+    let (Some(old), Some(new)) = (&cli.old, &cli.new) else {
+        return Err(anyhow!("give OLD and NEW (see mkpatch --help)").into());
+    };
+    for (what, p) in [("OLD", old), ("NEW", new)] {
+        if is_dash(p) {
+            return Err(anyhow!(
+                "{what} cannot be `-`: mkpatch reads images at random offsets; save the data to a file first"
+            )
+            .into());
+        }
+    }
+    // Everything that can be refused is refused here, before any work.
+    let dest = destination(cli.output.as_deref())?;
+    check_input("OLD", old)?;
+    check_input("NEW", new)?;
+    let mut inputs = vec![("OLD", old.as_path()), ("NEW", new.as_path())];
+    if let Some(key) = &cli.sign {
+        inputs.push(("the --sign key file", key.as_path()));
+    }
+    refuse_output_is_input(&dest, &inputs)?;
+    refuse_key_file(&dest)?;
+    let base = match cli.level {
+        LevelArg::Named(level) => level.options(),
+        LevelArg::Zstd(n) => Options {
+            level: n,
+            ..Options::default()
+        },
+    };
+    let mut opts = Options {
+        threads: cli.threads.map_or(0, |n| n as usize),
+        in_place: cli.in_place,
+        ..base
+    };
+    if let Some(len) = cli.segment_len {
+        opts.segment_len = len;
+    }
+    if cli.verify || cli.no_verify {
+        opts.verify = cli.verify;
+    }
+    if let Some(path) = &cli.sign {
+        opts.signing_key = Some(read_secret_key(path)?);
+    }
+    // With `-o /dev/stderr` the patch is what goes to stderr.
+    let show = !cli.quiet && io::stderr().is_terminal() && !matches!(dest, Dest::Stderr);
+    let start = Instant::now();
+    let last = Cell::new(Instant::now() - Duration::from_secs(1));
+    let progress = |p: Progress| {
+        if show && (last.get().elapsed() >= Duration::from_millis(100) || p.done == p.total) {
+            last.set(Instant::now());
+            let phase = match p.phase {
+                Phase::Scan => "scanning",
+                Phase::Match => "matching",
+                Phase::Encode => "compressing",
+                Phase::History => "compressing with history",
+                Phase::Write => "writing",
+                _ => "working",
+            };
+            let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
+            say_part!("\r\x1b[2Kmkpatch: {phase} {pct:3}%");
+        }
+    };
+
+    // Taken before the first read; compared before the patch is committed.
+    let before = [Stamp::of("OLD", old)?, Stamp::of("NEW", new)?];
+    let summary = match &dest {
+        Dest::Stdout => write_direct(
+            io::stdout().lock(),
+            "stdout",
+            old,
+            new,
+            &opts,
+            &progress,
+            &before,
+        )?,
+        Dest::Stderr => write_direct(
+            io::stderr().lock(),
+            "stderr",
+            old,
+            new,
+            &opts,
+            &progress,
+            &before,
+        )?,
+        Dest::Stream(path) => write_stream(path, old, new, &opts, &progress, &before)?,
+        Dest::File(path) => write_file(path, old, new, &mut opts, &progress, &before)?,
+    };
+    if show {
+        say!("\r\x1b[2K{}", summary_line(&summary, start.elapsed()));
+    }
+    Ok(())
+}
+
+fn produce(e: ProduceError) -> Failure {
+    match &e {
+        // The reader chose to stop (`| head`): stop quietly, as ripgrep and
+        // b3sum do. The help says that what it read is incomplete.
+        ProduceError::Write { source } if source.kind() == io::ErrorKind::BrokenPipe => {
+            Failure::BrokenPipe
+        }
+        _ => Failure::Usage(e.into()),
+    }
+}
+
+fn write_err(e: io::Error) -> Failure {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Failure::BrokenPipe
+    } else {
+        Failure::Usage(anyhow!(e).context("cannot write the patch"))
+    }
+}
+
+fn summary_line(s: &Summary, took: Duration) -> String {
+    let pct = if s.new_len == 0 {
+        0.0
+    } else {
+        s.patch_len as f64 * 100.0 / s.new_len as f64
+    };
+    format!(
+        "mkpatch: old {}, new {} -> patch {} ({pct:.2}% of new; {} moved, {} in {} segments) in {:.2} s",
+        human_bytes(s.old_len),
+        human_bytes(s.new_len),
+        human_bytes(s.patch_len),
+        human_bytes(s.moved_bytes),
+        human_bytes(s.changed_bytes),
+        s.segments,
+        took.as_secs_f64()
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
