@@ -952,3 +952,33 @@ fn output_directory_moved_during_the_run_leaves_nothing() {
     assert!(left.is_empty(), "left {left:?} in the moved directory");
     assert!(!dir.exists(), "a new directory appeared at the old name");
 }
+
+/// Defect 3, through a loop device: the file that backs a loop device given
+/// as OLD or NEW holds that input's bytes, so it is refused as `-o` like the
+/// input itself, before any work.
+#[test]
+fn output_that_backs_a_loop_device_given_as_an_input_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = pair("sparse");
+    for (what, original) in [("NEW", &new), ("OLD", &old)] {
+        let backing = dir.path().join(format!("{what}.img"));
+        fs::copy(original, &backing).expect("copy");
+        let lo = Loop::attach(&backing);
+        let (a, b) = if what == "NEW" {
+            (old.as_path(), lo.dev.as_path())
+        } else {
+            (lo.dev.as_path(), new.as_path())
+        };
+        let o = mkpatch(&[a, b, Path::new("-o"), &backing]);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("loop device over"),
+            "{what}: {}",
+            stderr(&o)
+        );
+        assert!(
+            fs::read(&backing).expect("backing") == fs::read(original).expect("input"),
+            "{what}: the file behind the loop device changed"
+        );
+    }
+}

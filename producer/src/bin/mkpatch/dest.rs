@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 use anypatch_format::{parse_key_file, KeyKind};
-use anypatch_safe_output::identity::fd_entry;
-use anypatch_safe_output::{kind_name, parent_dir, FileId};
+use anypatch_safe_output::identity::{fd_entry, shared, stores};
+use anypatch_safe_output::{kind_name, parent_dir};
 
 use crate::{is_dash, Failure};
 
@@ -224,13 +224,16 @@ pub(crate) fn refuse_output_is_input(dest: &Dest, inputs: &[(&str, &Path)]) -> R
     let Ok(o) = out else {
         return Ok(());
     };
+    // Followed through loop devices: a file that backs a loop device given
+    // as an input holds that input's bytes under another name.
+    let out_stores = stores(&o);
     for (what, path) in inputs {
         let Ok(i) = std::fs::metadata(path) else {
             continue;
         };
-        if FileId::of(&i).same_inode(&FileId::of(&o)) {
+        if let Some(why) = shared(&stores(&i), &out_stores) {
             return Err(anyhow!(
-                "{shown} is {what} {} (the same file); writing the patch there would destroy it: \
+                "{shown} is {what} {} ({why}); writing the patch there would destroy it: \
                  choose another output",
                 path.display()
             )
