@@ -144,6 +144,8 @@ struct Target {
     id: TargetId,
     len: u64,
     is_regular: bool,
+    /// For a loop device, the file behind it, held locked for the run.
+    _backing_lock: Option<File>,
 }
 
 impl Target {
@@ -190,6 +192,26 @@ impl Target {
             )));
         }
         lock_target(&file, path, &meta)?;
+        // A loop device and the file behind it are one image under two
+        // names: a run through either locks the file too, so two runs can
+        // never write it at once.
+        let backing_lock = match is_block
+            .then(|| anypatch_safe_output::identity::loop_backing(meta.rdev()))
+            .flatten()
+        {
+            Some((_, backing)) => {
+                let b = File::open(&backing).map_err(io_err(format!(
+                    "cannot open {backing}, behind {}",
+                    path.display()
+                )))?;
+                let bm = b
+                    .metadata()
+                    .map_err(io_err(format!("cannot stat {backing}")))?;
+                lock_target(&b, Path::new(&backing), &bm)?;
+                Some(b)
+            }
+            None => None,
+        };
         let id = if is_block {
             TargetId::Block { rdev: meta.rdev() }
         } else {
@@ -207,6 +229,7 @@ impl Target {
             id,
             len,
             is_regular: !is_block,
+            _backing_lock: backing_lock,
         })
     }
 

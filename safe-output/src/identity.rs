@@ -180,7 +180,7 @@ pub fn shared(a: &[Store], b: &[Store]) -> Option<String> {
 
 /// The device's name and the file behind it, when `rdev` is a loop device
 /// or a partition of one (from sysfs).
-fn loop_backing(rdev: u64) -> Option<(String, String)> {
+pub fn loop_backing(rdev: u64) -> Option<(String, String)> {
     let sys = sys_block(rdev)?;
     // A partition's directory lies inside its disk's, where `loop/` is.
     let found = [Some(sys.as_path()), sys.parent()]

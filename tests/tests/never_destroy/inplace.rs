@@ -230,7 +230,8 @@ fn flip(path: &Path, at: u64) {
 #[test]
 fn a_second_apply_on_the_same_target_is_refused_at_once_naming_the_first() {
     let p = Pair::new("sparse");
-    let l = Loop::attach(&p.disk("d.img"));
+    let backing = p.disk("d.img");
+    let l = Loop::attach(&backing);
     // The first run stops itself (SIGSTOP) at a journal step, holding its locks.
     let mut first = Command::new(bin("applypatch"))
         .arg("--in-place")
@@ -263,17 +264,10 @@ fn a_second_apply_on_the_same_target_is_refused_at_once_naming_the_first() {
     let half = l.read();
     let second = in_place(&l.dev, &p.patch(), &[], None);
     // Through another node of the same device, too.
-    let node = p.dir.path().join("node");
-    let rdev = l.rdev();
-    let st = Command::new("mknod")
-        .arg(&node)
-        .arg("b")
-        .arg((((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff)).to_string())
-        .arg(((rdev & 0xff) | ((rdev >> 12) & !0xff)).to_string())
-        .status()
-        .expect("mknod");
-    assert!(st.success());
+    let node = l.node_in(p.dir.path(), "node");
     let third = in_place(&node, &p.patch(), &[], None);
+    // And through the file behind the loop device: the same image.
+    let fourth = in_place(&backing, &p.patch(), &[], None);
     let after = l.read();
     let _ = Command::new("kill")
         .arg("-CONT")
@@ -291,6 +285,17 @@ fn a_second_apply_on_the_same_target_is_refused_at_once_naming_the_first() {
         Some(1),
         "another node: {}",
         stderr(&third)
+    );
+    assert_eq!(
+        fourth.status.code(),
+        Some(1),
+        "the file behind the device: {}",
+        stderr(&fourth)
+    );
+    assert!(
+        stderr(&fourth).contains("locked by another run"),
+        "{}",
+        stderr(&fourth)
     );
     assert!(after == half, "a refused run wrote to the device");
     assert!(first.status.success(), "first: {}", stderr(&first));
