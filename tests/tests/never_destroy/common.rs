@@ -2,7 +2,7 @@
 //! themselves, and children that never outlive a failed assertion.
 
 use std::fs;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
@@ -51,10 +51,6 @@ impl Loop {
             .expect("sysfs names the device numbers")
             .trim()
             .to_owned()
-    }
-
-    pub fn rdev(&self) -> u64 {
-        fs::metadata(&self.dev).expect("loop device").rdev()
     }
 
     /// The state file applypatch keeps for this device by default.
