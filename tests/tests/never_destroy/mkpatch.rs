@@ -267,6 +267,14 @@ fn signals_during_output_leave_no_temporary_file() {
         );
         let status = child.0.wait().expect("wait");
         assert_eq!(status.code(), Some(128 + number), "SIG{signal}: {status}");
+        let mut said = String::new();
+        if let Some(mut err) = child.0.stderr.take() {
+            err.read_to_string(&mut said).expect("stderr");
+        }
+        assert!(
+            said.contains(&format!("interrupted by SIG{signal}; no patch was written")),
+            "SIG{signal} ended mkpatch without saying so: {said:?}"
+        );
         let left: Vec<_> = fs::read_dir(dir.path())
             .expect("list")
             .map(|e| e.expect("entry").file_name())

@@ -207,7 +207,18 @@ fn keep_owner_and_mode(file: &File, path: &Path, was: &Owner) -> Result<(), Fail
 fn cleanup_on_signals() -> Result<(), Failure> {
     signals::on_signals(|signal| {
         // Waits for a commit under way: the output is never left half-renamed.
-        let _ = signals::interrupted();
+        let committed = matches!(signals::interrupted(), signals::Interruption::Finished);
+        let name = match signal {
+            signals::SIGINT => "SIGINT",
+            signals::SIGTERM => "SIGTERM",
+            _ => "SIGHUP",
+        };
+        // Said, so a run that ends silently is never taken for a success.
+        if committed {
+            say!("mkpatch: interrupted by {name} just after the patch was complete and in place");
+        } else {
+            say!("mkpatch: interrupted by {name}; no patch was written");
+        }
         std::process::exit(128 + signal);
     })
     .context("cannot install the signal handlers that remove the temporary file")?;
