@@ -217,6 +217,7 @@ fn compress(level: i32, prefix: &[u8], data: &[u8]) -> Result<Vec<u8>, ProduceEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::noise;
     use anypatch_format::SegmentEntry;
 
     #[test]
@@ -234,18 +235,6 @@ mod tests {
             zstd_safe::get_frame_content_size(&frame).expect("header"),
             Some(data.len() as u64)
         );
-    }
-
-    /// Bytes zstd cannot shrink (xorshift64*).
-    fn noise(mut seed: u64, n: usize) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed >> 12;
-                seed ^= seed << 25;
-                seed ^= seed >> 27;
-                (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-            })
-            .collect()
     }
 
     /// One segment of a hand-made phase 5a result: its ops block (opaque

@@ -76,6 +76,8 @@ mod matching;
 mod plan;
 mod scan;
 mod shift;
+#[cfg(test)]
+mod test_data;
 mod verify;
 mod write;
 

@@ -176,19 +176,8 @@ pub(crate) mod fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::noise;
     use crate::{make_patch, Level, Options};
-
-    /// Bytes zstd cannot shrink (xorshift64*).
-    fn noise(mut seed: u64, n: usize) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed >> 12;
-                seed ^= seed << 25;
-                seed ^= seed >> 27;
-                (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-            })
-            .collect()
-    }
 
     /// A pair whose patch has several data segments, at level fast with
     /// 64 KiB segments, of which some use codec `Zstd`: text-like edits.
