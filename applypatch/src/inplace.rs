@@ -161,6 +161,9 @@ impl Target {
                 anypatch_safe_output::a_kind(ft)
             )));
         }
+        if !is_block {
+            refuse_behind_a_busy_loop_device(path, &meta)?;
+        }
         let mut oo = OpenOptions::new();
         oo.read(true).write(true);
         if is_block {
@@ -271,6 +274,31 @@ fn lock_target(file: &File, path: &Path, meta: &std::fs::Metadata) -> Result<(),
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Refuses a file behind a loop device that is mounted or claimed: the
+/// file system on it would see its blocks change underneath it. A loop
+/// device that is only attached is no obstacle (and a run through it locks
+/// this file, see [`Target::open`]).
+fn refuse_behind_a_busy_loop_device(
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> Result<(), DriveError> {
+    for (device, rdev) in anypatch_safe_output::identity::loop_devices_over(meta) {
+        let busy = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+            .open(&device)
+            .is_err_and(|e| e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()));
+        if busy {
+            return Err(DriveError::Refused(format!(
+                "{} is the file behind {device}, which is in use ({}); nothing was written. Unmount it first",
+                path.display(),
+                device_users(rdev)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Who holds block device `rdev` open or mounted, for a refusal message.

@@ -178,6 +178,28 @@ pub fn shared(a: &[Store], b: &[Store]) -> Option<String> {
     })
 }
 
+/// The loop devices whose backing file is the file with metadata `file`:
+/// each one's `/dev` name and device number (from sysfs; none where sysfs
+/// is missing). Writing `file` in place changes what they show, so call it
+/// before rewriting a file, to refuse one behind a mounted device.
+pub fn loop_devices_over(file: &Metadata) -> Vec<(String, u64)> {
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let backing = fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            let m = fs::metadata(backing.trim_end_matches('\n')).ok()?;
+            ((m.dev(), m.ino()) == (file.dev(), file.ino())).then_some(())?;
+            let numbers = fs::read_to_string(e.path().join("dev")).ok()?;
+            let (major, minor) = numbers.trim().split_once(':')?;
+            let rdev = rustix::fs::makedev(major.parse().ok()?, minor.parse().ok()?);
+            Some((format!("/dev/{}", e.file_name().to_string_lossy()), rdev))
+        })
+        .collect()
+}
+
 /// The device's name and the file behind it, when `rdev` is a loop device
 /// or a partition of one (from sysfs).
 pub fn loop_backing(rdev: u64) -> Option<(String, String)> {

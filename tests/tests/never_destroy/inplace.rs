@@ -391,3 +391,69 @@ fn a_wrong_base_on_a_half_patched_target_names_its_unfinished_state() {
     assert!(fs::read(&disk).expect("disk") == p.new_image());
     let _ = fs::set_permissions(&disk, fs::Permissions::from_mode(0o644));
 }
+
+/// Unmounts on drop, so a failed assertion never leaves a mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Defect 5, another way to have two writers: the file behind a mounted
+/// loop device. The file system on it would see its blocks change under
+/// it, so `--in-place` on the file is refused, naming the mount, and the
+/// file is left as it is.
+#[test]
+fn a_file_behind_a_mounted_loop_device_is_refused() {
+    let dir = tempfile::tempdir_in(shm()).expect("tempdir");
+    let img = dir.path().join("fs.img");
+    let st = Command::new("truncate")
+        .args(["-s", "16M"])
+        .arg(&img)
+        .status()
+        .expect("truncate");
+    assert!(st.success());
+    let o = Command::new("mkfs.ext4")
+        .arg("-q")
+        .arg(&img)
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs, installed by scripts/setup-deps)");
+    assert!(o.status.success(), "mkfs.ext4: {}", stderr(&o));
+    let mut new = fs::read(&img).expect("image");
+    new[15 << 20..(15 << 20) + 3].copy_from_slice(b"xyz");
+    let new_img = dir.path().join("new.img");
+    fs::write(&new_img, &new).expect("new image");
+    let patch = dir.path().join("p.anyp");
+    let o = Command::new(bin("mkpatch"))
+        .arg("--in-place")
+        .arg(&img)
+        .arg(&new_img)
+        .arg("-o")
+        .arg(&patch)
+        .arg("-q")
+        .output()
+        .expect("mkpatch");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let l = Loop::attach(&img);
+    let at = dir.path().join("mnt");
+    fs::create_dir(&at).expect("mount point");
+    let o = Command::new("mount")
+        .arg(&l.dev)
+        .arg(&at)
+        .output()
+        .expect("mount");
+    assert!(o.status.success(), "mount: {}", stderr(&o));
+    let mounted = Mounted(at.clone());
+    let before = fs::read(&img).expect("image");
+    let o = in_place(&img, &patch, &[], None);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("in use") && err.contains(&at.display().to_string()),
+        "the refusal does not name the mount: {err}"
+    );
+    assert!(fs::read(&img).expect("image") == before, "the file changed");
+    drop(mounted);
+}
