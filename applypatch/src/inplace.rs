@@ -292,7 +292,7 @@ fn refuse_behind_a_busy_loop_device(
             .is_err_and(|e| e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()));
         if busy {
             return Err(DriveError::Refused(format!(
-                "{} is the file behind {device}, which is in use ({}); nothing was written. Unmount it first",
+                "{} is the file behind {device}, which is in use ({}); nothing was written. Wait for that to end, or unmount it",
                 path.display(),
                 device_users(rdev)
             )));

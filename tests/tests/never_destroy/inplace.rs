@@ -293,8 +293,8 @@ fn a_second_apply_on_the_same_target_is_refused_at_once_naming_the_first() {
         stderr(&fourth)
     );
     assert!(
-        stderr(&fourth).contains("locked by another run"),
-        "{}",
+        stderr(&fourth).contains(&format!("pid {pid}")),
+        "the run on the file does not name the first: {}",
         stderr(&fourth)
     );
     assert!(after == half, "a refused run wrote to the device");
