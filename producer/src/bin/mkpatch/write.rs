@@ -15,8 +15,8 @@ use anypatch_safe_output::{Owner, TempFile, TempOptions};
 use crate::inputs::{unchanged, Stamp};
 use crate::{produce, Failure};
 
-/// Writes the patch to this process's stdout or stderr (`name`) as it is
-/// comes, and checks afterwards that the inputs did not change meanwhile.
+/// Writes the patch to a stream (`name`: stdout, stderr, or a FIFO's path)
+/// as it comes, and checks afterwards that the inputs did not change meanwhile.
 pub(crate) fn write_direct(
     stream: impl Write + IsTerminal,
     name: &str,
@@ -79,13 +79,8 @@ pub(crate) fn write_stream(
         )
         .into());
     }
-    let mut out = BufWriter::with_capacity(1 << 20, &file);
-    let summary = make_patch(old, new, &mut out, opts, progress).map_err(produce)?;
-    out.flush()
-        .map_err(|e| produce(ProduceError::Write { source: e }))?;
-    let left = format!("what went to {} is unusable: discard it", path.display());
-    unchanged(before, &left)?;
-    Ok(summary)
+    let name = path.display().to_string();
+    write_direct(file, &name, old, new, opts, progress, before)
 }
 
 /// Writes the patch to a file in `path`'s directory that has no name yet
