@@ -40,6 +40,18 @@ pub struct Config {
     /// be a point where a previous run's [`Event::Write`] or [`Event::Zero`]
     /// ended, and is used together with `skip_unchanged`.
     pub resume_from: u64,
+    /// Refuse a header whose `new_len` is above this, before any old byte is
+    /// read ([`ApplyError::NewTooLarge`]). A patch declares its size and the
+    /// work follows it (hashing 2^50 declared zero bytes takes days), so an
+    /// adapter that applies patches from untrusted sources sets a limit its
+    /// user can raise. Default: no limit (`u64::MAX`).
+    pub max_new_len: u64,
+    /// Hand out a zero extent that is hashed (see `skip_unchanged`) in
+    /// [`Event::Zero`]s of at most this many bytes, each hashed just before
+    /// it is returned, so that an adapter regains control (for progress, or
+    /// to cancel) while a long zero run is hashed. Default: `u64::MAX`, one
+    /// event per extent.
+    pub zero_step: u64,
 }
 
 impl Config {
@@ -51,6 +63,8 @@ impl Config {
             skip_unchanged: false,
             in_place: false,
             resume_from: 0,
+            max_new_len: u64::MAX,
+            zero_step: u64::MAX,
         }
     }
 }
@@ -125,6 +139,11 @@ enum State {
     Copy {
         dst: u64,
         src: u64,
+        remaining: u64,
+    },
+    /// A hashed zero extent handed out in steps of `Config::zero_step`.
+    Zero {
+        offset: u64,
         remaining: u64,
     },
     Payload(SegmentEntry),
@@ -442,6 +461,12 @@ impl Applier {
                 }
                 State::AnnounceHeader => {
                     let h = self.header_ref();
+                    if h.new_len > self.cfg.max_new_len {
+                        return Err(ApplyError::NewTooLarge {
+                            got: h.new_len,
+                            max: self.cfg.max_new_len,
+                        });
+                    }
                     if h.old_len != self.cfg.old_len {
                         return Err(ApplyError::BaseLength {
                             got: self.cfg.old_len,
@@ -550,6 +575,20 @@ impl Applier {
                         offset: src,
                         range: 0..n,
                     });
+                }
+                State::Zero { offset, remaining } => {
+                    if remaining == 0 {
+                        self.state = State::Extent;
+                        continue;
+                    }
+                    let n = remaining.min(self.cfg.zero_step.max(1));
+                    hash_zeros(self.new_hasher.as_deref_mut(), n);
+                    self.new_pos += n;
+                    self.state = State::Zero {
+                        offset: offset + n,
+                        remaining: remaining - n,
+                    };
+                    return Ok(Action::Zero { offset, len: n });
                 }
                 State::Payload(entry) => {
                     self.state = State::Payload(entry);
@@ -800,16 +839,17 @@ impl Applier {
                 Ok(None)
             }
             Extent::Zero { len } => {
-                if let Some(h) = self.new_hasher.as_mut() {
-                    let mut left = len;
-                    while left > 0 {
-                        let n = left.min(ZEROS.len() as u64) as usize;
-                        h.update(&ZEROS[..n]);
-                        left -= n as u64;
-                    }
-                }
-                self.new_pos += len;
                 self.zeroed += len;
+                if self.new_hasher.is_some() && len > self.cfg.zero_step {
+                    // Hashed in steps, each returned to the adapter.
+                    self.state = State::Zero {
+                        offset: start,
+                        remaining: len,
+                    };
+                    return Ok(None);
+                }
+                hash_zeros(self.new_hasher.as_deref_mut(), len);
+                self.new_pos += len;
                 self.state = State::Extent;
                 Ok(Some(Action::Zero { offset: start, len }))
             }
@@ -1269,9 +1309,169 @@ fn reserve_exactly(buf: &mut Vec<u8>, len: usize) {
     }
 }
 
+/// Adds `len` zero bytes to `hasher`, if there is one.
+fn hash_zeros(hasher: Option<&mut blake3::Hasher>, len: u64) {
+    if let Some(h) = hasher {
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64) as usize;
+            h.update(&ZEROS[..n]);
+            left -= n as u64;
+        }
+    }
+}
+
 /// `buf` resized to `len` zero bytes, grown with [`reserve_exactly`].
 fn sized(buf: &mut Vec<u8>, len: usize) {
     reserve_exactly(buf, len);
     buf.clear();
     buf.resize(len, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::String;
+    use alloc::vec;
+
+    use anypatch_format::{PageRef, TRAILER_LEN};
+
+    use super::*;
+
+    /// An unsigned patch for an empty old file whose new file is one zero
+    /// extent of `len` bytes: a header, one plain page and a trailer.
+    fn zero_patch(len: u64) -> Vec<u8> {
+        let page = Page {
+            extents: vec![Extent::Zero { len }],
+            next: None,
+        }
+        .emit();
+        let mut zeros = blake3::Hasher::new();
+        hash_zeros(Some(&mut zeros), if len <= 1 << 24 { len } else { 0 });
+        let mut header = Header {
+            old_len: 0,
+            new_len: len,
+            old_hash: *blake3::hash(b"").as_bytes(),
+            new_hash: *zeros.finalize().as_bytes(),
+            block_size: 4096,
+            segment_max: 0,
+            codec: Codec::Zstd as u8,
+            flags: 0,
+            patch_len: 0,
+            extent_count: 1,
+            segment_count: 0,
+            first_page: PageRef {
+                len: page.len() as u32,
+                hash: *blake3::hash(&page).as_bytes(),
+            },
+            producer: String::from("engine test"),
+        };
+        // patch_len is inside the header it measures: settle it.
+        let mut section = header.emit(0, 0);
+        while header.patch_len != (section.len() + page.len() + TRAILER_LEN) as u64 {
+            header.patch_len = (section.len() + page.len() + TRAILER_LEN) as u64;
+            section = header.emit(0, 0);
+        }
+        let mut patch = section;
+        patch.extend_from_slice(&page);
+        let mut trailer = [0u8; TRAILER_LEN];
+        Trailer {
+            patch_hash: *blake3::hash(&patch).as_bytes(),
+        }
+        .emit(&mut trailer);
+        patch.extend_from_slice(&trailer);
+        patch
+    }
+
+    /// Drives `patch` to the end or to an error; returns the `Zero` events
+    /// and the outcome.
+    fn run(cfg: Config, patch: &[u8]) -> (Vec<(u64, u64)>, Result<Summary, ApplyError>) {
+        let mut a = Applier::new(cfg);
+        let mut zeros = Vec::new();
+        let mut fed = 0;
+        loop {
+            match a.poll() {
+                Err(e) => return (zeros, Err(e)),
+                Ok(Event::NeedInput) if fed < patch.len() => fed += a.feed(&patch[fed..]),
+                Ok(Event::NeedInput) => a.end_of_input(),
+                Ok(Event::Zero { offset, len }) => zeros.push((offset, len)),
+                Ok(Event::Done(s)) => return (zeros, Ok(s)),
+                Ok(Event::ReadOld { .. } | Event::Write { .. } | Event::Header(_)) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn max_new_len_refuses_before_any_work() {
+        let patch = zero_patch(1 << 50);
+        let cfg = Config {
+            max_new_len: 64 << 30,
+            ..Config::new(0)
+        };
+        let (zeros, got) = run(cfg, &patch);
+        assert_eq!(
+            got,
+            Err(ApplyError::NewTooLarge {
+                got: 1 << 50,
+                max: 64 << 30
+            })
+        );
+        assert!(zeros.is_empty(), "refused before any zero was handed out");
+        assert_eq!(
+            got.expect_err("refused").class(),
+            crate::ErrorClass::Untrusted
+        );
+        // At the limit it applies.
+        let patch = zero_patch(1 << 20);
+        let cfg = Config {
+            max_new_len: 1 << 20,
+            ..Config::new(0)
+        };
+        assert!(run(cfg, &patch).1.is_ok());
+    }
+
+    #[test]
+    fn zero_step_hands_out_a_hashed_zero_run_in_pieces() {
+        let len = (5 << 20) + 7;
+        let patch = zero_patch(len);
+        let (whole, got) = run(Config::new(0), &patch);
+        assert_eq!(whole, [(0, len)]);
+        assert!(got.is_ok(), "{got:?}");
+        let cfg = Config {
+            zero_step: 1 << 20,
+            ..Config::new(0)
+        };
+        let (pieces, got) = run(cfg, &patch);
+        let summary = got.expect("the pieces hash to the header's new_hash");
+        assert_eq!(pieces.len(), 6);
+        assert!(pieces.iter().all(|&(_, n)| n <= 1 << 20));
+        let mut end = 0;
+        for &(offset, n) in &pieces {
+            assert_eq!(offset, end, "in order, without gaps");
+            end += n;
+        }
+        assert_eq!((end, summary.bytes_zeroed), (len, len));
+    }
+
+    #[test]
+    fn zero_step_returns_control_during_a_huge_zero_run() {
+        // 2^50 declared zeros: each poll hashes one step and returns.
+        let patch = zero_patch(1 << 50);
+        let mut a = Applier::new(Config {
+            zero_step: 1 << 20,
+            ..Config::new(0)
+        });
+        let mut fed = 0;
+        let mut zeros = 0;
+        while zeros < 3 {
+            match a.poll().expect("no error before the end") {
+                Event::NeedInput => fed += a.feed(&patch[fed..]),
+                Event::Zero { offset, len } => {
+                    assert_eq!((offset, len), (zeros << 20, 1 << 20));
+                    zeros += 1;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(a.progress().new_done, 3 << 20);
+    }
 }

@@ -54,6 +54,9 @@ pub enum ApplyError {
     /// A signature does not verify: the patch changed after signing. Refused
     /// whether or not trusted keys were given.
     BadSignature { key_id: [u8; 8] },
+    /// The header's `new_len` is above the adapter's
+    /// [`crate::Config::max_new_len`]: refused before any work.
+    NewTooLarge { got: u64, max: u64 },
 }
 
 /// Coarse classes of [`ApplyError`], for exit codes and user advice.
@@ -67,7 +70,8 @@ pub enum ErrorClass {
     Unsupported,
     /// The patch cannot be applied in place.
     NotInPlace,
-    /// The patch is not signed by a trusted key.
+    /// The patch is not signed by a trusted key, or declares a new file
+    /// larger than the adapter accepts: refused by the adapter's policy.
     Untrusted,
 }
 
@@ -82,9 +86,10 @@ impl ApplyError {
             ) => ErrorClass::Unsupported,
             Self::BaseLength { .. } | Self::BaseHash => ErrorClass::WrongBase,
             Self::NotInPlaceSafe { .. } => ErrorClass::NotInPlace,
-            Self::Unsigned | Self::UntrustedSigner { .. } | Self::BadSignature { .. } => {
-                ErrorClass::Untrusted
-            }
+            Self::Unsigned
+            | Self::UntrustedSigner { .. }
+            | Self::BadSignature { .. }
+            | Self::NewTooLarge { .. } => ErrorClass::Untrusted,
             _ => ErrorClass::CorruptPatch,
         }
     }
@@ -141,6 +146,10 @@ impl fmt::Display for ApplyError {
                 hex8(f, key_id)?;
                 write!(f, " does not verify; the patch was altered after signing, get it again from its source")
             }
+            Self::NewTooLarge { got, max } => write!(
+                f,
+                "refused: the patch makes a {got}-byte new file, above the limit of {max} bytes; raise the limit if you trust the patch"
+            ),
         }
     }
 }
