@@ -39,7 +39,7 @@ mod session;
 use std::fmt::Write as _;
 
 use anypatch_apply::format::{key_id, parse_key_file, Header, KeyKind, PreambleRepr};
-use anypatch_apply::{ErrorClass, Signer, Summary};
+use anypatch_apply::{ApplyError, ErrorClass, Signer, Summary};
 use wasm_bindgen::prelude::*;
 
 pub use map::{Buckets, Layout};
@@ -110,10 +110,24 @@ impl PatchSession {
         Ok(hex(&key_id(&key)))
     }
 
-    /// With `false`, `poll` does not stop for `write` and `zero`: verify only,
-    /// with no copies of the output. Default `true`.
+    /// With `false`, `poll` does not stop for `write`: verify only, with no
+    /// copies of the output. Default `true`. `zero` is still reported (at
+    /// most 16 MiB each), so a long zero run returns control to the caller.
     pub fn set_report_writes(&mut self, on: bool) {
         self.inner.set_report_writes(on);
+    }
+
+    /// Refuses a patch whose new image is larger than `max` bytes, before
+    /// the old file is read: the error class is then `too_large`. Call before
+    /// the first `poll`. Default: no limit.
+    pub fn set_max_new_len(&mut self, max: f64) -> Result<(), JsError> {
+        let max = to_u64(max, "max_new_len")?;
+        if !self.inner.set_max_new_len(max) {
+            return Err(JsError::new(
+                "the size limit must be set before the first poll",
+            ));
+        }
+        Ok(())
     }
 
     /// Advances the apply until it needs the caller, and says what:
@@ -184,9 +198,13 @@ impl PatchSession {
     }
 
     /// After `error`: `corrupt_patch`, `wrong_base`, `unsupported`,
-    /// `not_in_place`, `untrusted`, or `io` (the old file changed size).
+    /// `not_in_place`, `untrusted`, `too_large` (above `set_max_new_len`), or
+    /// `io` (the old file changed size).
     pub fn error_class(&self) -> Option<String> {
         match self.inner.request() {
+            Request::Failed(Failure::Apply(ApplyError::NewTooLarge { .. })) => {
+                Some("too_large".into())
+            }
             Request::Failed(Failure::Apply(e)) => Some(class(e.class()).into()),
             Request::Failed(Failure::ShortOld { .. }) => Some("io".into()),
             _ => None,

@@ -88,11 +88,23 @@ struct Shared {
 
 type Driver = Pin<Box<dyn Future<Output = ()>>>;
 
+/// Zero runs are hashed and reported in pieces of at most this many bytes,
+/// so the caller regains control (progress, cancel) about every 15 ms even
+/// while a patch's declared terabytes of zeros are hashed.
+pub const ZERO_STEP: u64 = 16 << 20;
+
+/// The engine's settings until the first poll builds it.
+#[derive(Debug)]
+struct Setup {
+    cfg: Config,
+    trusted: Vec<[u8; 32]>,
+}
+
 /// The engine, driven by calls that may come between awaits. See the module docs.
 pub struct Session {
     shared: Rc<RefCell<Shared>>,
-    /// The engine until the first poll, then the future that owns it.
-    applier: Option<Applier>,
+    /// The settings until the first poll, which builds the engine into the driver.
+    setup: Option<Setup>,
     driver: Option<Driver>,
 }
 
@@ -123,7 +135,13 @@ impl Session {
                 signers: Vec::new(),
                 layout: Layout::new(map_buckets),
             })),
-            applier: Some(Applier::new(Config::new(old_len))),
+            setup: Some(Setup {
+                cfg: Config {
+                    zero_step: ZERO_STEP,
+                    ..Config::new(old_len)
+                },
+                trusted: Vec::new(),
+            }),
             driver: None,
         }
     }
@@ -131,17 +149,32 @@ impl Session {
     /// Requires a signature by one of `keys`. Call before the first poll;
     /// returns false (and changes nothing) after it.
     pub fn require_signature(&mut self, keys: &[[u8; 32]]) -> bool {
-        match self.applier.as_mut() {
-            Some(a) => {
-                a.require_signature(keys);
+        match self.setup.as_mut() {
+            Some(setup) => {
+                setup.trusted = keys.to_vec();
                 true
             }
             None => false,
         }
     }
 
-    /// With `false`, verified writes and zeros are not reported (verification
-    /// only): `poll` then stops only for input, old bytes, the header and the end.
+    /// Refuses a patch whose new file is larger than `max` bytes, before
+    /// the old file is read (the engine's `Config::max_new_len`). Call
+    /// before the first poll; returns false (and changes nothing) after it.
+    pub fn set_max_new_len(&mut self, max: u64) -> bool {
+        match self.setup.as_mut() {
+            Some(setup) => {
+                setup.cfg.max_new_len = max;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// With `false`, verified writes are not reported (verification only):
+    /// `poll` then stops only for input, old bytes, the header, zeros and the
+    /// end. Zeros are still reported, at most [`ZERO_STEP`] bytes each, as
+    /// points where the caller regains control during a long zero run.
     pub fn set_report_writes(&mut self, on: bool) {
         self.shared.borrow_mut().report_writes = on;
     }
@@ -155,10 +188,12 @@ impl Session {
             return self.request();
         }
         if self.driver.is_none() {
-            let applier = self
-                .applier
+            let setup = self
+                .setup
                 .take()
-                .expect("the driver is made once, from the applier");
+                .expect("the driver is made once, from the setup");
+            let mut applier = Applier::new(setup.cfg);
+            applier.require_signature(&setup.trusted);
             self.driver = Some(Box::pin(drive(applier, Rc::clone(&self.shared))));
         }
         let driver = self.driver.as_mut().expect("made above");
@@ -345,16 +380,14 @@ async fn drive(mut applier: Applier, shared: Rc<RefCell<Shared>>) {
                 }
             }
             Event::Zero { offset, len } => {
-                let report = {
+                // Reported even when verifying only: a zero run is hashed
+                // in pieces, and the caller regains control after each.
+                {
                     let mut s = shared.borrow_mut();
-                    if s.report_writes {
-                        s.request = Request::Zero { offset, len };
-                    }
-                    s.report_writes
-                };
-                if report {
-                    suspend().await;
+                    s.request = Request::Zero { offset, len };
+                    s.progress = applier.progress();
                 }
+                suspend().await;
             }
             Event::Done(summary) => break Request::Done(summary),
         }
@@ -519,6 +552,99 @@ mod tests {
             panic!("a corrupt patch fails: {got:?}")
         };
         assert_eq!(e.class(), anypatch_apply::ErrorClass::CorruptPatch, "{e}");
+    }
+
+    /// An unsigned patch for an empty old file whose new file is one zero
+    /// extent of `len` bytes (its `new_hash` that of no bytes: these tests
+    /// never reach the end).
+    fn zero_patch(len: u64) -> Vec<u8> {
+        use anypatch_apply::format::{Codec, Extent, Page, PageRef, Trailer, TRAILER_LEN};
+        let page = Page {
+            extents: vec![Extent::Zero { len }],
+            next: None,
+        }
+        .emit();
+        let mut header = Header {
+            old_len: 0,
+            new_len: len,
+            old_hash: *blake3::hash(b"").as_bytes(),
+            new_hash: *blake3::hash(b"").as_bytes(),
+            block_size: 4096,
+            segment_max: 0,
+            codec: Codec::Zstd as u8,
+            flags: 0,
+            patch_len: 0,
+            extent_count: 1,
+            segment_count: 0,
+            first_page: PageRef {
+                len: page.len() as u32,
+                hash: *blake3::hash(&page).as_bytes(),
+            },
+            producer: "session test".into(),
+        };
+        let mut patch = header.emit(0, 0);
+        while header.patch_len != (patch.len() + page.len() + TRAILER_LEN) as u64 {
+            header.patch_len = (patch.len() + page.len() + TRAILER_LEN) as u64;
+            patch = header.emit(0, 0);
+        }
+        patch.extend_from_slice(&page);
+        let mut trailer = [0u8; TRAILER_LEN];
+        Trailer {
+            patch_hash: *blake3::hash(&patch).as_bytes(),
+        }
+        .emit(&mut trailer);
+        patch.extend_from_slice(&trailer);
+        patch
+    }
+
+    #[test]
+    fn a_huge_zero_run_returns_control_in_steps_even_when_verifying_only() {
+        let patch = zero_patch(1 << 50);
+        let mut s = Session::new(0, 4);
+        s.set_report_writes(false);
+        let mut steps = Vec::new();
+        while steps.len() < 3 {
+            match s.poll() {
+                Request::NeedInput => assert!(s.feed(&patch)),
+                Request::Zero { offset, len } => steps.push((offset, len)),
+                Request::Header | Request::ReadOld { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            steps,
+            [
+                (0, ZERO_STEP),
+                (ZERO_STEP, ZERO_STEP),
+                (2 * ZERO_STEP, ZERO_STEP)
+            ]
+        );
+        assert_eq!(s.progress().new_done, 3 * ZERO_STEP);
+    }
+
+    #[test]
+    fn a_size_limit_refuses_before_the_old_file_is_read() {
+        let patch = zero_patch(1 << 50);
+        let mut s = Session::new(0, 4);
+        assert!(s.set_max_new_len(64 << 30));
+        let got = loop {
+            match s.poll() {
+                Request::NeedInput => assert!(s.feed(&patch)),
+                Request::Header => {}
+                Request::Failed(f) => break f,
+                other => panic!("nothing happens past the header: {other:?}"),
+            }
+        };
+        assert_eq!(
+            got,
+            Failure::Apply(ApplyError::NewTooLarge {
+                got: 1 << 50,
+                max: 64 << 30
+            })
+        );
+        // Too late to change once running.
+        assert!(!s.set_max_new_len(u64::MAX));
+        assert!(!s.require_signature(&[[0; 32]]));
     }
 
     #[test]

@@ -118,3 +118,95 @@ export async function launchChromium() {
     },
   };
 }
+
+// ---- crafted patches: a header, one plain page and a trailer, hashes recomputed (spec sections 3.1-3.9) ----
+
+/** Unsigned LEB128 of a non-negative integer (Number or BigInt): postcard's varint. */
+function varint(n) {
+  let v = BigInt(n);
+  const out = [];
+  do {
+    let b = Number(v & 0x7fn);
+    v >>= 7n;
+    if (v > 0n) b |= 0x80;
+    out.push(b);
+  } while (v > 0n);
+  return out;
+}
+
+function u16(n) { return [n & 0xff, n >> 8]; }
+function u32(n) { return [n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, (n >>> 24) & 0xff]; }
+
+/**
+ * A patch for an empty old file whose new file is one zero extent of `len`
+ * bytes (a Number or BigInt): preamble, header body, header hash, one plain
+ * page, trailer. `b3` is blake3Of()'s { hash, zeros }; `newHash` is the
+ * header's new BLAKE3 (default: that of `len` zero bytes when `len` is at
+ * most 256 MiB, else of nothing, for a run that is never meant to end);
+ * `major` overrides the format's major version. Returns a Buffer.
+ */
+export function zeroPatch(b3, len, { newHash = null, major = 1, producer = 'crafted zero run' } = {}) {
+  const blake3 = b3.hash;
+  const page = Buffer.from([...varint(1), ...varint(1), ...varint(len), 0x00]); // count, Zero { len }, next: none
+  let hash = newHash;
+  if (!hash) {
+    hash = b3.zeros(BigInt(len) <= 256n << 20n ? Number(len) : 0);
+  }
+  const body = (patchLen) => Buffer.from([
+    ...varint(0), ...varint(len), // old_len, new_len
+    ...blake3(new Uint8Array(0)), ...hash, // old_hash, new_hash
+    ...varint(4096), ...varint(0), 0x01, ...varint(0), // block_size, segment_max, codec zstd, flags
+    ...varint(patchLen), ...varint(1), ...varint(0), // patch_len, extent_count, segment_count
+    ...varint(page.length), ...blake3(page), // first_page
+    ...varint(producer.length), ...Buffer.from(producer),
+  ]);
+  // patch_len is inside the header it measures: settle it.
+  let patchLen = 0;
+  let b = body(patchLen);
+  while (patchLen !== 24 + b.length + 32 + page.length + 40) {
+    patchLen = 24 + b.length + 32 + page.length + 40;
+    b = body(patchLen);
+  }
+  const pre = Buffer.from([0x89, 0x41, 0x4e, 0x59, 0x50, 0x54, 0x0d, 0x0a, ...u16(major), ...u16(3), ...u32(0), ...u32(b.length), ...u32(0)]);
+  const head = Buffer.concat([pre, b]);
+  const before = Buffer.concat([head, blake3(head), page]);
+  return Buffer.concat([before, blake3(before), Buffer.from('ANYPTEND')]);
+}
+
+/**
+ * BLAKE3 through the wasm module's Hasher (call after load()):
+ * { hash(bytes) -> Buffer(32), zeros(n) -> the hash of n zero bytes, fed in 1 MiB pieces }.
+ */
+export function blake3Of(Hasher) {
+  const run = (feed) => {
+    const h = new Hasher();
+    try {
+      feed(h);
+      return Buffer.from(h.finalize(), 'hex');
+    } finally {
+      h.free();
+    }
+  };
+  return {
+    hash: (bytes) => run((h) => h.update(bytes)),
+    zeros: (n) => run((h) => {
+      const z = new Uint8Array(1 << 20);
+      for (let left = n; left > 0; left -= z.length) h.update(left >= z.length ? z : z.subarray(0, left));
+    }),
+  };
+}
+
+/** Re-hashes a patch's trailer after its bytes were changed (signature block, padding). */
+export function fixTrailer(b3, data) {
+  const end = data.length - 40;
+  b3.hash(data.subarray(0, end)).copy(data, end);
+  return data;
+}
+
+/** Writes `bytes` under target/wasm-tests/crafted/`name`; returns the path. */
+export function crafted(name, bytes) {
+  const out = path.join(work, 'crafted', name);
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  fs.writeFileSync(out, bytes);
+  return out;
+}

@@ -104,10 +104,35 @@ export class ApplyFailure extends Error {
   constructor(message, kind, header, progress) {
     super(message);
     this.name = 'ApplyFailure';
-    this.kind = kind; // corrupt_patch | wrong_base | unsupported | not_in_place | untrusted | io
+    // corrupt_patch | wrong_base | unsupported | not_in_place | untrusted | too_large | io
+    // (the engine's classes), or expected_mismatch (the header's new BLAKE3 is not `expected`).
+    this.kind = kind;
     this.header = header; // null when the header itself was refused
     this.progress = progress;
   }
+}
+
+/** The first 8 bytes of every patch (spec 3.1). */
+export const PATCH_MAGIC = [0x89, 0x41, 0x4e, 0x59, 0x50, 0x54, 0x0d, 0x0a];
+
+/** Whether a Blob starts with the patch magic: tells a patch from an image. */
+export async function looksLikePatch(blob) {
+  const b = new Uint8Array(await blob.slice(0, PATCH_MAGIC.length).arrayBuffer());
+  return b.length === PATCH_MAGIC.length && PATCH_MAGIC.every((m, i) => b[i] === m);
+}
+
+/**
+ * Compares the patch's size with the header's `patch_len`: a patch cut short
+ * (or with bytes appended) is known from its header, before any work.
+ * Returns null when they agree, else the sentence to show.
+ */
+export function patchLengthProblem(header, size) {
+  const want = header.patch_len;
+  if (size === want) return null;
+  if (size < want) {
+    return `patch is truncated: the file is ${size} bytes, but its header says ${want} (${want - size === 1 ? '1 byte is' : `${want - size} bytes are`} missing); it was probably cut short while downloading, so get it again`;
+  }
+  return `patch is corrupt: the file is ${size} bytes, ${size - want} more than the ${want} its header says; something was added to it, so get it again from its source`;
 }
 
 function progressOf(s, t0) {
@@ -123,17 +148,32 @@ function progressOf(s, t0) {
  * Applies (or only verifies) `patch` to `old`, both Blobs.
  * - trustedKeys: texts of public key files; a valid signature by one is then required.
  * - sink: { write(offset, Uint8Array), zero?(offset, len) }, awaited; null verifies only.
- * - onHeader(header): the checked header and signers, before the base is read.
+ * - maxNewLen: refuse (class too_large) a patch that makes a larger new file,
+ *   before the old file is read (the engine's Config::max_new_len).
+ * - expected: the BLAKE3 (hex) the new file must have; a header that names
+ *   another one is refused (class expected_mismatch) before the old file is read.
+ * - onHeader(header): the checked header and signers, before the base is read;
+ *   awaited, and may throw to stop the apply there.
  * - onProgress(progress): at most every `progressMs`.
+ * The patch's size is checked against the header's patch_len first.
  * Resolves to { header, summary, map, progress }; rejects with ApplyFailure.
  */
-export async function applyPatch({ old, patch, trustedKeys = [], sink = null, onHeader, onProgress, progressMs = 100, buckets }) {
+export async function applyPatch({
+  old, patch, trustedKeys = [], sink = null, maxNewLen = null, expected = null, onHeader, onProgress, progressMs = 100, buckets,
+}) {
   const s = new PatchSession(old.size, buckets);
   const t0 = performance.now();
   let header = null;
   let lastReport = 0;
+  const report = () => {
+    if (onProgress && performance.now() - lastReport >= progressMs) {
+      lastReport = performance.now();
+      onProgress(progressOf(s, t0));
+    }
+  };
   try {
     for (const k of trustedKeys) s.trust_key_file(k);
+    if (maxNewLen !== null) s.set_max_new_len(maxNewLen);
     s.set_report_writes(sink !== null);
     const oldReader = new BlobReader(old);
     const patchReader = new BlobReader(patch, 4 << 20);
@@ -150,23 +190,28 @@ export async function applyPatch({ old, patch, trustedKeys = [], sink = null, on
           }
           break;
         }
-        case 'header':
+        case 'header': {
           header = JSON.parse(s.header_json());
+          const short = patchLengthProblem(header, patch.size);
+          if (short) throw new ApplyFailure(short, 'corrupt_patch', header, progressOf(s, t0));
+          if (expected && expected !== header.new_hash) {
+            throw new ApplyFailure(`the patch makes BLAKE3 ${header.new_hash}, not the expected ${expected}`, 'expected_mismatch', header, progressOf(s, t0));
+          }
           if (onHeader) await onHeader(header);
           break;
+        }
         case 'read_old': {
           s.provide_old(await oldReader.read(s.offset, s.length));
-          if (onProgress && performance.now() - lastReport >= progressMs) {
-            lastReport = performance.now();
-            onProgress(progressOf(s, t0));
-          }
+          report();
           break;
         }
         case 'write':
           await sink.write(s.offset, s.write_data());
           break;
         case 'zero':
-          if (sink.zero) await sink.zero(s.offset, s.length);
+          // Reported even when verifying only: long zero runs come in 16 MiB steps.
+          if (sink && sink.zero) await sink.zero(s.offset, s.length);
+          report();
           break;
         case 'done': {
           const progress = progressOf(s, t0);
