@@ -9,14 +9,16 @@
 //!    block device an exclusive open (`O_EXCL`), which the kernel refuses
 //!    while the device is mounted or claimed through any other node.
 //! 2. **A state file names its target**: the target's device and inode (a
-//!    block device's device number), its size, the patch's BLAKE3 and both
-//!    images'. It lives beside a regular file (by its canonical path) as
+//!    block device's device number), its size and the patch's BLAKE3 (which
+//!    pins the header, and so both images'). It lives beside a regular file (by its canonical path) as
 //!    `.NAME.anypatch-state`, under `/var/lib/anypatch/block-MAJOR:MINOR.anypatch-state`
 //!    for a block device, or where `--state` says. A state file of another
-//!    target or another patch is never acted on.
+//!    target or another patch is never acted on. It stays empty until the
+//!    first journal record: an empty one only marks the target as being
+//!    written (see [`journal`]).
 //! 3. **A fresh apply verifies everything first**, writing nothing to the
-//!    target: the base, every segment (whose full BLAKE3 is pinned in the
-//!    state file, spec section 7), the whole patch and the new hash. Then it
+//!    target: the base, every segment (whose full BLAKE3 is pinned, spec
+//!    section 7), the whole patch and the new hash. Then it
 //!    reads the patch again and writes, checking each segment against its
 //!    pin before any of its bytes reach the target ([`journal`] says how
 //!    the writes survive a crash).
@@ -25,7 +27,10 @@
 //!    the rest without writing, and all of it hashed against the new
 //!    BLAKE3). A target changed since the kill (restored from a backup,
 //!    touched) is refused with exit 1 and left as it is. The resumed result
-//!    is hashed whole again before the state file is removed.
+//!    is hashed whole again before the state file is removed. An empty
+//!    state file with a target that is no longer the old image is checked
+//!    the same way from the start: the patch run over the target as it is
+//!    must make the new image.
 
 mod journal;
 
@@ -38,8 +43,8 @@ use std::path::{Path, PathBuf};
 use anypatch_apply::format::{Hash, Header, FLAG_IN_PLACE_SAFE, TRAILER_LEN};
 use anypatch_apply::{Applier, ApplyError, Config, Progress, Summary};
 
-pub use journal::{Identity, Phase, TargetId, BATCH_BYTES};
-use journal::{JournaledSink, PinSink, State, TargetWriter};
+use journal::{Claim, Found, JournaledSink, PinSink, State, TargetWriter};
+pub use journal::{Identity, TargetId, BATCH_BYTES};
 
 use crate::{drive, file_len, hex, io_err, DriveError, PatchSource, Policy, Sink, READ_CHUNK};
 
@@ -97,19 +102,23 @@ fn run(
         .state
         .clone()
         .unwrap_or_else(|| default_state_path(&t.canonical, t.id));
-    if let Some(state) = State::open(&state_path)? {
-        if state.identity.target != t.id {
-            return Err(DriveError::Refused(format!(
+    let claim = match State::open(&state_path)? {
+        Found::Nothing => None,
+        Found::Interrupted(claim) => Some(claim),
+        Found::Unfinished(state) => {
+            if state.identity.target != t.id {
+                return Err(DriveError::Refused(format!(
                 "the state file {} belongs to an unfinished in-place apply of {}, not of {} ({}); nothing was written. Finish that apply by running the same command on that target, or give this one its own --state",
                 state_path.display(),
                 state.identity.target,
                 target.display(),
                 t.id
             )));
+            }
+            return resume(state, &t, patch, patch_path, policy, opts, on_progress);
         }
-        return resume(state, &t, patch, patch_path, policy, opts, on_progress);
-    }
-    fresh(&t, &state_path, patch, policy, opts, on_progress)
+    };
+    fresh(&t, &state_path, claim, patch, policy, opts, on_progress)
 }
 
 /// `--in-place` reads the patch more than once, so it must be a regular file.
@@ -408,28 +417,150 @@ pub fn default_state_path(canonical: &Path, id: TargetId) -> PathBuf {
 }
 
 /// A fresh apply: verify everything (pinning segments), then write.
+///
+/// With `claim` (the empty state file of an apply that was interrupted
+/// before it journaled anything), a target that is no longer the old image
+/// may hold some of that apply's direct writes: it is checked by running
+/// the patch over it as it is, and written only if that makes the new image.
 fn fresh(
     t: &Target,
     state_path: &Path,
+    claim: Option<Claim>,
     patch: &PatchSource,
     policy: &Policy,
     opts: &InPlaceOptions,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
+    let interrupted = claim.is_some();
+    let mut claim = claim;
     // Pass 1: verify everything, write nothing to the target.
     let state: RefCell<Option<State>> = RefCell::new(None);
-    let mut first_header: Option<Header> = None;
+    let mut header: Option<Header> = None;
+    let mut verified = verify(
+        t,
+        patch,
+        policy,
+        true,
+        (&state, &mut claim, state_path),
+        &mut header,
+        on_progress,
+    );
+    // Not the old image, after an interrupted apply: unless it is the new
+    // image already, see whether the patch makes the new image from it.
+    let redo = interrupted
+        && matches!(
+            verified,
+            Err(DriveError::Apply(
+                ApplyError::BaseHash | ApplyError::BaseLength { .. }
+            ))
+        )
+        && !header
+            .as_ref()
+            .is_some_and(|h| is_image(&t.file, h.new_len, &h.new_hash));
+    if redo {
+        if let Some(s) = state.borrow_mut().as_mut() {
+            s.clear_pins();
+        }
+        let old_len = header.as_ref().map_or(0, |h| h.old_len);
+        verified = if t.len < old_len {
+            // Shorter than the old image: some old bytes are gone.
+            Err(DriveError::Apply(ApplyError::BaseLength {
+                got: t.len,
+                expected: old_len,
+            }))
+        } else {
+            verify(
+                t,
+                patch,
+                policy,
+                false,
+                (&state, &mut claim, state_path),
+                &mut header,
+                on_progress,
+            )
+        };
+    }
+    let state = state.into_inner();
+    let verified = match verified {
+        Ok(v) => v,
+        Err(e) => return Err(give_up(e, state, claim, redo, t, header.as_ref(), patch)),
+    };
+    let mut state = state.expect("the header comes before the end of a successful pass");
+    let header = header.expect("the header comes before the end of a successful pass");
+    let new_hash = verified
+        .new_hash
+        .expect("a verifying pass computes the new hash");
+    state.verified(verified.patch_hash);
+
+    // Pass 2: the same patch again, now writing. The header must be the one
+    // just verified; its hash chain pins the pages, the pins each segment.
+    let mut written = 0;
+    let summary = write_pass(
+        &mut state,
+        t,
+        &header,
+        patch,
+        policy,
+        opts,
+        &mut written,
+        &mut |h| {
+            if *h != header {
+                return Err(DriveError::Refused(
+                    "the patch file changed while it was being applied; get it again and run the same command".into(),
+                ));
+            }
+            Ok(())
+        },
+        on_progress,
+    )?;
+    // After a redo, the result is hashed whole, as after any resume.
+    finish(state, t, &header, redo)?;
+    Ok(Summary {
+        bytes_written: written,
+        new_hash: Some(new_hash),
+        ..summary
+    })
+}
+
+/// A verifying pass over the target as it is, writing nothing to it:
+/// checks the header, creates (or takes over) the state file, pins every
+/// segment. `verify_base: false` skips the base hash: only every segment
+/// and the new hash then say the target makes the new image.
+fn verify(
+    t: &Target,
+    patch: &PatchSource,
+    policy: &Policy,
+    verify_base: bool,
+    (state, claim, state_path): (&RefCell<Option<State>>, &mut Option<Claim>, &Path),
+    header: &mut Option<Header>,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    let old_len = match (verify_base, header.as_ref()) {
+        (false, Some(h)) => h.old_len,
+        _ => t.len,
+    };
     let mut applier = Applier::new(Config {
+        verify_base,
         in_place: true,
-        ..Config::new(t.len)
+        ..Config::new(old_len)
     });
     applier.require_signature(&policy.trusted_keys);
-    let verified = drive(
+    drive(
         &mut applier,
         &mut patch.open()?,
         &t.file,
-        &mut PinSink { state: &state },
+        &mut PinSink { state },
         &mut |h| {
+            if let Some(first) = header.as_ref() {
+                // A second pass: the header must be the one checked.
+                return if first == h {
+                    Ok(())
+                } else {
+                    Err(DriveError::Refused(
+                        "the patch file changed while it was being applied; get it again and run the same command".into(),
+                    ))
+                };
+            }
             policy.check_header(h)?;
             // Refuse from the header alone, before hashing the whole base.
             if h.flags & FLAG_IN_PLACE_SAFE == 0 {
@@ -443,69 +574,57 @@ fn fresh(
                     t.len, h.new_len
                 )));
             }
-            first_header = Some(h.clone());
+            *header = Some(h.clone());
             *state.borrow_mut() = Some(State::create(
                 state_path,
                 Identity {
-                    phase: Phase::Verifying,
                     patch_hash: [0; 32],
-                    old_hash: h.old_hash,
-                    new_hash: h.new_hash,
-                    old_len: h.old_len,
                     new_len: h.new_len,
-                    segment_count: h.segment_count,
-                    pins_hash: [0; 32],
                     target: t.id,
                     target_len: t.len,
                 },
+                claim.take(),
             )?);
             Ok(())
         },
         on_progress,
-    );
-    let state = state.into_inner();
-    let verified = match verified {
-        Ok(v) => v,
-        Err(e) => {
-            // Nothing was written: the state file goes too.
-            if let Some(s) = state {
-                s.remove()?;
-            }
-            return Err(explain_failure(e, t, first_header.as_ref(), patch));
-        }
-    };
-    let mut state = state.expect("the header comes before the end of a successful pass");
-    let new_hash = verified
-        .new_hash
-        .expect("a verifying pass computes the new hash");
-    state.begin_writing(verified.patch_hash)?;
+    )
+}
 
-    // Pass 2: the same patch again, now writing. The header must be the one
-    // just verified; its hash chain pins the pages, the pins each segment.
-    let mut written = 0;
-    let summary = write_pass(
-        &mut state,
-        t,
-        patch,
-        policy,
-        opts,
-        &mut written,
-        &mut |h| {
-            if first_header.as_ref() != Some(h) {
-                return Err(DriveError::Refused(
-                    "the patch file changed while it was being applied; get it again and run the same command".into(),
-                ));
-            }
-            Ok(())
-        },
-        on_progress,
-    )?;
-    finish(state, t, false)?;
-    Ok(Summary {
-        bytes_written: written,
-        new_hash: Some(new_hash),
-        ..summary
-    })
+/// After a failed verifying pass, nothing was written: the state file goes,
+/// unless it marks an interrupted apply that this run could not finish.
+fn give_up(
+    e: DriveError,
+    state: Option<State>,
+    claim: Option<Claim>,
+    redo: bool,
+    t: &Target,
+    header: Option<&Header>,
+    patch: &PatchSource,
+) -> DriveError {
+    let path = state.as_ref().map(|s| s.path().to_path_buf());
+    let already = header.is_some_and(|h| is_image(&t.file, h.new_len, &h.new_hash));
+    if !redo || already {
+        let removed = match (state, claim) {
+            (Some(s), _) => s.remove(),
+            (None, Some(c)) => c.remove(),
+            (None, None) => Ok(()),
+        };
+        if let Err(r) = removed {
+            return r;
+        }
+        return explain_failure(e, t, header, patch);
+    }
+    let path = path.map_or_else(String::new, |p| p.display().to_string());
+    match e {
+        DriveError::Apply(
+            ApplyError::NewHash | ApplyError::SegmentHash { .. } | ApplyError::BaseLength { .. },
+        ) => DriveError::Refused(format!(
+            "{} is not the patch's old image, and the patch run over it does not make the new image either. An in-place apply to it was interrupted ({path} marks it): either that apply was of another patch (finish it with that patch: the same command), or the target was changed since. Nothing was written; the target is left as it is. If it was restored from a backup, remove {path} and run again",
+            t.path.display()
+        )),
+        e => e,
+    }
 }
 
 /// Says more about a failed verifying pass: an already-applied target is not
@@ -555,13 +674,21 @@ fn half_patched_note(
     patch: &PatchSource,
 ) -> Option<String> {
     let found = unfinished_states(path, canonical, id);
-    if found.is_empty() {
-        return None;
-    }
     let patch_name = match patch {
         PatchSource::Path(p) => p.display().to_string(),
         PatchSource::Stdin => "PATCH".into(),
     };
+    if found.is_empty() {
+        // An empty state file where the default one goes: an apply that
+        // was interrupted before it journaled anything.
+        let marker = default_state_path(canonical, id);
+        return matches!(journal::peek_identity(&marker), Some(None)).then(|| format!(
+            "the target may be half-patched: {} marks an in-place apply to it that was interrupted before it journaled anything. To finish it, run: applypatch --in-place {} {patch_name} (with the patch it was applying); to discard it, only if the target holds the old image again: rm {}.",
+            marker.display(),
+            path.display(),
+            marker.display()
+        ));
+    }
     let mut note = String::from("the target is half-patched:");
     for (state, sid, done) in found {
         note.push_str(&format!(
@@ -608,8 +735,8 @@ fn unfinished_states(
             if !path.to_string_lossy().ends_with(".anypatch-state") {
                 continue;
             }
-            if let Some((id, done)) = journal::peek_identity(&path) {
-                if id.target == target && id.phase == Phase::Writing {
+            if let Some(Some((id, done))) = journal::peek_identity(&path) {
+                if id.target == target {
                     found.push((path, id, done));
                 }
             }
@@ -648,39 +775,62 @@ fn resume(
             )));
         }
     }
-    check_before_resuming(&state, t, patch, policy, on_progress)?;
+    // The patch hash pins the header: the images' lengths and hashes.
+    let header = read_header(patch_path)?;
+    if header.new_len != identity.new_len {
+        return Err(DriveError::Refused(format!(
+            "{} does not match the patch it names; nothing was written. If the target was restored from a backup, remove it and run again",
+            state.path().display()
+        )));
+    }
+    check_before_resuming(&mut state, t, &header, patch, policy, on_progress)?;
     state.replay(&mut t.writer())?;
     let mut written = 0;
     let summary = write_pass(
         &mut state,
         t,
+        &header,
         patch,
         policy,
         opts,
         &mut written,
-        &mut same_patch(&identity),
+        &mut same_header(&header),
         on_progress,
     )?;
-    finish(state, t, true)?;
+    finish(state, t, &header, true)?;
     Ok(Summary {
         bytes_written: written,
-        new_hash: Some(identity.new_hash),
+        new_hash: Some(header.new_hash),
         ..summary
     })
 }
 
-fn same_patch(identity: &Identity) -> impl FnMut(&Header) -> Result<(), DriveError> + '_ {
+fn same_header(header: &Header) -> impl FnMut(&Header) -> Result<(), DriveError> + '_ {
     move |h| {
-        if h.new_hash != identity.new_hash
-            || h.old_len != identity.old_len
-            || h.segment_count != identity.segment_count
-        {
+        if h != header {
             return Err(DriveError::Refused(
-                "the patch does not match the recorded apply".into(),
+                "the patch file changed while it was being applied; get it again and run the same command".into(),
             ));
         }
         Ok(())
     }
+}
+
+/// The header of the patch file at `path`, checked against its hash.
+fn read_header(path: &Path) -> Result<Header, DriveError> {
+    use anypatch_apply::format::{
+        parse_header_section, Preamble, PreambleRepr, HASH_LEN, PREAMBLE_LEN,
+    };
+    let f = File::open(path).map_err(io_err(format!("cannot open patch {}", path.display())))?;
+    let bad = |e: anypatch_apply::format::FormatError| DriveError::Apply(ApplyError::from(e));
+    let mut pre = [0u8; PREAMBLE_LEN];
+    f.read_exact_at(&mut pre, 0)
+        .map_err(io_err("cannot read the patch"))?;
+    let repr = PreambleRepr::parse(&Preamble::new_checked(&pre[..]).map_err(bad)?).map_err(bad)?;
+    let mut section = vec![0u8; PREAMBLE_LEN + repr.header_len as usize + HASH_LEN];
+    f.read_exact_at(&mut section, 0)
+        .map_err(io_err("cannot read the patch"))?;
+    Ok(parse_header_section(&section).map_err(bad)?.1)
 }
 
 /// Before a resume writes anything: the target must be what the interrupted
@@ -689,13 +839,13 @@ fn same_patch(identity: &Identity) -> impl FnMut(&Header) -> Result<(), DriveErr
 /// writing, must hash to the new image's BLAKE3. Refuses otherwise, with
 /// the target untouched.
 fn check_before_resuming(
-    state: &State,
+    state: &mut State,
     t: &Target,
+    header: &Header,
     patch: &PatchSource,
     policy: &Policy,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<(), DriveError> {
-    let identity = state.identity;
     let pending = state.pending_journal()?;
     let (from, runs) = match &pending {
         Some(p) => (
@@ -728,9 +878,10 @@ fn check_before_resuming(
         verify_base: false,
         in_place: true,
         resume_from: from,
-        ..Config::new(identity.old_len)
+        ..Config::new(header.old_len)
     });
     applier.require_signature(&policy.trusted_keys);
+    let state_path = state.path().to_path_buf();
     let mut sink = HashSink {
         hasher,
         next: from,
@@ -742,11 +893,11 @@ fn check_before_resuming(
         &mut patch.open()?,
         &t.file,
         &mut sink,
-        &mut same_patch(&identity),
+        &mut same_header(header),
         on_progress,
     );
     let changed = match made {
-        Ok(_) => sink.gap || *sink.hasher.finalize().as_bytes() != identity.new_hash,
+        Ok(_) => sink.gap || *sink.hasher.finalize().as_bytes() != header.new_hash,
         // A segment that fails its hash: the old bytes it reads changed.
         Err(DriveError::Apply(ApplyError::SegmentHash { .. })) => true,
         Err(e) => return Err(e),
@@ -754,7 +905,7 @@ fn check_before_resuming(
     if !changed {
         return Ok(());
     }
-    let what = if is_image(&t.file, identity.old_len, &identity.old_hash) {
+    let what = if is_image(&t.file, header.old_len, &header.old_hash) {
         "it is the patch's old image again (restored from a backup?)"
     } else {
         "it is neither the old image nor what the interrupted apply left (restored, or written to by something else?)"
@@ -762,16 +913,17 @@ fn check_before_resuming(
     Err(DriveError::Refused(format!(
         "{} changed since the interrupted in-place apply recorded in {}: {what}. Nothing was written; the target is left as it is. If it holds the old image, remove {} and run again; otherwise restore it from a backup first",
         t.path.display(),
-        state.path().display(),
-        state.path().display()
+        state_path.display(),
+        state_path.display()
     )))
 }
 
-/// Hashes what the engine makes, in order, checking segment pins.
+/// Hashes what the engine makes, in order, pinning each segment for the
+/// writing pass.
 struct HashSink<'a> {
     hasher: blake3::Hasher,
     next: u64,
-    state: &'a State,
+    state: &'a mut State,
     /// Output was not contiguous: cannot be the new image.
     gap: bool,
 }
@@ -796,11 +948,7 @@ impl Sink for HashSink<'_> {
         Ok(())
     }
     fn segment_written(&mut self, index: u64, hash: &Hash) -> io::Result<()> {
-        if self.state.check_pin(index, hash)? {
-            Ok(())
-        } else {
-            Err(io::Error::other(journal::pin_mismatch(index).to_string()))
-        }
+        self.state.pin(index, hash)
     }
 }
 
@@ -809,6 +957,7 @@ impl Sink for HashSink<'_> {
 fn write_pass(
     state: &mut State,
     t: &Target,
+    header: &Header,
     patch: &PatchSource,
     policy: &Policy,
     opts: &InPlaceOptions,
@@ -821,7 +970,7 @@ fn write_pass(
         skip_unchanged: true,
         in_place: true,
         resume_from: state.done,
-        ..Config::new(state.identity.old_len)
+        ..Config::new(header.old_len)
     };
     let mut applier = Applier::new(cfg);
     applier.require_signature(&policy.trusted_keys);
@@ -843,18 +992,17 @@ fn write_pass(
 }
 
 /// Sets the final length, flushes, checks a resumed result, removes the state.
-fn finish(state: State, t: &Target, resumed: bool) -> Result<(), DriveError> {
-    let identity = state.identity;
+fn finish(state: State, t: &Target, header: &Header, resumed: bool) -> Result<(), DriveError> {
     if t.is_regular {
         t.file
-            .set_len(identity.new_len)
+            .set_len(header.new_len)
             .map_err(io_err("cannot set the target's final length"))?;
     }
     t.file
         .sync_all()
         .map_err(io_err("cannot flush the target to disk"))?;
     // A resumed result is checked whole before success is declared.
-    if resumed && !is_image(&t.file, identity.new_len, &identity.new_hash) {
+    if resumed && !is_image(&t.file, header.new_len, &header.new_hash) {
         return Err(DriveError::Refused(format!(
             "the resumed target does not match the patch's new BLAKE3: it was changed outside applypatch; the state is kept in {}",
             state.path().display()

@@ -120,9 +120,10 @@ struct Cli {
     #[arg(long, conflicts_with = "output")]
     in_place: bool,
     /// With --in-place: where to keep the crash-recovery state [default: beside
-    /// a regular file as .NAME.anypatch-state; /var/lib/anypatch/NAME.anypatch-state
-    /// for a block device]. Killed or powered off mid-way, run the same command
-    /// again: it finishes the job from there.
+    /// a regular file as .NAME.anypatch-state; for a block device
+    /// /var/lib/anypatch/block-MAJOR:MINOR.anypatch-state]. It stays empty unless
+    /// something must be journaled. Killed or powered off mid-way, run the same
+    /// command again: it finishes the job from there.
     // `requires = "in_place"` is not enough: a flag's default false counts as present.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "check"])]
     state: Option<PathBuf>,

@@ -19,9 +19,20 @@
 //! literals and deltas journals only what its deltas changed. Zero runs
 //! read nothing; one that clears bytes the window read waits for a commit.
 //! A window is committed in ordered steps, each ended by an fsync: (direct
-//! writes, already done; the target is synced if the window also has
-//! journaled runs) the journal record; the journaled runs on the target;
-//! the progress slot with the window's end.
+//! writes, already done; the target is synced if any are not yet durable)
+//! the journal record; the journaled runs on the target; the progress slot
+//! with the window's end.
+//!
+//! **The state file stays empty until the first journal record.** Direct
+//! writes need no record: a target that holds the old image with some of
+//! them done makes the new image again when the whole patch is run over it
+//! once more. So an apply that journals nothing writes no byte of state
+//! (its empty, locked state file marks the target as being written), and
+//! after a crash the next run, finding that empty file, checks that the
+//! patch run over the target as it is makes the new image (every segment
+//! and the new hash), and only then writes. The identity is written with
+//! the first journal record, so every state file that has one can be
+//! resumed from its committed offset.
 //!
 //! After a crash, the next run replays a journal record that is intact but
 //! not committed (its runs are final bytes, so replaying is idempotent) and
@@ -29,20 +40,21 @@
 //! reads target bytes before its own start) keeps what lies after that
 //! offset, and every byte a replay reads, as the old image had it.
 //!
-//! State file layout (little endian):
+//! Each segment's full BLAKE3 from the verifying pass is pinned in memory
+//! (spec section 7), and in the state file only for patches of more than
+//! [`PINS_IN_MEMORY`] segments; a resume pins what its own checking pass
+//! verified.
+//!
+//! State file layout (little endian; each record sealed by the first 16
+//! bytes of the BLAKE3 of the bytes before it, which detects a torn write):
 //!
 //! | offset | size | content |
 //! |--------|------|---------|
-//! | 0x000  | 232  | identity: magic `ANYPSTAT`, version 2, phase, the patch, both images, the target; BLAKE3 of the rest |
-//! | 0x140  | 48   | progress slot A: sequence, committed offset; BLAKE3 |
-//! | 0x180  | 48   | progress slot B (slots alternate; the valid one with the higher sequence counts) |
-//! | 0x1c0  | 88   | journal record: sequence, window end, runs length, BLAKE3 of the runs; BLAKE3 of the record |
-//! | 0x400  | 32 n | pins: the full BLAKE3 of each of the patch's n segments, from the verifying pass |
-//! | after  | len  | journal runs, 4 KiB aligned after the pins: per run the gap since the last run's end and its length (LEB128), then its bytes |
-//!
-//! The file starts empty: until the verifying pass ends, only pins are
-//! written, and a state file without an identity records that nothing was
-//! written to the target (it is removed and the apply started again).
+//! | 0x000  | 104  | identity: magic `ANYPSTAT`, version 3, 4 reserved bytes, BLAKE3 of the patch, the new length, the target (kind, device, inode), its length when the apply began; seal |
+//! | 0x080  | 32   | progress slot A: sequence, committed offset; seal |
+//! | 0x0a0  | 32   | progress slot B (slots alternate; the valid one with the higher sequence counts) |
+//! | 0x100  | 40 + len | journal record: sequence, window end, runs length, the runs (per run the gap since the last run's end and its length, LEB128, then its bytes); seal |
+//! | 0x2000000 | 32 n | pins, only for patches of more than [`PINS_IN_MEMORY`] segments: the full BLAKE3 of each segment verified, in order |
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -55,12 +67,21 @@ use anypatch_apply::format::Hash;
 use crate::{DriveError, Sink};
 
 const MAGIC: &[u8; 8] = b"ANYPSTAT";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+const SEAL_LEN: usize = 16;
 const IDENTITY_AT: u64 = 0x000;
-const IDENTITY_LEN: usize = 200;
-const SLOT_AT: [u64; 2] = [0x140, 0x180];
-const JOURNAL_AT: u64 = 0x1c0;
-const PINS_AT: u64 = 0x400;
+const IDENTITY_LEN: usize = 88;
+const SLOT_LEN: usize = 16;
+const SLOT_AT: [u64; 2] = [0x080, 0x0a0];
+const JOURNAL_AT: u64 = 0x100;
+/// The journal record before its runs: sequence, window end, runs length.
+const JOURNAL_HEAD: usize = 24;
+/// Past the largest journal record this program writes (twice a window's
+/// bytes and a segment, well under 32 MiB).
+const PINS_AT: u64 = 0x200_0000;
+/// Segments whose pins are kept in memory (32 bytes each); more go to the
+/// state file.
+pub const PINS_IN_MEMORY: u64 = 0x1_0000;
 /// Differing byte runs closer than this are written as one.
 const WRITE_MERGE_GAP: usize = 16;
 /// Default for the most changed bytes in one window (a window also ends
@@ -72,6 +93,9 @@ const BATCH_UNITS: usize = 0x1000;
 const COMMIT_COST: usize = 256;
 /// A window also ends when its units span this many times the batch limit.
 const SPAN_PER_BATCH: u64 = 16;
+/// Read ranges kept while commits are not recorded, beyond which the
+/// identity is written so that they can be forgotten.
+const UNRECORDED_READS: usize = 0x1000;
 /// Target bytes compared per read when finding what differs.
 const COMPARE_CHUNK: usize = 0x4_0000;
 
@@ -104,29 +128,14 @@ impl std::fmt::Display for TargetId {
     }
 }
 
-/// How far a state file's apply got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// The verifying pass was under way: nothing was written to the target.
-    Verifying = 1,
-    /// The target is being written.
-    Writing = 2,
-}
-
-/// What a state file is about: the patch, the two images and the target.
+/// What a state file is about: the patch and the target. The images'
+/// hashes and lengths come from the patch's header, which the patch hash
+/// pins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
-    pub phase: Phase,
-    /// BLAKE3 of the patch (zero while verifying: not known yet).
+    /// BLAKE3 of the patch (zero until the verifying pass has ended).
     pub patch_hash: Hash,
-    pub old_hash: Hash,
-    pub new_hash: Hash,
-    pub old_len: u64,
     pub new_len: u64,
-    /// Segments in the patch: the pins table's length.
-    pub segment_count: u64,
-    /// BLAKE3 of the pins table (zero while verifying).
-    pub pins_hash: Hash,
     pub target: TargetId,
     /// The target's size when the apply began.
     pub target_len: u64,
@@ -138,21 +147,12 @@ impl Identity {
             TargetId::File { dev, ino } => (1u32, dev, ino),
             TargetId::Block { rdev } => (2, rdev, 0),
         };
-        let mut v = Vec::with_capacity(IDENTITY_LEN + 32);
+        let mut v = Vec::with_capacity(IDENTITY_LEN + SEAL_LEN);
         v.extend_from_slice(MAGIC);
         v.extend_from_slice(&VERSION.to_le_bytes());
-        v.extend_from_slice(&(self.phase as u32).to_le_bytes());
-        for h in [
-            &self.patch_hash,
-            &self.old_hash,
-            &self.new_hash,
-            &self.pins_hash,
-        ] {
-            v.extend_from_slice(h);
-        }
-        for n in [self.old_len, self.new_len, self.segment_count] {
-            v.extend_from_slice(&n.to_le_bytes());
-        }
+        v.extend_from_slice(&[0; 4]);
+        v.extend_from_slice(&self.patch_hash);
+        v.extend_from_slice(&self.new_len.to_le_bytes());
         v.extend_from_slice(&kind.to_le_bytes());
         v.extend_from_slice(&[0; 4]);
         for n in [a, b, self.target_len] {
@@ -171,47 +171,35 @@ impl Identity {
             return Err("it was written by another version of applypatch; finish its apply with that version");
         }
         let b = unseal(b, IDENTITY_LEN).ok_or("it is damaged")?;
-        let hash = |at: usize| -> Hash { b[at..at + 32].try_into().expect("32 bytes") };
         let long = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-        let phase = match word(12) {
-            1 => Phase::Verifying,
-            2 => Phase::Writing,
-            _ => return Err("it is damaged"),
-        };
-        let target = match word(168) {
+        let target = match word(56) {
             1 => TargetId::File {
-                dev: long(176),
-                ino: long(184),
+                dev: long(64),
+                ino: long(72),
             },
-            2 => TargetId::Block { rdev: long(176) },
+            2 => TargetId::Block { rdev: long(64) },
             _ => return Err("it is damaged"),
         };
         Ok(Self {
-            phase,
-            patch_hash: hash(16),
-            old_hash: hash(48),
-            new_hash: hash(80),
-            pins_hash: hash(112),
-            old_len: long(144),
-            new_len: long(152),
-            segment_count: long(160),
+            patch_hash: b[16..48].try_into().expect("32 bytes"),
+            new_len: long(48),
             target,
-            target_len: long(192),
+            target_len: long(80),
         })
     }
 }
 
-/// Appends BLAKE3 of `v` to it.
+/// Appends the seal of `v` (its BLAKE3, truncated) to it.
 fn seal(mut v: Vec<u8>) -> Vec<u8> {
     let h = blake3::hash(&v);
-    v.extend_from_slice(h.as_bytes());
+    v.extend_from_slice(&h.as_bytes()[..SEAL_LEN]);
     v
 }
 
-/// The first `len` bytes of `b` if the 32 bytes after them are their BLAKE3.
+/// The first `len` bytes of `b` if the bytes after them are their seal.
 fn unseal(b: &[u8], len: usize) -> Option<&[u8]> {
     let (body, rest) = b.split_at_checked(len)?;
-    (rest.get(..32)? == blake3::hash(body).as_bytes()).then_some(body)
+    (rest.get(..SEAL_LEN)? == &blake3::hash(body).as_bytes()[..SEAL_LEN]).then_some(body)
 }
 
 fn slot(seq: u64, done: u64) -> Vec<u8> {
@@ -220,11 +208,31 @@ fn slot(seq: u64, done: u64) -> Vec<u8> {
     seal(v)
 }
 
+/// The committed (sequence, offset) of a state file: the valid slot with
+/// the higher sequence; (0, 0) when none is valid.
+fn read_slots(file: &File) -> (u64, u64) {
+    let (mut seq, mut done) = (0, 0);
+    for at in SLOT_AT {
+        let mut b = [0u8; SLOT_LEN + SEAL_LEN];
+        if file.read_exact_at(&mut b, at).is_ok() {
+            if let Some(body) = unseal(&b, SLOT_LEN) {
+                let s = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+                if s >= seq {
+                    seq = s;
+                    done = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+                }
+            }
+        }
+    }
+    (seq, done)
+}
+
 fn journal_record(seq: u64, end: u64, runs: &[u8]) -> Vec<u8> {
-    let mut v = seq.to_le_bytes().to_vec();
+    let mut v = Vec::with_capacity(JOURNAL_HEAD + runs.len() + SEAL_LEN);
+    v.extend_from_slice(&seq.to_le_bytes());
     v.extend_from_slice(&end.to_le_bytes());
     v.extend_from_slice(&(runs.len() as u64).to_le_bytes());
-    v.extend_from_slice(blake3::hash(runs).as_bytes());
+    v.extend_from_slice(runs);
     seal(v)
 }
 
@@ -286,33 +294,66 @@ impl PendingJournal {
     }
 }
 
+/// What [`State::open`] found at a state file's path.
+#[derive(Debug)]
+pub enum Found {
+    /// No state file: no apply to this target was interrupted.
+    Nothing,
+    /// An empty state file, now locked by this run: an apply was
+    /// interrupted before it journaled anything, so the target holds the
+    /// old image with some direct writes done (or, if something else wrote
+    /// to it since, anything at all).
+    Interrupted(Claim),
+    /// An apply that journaled, to be resumed from its committed offset.
+    Unfinished(State),
+}
+
+/// A state file that is open and locked by this run, with nothing in it.
+#[derive(Debug)]
+pub struct Claim {
+    file: File,
+    path: PathBuf,
+}
+
+/// The pins of the segments this process verified: their full BLAKE3, in
+/// order, in memory, or in the state file past [`PINS_IN_MEMORY`].
+#[derive(Debug, Default)]
+struct Pins {
+    /// Index of the first segment pinned.
+    first: u64,
+    count: u64,
+    memory: Vec<Hash>,
+    spilled: bool,
+}
+
 /// An open state file, locked against other runs.
 #[derive(Debug)]
 pub struct State {
     file: File,
     path: PathBuf,
     pub identity: Identity,
+    /// The identity is in the file (written with the first journal record).
+    recorded: bool,
     seq: u64,
     /// New-file offset before which the target is final.
     pub done: u64,
-    pins: Option<blake3::Hasher>,
+    pins: Pins,
 }
 
 impl State {
-    /// Opens and locks an existing state file; `Ok(None)` when there is none.
-    pub fn open(path: &Path) -> Result<Option<Self>, DriveError> {
+    /// Opens and locks the state file at `path`, if there is one.
+    pub fn open(path: &Path) -> Result<Found, DriveError> {
         let file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Nothing),
             Err(e) => return Err(io_err(path, "cannot open the state file")(e)),
         };
         lock_state(&file, path)?;
-        if never_wrote(&file) {
-            // Killed in its verifying pass: it wrote nothing to any target.
-            std::fs::remove_file(path)
-                .map_err(io_err(path, "cannot remove the unused state file"))?;
-            drop(file); // unlocked only once the name is gone
-            return Ok(None);
+        if !has_identity(&file) {
+            return Ok(Found::Interrupted(Claim {
+                file,
+                path: path.to_path_buf(),
+            }));
         }
         let identity = read_identity(&file).map_err(|why| {
             DriveError::Refused(format!(
@@ -320,146 +361,137 @@ impl State {
                 path.display()
             ))
         })?;
-        let (mut seq, mut done) = (0, 0);
-        for at in SLOT_AT {
-            let mut b = [0u8; 48];
-            if file.read_exact_at(&mut b, at).is_ok() {
-                if let Some(body) = unseal(&b, 16) {
-                    let s = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-                    if s >= seq {
-                        seq = s;
-                        done = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-                    }
-                }
-            }
-        }
-        let state = Self {
+        let (seq, done) = read_slots(&file);
+        Ok(Found::Unfinished(Self {
             file,
             path: path.to_path_buf(),
             identity,
+            recorded: true,
             seq,
             done,
-            pins: None,
-        };
-        if identity.phase == Phase::Writing && state.hash_pins()? != identity.pins_hash {
-            return Err(DriveError::Refused(format!(
-                "the state file {} is damaged (its segment pins do not match their hash); nothing was written",
-                path.display()
-            )));
-        }
-        Ok(Some(state))
+            pins: Pins::default(),
+        }))
     }
 
-    /// Creates and locks a state file at the start of the verifying pass.
-    /// Nothing is written to the target while it says [`Phase::Verifying`].
-    pub fn create(path: &Path, identity: Identity) -> Result<Self, DriveError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(io_err(dir, "cannot create the state directory"))?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io_err(path, "cannot create the state file"))?;
-        lock_state(&file, path)?;
-        let state = Self {
+    /// Creates and locks a state file at the start of the verifying pass,
+    /// or takes over the empty one `claim` holds. Writes nothing to it: the
+    /// identity goes in with the first journal record.
+    pub fn create(
+        path: &Path,
+        identity: Identity,
+        claim: Option<Claim>,
+    ) -> Result<Self, DriveError> {
+        let file = match claim {
+            Some(c) => c.file,
+            None => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(io_err(dir, "cannot create the state directory"))?;
+                }
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .map_err(io_err(path, "cannot create the state file"))?;
+                lock_state(&file, path)?;
+                // The name must be durable before the target's first write:
+                // the next run finds an interrupted apply by it.
+                sync_dir(path);
+                file
+            }
+        };
+        failpoint();
+        Ok(Self {
             file,
             path: path.to_path_buf(),
             identity,
+            recorded: false,
             seq: 0,
             done: 0,
-            pins: Some(blake3::Hasher::new()),
-        };
-        // Nothing is written yet: an empty state file says nothing was written.
-        failpoint();
-        Ok(state)
+            pins: Pins::default(),
+        })
     }
 
-    /// Pass 1: records the full hash of segment `index` (in order from 0).
-    pub fn write_pin(&mut self, index: u64, hash: &Hash) -> io::Result<()> {
-        if index >= self.identity.segment_count {
+    /// Forgets the pins: a new verifying pass records them again.
+    pub fn clear_pins(&mut self) {
+        self.pins = Pins::default();
+    }
+
+    /// Records the full hash of segment `index`, verified by this process;
+    /// segments come in order.
+    pub fn pin(&mut self, index: u64, hash: &Hash) -> io::Result<()> {
+        let p = &mut self.pins;
+        if p.count == 0 {
+            p.first = index;
+        }
+        if index != p.first + p.count {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "the patch has more data segments than its header declares",
+                "the patch's data segments are out of order",
             ));
         }
-        if let Some(h) = self.pins.as_mut() {
-            h.update(hash);
+        if p.count == PINS_IN_MEMORY {
+            // Many segments: the pins go to the state file, memory stays small.
+            let all = p.memory.concat();
+            p.memory = Vec::new();
+            p.spilled = true;
+            self.write_at(&all, PINS_AT)?;
         }
-        self.write_at(hash, PINS_AT + 32 * index)
+        let p = &mut self.pins;
+        let at = PINS_AT + 32 * p.count;
+        p.count += 1;
+        if p.spilled {
+            self.write_at(hash, at)
+        } else {
+            p.memory.push(*hash);
+            Ok(())
+        }
     }
 
-    /// Pass 2: whether segment `index` makes the output pinned in pass 1.
+    /// Whether segment `index` makes the output pinned earlier in this process.
     pub fn check_pin(&self, index: u64, hash: &Hash) -> io::Result<bool> {
-        if index >= self.identity.segment_count {
+        let p = &self.pins;
+        let Some(i) = index.checked_sub(p.first).filter(|&i| i < p.count) else {
             return Ok(false);
+        };
+        if !p.spilled {
+            return Ok(p.memory[i as usize] == *hash);
         }
         let mut pin = [0u8; 32];
-        self.file.read_exact_at(&mut pin, PINS_AT + 32 * index)?;
+        self.file.read_exact_at(&mut pin, PINS_AT + 32 * i)?;
         Ok(pin == *hash)
     }
 
-    fn hash_pins(&self) -> Result<Hash, DriveError> {
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; 32 * 0x800];
-        let total = 32 * self.identity.segment_count;
-        let mut at = 0;
-        while at < total {
-            let n = (total - at).min(buf.len() as u64) as usize;
-            self.file
-                .read_exact_at(&mut buf[..n], PINS_AT + at)
-                .map_err(io_err(&self.path, "cannot read the state file"))?;
-            h.update(&buf[..n]);
-            at += n as u64;
-        }
-        Ok(*h.finalize().as_bytes())
-    }
-
-    /// Ends the verifying pass: records the verified patch and its pins, durably.
-    pub fn begin_writing(&mut self, patch_hash: Hash) -> Result<(), DriveError> {
-        let pins = self.pins.take().unwrap_or_default();
-        self.identity.phase = Phase::Writing;
+    /// Ends the verifying pass: the patch that was verified. Written to the
+    /// file with the first journal record.
+    pub fn verified(&mut self, patch_hash: Hash) {
         self.identity.patch_hash = patch_hash;
-        self.identity.pins_hash = *pins.finalize().as_bytes();
-        failpoint();
-        self.write_at(&self.identity.encode(), IDENTITY_AT)
-            .and_then(|()| {
-                failpoint();
-                self.file.sync_all()
-            })
-            .map_err(io_err(&self.path, "cannot write the state file"))?;
-        sync_dir(&self.path);
-        Ok(())
-    }
-
-    fn journal_at(&self) -> u64 {
-        (PINS_AT + 32 * self.identity.segment_count).next_multiple_of(0x1000)
     }
 
     /// The journal record that is intact but not committed, if any.
     pub fn pending_journal(&self) -> Result<Option<PendingJournal>, DriveError> {
-        let mut rec = [0u8; 88];
-        if self.file.read_exact_at(&mut rec, JOURNAL_AT).is_err() {
+        let mut head = [0u8; JOURNAL_HEAD];
+        if self.file.read_exact_at(&mut head, JOURNAL_AT).is_err() {
             return Ok(None);
         }
-        let Some(body) = unseal(&rec, 56) else {
-            return Ok(None);
-        };
-        let word = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
+        let word = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
         let (seq, end, len) = (word(0), word(8), word(16));
         // Committed already, or larger than any window this program journals.
         let most = 2 * (BATCH_BYTES as u64 + u64::from(anypatch_apply::format::MAX_SEGMENT_LEN));
         if seq <= self.seq || len > most || end < self.done {
             return Ok(None);
         }
-        let mut runs = vec![0u8; len as usize];
-        self.file
-            .read_exact_at(&mut runs, self.journal_at())
-            .map_err(io_err(&self.path, "cannot read the journal"))?;
-        if blake3::hash(&runs).as_bytes()[..] != body[24..56] || decode_runs(&runs).is_err() {
+        let mut record = vec![0u8; JOURNAL_HEAD + len as usize + SEAL_LEN];
+        if self.file.read_exact_at(&mut record, JOURNAL_AT).is_err() {
             return Ok(None); // torn journal write: the target was not touched for it
+        }
+        let Some(body) = unseal(&record, JOURNAL_HEAD + len as usize) else {
+            return Ok(None);
+        };
+        let runs = body[JOURNAL_HEAD..].to_vec();
+        if decode_runs(&runs).is_err() {
+            return Ok(None);
         }
         Ok(Some(PendingJournal { end, runs }))
     }
@@ -482,26 +514,44 @@ impl State {
         Ok(true)
     }
 
-    /// Records a window's journaled runs durably, before the target gets them.
-    fn journal(&mut self, end: u64, runs: &[u8]) -> io::Result<()> {
+    /// Writes the identity, durably: from now on commits are recorded.
+    fn record(&mut self) -> io::Result<()> {
         failpoint();
-        self.write_at(runs, self.journal_at())?;
-        self.write_at(&journal_record(self.seq + 1, end, runs), JOURNAL_AT)?;
+        self.write_at(&self.identity.encode(), IDENTITY_AT)?;
         failpoint();
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.recorded = true;
+        Ok(())
     }
 
-    /// Records that the target is final before `done`.
-    fn commit(&mut self, done: u64) -> Result<(), DriveError> {
+    /// Records a window's journaled runs durably, before the target gets
+    /// them; the first record brings the identity.
+    fn journal(&mut self, end: u64, runs: &[u8]) -> io::Result<()> {
         failpoint();
-        self.seq += 1;
-        let at = SLOT_AT[(self.seq % 2) as usize];
-        self.write_at(&slot(self.seq, done), at)
-            .and_then(|()| {
-                failpoint();
-                self.file.sync_data()
-            })
-            .map_err(io_err(&self.path, "cannot write the state file"))?;
+        if !self.recorded {
+            self.write_at(&self.identity.encode(), IDENTITY_AT)?;
+        }
+        self.write_at(&journal_record(self.seq + 1, end, runs), JOURNAL_AT)?;
+        failpoint();
+        self.file.sync_data()?;
+        self.recorded = true;
+        Ok(())
+    }
+
+    /// Records that the target is final before `done` (in the file once it
+    /// has an identity; before that, a crash redoes the direct writes).
+    fn commit(&mut self, done: u64) -> Result<(), DriveError> {
+        if self.recorded {
+            failpoint();
+            self.seq += 1;
+            let at = SLOT_AT[(self.seq % 2) as usize];
+            self.write_at(&slot(self.seq, done), at)
+                .and_then(|()| {
+                    failpoint();
+                    self.file.sync_data()
+                })
+                .map_err(io_err(&self.path, "cannot write the state file"))?;
+        }
         self.done = done;
         Ok(())
     }
@@ -514,10 +564,7 @@ impl State {
     /// Removes the state file: the apply is complete and verified, or it
     /// never wrote to the target.
     pub fn remove(self) -> Result<(), DriveError> {
-        std::fs::remove_file(&self.path)
-            .map_err(io_err(&self.path, "cannot remove the state file"))?;
-        sync_dir(&self.path);
-        Ok(())
+        remove_state(&self.path)
     }
 
     pub fn path(&self) -> &Path {
@@ -525,36 +572,41 @@ impl State {
     }
 }
 
-/// Reads a state file's identity without locking it (to describe it).
-pub fn peek_identity(path: &Path) -> Option<(Identity, u64)> {
-    let file = File::open(path).ok()?;
-    let identity = read_identity(&file).ok()?;
-    let mut done = 0;
-    let mut best = 0;
-    for at in SLOT_AT {
-        let mut b = [0u8; 48];
-        if file.read_exact_at(&mut b, at).is_ok() {
-            if let Some(body) = unseal(&b, 16) {
-                let s = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-                if s >= best {
-                    best = s;
-                    done = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-                }
-            }
-        }
+impl Claim {
+    /// Removes the empty state file: the target is known not to be half-written.
+    pub fn remove(self) -> Result<(), DriveError> {
+        remove_state(&self.path)
     }
-    Some((identity, done))
 }
 
-/// Whether a state file was left by a verifying pass: its identity area is
-/// empty (the identity is written and synced before the target's first write).
-fn never_wrote(file: &File) -> bool {
-    let mut id = [0u8; IDENTITY_LEN + 32];
-    read_up_to(file, &mut id, IDENTITY_AT).is_ok_and(|_| id.iter().all(|&b| b == 0))
+fn remove_state(path: &Path) -> Result<(), DriveError> {
+    std::fs::remove_file(path).map_err(io_err(path, "cannot remove the state file"))?;
+    sync_dir(path);
+    Ok(())
+}
+
+/// Reads a state file's identity and committed offset without locking it
+/// (to describe it). `Some(None)`: the file is there but empty, an apply
+/// interrupted before its first journal record.
+pub fn peek_identity(path: &Path) -> Option<Option<(Identity, u64)>> {
+    let file = File::open(path).ok()?;
+    if !has_identity(&file) {
+        return Some(None);
+    }
+    let identity = read_identity(&file).ok()?;
+    Some(Some((identity, read_slots(&file).1)))
+}
+
+/// Whether a state file has an identity: one without it was left by an
+/// apply that journaled nothing (the identity is written and synced with
+/// the first journal record, before any journaled byte reaches the target).
+fn has_identity(file: &File) -> bool {
+    let mut id = [0u8; IDENTITY_LEN + SEAL_LEN];
+    read_up_to(file, &mut id, IDENTITY_AT).is_ok_and(|_| id.iter().any(|&b| b != 0))
 }
 
 fn read_identity(file: &File) -> Result<Identity, &'static str> {
-    let mut id = [0u8; IDENTITY_LEN + 32];
+    let mut id = [0u8; IDENTITY_LEN + SEAL_LEN];
     file.read_exact_at(&mut id, IDENTITY_AT)
         .map_err(|_| "it is too short to be a state file")?;
     Identity::decode(&id)
@@ -700,6 +752,10 @@ impl Ranges {
         self.sorted = true;
     }
 
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
     /// Whether any of `ranges` (sorted) meets a range here.
     fn meets(&mut self, ranges: &[(u64, u64)]) -> bool {
         if self.list.is_empty() || ranges.is_empty() {
@@ -752,8 +808,8 @@ pub struct JournaledSink<'s, 't> {
     window_bytes: usize,
     window_span: u64,
     window_end: u64,
-    /// The window wrote to the target directly.
-    direct: bool,
+    /// Target writes since its last sync.
+    unsynced: bool,
     /// The window's journaled runs, encoded, and where the last one ended.
     journal: Vec<u8>,
     journal_end: u64,
@@ -776,7 +832,7 @@ impl<'s, 't> JournaledSink<'s, 't> {
             window_bytes: 0,
             window_span: 0,
             window_end: 0,
-            direct: false,
+            unsynced: false,
             journal: Vec::new(),
             journal_end: 0,
             held: None,
@@ -811,11 +867,11 @@ impl<'s, 't> JournaledSink<'s, 't> {
             // Zeros read nothing; they wait for a commit only if the window
             // read what they clear.
             if self.window_reads.meets(&[(offset, offset + len)]) {
-                self.commit_window()?;
+                self.commit_window(true)?;
             }
             failpoint();
             self.target.zero(offset, len)?;
-            self.direct = true;
+            self.unsynced = true;
             failpoint();
             return self.unit_done(offset + len, 0, len);
         };
@@ -829,7 +885,7 @@ impl<'s, 't> JournaledSink<'s, 't> {
             .map(|(a, b)| b - a)
             .sum();
         if earlier_only > COMMIT_COST {
-            self.commit_window()?;
+            self.commit_window(true)?;
         }
         // The window's reads, this unit's included: what a replay relies on.
         let mut reads = std::mem::take(&mut self.unit_reads);
@@ -851,7 +907,7 @@ impl<'s, 't> JournaledSink<'s, 't> {
             }
         }
         if wrote {
-            self.direct = true;
+            self.unsynced = true;
             failpoint();
         }
         self.unit_done(offset + len, changed, len)
@@ -869,20 +925,36 @@ impl<'s, 't> JournaledSink<'s, 't> {
             || self.window_span >= SPAN_PER_BATCH * self.batch_limit as u64
             || self.window_units >= BATCH_UNITS
         {
-            self.commit_window()?;
+            self.commit_window(false)?;
         }
         Ok(())
     }
 
     /// Commits the window: journaled runs through the journal, then the
     /// progress slot (see the module docs for the order).
-    fn commit_window(&mut self) -> io::Result<()> {
+    ///
+    /// Until the state file has an identity, a commit is not recorded (a
+    /// crash redoes everything from the start), so the reads of every window
+    /// so far stay in `window_reads`: a redo relies on all of them. With
+    /// `persist`, or when those reads grow many, the identity is written
+    /// now, so that the commit is recorded and they can be forgotten.
+    fn commit_window(&mut self, persist: bool) -> io::Result<()> {
         if self.window_units == 0 {
             return Ok(());
         }
+        let persist = persist || self.window_reads.len() > UNRECORDED_READS;
         let result = (|| -> Result<(), DriveError> {
+            if persist && !self.state.recorded && self.journal.is_empty() {
+                // The direct writes so far must be durable before the state
+                // says the target is final up to this window's end.
+                self.target.sync()?;
+                self.unsynced = false;
+                self.state
+                    .record()
+                    .map_err(io_err(&self.state.path, "cannot write the state file"))?;
+            }
             if !self.journal.is_empty() {
-                if self.direct {
+                if self.unsynced {
                     // Direct writes must be durable before the journal
                     // claims the window: a replay of it does not redo them.
                     self.target.sync()?;
@@ -896,16 +968,23 @@ impl<'s, 't> JournaledSink<'s, 't> {
                         .write_all(offset, data)
                         .map_err(io_err(self.target.path, "cannot write the target"))?;
                 }
+                self.unsynced = true;
             }
-            self.target.sync()?;
+            if self.state.recorded {
+                // Until the state has an identity, nothing needs to be
+                // durable: a crash redoes every write from the start.
+                self.target.sync()?;
+                self.unsynced = false;
+            }
             self.state.commit(self.window_end)
         })();
         result.map_err(|e| self.fail(e))?;
-        self.window_reads.clear();
+        if self.state.recorded {
+            self.window_reads.clear();
+        }
         self.window_units = 0;
         self.window_bytes = 0;
         self.window_span = 0;
-        self.direct = false;
         self.journal.clear();
         self.journal_end = 0;
         Ok(())
@@ -927,7 +1006,7 @@ impl Sink for JournaledSink<'_, '_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.settle()?;
-        self.commit_window()
+        self.commit_window(false)
     }
     fn segment_written(&mut self, index: u64, hash: &Hash) -> io::Result<()> {
         if !self.state.check_pin(index, hash)? {
@@ -968,7 +1047,7 @@ impl Sink for PinSink<'_> {
     }
     fn segment_written(&mut self, index: u64, hash: &Hash) -> io::Result<()> {
         match self.state.borrow_mut().as_mut() {
-            Some(s) => s.write_pin(index, hash),
+            Some(s) => s.pin(index, hash),
             None => Ok(()),
         }
     }

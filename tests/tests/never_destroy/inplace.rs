@@ -457,3 +457,106 @@ fn a_file_behind_a_mounted_loop_device_is_refused() {
     assert!(fs::read(&img).expect("image") == before, "the file changed");
     drop(mounted);
 }
+
+#[test]
+fn a_killed_apply_that_journals_nothing_is_rerun_only_if_the_patch_still_makes_the_new_image() {
+    // sparse is all literal segments: every write is direct, so its state
+    // file stays empty, and a kill leaves the old image with some of the
+    // new bytes written. The next run checks that the patch, run over the
+    // target as it is, makes the new image, and only then writes.
+    let p = Pair::new("sparse");
+    let disk = p.dir.path().join("disk.img");
+    let state = p.dir.path().join(".disk.img.anypatch-state");
+    let (old, new) = (p.old(), p.new_image());
+    let half = (1..200).find(|&k| {
+        fs::write(&disk, &old).expect("fresh disk");
+        let _ = fs::remove_file(&state);
+        let o = in_place(&disk, &p.patch(), &[], Some(k));
+        let now = fs::read(&disk).expect("disk");
+        killed(&o) && now != old && now != new
+    });
+    assert!(half.is_some(), "no kill point left a half-patched target");
+    assert_eq!(
+        fs::metadata(&state)
+            .expect("the state file marks the run")
+            .len(),
+        0,
+        "an apply that journals nothing wrote state"
+    );
+    let half_done = fs::read(&disk).expect("disk");
+
+    // A byte in the middle of the longest unchanged stretch: no write of
+    // the patch covers it, so changing it changes the result.
+    let (mut best, mut run_start, mut best_at) = (0, 0, 0);
+    for i in 0..=old.len() {
+        if i == old.len() || old[i] != new[i] {
+            if i - run_start > best {
+                (best, best_at) = (i - run_start, run_start + (i - run_start) / 2);
+            }
+            run_start = i + 1;
+        }
+    }
+    flip(&disk, best_at as u64);
+    let touched = fs::read(&disk).expect("disk");
+    let o = in_place(&disk, &p.patch(), &[], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not make the new image") && stderr(&o).contains("interrupted"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        fs::read(&disk).expect("disk") == touched,
+        "target was written"
+    );
+    assert!(
+        state.exists(),
+        "the mark of the interrupted apply was dropped"
+    );
+
+    // --check names the mark and says how to finish or discard it.
+    let o = Command::new(bin("applypatch"))
+        .arg("--check")
+        .arg(&disk)
+        .arg(p.patch())
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&state.display().to_string()) && stderr(&o).contains("rm "),
+        "{}",
+        stderr(&o)
+    );
+
+    // As the kill left it, the rerun finishes it, exactly.
+    fs::write(&disk, &half_done).expect("undo the touch");
+    let o = in_place(&disk, &p.patch(), &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(&disk).expect("disk") == new, "wrong result");
+    assert!(!state.exists(), "state left after success");
+
+    // Restored from a backup after such a kill: an ordinary fresh apply.
+    fs::write(&disk, &half_done).expect("half done again");
+    fs::write(&state, b"").expect("mark");
+    fs::write(&disk, &old).expect("restore");
+    let o = in_place(&disk, &p.patch(), &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(&disk).expect("disk") == new, "wrong result");
+    assert!(!state.exists(), "state left after success");
+}
+
+#[test]
+fn a_run_killed_on_an_already_patched_target_leaves_nothing_to_redo() {
+    // The killed run leaves its empty state file; the next run finds the
+    // new image there and says so, instead of running the patch over it.
+    let p = Pair::new("moved");
+    let disk = p.disk("disk.img");
+    let state = p.dir.path().join(".disk.img.anypatch-state");
+    assert!(in_place(&disk, &p.patch(), &[], None).status.success());
+    assert!(killed(&in_place(&disk, &p.patch(), &[], Some(1))));
+    assert!(state.exists(), "the killed run left no mark");
+    let o = in_place(&disk, &p.patch(), &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(&disk).expect("disk") == p.new_image());
+    assert!(!state.exists(), "the mark was left");
+}
