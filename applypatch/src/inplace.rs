@@ -994,6 +994,14 @@ fn write_pass(
 /// Sets the final length, flushes, checks a resumed result, removes the state.
 fn finish(state: State, t: &Target, header: &Header, resumed: bool) -> Result<(), DriveError> {
     if t.is_regular {
+        if file_len(&t.file).is_ok_and(|len| len > header.new_len) {
+            // Cutting old bytes off is final: what was written before must
+            // be on disk first, or a power cut could leave a target that
+            // is neither image and cannot be redone.
+            t.file
+                .sync_data()
+                .map_err(io_err("cannot flush the target to disk"))?;
+        }
         t.file
             .set_len(header.new_len)
             .map_err(io_err("cannot set the target's final length"))?;

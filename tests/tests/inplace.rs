@@ -14,6 +14,17 @@ struct Pair {
     dir: tempfile::TempDir,
 }
 
+/// The old and new file of a pair of the small corpus; `shrink` and
+/// `truncate` are `grow` and `append` backwards (the file gets shorter: its
+/// tail is cut only at the end).
+fn files(name: &str) -> (String, String) {
+    match name {
+        "shrink" => ("grow.new".into(), "grow.old".into()),
+        "truncate" => ("append.new".into(), "append.old".into()),
+        n => (format!("{n}.old"), format!("{n}.new")),
+    }
+}
+
 impl Pair {
     /// A pair with an in-place patch made by `mkpatch --in-place`.
     fn new(name: &'static str) -> Self {
@@ -39,8 +50,8 @@ impl Pair {
         let c = corpus_small();
         let o = Command::new(bin("mkpatch"))
             .arg("--in-place")
-            .arg(c.join(format!("{name}.old")))
-            .arg(c.join(format!("{name}.new")))
+            .arg(c.join(files(name).0))
+            .arg(c.join(files(name).1))
             .arg("-o")
             .arg(dir.path().join("p.anyp"))
             .arg("-q")
@@ -51,10 +62,10 @@ impl Pair {
         Pair { name, dir }
     }
     fn old(&self) -> PathBuf {
-        corpus_small().join(format!("{}.old", self.name))
+        corpus_small().join(files(self.name).0)
     }
     fn new_image(&self) -> Vec<u8> {
-        fs::read(corpus_small().join(format!("{}.new", self.name))).expect("new")
+        fs::read(corpus_small().join(files(self.name).1)).expect("new")
     }
     fn patch(&self) -> PathBuf {
         self.dir.path().join("p.anyp")
@@ -139,13 +150,15 @@ fn crash_and_resume(name: &'static str, points: impl Iterator<Item = u64>) -> us
 fn survives_sigkill_at_every_step_and_during_resume() {
     // Every protocol step of sparse, zeros and grow (which journal nothing:
     // a kill leaves an empty state file and direct writes, redone from the
-    // start); a spread of moved's and edits' (which journal).
+    // start); a spread of moved's, edits' and shrink's (which journal).
     let mut kills = 0;
     kills += crash_and_resume("sparse", 1..=9);
     kills += crash_and_resume("moved", (1..=95).step_by(2));
     kills += crash_and_resume("zeros", 1..=5);
     kills += crash_and_resume("grow", 1..=28);
     kills += crash_and_resume("edits", (1..=571).step_by(20));
+    kills += crash_and_resume("shrink", (1..=70).step_by(2));
+    kills += crash_and_resume("truncate", 1..=10);
     assert!(kills >= 100, "only {kills} runs were killed mid-apply");
 }
 
