@@ -42,6 +42,8 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+#[cfg(feature = "std")]
+pub mod drive;
 mod engine;
 mod error;
 mod zstd;

@@ -46,6 +46,8 @@ use anypatch_apply::{Applier, ApplyError, Config, Progress, Summary};
 use journal::{Claim, Found, JournaledSink, PinSink, State, TargetWriter};
 pub use journal::{Identity, TargetId, BATCH_BYTES};
 
+use anypatch_apply::drive::hash_range;
+
 use crate::{drive, file_len, hex, io_err, DriveError, PatchSource, Policy, Sink, READ_CHUNK};
 
 /// Where the state files of block devices live.
@@ -1021,21 +1023,7 @@ fn finish(state: State, t: &Target, header: &Header, resumed: bool) -> Result<()
 
 /// Whether `file` holds exactly `len` bytes hashing to `hash`.
 fn is_image(file: &File, len: u64, hash: &Hash) -> bool {
-    if file_len(file).ok() != Some(len) {
-        return false;
-    }
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut at = 0;
-    while at < len {
-        let n = (len - at).min(buf.len() as u64) as usize;
-        if file.read_exact_at(&mut buf[..n], at).is_err() {
-            return false;
-        }
-        h.update(&buf[..n]);
-        at += n as u64;
-    }
-    *h.finalize().as_bytes() == *hash
+    file_len(file).ok() == Some(len) && hash_range(file, 0, len).is_ok_and(|h| h == *hash)
 }
 
 /// BLAKE3 of the patch file without its trailer: the patch hash that the
@@ -1043,18 +1031,8 @@ fn is_image(file: &File, len: u64, hash: &Hash) -> bool {
 fn hash_patch_file(path: &Path) -> Result<Hash, DriveError> {
     let f = File::open(path).map_err(io_err(format!("cannot open patch {}", path.display())))?;
     let len = f.metadata().map_err(io_err("cannot size the patch"))?.len();
-    let end = len.saturating_sub(TRAILER_LEN as u64);
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut at = 0;
-    while at < end {
-        let n = (end - at).min(buf.len() as u64) as usize;
-        f.read_exact_at(&mut buf[..n], at)
-            .map_err(io_err("cannot read the patch"))?;
-        h.update(&buf[..n]);
-        at += n as u64;
-    }
-    Ok(*h.finalize().as_bytes())
+    hash_range(&f, 0, len.saturating_sub(TRAILER_LEN as u64))
+        .map_err(io_err("cannot read the patch"))
 }
 
 /// Test hook: with `ANYPATCH_TEST_IO_REPORT=FILE`, writes to FILE what this

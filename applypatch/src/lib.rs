@@ -1,10 +1,11 @@
 //! File adapters over the sans-IO engine: the one applier that the
 //! `applypatch` CLI and the initramfs build share.
 //!
-//! [`drive`] runs an [`Applier`] to completion against a patch reader, an old
-//! file read with `pread`, and a [`Sink`] for verified writes. The three entry
-//! points ([`check`], [`apply_to_new_file`], [`apply_in_place`]) choose the
-//! engine configuration and the sink.
+//! The engine's std layer ([`drive`], from `anypatch_apply::drive`) runs an
+//! [`Applier`] to completion against a patch reader, the old file read with
+//! `pread`, and a [`Sink`] for verified writes. The three entry points here
+//! ([`check`], [`apply_to_new_file`], [`apply_in_place`]) choose the engine
+//! configuration and the sink: a new file or device, or the in-place journal.
 #![forbid(unsafe_code)]
 
 pub mod inplace;
@@ -16,15 +17,13 @@ pub use output::{apply_to_new_file, NewFileSink, OutputTarget, Written};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use anypatch_apply::drive::DriveError as LayerError;
+pub use anypatch_apply::drive::{drive, NullSink, OldSource, Sink, READ_CHUNK};
 use anypatch_apply::format::{parse_key_file, Hash, Header, KeyKind};
-use anypatch_apply::{Applier, ApplyError, Config, ErrorClass, Event, Progress, Summary};
+use anypatch_apply::{Applier, ApplyError, Config, ErrorClass, Progress, Summary};
 use anypatch_safe_output::{a_kind, human_bytes_exact};
-
-/// Patch bytes read per `read` call.
-const READ_CHUNK: usize = 0x4_0000;
 
 /// Why an apply did not finish.
 #[derive(Debug)]
@@ -66,136 +65,32 @@ impl From<ApplyError> for DriveError {
     }
 }
 
+impl From<LayerError> for DriveError {
+    fn from(e: LayerError) -> Self {
+        match e {
+            LayerError::Apply(e) => Self::Apply(e),
+            LayerError::ReadPatch(source) => Self::Io {
+                action: "cannot read the patch".into(),
+                source,
+            },
+            LayerError::OldShrank { .. } => {
+                Self::Refused("the old file got shorter while the patch was applied".into())
+            }
+            LayerError::ReadOld { offset, source } => Self::Io {
+                action: format!("cannot read the old file at offset {offset}"),
+                source,
+            },
+            LayerError::Sink { what, source } => Self::Io {
+                action: what,
+                source,
+            },
+        }
+    }
+}
+
 fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> DriveError {
     let action = action.into();
     move |source| DriveError::Io { action, source }
-}
-
-/// Where verified new bytes go.
-pub trait Sink {
-    /// Writes verified bytes at `offset`.
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Makes `len` bytes at `offset` read as zero.
-    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()>;
-    /// Makes everything written so far final. Called once, before the
-    /// apply reports success.
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-    /// Called right after [`Sink::write_at`] when its bytes were a data
-    /// segment's output: the segment's index and the full BLAKE3 of its
-    /// output (see `Applier::written_segment`). A sink that must not write
-    /// bytes it cannot pin holds them until this call.
-    fn segment_written(&mut self, _index: u64, _hash: &Hash) -> io::Result<()> {
-        Ok(())
-    }
-    /// Called after each old-byte read the engine asked for, with the bytes
-    /// read: an in-place sink learns which target bytes a replay relies on.
-    fn old_read(&mut self, _offset: u64, _data: &[u8]) {}
-    /// What error messages call the place written ("the temporary file X").
-    fn describe(&self) -> String {
-        "the target".into()
-    }
-}
-
-/// Discards everything: verification only.
-#[derive(Debug, Default)]
-pub struct NullSink;
-
-impl Sink for NullSink {
-    fn write_at(&mut self, _: u64, _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn zero(&mut self, _: u64, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Runs `applier` to the end. `on_header` sees the header before any old
-/// byte is read and may refuse it; `on_progress` is called often and cheaply.
-pub fn drive(
-    applier: &mut Applier,
-    patch: &mut dyn Read,
-    old: &File,
-    sink: &mut dyn Sink,
-    on_header: &mut dyn FnMut(&Header) -> Result<(), DriveError>,
-    on_progress: &mut dyn FnMut(Progress),
-) -> Result<Summary, DriveError> {
-    let mut buf = vec![0u8; READ_CHUNK];
-    let (mut start, mut end) = (0, 0);
-    loop {
-        match applier.poll()? {
-            Event::NeedInput => {
-                if start == end {
-                    let n =
-                        read_retrying(patch, &mut buf).map_err(io_err("cannot read the patch"))?;
-                    if n == 0 {
-                        applier.end_of_input();
-                        continue;
-                    }
-                    (start, end) = (0, n);
-                }
-                start += applier.feed(&buf[start..end]);
-            }
-            Event::Header(h) => on_header(h)?,
-            Event::ReadOld { offset, buf } => {
-                old.read_exact_at(buf, offset).map_err(|e| {
-                    if e.kind() == io::ErrorKind::UnexpectedEof {
-                        DriveError::Refused(
-                            "the old file got shorter while the patch was applied".into(),
-                        )
-                    } else {
-                        DriveError::Io {
-                            action: format!("cannot read the old file at offset {offset}"),
-                            source: e,
-                        }
-                    }
-                })?;
-                sink.old_read(offset, buf);
-                // Reported after old reads too, so base checking shows progress.
-                on_progress(applier.progress());
-            }
-            Event::Write { offset, data } => {
-                let written = match sink.write_at(offset, data) {
-                    Ok(()) => match applier.written_segment() {
-                        Some((index, hash)) => sink.segment_written(index, &hash),
-                        None => Ok(()),
-                    },
-                    Err(e) => Err(e),
-                };
-                written.map_err(|e| DriveError::Io {
-                    action: format!("cannot write {} at offset {offset}", sink.describe()),
-                    source: e,
-                })?;
-                on_progress(applier.progress());
-            }
-            Event::Zero { offset, len } => {
-                sink.zero(offset, len).map_err(|e| DriveError::Io {
-                    action: format!(
-                        "cannot write zeros to {} at offset {offset}",
-                        sink.describe()
-                    ),
-                    source: e,
-                })?;
-            }
-            Event::Done(summary) => {
-                sink.flush().map_err(|e| DriveError::Io {
-                    action: format!("cannot write {}", sink.describe()),
-                    source: e,
-                })?;
-                return Ok(summary);
-            }
-        }
-    }
-}
-
-fn read_retrying(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match r.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
 }
 
 /// Where the patch comes from: a file path, or `-` for stdin.

@@ -15,9 +15,6 @@ use super::sink::{write_zeros, HOLE_BLOCK};
 use super::{stop_after_commit_for_tests, OutputTarget, Written};
 use crate::{drive, file_len, io_err, DriveError, NullSink, PatchSource, Policy, Sink};
 
-/// Device bytes hashed per read when reading the written image back.
-const READBACK_CHUNK: usize = 0x10_0000;
-
 /// A device that is being written: it holds part of the new image, which
 /// [`super::interrupted`] tells the user.
 static WRITING: Mutex<Option<PathBuf>> = Mutex::new(None);
@@ -152,8 +149,8 @@ pub(super) fn write_device(
         .map_err(io_err(format!("cannot flush {shown} to disk")))?;
     // Read back what the device holds, not what the page cache remembers.
     let _ = rustix::fs::fadvise(&dev, 0, None, rustix::fs::Advice::DontNeed);
-    let got =
-        hash_prefix(&dev, summary.new_len).map_err(io_err(format!("cannot read {shown} back")))?;
+    let got = anypatch_apply::drive::hash_range(&dev, 0, summary.new_len)
+        .map_err(io_err(format!("cannot read {shown} back")))?;
     if got != new_hash {
         return Err(DriveError::Refused(format!(
             "{shown} reads back different bytes than were written (BLAKE3 {}, expected {}): the device may be failing",
@@ -183,19 +180,6 @@ pub(super) fn write_device(
 fn read_only(rdev: u64) -> bool {
     let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
     fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/ro")).is_ok_and(|s| s.trim() == "1")
-}
-
-fn hash_prefix(file: &File, len: u64) -> io::Result<[u8; 32]> {
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; READBACK_CHUNK];
-    let mut at = 0;
-    while at < len {
-        let n = (len - at).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], at)?;
-        h.update(&buf[..n]);
-        at += n as u64;
-    }
-    Ok(*h.finalize().as_bytes())
 }
 
 /// Writes a block device in place; zero runs are zeroed by the device
