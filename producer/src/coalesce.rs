@@ -11,7 +11,7 @@
 //! extent around them.
 
 use crate::input::Input;
-use crate::scan::{push_span, Class, Span};
+use crate::spans::{push_span, Class, Span};
 use crate::ProduceError;
 
 /// Longest span checked for joining.
@@ -59,7 +59,7 @@ pub(crate) fn join_copies(
             _ if short && prev == Some(Class::Zero) && next == Some(Class::Zero) => {
                 new_buf.resize(span.len as usize, 0);
                 new.read_exact_at(&mut new_buf, start)?;
-                crate::scan::is_zero(&new_buf).then_some(Class::Zero)
+                crate::zeros::is_zero(&new_buf).then_some(Class::Zero)
             }
             _ => None,
         };

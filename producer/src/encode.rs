@@ -30,11 +30,14 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 
 use anypatch_format::{Codec, Op, PrefixRef, SegmentEntry, MAX_OPS_LEN, PACKED_OPS};
-use zstd::zstd_safe::{self, CParameter};
+use zstd::zstd_safe;
 
 use crate::exec::for_each_ordered;
 use crate::input::{Input, Job};
 use crate::plan::{Part, Plan, SegmentPlan};
+use crate::raw_spool::{RawData, RawSpool};
+use crate::zeros::is_zero;
+use crate::zstd_frames::{zstd_frame, TRIAL_HASH_LOG};
 use crate::{Phase, ProduceError, Progress};
 
 /// Rough memory one encoding worker uses besides zstd: the new and old
@@ -59,13 +62,6 @@ const PREFIX_MIN_LEN: usize = 256 << 10;
 /// data to have moved against its main source. Each prefix byte costs the
 /// search an insert, so a short segment gets a short prefix.
 const PREFIX_SLACK: u32 = 1 << 20;
-/// The fast trials' hash table: one slot per position of a 4 MiB history,
-/// so that zstd's fastest level still finds matches at its far end (its
-/// own table keeps only the most recent positions of a long prefix).
-pub(crate) const TRIAL_HASH_LOG: u32 = 22;
-/// zstd's window log for prefix frames: their window stays within the
-/// format's `MAX_ZSTD_WINDOW`.
-const PREFIX_WINDOW_LOG: i32 = 22;
 
 /// What the encoder does, from the producer's options.
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +94,7 @@ pub(crate) struct Encoded {
     /// Whether some segment uses `ZstdHistory` (format 1.3's feature bit).
     pub uses_history: bool,
     /// With [`Settings::history`]: the data blocks, uncompressed.
-    pub raw: Option<crate::history::RawSpool>,
+    pub raw: Option<RawSpool>,
 }
 
 /// A rough upper bound of a zstd compression context at `level` for a
@@ -169,7 +165,7 @@ pub(crate) fn encode_all(
     let mut uses_prefix = false;
     let mut packs_ops = false;
     let mut spool = BufWriter::with_capacity(1 << 20, spool);
-    let mut raw = raw_spool.map(crate::history::RawData::new);
+    let mut raw = raw_spool.map(RawData::new);
     let compress_err = |source| ProduceError::Compress { source };
     for_each_ordered(
         workers,
@@ -220,7 +216,7 @@ pub(crate) fn encode_all(
     let spool = spool.into_inner().map_err(|e| ProduceError::Spool {
         source: e.into_error(),
     })?;
-    let raw = raw.map(crate::history::RawData::finish).transpose()?;
+    let raw = raw.map(RawData::finish).transpose()?;
     Ok(Encoded {
         entries,
         spool,
@@ -265,9 +261,7 @@ fn encode_segment(
                 // Zeros that are zeros in the old file too are unchanged
                 // bytes: a copy, which joins the copies around it.
                 let at = (pos - seg.start) as usize;
-                let unchanged = old_bytes
-                    .get(at..at + len as usize)
-                    .is_some_and(crate::scan::is_zero);
+                let unchanged = old_bytes.get(at..at + len as usize).is_some_and(is_zero);
                 if unchanged {
                     push_op(&mut ops, Op::Copy { len, delta: 0 });
                 } else {
@@ -606,7 +600,7 @@ impl Near<'_> {
                         let lo = (at - self.seg_start) as usize - len as usize;
                         self.old_bytes
                             .get(lo..lo + len as usize)
-                            .is_some_and(crate::scan::is_zero)
+                            .is_some_and(is_zero)
                     }
                     _ => false,
                 };
@@ -684,40 +678,6 @@ fn prefix_block(
     .emit(&mut block);
     block.extend_from_slice(&zstd_frame(level, 0, prefix, data)?);
     Ok(block)
-}
-
-/// One zstd frame of `data` that declares its content size, has no checksum
-/// or dictionary id, stays within the format's window, and has `prefix` (if
-/// any) as its history. `hash_log` 0 keeps the level's hash table.
-pub(crate) fn zstd_frame(
-    level: i32,
-    hash_log: u32,
-    prefix: &[u8],
-    data: &[u8],
-) -> Result<Vec<u8>, ProduceError> {
-    let err = |code| ProduceError::Compress {
-        source: std::io::Error::other(zstd_safe::get_error_name(code)),
-    };
-    let mut cctx = zstd_safe::CCtx::create();
-    for p in [
-        CParameter::CompressionLevel(level),
-        CParameter::WindowLog(PREFIX_WINDOW_LOG as u32),
-        CParameter::ContentSizeFlag(true),
-        CParameter::ChecksumFlag(false),
-        CParameter::DictIdFlag(false),
-    ] {
-        cctx.set_parameter(p).map_err(err)?;
-    }
-    if hash_log > 0 {
-        cctx.set_parameter(CParameter::HashLog(hash_log))
-            .map_err(err)?;
-    }
-    if !prefix.is_empty() {
-        cctx.ref_prefix(prefix).map_err(err)?;
-    }
-    let mut frame = Vec::with_capacity(zstd_safe::compress_bound(data.len()));
-    cctx.compress2(&mut frame, data).map_err(err)?;
-    Ok(frame)
 }
 
 /// The old bytes for new bytes `n` at offset `a`, where `near[i]` is the

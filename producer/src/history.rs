@@ -7,7 +7,7 @@
 //! decoded data of the patch's earlier such segments as history: the last
 //! `MAX_HISTORY_LEN - n` bytes of their concatenation, for `n` data bytes.
 //!
-//! Every segment with data takes part (but see [`takes_part`]), so the
+//! Every segment with data takes part (but see [`takes_part`](crate::raw_spool::takes_part)), so the
 //! history is simply the data blocks spooled by phase 5a in order, and each
 //! frame can be made on its own, in parallel. The pass is kept only when its
 //! frames are smaller in total than the data blocks they replace, and each
@@ -21,80 +21,12 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 
-use anypatch_format::{Codec, MAX_HISTORY_LEN, MAX_SEGMENT_LEN, PACKED_OPS};
-use zstd::zstd_safe;
-
-use crate::encode::{encode_workers, zstd_frame, Encoded, TRIAL_HASH_LOG};
+use crate::encode::{encode_workers, Encoded};
 use crate::exec::for_each_ordered;
+use crate::raw_spool::RawSpool;
+use crate::zstd_frames::{zstd_frame, TRIAL_HASH_LOG};
 use crate::{Phase, ProduceError, Progress};
-
-/// Every data block of phase 5a, uncompressed, back to back in segment order.
-#[derive(Debug)]
-pub(crate) struct RawData {
-    file: BufWriter<File>,
-    /// (segment, offset in the file, length) for each segment with data.
-    blocks: Vec<(usize, u64, u32)>,
-    len: u64,
-}
-
-/// [`RawData`] once written: readable at any offset.
-#[derive(Debug)]
-pub(crate) struct RawSpool {
-    file: File,
-    blocks: Vec<(usize, u64, u32)>,
-}
-
-impl RawData {
-    pub(crate) fn new(file: File) -> Self {
-        Self {
-            file: BufWriter::with_capacity(1 << 20, file),
-            blocks: Vec::new(),
-            len: 0,
-        }
-    }
-
-    /// Appends segment `seg`'s data block, which phase 5a coded `stored`
-    /// or not, when it takes part (see [`takes_part`]).
-    pub(crate) fn push(
-        &mut self,
-        seg: usize,
-        data: &[u8],
-        stored: bool,
-    ) -> Result<(), ProduceError> {
-        if !takes_part(data.len(), stored) {
-            return Ok(());
-        }
-        self.file
-            .write_all(data)
-            .map_err(|source| ProduceError::Spool { source })?;
-        self.blocks.push((seg, self.len, data.len() as u32)); // at most 4 MiB
-        self.len += data.len() as u64;
-        Ok(())
-    }
-
-    pub(crate) fn finish(self) -> Result<RawSpool, ProduceError> {
-        let file = self.file.into_inner().map_err(|e| ProduceError::Spool {
-            source: e.into_error(),
-        })?;
-        Ok(RawSpool {
-            file,
-            blocks: self.blocks,
-        })
-    }
-}
-
-/// Whether a data block of `n` bytes that phase 5a coded as stored (zstd
-/// could not shrink it) or not takes part in the data history.
-///
-/// An empty block cannot: codec 0x03 needs data. A codec 0x03 block is a
-/// zstd frame, and a frame of bytes zstd cannot shrink is longer than they
-/// are (3 bytes per 128 KiB block, and its header): for a stored block near
-/// 4 MiB that is over the format's limit on `data_len`, so such a block
-/// keeps its stored coding and stays out of the history, for the frames
-/// after it too. A block that zstd did shrink takes part at any size.
-pub(crate) fn takes_part(n: usize, stored: bool) -> bool {
-    n > 0 && (!stored || zstd_safe::compress_bound(n) <= MAX_SEGMENT_LEN as usize)
-}
+use anypatch_format::{Codec, MAX_HISTORY_LEN, MAX_SEGMENT_LEN, PACKED_OPS};
 
 /// Recodes every data block of `enc` with codec `ZstdHistory` when that is
 /// smaller in total, writing the new payloads to `out`. Returns `enc`
@@ -217,25 +149,10 @@ fn compress(level: i32, prefix: &[u8], data: &[u8]) -> Result<Vec<u8>, ProduceEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raw_spool::RawData;
     use crate::test_data::noise;
     use anypatch_format::SegmentEntry;
-
-    #[test]
-    fn frames_declare_their_size_and_decode_against_the_prefix() {
-        let prefix: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let data = prefix[50_000..120_000].to_vec();
-        let frame = compress(19, &prefix, &data).expect("compress");
-        assert!(frame.len() < 200, "history was not used: {}", frame.len());
-        let mut dctx = zstd_safe::DCtx::create();
-        dctx.ref_prefix(&prefix[..]).expect("prefix");
-        let mut out = Vec::with_capacity(data.len());
-        dctx.decompress(&mut out, &frame).expect("decompress");
-        assert_eq!(out, data);
-        assert_eq!(
-            zstd_safe::get_frame_content_size(&frame).expect("header"),
-            Some(data.len() as u64)
-        );
-    }
+    use zstd::zstd_safe;
 
     /// One segment of a hand-made phase 5a result: its ops block (opaque
     /// here), its data, and whether 5a stored the data or compressed it.

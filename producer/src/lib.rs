@@ -74,12 +74,17 @@ pub mod inspect;
 mod keys;
 mod matching;
 mod plan;
+mod raw_spool;
+mod rolling;
 mod scan;
 mod shift;
+mod spans;
 #[cfg(test)]
 mod test_data;
 mod verify;
 mod write;
+mod zeros;
+mod zstd_frames;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -328,7 +333,7 @@ pub fn make_patch(
     if opts.in_place {
         make_in_place_safe(&mut runs);
     }
-    let spans = scan::spans_of(&runs, new.len, opts.block_size);
+    let spans = spans::spans_of(&runs, new.len, opts.block_size);
     drop(runs);
     let shift_index = shift::ShiftIndex::build(scanned.shift_entries);
     let spans = shift::find_shifted(job, &shift_index, spans, opts.in_place)?;
@@ -393,11 +398,11 @@ pub fn make_patch(
 /// breaks every copy cycle, such as two swapped regions, at a bounded cost:
 /// at most the moved bytes, compressed. Blocks that moved forwards, and
 /// same-offset deltas, stay as they are.
-fn make_in_place_safe(runs: &mut [scan::Run]) {
+fn make_in_place_safe(runs: &mut [spans::Run]) {
     for run in runs.iter_mut() {
-        if let scan::Class::Moved(delta) = run.class {
+        if let spans::Class::Moved(delta) = run.class {
             if delta < 0 {
-                run.class = scan::Class::Changed(0);
+                run.class = spans::Class::Changed(0);
             }
         }
     }

@@ -7,7 +7,7 @@
 use crate::exec::map_indexed;
 use crate::index::OldIndex;
 use crate::input::Job;
-use crate::scan::{push_run, Class, Run};
+use crate::spans::{push_run, Class, Run};
 use crate::{Phase, ProduceError, Progress};
 
 /// Changed blocks per work item.

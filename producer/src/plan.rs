@@ -11,7 +11,7 @@
 //! longer one a copy extent. Larger gaps cost the applier reads of
 //! unchanged bytes that an in-place apply could otherwise skip.
 
-use crate::scan::{Class, Span};
+use crate::spans::{Class, Span};
 
 /// Changed regions closer than this many blocks are always merged.
 pub(crate) const MIN_MERGE_GAP_BLOCKS: u64 = 4;
@@ -223,7 +223,7 @@ fn push_part(parts: &mut Vec<Part>, part: Part) {
 mod tests {
     use super::*;
 
-    use crate::scan::{spans_of, Run};
+    use crate::spans::{spans_of, Run};
 
     fn runs(list: &[(Class, u64)]) -> Vec<Run> {
         list.iter()

@@ -3,7 +3,7 @@
 //! Each worker takes 1 MiB windows, reads the old and new window with `pread`
 //! into its own buffers, and computes: both windows' BLAKE3 tree values, the
 //! xxh3 of every full non-zero old block (for the index), the rolling hash of
-//! one [`shift::KEY_LEN`]-byte window of each such block (for the shift
+//! one [`rolling::KEY_LEN`]-byte window of each such block (for the shift
 //! index), and a class for every new block. Results are kept per window and
 //! joined in window order.
 
@@ -14,71 +14,10 @@ use crate::exec::map_indexed;
 use crate::hashtree;
 pub(crate) use crate::hashtree::WINDOW;
 use crate::input::{Input, Job};
-use crate::shift;
+use crate::rolling;
+use crate::spans::{push_run, Class, Run};
+use crate::zeros::is_zero;
 use crate::{Phase, ProduceError, Progress};
-
-/// What a new block is, relative to the old file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
-    /// Equal to the old bytes at the same offset.
-    Same,
-    /// All zero (and not [`Class::Same`]).
-    Zero,
-    /// Equal to the old bytes at `offset + delta` (found by the matcher).
-    Moved(i64),
-    /// Anything else: goes into a data segment. The value is a hint for the
-    /// encoder: the old bytes at `offset + hint` may be similar enough for a
-    /// bytewise delta (0, the same offset, unless a shifted match says
-    /// otherwise).
-    Changed(i64),
-}
-
-/// `blocks` consecutive new blocks of one class. Runs tile the new file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Run {
-    pub class: Class,
-    pub blocks: u64,
-}
-
-/// Appends `blocks` blocks of `class`, extending the last run when it matches.
-pub(crate) fn push_run(runs: &mut Vec<Run>, class: Class, blocks: u64) {
-    match runs.last_mut() {
-        Some(last) if last.class == class => last.blocks += blocks,
-        _ if blocks > 0 => runs.push(Run { class, blocks }),
-        _ => {}
-    }
-}
-
-/// `len` consecutive new bytes of one class: the byte-granular form of
-/// [`Run`]s that the shift matcher refines. Spans tile the new file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Span {
-    pub class: Class,
-    pub len: u64,
-}
-
-/// Appends `len` bytes of `class`, extending the last span when it matches.
-pub(crate) fn push_span(spans: &mut Vec<Span>, class: Class, len: u64) {
-    match spans.last_mut() {
-        Some(last) if last.class == class => last.len += len,
-        _ if len > 0 => spans.push(Span { class, len }),
-        _ => {}
-    }
-}
-
-/// Turns `runs`, which tile `ceil(new_len / block_size)` blocks, into spans
-/// that tile `new_len` bytes.
-pub(crate) fn spans_of(runs: &[Run], new_len: u64, block_size: u32) -> Vec<Span> {
-    let bs = u64::from(block_size);
-    let mut spans = Vec::with_capacity(runs.len());
-    let mut start = 0u64;
-    for run in runs {
-        let end = (start + run.blocks * bs).min(new_len);
-        push_span(&mut spans, run.class, end - start);
-        start = end;
-    }
-    spans
-}
 
 /// What the scan found.
 #[derive(Debug)]
@@ -91,7 +30,7 @@ pub(crate) struct Scanned {
     pub runs: Vec<Run>,
     /// `(block number, xxh3)` of every full `Changed` new block, in order.
     pub changed: Vec<(u64, u64)>,
-    /// [`shift::entry`]s of the full non-zero old blocks, unsorted.
+    /// [`rolling::entry`]s of the full non-zero old blocks, unsorted.
     pub shift_entries: Vec<u64>,
 }
 
@@ -103,13 +42,6 @@ struct WindowScan {
     shift: Vec<u64>,
     runs: Vec<Run>,
     changed: Vec<(u64, u64)>,
-}
-
-/// All-zero bytes to compare blocks against (`memcmp` is the fastest test).
-static ZEROS: [u8; WINDOW as usize] = [0; WINDOW as usize];
-
-pub(crate) fn is_zero(bytes: &[u8]) -> bool {
-    bytes == &ZEROS[..bytes.len()]
 }
 
 /// Scans both files on `threads` workers.
@@ -210,7 +142,8 @@ fn scan_piece(w: &mut WindowScan, start: u64, bs: usize, old_bytes: &[u8], new_b
     for (k, block) in old_bytes.chunks_exact(bs).enumerate() {
         if !is_zero(block) {
             w.index.push((xxh3_64(block), start + (k * bs) as u64));
-            w.shift.extend(shift::entry(block, first_block + k as u64));
+            w.shift
+                .extend(rolling::entry(block, first_block + k as u64));
         }
     }
     for (k, block) in new_bytes.chunks(bs).enumerate() {

@@ -2,8 +2,9 @@
 //! with a short key).
 //!
 //! The scan hashes [`KEY_LEN`] bytes of every full old block, from its first
-//! non-zero byte (its anchor), with a rolling (Rabin–Karp) hash; [`ShiftIndex`] keeps those keys sorted, with
-//! a bitset in front so that most misses cost one bit test. Here the changed
+//! non-zero byte (its anchor), with the rolling key (module `rolling`);
+//! [`ShiftIndex`] keeps those keys sorted, with a bitset in front so that
+//! most misses cost one bit test. Here the changed
 //! spans of the new file are cut into pieces of at most [`PIECE`] bytes, and
 //! a [`KEY_LEN`]-byte window rolls over each piece one byte at a time. When
 //! the window's key names an old block, the old bytes are compared (a hash
@@ -26,11 +27,11 @@
 
 use crate::exec::map_indexed;
 use crate::input::{Input, Job};
-use crate::scan::{is_zero, push_span, Class, Span};
+use crate::rolling::{anchor, hash, key, roll, KEY_LEN};
+use crate::spans::{push_span, Class, Span};
+use crate::zeros::is_zero;
 use crate::{Phase, ProduceError, Progress};
 
-/// Bytes the rolling window and each old block's key cover.
-pub(crate) const KEY_LEN: usize = 64;
 /// Shortest shifted match used: a copy op costs up to 16 bytes, and shorter
 /// matches in structured data are mostly coincidences that zstd would have
 /// coded as well.
@@ -46,62 +47,7 @@ const PIECE: u64 = 1 << 20;
 const FIRST_READ: usize = 4 << 10;
 const NEXT_READ: usize = 64 << 10;
 
-/// The Rabin–Karp base: odd, so no byte's contribution is ever lost.
-const BASE: u64 = 0x9E37_79B9_7F4A_7C15;
-/// `BASE^KEY_LEN`: the weight a byte has when it leaves the window.
-const BASE_OUT: u64 = pow(BASE, KEY_LEN);
-
-const fn pow(mut b: u64, mut e: usize) -> u64 {
-    let mut r = 1u64;
-    while e > 0 {
-        if e & 1 == 1 {
-            r = r.wrapping_mul(b);
-        }
-        b = b.wrapping_mul(b);
-        e >>= 1;
-    }
-    r
-}
-
-/// The rolling hash of `bytes`: `Σ bytes[i] · BASE^(len-1-i) mod 2^64`.
-fn hash(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0, |h, &b| h.wrapping_mul(BASE).wrapping_add(u64::from(b)))
-}
-
-/// Slides the window one byte: drops `out`, takes `inp`.
-fn roll(h: u64, out: u8, inp: u8) -> u64 {
-    h.wrapping_mul(BASE)
-        .wrapping_add(u64::from(inp))
-        .wrapping_sub(u64::from(out).wrapping_mul(BASE_OUT))
-}
-
-/// 32 well-mixed bits of a window hash (the polynomial's low bits only see
-/// the bytes' low bits, so fold and multiply first).
-fn key(h: u64) -> u32 {
-    ((h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 32) as u32
-}
-
-/// Where a block's key window starts: at its first non-zero byte, so that
-/// blocks which start inside a zero run (common in images) are still found.
-/// `None` when fewer than [`KEY_LEN`] bytes follow it.
-fn anchor(block: &[u8]) -> Option<usize> {
-    let chunk = block.chunks(KEY_LEN).position(|c| !is_zero(c))?;
-    let j = chunk * KEY_LEN + block[chunk * KEY_LEN..].iter().position(|&b| b != 0)?;
-    (j + KEY_LEN <= block.len()).then_some(j)
-}
-
-/// The index entry of a full old block: the key of its anchor window in the
-/// high half, its number in the low half. `None` for blocks with no anchor
-/// and past `u32::MAX`.
-pub(crate) fn entry(block: &[u8], number: u64) -> Option<u64> {
-    let number = u32::try_from(number).ok()?;
-    let j = anchor(block)?;
-    Some(u64::from(key(hash(&block[j..j + KEY_LEN]))) << 32 | u64::from(number))
-}
-
-/// Old blocks by key: a sorted `Vec<u64>` of [`entry`]s, one per key (the
+/// Old blocks by key: a sorted `Vec<u64>` of [`rolling::entry`](crate::rolling::entry)s, one per key (the
 /// lowest block wins, so the scan's order does not matter), behind a bitset
 /// of about 8 bits per entry. 9 bytes per indexed old block in all.
 #[derive(Debug)]
@@ -473,27 +419,12 @@ fn common_suffix(a: &[u8], b: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rolling_equals_direct() {
-        let bytes: Vec<u8> = (0..300u32).map(|i| (i * 7919 % 251) as u8).collect();
-        let mut h = hash(&bytes[..KEY_LEN]);
-        for p in 1..=bytes.len() - KEY_LEN {
-            h = roll(h, bytes[p - 1], bytes[p - 1 + KEY_LEN]);
-            assert_eq!(h, hash(&bytes[p..p + KEY_LEN]), "at {p}");
-        }
-    }
+    use crate::rolling::entry;
 
     #[test]
     fn index_finds_lowest_block_per_key() {
         let a = [1u8; KEY_LEN];
         let b = [2u8; KEY_LEN];
-        let mut late = [0u8; 2 * KEY_LEN];
-        late[KEY_LEN - 1] = 5;
-        assert_eq!(anchor(&late), Some(KEY_LEN - 1));
-        late[KEY_LEN - 1] = 0;
-        late[KEY_LEN + 1] = 5;
-        assert_eq!(anchor(&late), None);
         let entries = vec![
             entry(&a, 9).expect("small"),
             entry(&b, 4).expect("small"),
@@ -503,7 +434,6 @@ mod tests {
         assert_eq!(idx.lookup(key(hash(&a))), Some(3));
         assert_eq!(idx.lookup(key(hash(&b))), Some(4));
         assert_eq!(idx.lookup(key(hash(&[3u8; KEY_LEN]))), None);
-        assert_eq!(entry(&a, 1 << 32), None);
     }
 
     #[test]
