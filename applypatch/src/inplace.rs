@@ -1039,6 +1039,11 @@ fn hash_patch_file(path: &Path) -> Result<Hash, DriveError> {
 /// process wrote (`wchar` from /proc/self/io: every byte of every write
 /// call, to the target, the state file or anywhere) and the part of it that
 /// went to state files, so a test can measure write amplification.
+#[cfg(not(feature = "test-hooks"))]
+fn report_io_for_tests(_: &Result<Summary, DriveError>) {}
+
+/// See above; only with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 fn report_io_for_tests(result: &Result<Summary, DriveError>) {
     let Some(path) = std::env::var_os("ANYPATCH_TEST_IO_REPORT") else {
         return;

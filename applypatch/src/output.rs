@@ -116,7 +116,12 @@ pub fn interrupted() -> Interruption {
 /// itself (SIGSTOP) right after the output is committed, so a test can send
 /// a signal at exactly that point; once continued, it waits (at most 10 s)
 /// for the signal handler to decide, so the outcome does not depend on
-/// which thread runs first. Nothing happens otherwise.
+/// which thread runs first. Nothing happens otherwise, and nothing at all
+/// without the `test-hooks` feature.
+#[cfg(not(feature = "test-hooks"))]
+fn stop_after_commit_for_tests() {}
+
+#[cfg(feature = "test-hooks")]
 fn stop_after_commit_for_tests() {
     if std::env::var_os("ANYPATCH_TEST_STOP_AFTER_COMMIT").is_none() {
         return;

@@ -147,6 +147,9 @@ pub fn bin(name: &str) -> PathBuf {
             "anypatch-producer",
             "-p",
             "anypatch-applypatch",
+            // Its crash-test hooks (ANYPATCH_TEST_KILL_AT, ...).
+            "--features",
+            "anypatch-applypatch/test-hooks",
         ]);
         if release {
             cmd.arg("--release");

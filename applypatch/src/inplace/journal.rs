@@ -1072,7 +1072,12 @@ fn sync_dir(path: &Path) {
 /// process kills itself with SIGKILL at the Nth step of the journal
 /// protocol, exactly as a power cut or `kill -9` would stop it; with
 /// `ANYPATCH_TEST_STOP_AT=N` it stops itself (SIGSTOP) there instead, so a
-/// test can act while it holds its locks. Nothing happens otherwise.
+/// test can act while it holds its locks. Nothing happens otherwise, and
+/// nothing at all without the `test-hooks` feature.
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) fn failpoint() {}
+
+#[cfg(feature = "test-hooks")]
 pub(crate) fn failpoint() {
     use std::sync::OnceLock;
     static AT: OnceLock<(Option<u64>, Option<u64>)> = OnceLock::new();
