@@ -8,7 +8,8 @@ import os from 'node:os';
 import { execFileSync, spawnSync } from 'node:child_process';
 
 export const root = path.resolve(import.meta.dirname, '../..');
-export const www = path.join(root, 'wasm/www');
+// ANYPATCH_WWW serves another copy of the page (an older one, to see a test fail without a fix).
+export const www = process.env.ANYPATCH_WWW ? path.resolve(process.env.ANYPATCH_WWW) : path.join(root, 'wasm/www');
 const target = process.env.CARGO_TARGET_DIR || path.join(root, 'target');
 export const work = path.join(target, 'wasm-tests');
 export const artifacts = path.join(target, 'wasm-artifacts');

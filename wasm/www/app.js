@@ -605,6 +605,7 @@ async function main() {
   $('save').addEventListener('click', () => run(true).catch(fail));
   $('save-now').addEventListener('click', () => saveNow().catch(fail));
   $('cancel').addEventListener('click', () => cancel());
+  document.addEventListener('keydown', (e) => { if (e.key === 'Escape' && busy) cancel(); });
   if (!canStage()) $('save-note').textContent = 'This browser cannot keep a verified image aside to save it; Verify still works.';
   // A tab closed before its verified image was saved leaves it in the origin-private file system.
   if (canStage()) {

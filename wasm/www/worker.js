@@ -17,6 +17,9 @@ const post = (m) => self.postMessage(m);
 async function stagingSink(name) {
   const dir = await navigator.storage.getDirectory();
   const file = await dir.getFileHandle(name, { create: true });
+  if (!file.createSyncAccessHandle) {
+    throw new ApplyFailure('this browser cannot keep the verified image aside for saving (it lacks synchronous file access in workers); press Verify, and apply the patch with applypatch', 'io', null, null);
+  }
   const handle = await file.createSyncAccessHandle();
   handle.truncate(0);
   return {
