@@ -211,17 +211,9 @@ pub(crate) fn write_patch(
         first_page,
         producer: PRODUCER.into(),
     };
-    // patch_len is a varint inside the header it measures: iterate to the
-    // fixed point (two or three rounds; the length only grows).
     let sig_len = SignatureBlock::encoded_len_for(usize::from(signer.is_some()));
-    let header_bytes = loop {
-        let bytes = header.emit(required_features, sig_len as u32);
-        let total = (bytes.len() + sig_len) as u64 + pages_len + payloads_len + TRAILER_LEN as u64;
-        if total == header.patch_len {
-            break bytes;
-        }
-        header.patch_len = total;
-    };
+    let header_bytes =
+        header.settle_patch_len(required_features, sig_len as u32, pages_len + payloads_len);
     summary.patch_len = header.patch_len;
 
     let mut w = HashingWriter {

@@ -275,12 +275,11 @@ impl PatchBuilder {
             first_page: next.expect("there is at least one page"),
             producer: "anypatch-tests builder".into(),
         };
-        // patch_len is part of the header, so settle its varint length first.
-        for _ in 0..2 {
-            let head = header.emit(required_features, self.signature.len() as u32);
-            header.patch_len = (head.len() + self.signature.len() + body_len + TRAILER_LEN) as u64;
-        }
-        let mut out = header.emit(required_features, self.signature.len() as u32);
+        let mut out = header.settle_patch_len(
+            required_features,
+            self.signature.len() as u32,
+            body_len as u64,
+        );
         out.extend_from_slice(&self.signature);
         for (p, d) in encoded {
             out.extend_from_slice(&p);

@@ -569,12 +569,8 @@ pub fn seal_raw(
     signature: &[u8],
     body: &[u8],
 ) -> Vec<u8> {
-    let sig_len = signature.len() as u32;
-    for _ in 0..2 {
-        let head = header.emit(required_features, sig_len).len();
-        header.patch_len = (head + signature.len() + body.len() + TRAILER_LEN) as u64;
-    }
-    let mut out = header.emit(required_features, sig_len);
+    let mut out =
+        header.settle_patch_len(required_features, signature.len() as u32, body.len() as u64);
     out.extend_from_slice(signature);
     out.extend_from_slice(body);
     let mut t = [0u8; TRAILER_LEN];
