@@ -46,6 +46,7 @@ extern crate std;
 pub mod drive;
 mod engine;
 mod error;
+pub mod tree_hash;
 mod zstd;
 
 pub use anypatch_format as format;
