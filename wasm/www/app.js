@@ -207,27 +207,16 @@ function drawMap(map, newLen) {
  * the size limit and the typed expected hash. Returns the first problem
  * as { kind, text }, or null.
  */
-async function precheck() {
+async function precheck({ typing = false } = {}) {
   const old = $('old-file').files[0] || null;
   const patch = $('patch-file').files[0] || null;
   if (!patch) return null;
   if (!picked || picked.patch !== patch) {
-    picked = { patch, header: null, map: null, problem: null, isPatch: await looksLikePatch(patch) };
-    if (picked.isPatch) {
-      const { header, map } = await mapPatch(patch, BUCKETS);
-      picked.header = header;
-      picked.map = map;
-      if (map.error) picked.problem = { kind: map.error.includes('newer') ? 'unsupported' : 'corrupt_patch', text: pageMessage('corrupt_patch', map.error, header) };
-      else if (header) {
-        const short = patchLengthProblem(header, patch.size);
-        if (short) picked.problem = { kind: 'corrupt_patch', text: sentence(short) };
-      }
-    }
-    if (picked.header) showHeader(picked.header, signatureText(picked.header));
-    else $('header-section').hidden = true;
-    if (picked.map && !picked.map.error && picked.header) drawMap(picked.map, picked.header.new_len);
-    else $('map-section').hidden = true;
+    // Read once per patch; concurrent checks wait for the same reading.
+    picked = { patch, header: null, map: null, problem: null, isPatch: false };
+    picked.ready = readPicked(picked);
   }
+  await picked.ready;
   if (!picked.isPatch) {
     if (old && (await looksLikePatch(old))) {
       return { kind: 'swapped', text: 'The files look swapped: the one picked as the old image is a patch, and the one picked as the patch is not. Pick them the other way round.' };
@@ -242,7 +231,8 @@ async function precheck() {
     return { kind: 'too_large', text: `This patch makes a ${bytes(h.new_len)} image, above your limit of ${bytes(limit)}. Raise “Largest new image to accept” if you trust the patch.` };
   }
   const typed = typedHash();
-  if (typed.error) return { kind: 'failed', text: typed.error };
+  // Half-typed is not yet wrong; at Verify it is.
+  if (typed.error && !(typing && /^[0-9a-fA-F]{0,63}$/.test($('new-hash').value.trim()))) return { kind: 'failed', text: typed.error };
   if (h && typed.hash && typed.hash !== h.new_hash) {
     return { kind: 'expected_mismatch', text: `This patch makes an image with BLAKE3 ${h.new_hash.slice(0, 16)}…, not the ${typed.hash.slice(0, 16)}… you expect: it is not the patch for the image you want.` };
   }
@@ -250,6 +240,26 @@ async function precheck() {
     return { kind: 'wrong_base', text: `Wrong base: the old image is ${bytes(old.size)} (${old.size} bytes), but the patch was made against a ${h.old_len}-byte file. Pick the image this patch was made for (BLAKE3 ${h.old_hash.slice(0, 16)}…).` };
   }
   return null;
+}
+
+/** Reads the picked patch's magic, header and map, and shows them. */
+async function readPicked(p) {
+  p.isPatch = await looksLikePatch(p.patch);
+  if (p.isPatch) {
+    const { header, map } = await mapPatch(p.patch, BUCKETS);
+    p.header = header;
+    p.map = map;
+    if (map.error) p.problem = { kind: map.error.includes('newer') ? 'unsupported' : 'corrupt_patch', text: pageMessage('corrupt_patch', map.error, header) };
+    else if (header) {
+      const short = patchLengthProblem(header, p.patch.size);
+      if (short) p.problem = { kind: 'corrupt_patch', text: sentence(short) };
+    }
+  }
+  if (picked !== p) return;
+  if (p.header) showHeader(p.header, signatureText(p.header));
+  else $('header-section').hidden = true;
+  if (p.map && !p.map.error && p.header) drawMap(p.map, p.header.new_len);
+  else $('map-section').hidden = true;
 }
 
 /** Shows what the picked files tell; cancels a run or a waiting save, since the files changed. */
@@ -275,7 +285,7 @@ async function showInputs(gen) {
   await discardStaged();
   resetChecks();
   if (!$('patch-file').files[0]) picked = null;
-  const problem = await precheck();
+  const problem = await precheck({ typing: true });
   updateButtons();
   if (busy || gen !== generation) return;
   if (problem) {
@@ -476,7 +486,7 @@ function finishOk(result, { save, stage, old, patch, newFile, expected, trusted 
   window.anypatchLast = { verdict: 'ok', seconds, summary, oldLen: old.size };
   if (save) {
     staged = { name: stage, summary, suggestedName: patch.name.replace(/\.[^.]*$/, '') + '.new.img' };
-    setVerdict('ok', `Verified: this patch fits this image and gives BLAKE3 ${summary.new_hash.slice(0, 16)}…. Now choose where to save the new image.`);
+    setVerdict('ok', `Verified: this patch fits this image and gives BLAKE3 ${summary.new_hash.slice(0, 16)}… Now choose where to save the new image.`);
     $('save-note').textContent = `The verified image (${bytes(summary.new_len)}) is kept in this browser until you save it or pick other files.`;
   } else {
     setVerdict('ok', `Verified: this patch fits this image and gives BLAKE3 ${summary.new_hash.slice(0, 16)}…`);
