@@ -6,13 +6,13 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { load, applyPatch, mapPatch, hashBlob, ApplyFailure } from '../www/anypatch.js';
-import { www, work, corpus, patchOf, applypatch, corrupted, firstDifference } from './fixtures.mjs';
+import { load, applyPatch, mapPatch, hashBlob, ApplyFailure, Hasher } from '../www/anypatch.js';
+import { root, work, corpus, patchOf, applypatch, corrupted, firstDifference, zeroPatch, blake3Of } from './fixtures.mjs';
 
 let pairs;
 
 before(() => {
-  load(fs.readFileSync(path.join(www, 'pkg/anypatch_wasm_bg.wasm')));
+  load(fs.readFileSync(path.join(root, 'wasm/www/pkg/anypatch_wasm_bg.wasm')));
   pairs = corpus();
   assert.ok(pairs.length >= 7, `make-corpus made only ${pairs.map((p) => p.name)}`);
 });
@@ -61,7 +61,7 @@ test('every small corpus pair: wasm output is byte-identical to applypatch -o', 
   }
 });
 
-test('verify only: nothing is reported but the summary', async () => {
+test('verify only: no output copies, only the summary', async () => {
   const pair = pairs.find((p) => p.name === 'sparse');
   const r = await applyPatch({ old: await fs.openAsBlob(pair.old), patch: await fs.openAsBlob(patchOf(pair)) });
   assert.equal(r.summary.bytes_written + r.summary.bytes_zeroed <= r.summary.new_len, true);
@@ -112,4 +112,23 @@ test('a truncated patch is refused at its header, as the CLI refuses it at its e
   });
   const seek = await mapPatch(await fs.openAsBlob(cut));
   assert.equal(seek.map.complete, true, 'the manifest is intact; only the end is cut');
+});
+
+test('a 2^50-byte zero run: the engine size limit refuses it at the header; without one, zeros come in steps', async () => {
+  const huge = new Blob([zeroPatch(blake3Of(Hasher), 2n ** 50n)]);
+  await assert.rejects(applyPatch({ old: new Blob([]), patch: huge, maxNewLen: 64 * 2 ** 30 }), (e) => {
+    assert.equal(e.kind, 'too_large');
+    assert.equal(e.message, 'refused: the patch makes a 1125899906842624-byte new file, above the limit of 68719476736 bytes; raise the limit if you trust the patch');
+    assert.equal(e.header.new_len, 2 ** 50, 'the header was read first');
+    assert.equal(e.progress.newDone, 0);
+    return true;
+  });
+  // Verifying only, without a limit: progress comes back every 16 MiB step
+  // (the caller could stop, or yield); stopped here after three.
+  const seen = [];
+  await assert.rejects(applyPatch({
+    old: new Blob([]), patch: huge, progressMs: 0,
+    onProgress: (p) => { seen.push(p.newDone); if (seen.length === 3) throw new Error('enough'); },
+  }), /enough/);
+  assert.deepEqual(seen, [16 << 20, 32 << 20, 48 << 20]);
 });
