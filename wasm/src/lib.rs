@@ -23,7 +23,7 @@
 //!     case 'header':     show(JSON.parse(s.header_json())); break;
 //!     case 'read_old':   s.provide_old(await readOld(s.offset, s.length)); break;
 //!     case 'write':      await sink.write(s.offset, s.write_data()); break;
-//!     case 'zero':       await sink.zero(s.offset, s.length); break;
+//!     case 'zero':       if (sink) await sink.zero(s.offset, s.length); break; // 16 MiB steps, even when verifying only
 //!     case 'done':       return JSON.parse(s.summary_json());
 //!     case 'error':      throw new Error(s.error_message());
 //!   }
