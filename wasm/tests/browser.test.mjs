@@ -70,7 +70,8 @@ after(async () => {
 /**
  * Replaces showSaveFilePicker: 'record' hands out saved.img in the
  * origin-private file system and records each call and every byte written;
- * 'abort' throws as a closed dialog does.
+ * 'abort' throws as a closed dialog does; 'full' hands out saved.img whose
+ * writes fail as on a full disk.
  */
 async function picker(mode) {
   await page.evaluate((mode) => {
@@ -83,7 +84,11 @@ async function picker(mode) {
       handle.createWritable = async (o) => {
         const w = await createWritable(o);
         const write = w.write.bind(w);
-        w.write = (chunk) => { window.__saves.written += chunk.data ? chunk.data.byteLength : chunk.byteLength; return write(chunk); };
+        w.write = async (chunk) => {
+          if (mode === 'full') throw new DOMException('There is not enough space on the disk.', 'QuotaExceededError');
+          window.__saves.written += chunk.data ? chunk.data.byteLength : chunk.byteLength;
+          return write(chunk);
+        };
         return w;
       };
       return handle;
@@ -388,7 +393,7 @@ test('an expected BLAKE3 that the header contradicts refuses before anything is 
   assert.deepEqual(await leftovers(), { calls: 0, written: 0, files: [] });
 });
 
-test('save: verified first, then the picker; a closed dialog is not a failure; the saved file is the new image', async () => {
+test('save: verified first, then the picker; a closed dialog is not a failure; a failed write leaves no file; the saved file is the new image', async () => {
   await picker('abort');
   const r = await verify({ old: pair.old, patchFile: patch, button: '#save', shot: 'save-verified' });
   assert.equal(r.verdict, 'ok', r.text);
@@ -404,9 +409,20 @@ test('save: verified first, then the picker; a closed dialog is not a failure; t
   assert.match(closed.saveNote, /^Not saved yet: the save dialog was closed/);
   assert.equal((await leftovers()).calls, 1);
 
-  await picker('record');
+  // A disk that fills up: the file the picker made is removed, the verified image stays kept.
+  await picker('full');
   await page.click('#save-now');
   await page.waitForFunction((n) => Number(document.body.dataset.saves || 0) > n + 1, saves);
+  const full = await state();
+  assert.equal(full.verdict, 'io', full.text);
+  assert.match(full.text, /^The new image could not be saved \(There is not enough space on the disk\.\)\. It is still kept here/);
+  const kept = await leftovers();
+  assert.equal(kept.files.length, 1, `only the kept image: ${kept.files}`);
+  assert.match(kept.files[0], /^anypatch-staging-/);
+
+  await picker('record');
+  await page.click('#save-now');
+  await page.waitForFunction((n) => Number(document.body.dataset.saves || 0) > n + 2, saves);
   const s = await state();
   assert.equal(s.verdict, 'ok', s.text);
   assert.match(s.text, /^Verified and saved as saved\.img/);
