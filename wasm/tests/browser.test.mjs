@@ -158,7 +158,7 @@ async function verify({ button = '#verify', shot, during, ...files }) {
   const done = page.waitForFunction((n) => (document.body.dataset.runs === undefined
     ? !['idle', 'running'].includes(document.querySelector('#verdict').dataset.verdict)
     : Number(document.body.dataset.runs) > n), runs, { timeout: 60000, polling: 20 })
-    .then(() => { ended = true; });
+    .finally(() => { ended = true; });
   const probing = (async () => {
     while (!ended) {
       const p0 = Date.now();
@@ -168,7 +168,12 @@ async function verify({ button = '#verify', shot, during, ...files }) {
     }
   })();
   if (during) await during();
-  await done;
+  await done.catch(async (e) => {
+    // Say where it stood, for a run that never ended.
+    const s = await state().catch(() => null);
+    const label = await page.evaluate(() => document.querySelector('#progress-label').textContent).catch(() => '');
+    throw new Error(`${shot}: ${e.message}; the page showed ${JSON.stringify({ verdict: s?.verdict, text: s?.text, label, throughput: s?.throughput })}`);
+  });
   const ms = Date.now() - t0;
   await probing;
   const lag = await page.evaluate(() => window.__lag.max);

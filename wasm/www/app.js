@@ -436,6 +436,8 @@ async function run(save) {
       setCheck('check-base', 'pending', `hashing ${bytes(header.old_len)}…`);
     } else if (m.type === 'phase' && m.phase === 'expected') {
       setCheck('check-result', 'pending', `hashing the expected image ${newFile.name}…`);
+    } else if (m.type === 'phase' && m.phase === 'staging') {
+      $('progress-label').textContent = 'Preparing room to keep the verified image';
     } else if (m.type === 'progress') {
       showProgress(m, old.size, header, t0);
       if (m.phase === 'apply' && header && m.baseChecked === old.size && $('check-base').dataset.state !== 'ok') {
@@ -447,6 +449,11 @@ async function run(save) {
   try {
     if (end.type === 'done') finishOk(end.result, { save, stage, old, patch, newFile, expected, trusted });
     else {
+      if (stage && end.type === 'error' && worker) {
+        // A storage call may still hang in it (see worker.js): start afresh.
+        worker.terminate();
+        worker = null;
+      }
       if (stage) await removeStaging(stage);
       if (end.type === 'cancelled') finishCancelled(end.why);
       else finishFailed(end, { old, header, trusted });

@@ -12,6 +12,17 @@ import { load, applyPatch, hashBlob, ApplyFailure } from './anypatch.js';
 
 const ready = load();
 const post = (m) => self.postMessage(m);
+/** How long the browser's storage may take to open the file that keeps the verified image. */
+const STORAGE_MS = 20000;
+
+/** `promise`, or a failure saying what did not answer within `ms`. */
+function within(promise, ms, what) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new ApplyFailure(`${what} did not answer within ${ms / 1000} s; press Verify and save again, or Verify to check without keeping the image`, 'io', null, null)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
 
 /** A sink into a file of the origin-private file system, written synchronously (workers only). */
 async function stagingSink(name) {
@@ -56,13 +67,16 @@ async function run({ old, patch, newFile, expected, trustedKeys, maxNewLen, stag
   post({ type: 'phase', phase: 'apply' });
   let sink = null;
   try {
-    if (stage) sink = await stagingSink(stage);
+    if (stage) {
+      post({ type: 'phase', phase: 'staging' });
+      sink = await within(stagingSink(stage), STORAGE_MS, "the browser's storage (where the verified image is kept until saved)");
+    }
     const result = await applyPatch({
       old, patch, trustedKeys, sink, maxNewLen, expected: want,
       onHeader: async (header) => {
         post({ type: 'header', header });
         if (sink && navigator.storage.estimate) {
-          const { quota, usage } = await navigator.storage.estimate();
+          const { quota, usage } = await within(navigator.storage.estimate(), STORAGE_MS, "the browser's storage estimate");
           if (quota - usage < header.new_len) {
             throw new ApplyFailure(`the new image needs ${header.new_len} bytes, but this browser lets the page keep only ${quota - usage} (it holds the verified image there until you choose where to save it); free some disk space, or press Verify and apply the patch with applypatch`, 'io', header, null);
           }
