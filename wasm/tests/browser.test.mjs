@@ -172,6 +172,7 @@ async function verify({ button = '#verify', shot, during, ...files }) {
     // Say where it stood, for a run that never ended.
     const s = await state().catch(() => null);
     const label = await page.evaluate(() => document.querySelector('#progress-label').textContent).catch(() => '');
+    await page.click('#cancel', { timeout: 2000 }).catch(() => {}); // so that the next case starts unlocked
     throw new Error(`${shot}: ${e.message}; the page showed ${JSON.stringify({ verdict: s?.verdict, text: s?.text, label, throughput: s?.throughput })}`);
   });
   const ms = Date.now() - t0;
