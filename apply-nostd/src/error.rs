@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use anypatch_format::FormatError;
+use anypatch_format::{FormatError, Hex};
 
 /// Why an apply failed. Once [`crate::Applier::poll`] returns an error, every
 /// later call returns the same error.
@@ -137,14 +137,12 @@ impl fmt::Display for ApplyError {
             Self::TrailingBytes => write!(f, "patch is corrupt: unexpected bytes after the trailer"),
             Self::Unsigned => write!(f, "refused: the patch is not signed, and a trusted key was required"),
             Self::UntrustedSigner { key_id } => {
-                write!(f, "refused: the patch is signed by key ")?;
-                hex8(f, key_id)?;
-                write!(f, ", which is not one of the trusted keys")
+                let key_id = Hex(key_id);
+                write!(f, "refused: the patch is signed by key {key_id}, which is not one of the trusted keys")
             }
             Self::BadSignature { key_id } => {
-                write!(f, "refused: the signature by key ")?;
-                hex8(f, key_id)?;
-                write!(f, " does not verify; the patch was altered after signing, get it again from its source")
+                let key_id = Hex(key_id);
+                write!(f, "refused: the signature by key {key_id} does not verify; the patch was altered after signing, get it again from its source")
             }
             Self::NewTooLarge { got, max } => write!(
                 f,
@@ -152,10 +150,6 @@ impl fmt::Display for ApplyError {
             ),
         }
     }
-}
-
-fn hex8(f: &mut fmt::Formatter<'_>, id: &[u8; 8]) -> fmt::Result {
-    id.iter().try_for_each(|b| write!(f, "{b:02x}"))
 }
 
 #[cfg(feature = "std")]

@@ -308,9 +308,5 @@ pub fn read_trusted_keys(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>, DriveError>
 
 /// Lowercase hex of a hash.
 pub fn hex(hash: &Hash) -> String {
-    use std::fmt::Write as _;
-    hash.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    anypatch_apply::format::Hex(hash).to_string()
 }

@@ -118,11 +118,7 @@ pub fn parse_key_file(text: &str, expected: KeyKind) -> Result<[u8; 32], KeyFile
 pub fn key_file_text(key: &[u8; 32], kind: KeyKind) -> String {
     use core::fmt::Write;
     let mut s = String::with_capacity(100);
-    let _ = write!(s, "anypatch {} v1 ed25519 ", kind.word());
-    for b in key {
-        let _ = write!(s, "{b:02x}");
-    }
-    s.push('\n');
+    let _ = writeln!(s, "anypatch {} v1 ed25519 {}", kind.word(), crate::Hex(key));
     s
 }
 

@@ -28,6 +28,7 @@ extern crate std;
 
 mod error;
 mod header;
+mod hex;
 mod keyfile;
 mod page;
 mod preamble;
@@ -37,6 +38,7 @@ mod trailer;
 
 pub use error::FormatError;
 pub use header::{header_hash, parse_header_section, Header, PageRef};
+pub use hex::Hex;
 pub use keyfile::{key_file_text, parse_key_file, KeyFileError, KeyKind};
 pub use page::{Extent, Page, SegmentEntry, SHORT_HASH_LEN};
 pub use preamble::{Preamble, PreambleRepr};

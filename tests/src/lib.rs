@@ -230,5 +230,5 @@ pub fn corpus_pairs(dir: &Path) -> Vec<String> {
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    anypatch_format::Hex(bytes).to_string()
 }

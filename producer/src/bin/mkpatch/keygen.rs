@@ -4,10 +4,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use anypatch_format::{key_file_text, key_id, parse_key_file, KeyKind};
+use anypatch_format::{key_file_text, key_id, parse_key_file, Hex, KeyKind};
 use anypatch_producer::SecretKey;
 
-use crate::{hex, Failure};
+use crate::Failure;
 
 /// Reads a secret key file, warning (as ssh does) when other users can read
 /// it: anyone who can read it can sign patches that appliers trust.
@@ -92,7 +92,7 @@ pub(crate) fn run_keygen(secret_path: &Path, quiet: bool) -> Result<(), Failure>
         "mkpatch: wrote {} (secret: keep it private) and {} (key id {})",
         secret_path.display(),
         public_path.display(),
-        hex(&key_id(&key.public_key()))
+        Hex(&key_id(&key.public_key()))
     );
     Ok(())
 }

@@ -478,7 +478,3 @@ fn summary_line(s: &Summary, took: Duration) -> String {
         took.as_secs_f64()
     )
 }
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}

@@ -5,10 +5,10 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, Context};
-use anypatch_format::VERSION_MAJOR;
+use anypatch_format::{Hex, VERSION_MAJOR};
 use anypatch_producer::inspect::{inspect, InspectError, Inspection};
 
-use crate::{hex, is_dash, write_err, Failure};
+use crate::{is_dash, write_err, Failure};
 
 pub(crate) fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
     let mut reader: Box<dyn Read> = if is_dash(path) {
@@ -32,7 +32,7 @@ pub(crate) fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
         report.signers.iter().find(|s| !s.valid).map(|bad| {
             format!(
                 "the signature by key {} does not verify: the patch was altered after signing",
-                hex(&bad.key_id)
+                Hex(&bad.key_id)
             )
         })
     };
@@ -83,12 +83,12 @@ fn text_report(r: &Inspection) -> String {
     s += &format!(
         "old           {} bytes, blake3 {}\n",
         h.old_len,
-        hex(&h.old_hash)
+        Hex(&h.old_hash)
     );
     s += &format!(
         "new           {} bytes, blake3 {}\n",
         h.new_len,
-        hex(&h.new_hash)
+        Hex(&h.new_hash)
     );
     s += &format!("block size    {}\n", h.block_size);
     s += &format!("segment max   {}\n", h.segment_max);
@@ -131,7 +131,7 @@ fn text_report(r: &Inspection) -> String {
     for signer in &r.signers {
         s += &format!(
             "signature     ed25519 by key {} ({})\n",
-            hex(&signer.key_id),
+            Hex(&signer.key_id),
             if signer.valid {
                 "verifies"
             } else {
@@ -142,7 +142,7 @@ fn text_report(r: &Inspection) -> String {
     s += &format!("patch         {} bytes\n", r.patch_len);
     s += &format!(
         "patch hash    {} ({})\n",
-        hex(&r.patch_hash),
+        Hex(&r.patch_hash),
         if r.patch_hash_ok { "ok" } else { "MISMATCH" }
     );
     s
@@ -158,8 +158,8 @@ fn json_report(r: &Inspection, error: Option<&str>) -> String {
         "format": { "major": r.major, "minor": r.minor, "supported_major": VERSION_MAJOR },
         "required_features": r.required_features,
         "producer": h.producer,
-        "old": { "len": h.old_len, "blake3": hex(&h.old_hash) },
-        "new": { "len": h.new_len, "blake3": hex(&h.new_hash) },
+        "old": { "len": h.old_len, "blake3": Hex(&h.old_hash).to_string() },
+        "new": { "len": h.new_len, "blake3": Hex(&h.new_hash).to_string() },
         "block_size": h.block_size,
         "segment_max": h.segment_max,
         "codec": h.codec,
@@ -193,12 +193,12 @@ fn json_report(r: &Inspection, error: Option<&str>) -> String {
         },
         "signature_len": r.signature_len,
         "signers": r.signers.iter().map(|s| serde_json::json!({
-            "key_id": hex(&s.key_id),
-            "public_key": hex(&s.public_key),
+            "key_id": Hex(&s.key_id).to_string(),
+            "public_key": Hex(&s.public_key).to_string(),
             "verifies": s.valid,
         })).collect::<Vec<_>>(),
         "patch_len": r.patch_len,
-        "patch_hash": hex(&r.patch_hash),
+        "patch_hash": Hex(&r.patch_hash).to_string(),
         "patch_hash_ok": r.patch_hash_ok,
     });
     if let Some(error) = error {
