@@ -195,7 +195,7 @@ mod write;
 use dest::{destination, refuse_key_file, refuse_output_is_input, Dest};
 use inputs::{check_input, Stamp};
 use keygen::{read_secret_key, run_keygen};
-use report::run_inspect;
+use report::{run_inspect, InspectJson};
 use write::{write_direct, write_file, write_stream};
 
 /// How a run ended, mapped to the documented exit codes.
@@ -269,9 +269,7 @@ fn main() -> ExitCode {
 /// `inspect --json` on a failure: stdout is still one JSON object. A stdout
 /// that cannot take it changes nothing: the exit code says it.
 fn print_json_error(code: u8, class: &str, error: &str) {
-    let object = serde_json::json!({
-        "ok": false, "exit_code": code, "error_class": class, "error": error,
-    });
+    let object = InspectJson::failure(code, class, error).to_line();
     let mut stdout = io::stdout().lock();
     let _ = writeln!(stdout, "{object}").and_then(|()| stdout.flush());
 }

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context};
 use anypatch_format::{Hex, VERSION_MAJOR};
-use anypatch_producer::inspect::{inspect, InspectError, Inspection};
+use anypatch_producer::inspect::{inspect, InspectError, Inspection, KindCount};
+use serde::Serialize;
 
 use crate::{is_dash, write_err, Failure};
 
@@ -37,7 +38,7 @@ pub(crate) fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
         })
     };
     let text = if json {
-        json_report(&report, verdict.as_deref()) + "\n"
+        InspectJson::report(&report, verdict.as_deref()).to_line() + "\n"
     } else {
         text_report(&report)
     };
@@ -68,7 +69,7 @@ fn text_report(r: &Inspection) -> String {
             r.feature_names().join(", ")
         )
     };
-    let kind = |name: &str, k: &anypatch_producer::inspect::KindCount| {
+    let kind = |name: &str, k: &KindCount| {
         format!(
             "  {name:<12}{:>10} extents {:>16} bytes\n",
             k.extents, k.bytes
@@ -148,62 +149,223 @@ fn text_report(r: &Inspection) -> String {
     s
 }
 
-/// The `inspect --json` object; `error` is why the patch is refused (exit 2), if it is.
-fn json_report(r: &Inspection, error: Option<&str>) -> String {
-    let h = &r.header;
-    let kind = |k: &anypatch_producer::inspect::KindCount| serde_json::json!({ "extents": k.extents, "bytes": k.bytes });
-    let mut object = serde_json::json!({
-        "ok": error.is_none(),
-        "exit_code": if error.is_none() { 0 } else { 2 },
-        "format": { "major": r.major, "minor": r.minor, "supported_major": VERSION_MAJOR },
-        "required_features": r.required_features,
-        "producer": h.producer,
-        "old": { "len": h.old_len, "blake3": Hex(&h.old_hash).to_string() },
-        "new": { "len": h.new_len, "blake3": Hex(&h.new_hash).to_string() },
-        "block_size": h.block_size,
-        "segment_max": h.segment_max,
-        "codec": h.codec,
-        "flags": h.flags,
-        "in_place_safe": r.in_place_safe(),
-        "extent_count": h.extent_count,
-        "segment_count": h.segment_count,
-        "pages": r.pages,
-        "page_bytes": r.page_bytes,
-        "extents": {
-            "unchanged": kind(&r.unchanged),
-            "moved": kind(&r.moved),
-            "zero": kind(&r.zero),
-            "data": kind(&r.data),
-        },
-        "ops": {
-            "copy": r.ops.copy,
-            "literal": r.ops.literal,
-            "delta": r.ops.delta,
-            "zero": r.ops.zero,
-        },
-        "segments": {
-            "stored": r.codecs.stored,
-            "zstd": r.codecs.zstd,
-            "zstd_prefix": r.codecs.zstd_prefix,
-            "zstd_history": r.codecs.zstd_history,
-            "packed_ops": r.codecs.packed_ops,
-            "inline_ops": r.codecs.inline_ops,
-            "ops_bytes": r.codecs.ops_bytes,
-            "data_bytes": r.codecs.data_bytes,
-        },
-        "signature_len": r.signature_len,
-        "signers": r.signers.iter().map(|s| serde_json::json!({
-            "key_id": Hex(&s.key_id).to_string(),
-            "public_key": Hex(&s.public_key).to_string(),
-            "verifies": s.valid,
-        })).collect::<Vec<_>>(),
-        "patch_len": r.patch_len,
-        "patch_hash": Hex(&r.patch_hash).to_string(),
-        "patch_hash_ok": r.patch_hash_ok,
-    });
-    if let Some(error) = error {
-        object["error_class"] = "corrupt_patch".into();
-        object["error"] = error.into();
+/// The `inspect --json` object, the one schema of `mkpatch inspect --json`:
+/// `ok` and `exit_code` always; what the patch contains when it could be
+/// read; `error_class` and `error` on a failure. Field names and types are
+/// a contract with scripts (tests/tests/ check them); add fields, never
+/// rename one.
+#[derive(Debug, Serialize)]
+pub(crate) struct InspectJson<'a> {
+    ok: bool,
+    exit_code: u8,
+    #[serde(flatten)]
+    report: Option<ReportJson<'a>>,
+    /// `usage`, `io` or `corrupt_patch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_class: Option<&'a str>,
+    /// The sentence also printed on stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+impl<'a> InspectJson<'a> {
+    /// The object for a failure with no report (the patch could not be
+    /// read, or the command line was wrong).
+    pub(crate) fn failure(exit_code: u8, error_class: &'a str, error: &'a str) -> Self {
+        Self {
+            ok: false,
+            exit_code,
+            report: None,
+            error_class: Some(error_class),
+            error: Some(error),
+        }
     }
-    object.to_string()
+
+    /// The object for a patch that was read; `error` is why it is refused
+    /// (exit 2), if it is.
+    fn report(r: &'a Inspection, error: Option<&'a str>) -> Self {
+        let h = &r.header;
+        let kind = |k: &KindCount| KindJson {
+            extents: k.extents,
+            bytes: k.bytes,
+        };
+        let c = &r.codecs;
+        Self {
+            ok: error.is_none(),
+            exit_code: if error.is_none() { 0 } else { 2 },
+            report: Some(ReportJson {
+                format: FormatJson {
+                    major: r.major,
+                    minor: r.minor,
+                    supported_major: VERSION_MAJOR,
+                },
+                required_features: r.required_features,
+                producer: &h.producer,
+                old: FileJson {
+                    len: h.old_len,
+                    blake3: Hex(&h.old_hash).to_string(),
+                },
+                new: FileJson {
+                    len: h.new_len,
+                    blake3: Hex(&h.new_hash).to_string(),
+                },
+                block_size: h.block_size,
+                segment_max: h.segment_max,
+                codec: h.codec,
+                flags: h.flags,
+                in_place_safe: r.in_place_safe(),
+                extent_count: h.extent_count,
+                segment_count: h.segment_count,
+                pages: r.pages,
+                page_bytes: r.page_bytes,
+                extents: ExtentsJson {
+                    unchanged: kind(&r.unchanged),
+                    moved: kind(&r.moved),
+                    zero: kind(&r.zero),
+                    data: kind(&r.data),
+                },
+                ops: OpsJson {
+                    copy: r.ops.copy,
+                    literal: r.ops.literal,
+                    delta: r.ops.delta,
+                    zero: r.ops.zero,
+                },
+                segments: SegmentsJson {
+                    stored: c.stored,
+                    zstd: c.zstd,
+                    zstd_prefix: c.zstd_prefix,
+                    zstd_history: c.zstd_history,
+                    packed_ops: c.packed_ops,
+                    inline_ops: c.inline_ops,
+                    ops_bytes: c.ops_bytes,
+                    data_bytes: c.data_bytes,
+                },
+                signature_len: r.signature_len,
+                signers: r
+                    .signers
+                    .iter()
+                    .map(|s| SignerJson {
+                        key_id: Hex(&s.key_id).to_string(),
+                        public_key: Hex(&s.public_key).to_string(),
+                        verifies: s.valid,
+                    })
+                    .collect(),
+                patch_len: r.patch_len,
+                patch_hash: Hex(&r.patch_hash).to_string(),
+                patch_hash_ok: r.patch_hash_ok,
+            }),
+            error_class: error.map(|_| "corrupt_patch"),
+            error,
+        }
+    }
+
+    /// The object as one line of text, without the newline.
+    pub(crate) fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("plain structs of numbers and strings serialize")
+    }
+}
+
+/// What a readable patch contains (see [`InspectJson`]).
+#[derive(Debug, Serialize)]
+struct ReportJson<'a> {
+    format: FormatJson,
+    /// The must-understand feature bits.
+    required_features: u32,
+    producer: &'a str,
+    old: FileJson,
+    new: FileJson,
+    block_size: u32,
+    segment_max: u32,
+    /// The header's codec byte.
+    codec: u8,
+    flags: u32,
+    in_place_safe: bool,
+    extent_count: u64,
+    segment_count: u64,
+    pages: u64,
+    page_bytes: u64,
+    extents: ExtentsJson,
+    ops: OpsJson,
+    segments: SegmentsJson,
+    signature_len: u32,
+    signers: Vec<SignerJson>,
+    patch_len: u64,
+    patch_hash: String,
+    /// Whether the trailer's hash matches the patch.
+    patch_hash_ok: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct FormatJson {
+    major: u16,
+    minor: u16,
+    /// The major version this mkpatch reads.
+    supported_major: u16,
+}
+
+/// The old or the new file.
+#[derive(Debug, Serialize)]
+struct FileJson {
+    len: u64,
+    /// Lowercase hex.
+    blake3: String,
+}
+
+#[derive(Debug, Serialize)]
+struct KindJson {
+    extents: u64,
+    bytes: u64,
+}
+
+/// Extents by kind: copies at delta 0, other copies, zeros, data.
+#[derive(Debug, Serialize)]
+struct ExtentsJson {
+    unchanged: KindJson,
+    moved: KindJson,
+    zero: KindJson,
+    data: KindJson,
+}
+
+#[derive(Debug, Serialize)]
+struct OpsJson {
+    copy: u64,
+    literal: u64,
+    delta: u64,
+    zero: u64,
+}
+
+/// Data segments by codec, and where their ops blocks are.
+#[derive(Debug, Serialize)]
+struct SegmentsJson {
+    stored: u64,
+    zstd: u64,
+    zstd_prefix: u64,
+    zstd_history: u64,
+    packed_ops: u64,
+    inline_ops: u64,
+    ops_bytes: u64,
+    data_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct SignerJson {
+    /// Lowercase hex of the first 8 bytes of the key's BLAKE3.
+    key_id: String,
+    public_key: String,
+    verifies: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failure has `ok`, `exit_code`, `error_class` and `error`, and none
+    /// of the report's fields (not even as nulls).
+    #[test]
+    fn a_failure_is_four_fields() {
+        assert_eq!(
+            InspectJson::failure(1, "io", "cannot open \"p\"").to_line(),
+            r#"{"ok":false,"exit_code":1,"error_class":"io","error":"cannot open \"p\""}"#
+        );
+    }
 }
