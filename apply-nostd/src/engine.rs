@@ -13,6 +13,8 @@ use anypatch_format::{
 };
 use ruzstd::decoding::FrameDecoder;
 
+use crate::checkpoint::{At, Checkpoint};
+use crate::tree_hash::TreeHasher;
 use crate::ApplyError;
 
 /// Old bytes read per request while hashing the base or copying an extent.
@@ -135,6 +137,13 @@ enum State {
         hasher: Box<blake3::Hasher>,
     },
     NextPage(PageRef),
+    /// Resuming inside a page: the page is read again (not hashed into the
+    /// patch hash again), and its extents from `extent` on are produced.
+    RestorePage {
+        page: PageRef,
+        extent: u32,
+        resume_at: u64,
+    },
     Extent,
     Copy {
         dst: u64,
@@ -221,8 +230,16 @@ pub struct Applier {
     extents_seen: u64,
     segments_seen: u64,
     new_pos: u64,
-    patch_hasher: Box<blake3::Hasher>,
-    new_hasher: Option<Box<blake3::Hasher>>,
+    patch_hasher: Box<TreeHasher>,
+    new_hasher: Option<Box<TreeHasher>>,
+    /// The header hash, once the header section is read.
+    header_hash: Hash,
+    /// Bytes of the header section and signature block.
+    header_section_len: u64,
+    /// The current page and its patch offset, for checkpoints.
+    page_ref: Option<(u64, PageRef)>,
+    /// A checkpoint to go on from, once the header section is checked.
+    resuming: Option<Box<Checkpoint>>,
     /// Old bytes, copy chunks, or a segment's output.
     out: Vec<u8>,
     /// A segment's decoded data block.
@@ -279,9 +296,12 @@ impl Applier {
             extents_seen: 0,
             segments_seen: 0,
             new_pos: 0,
-            patch_hasher: Box::new(blake3::Hasher::new()),
-            new_hasher: (!cfg.skip_unchanged && cfg.resume_from == 0)
-                .then(|| Box::new(blake3::Hasher::new())),
+            patch_hasher: Box::default(),
+            new_hasher: (!cfg.skip_unchanged && cfg.resume_from == 0).then(Box::default),
+            header_hash: [0; 32],
+            header_section_len: 0,
+            page_ref: None,
+            resuming: None,
             out: Vec::new(),
             data: Vec::new(),
             ops: Vec::new(),
@@ -349,6 +369,117 @@ impl Applier {
     /// its first read and compares them in the second, before writing.
     pub fn written_segment(&self) -> Option<(u64, Hash)> {
         self.written_segment
+    }
+
+    /// A new engine that goes on from `checkpoint` (spec section 6.4). Feed
+    /// it the ranges of [`Checkpoint::feed_plan`], in order. It checks the
+    /// header section again (and the signature, with
+    /// [`Applier::require_signature`]), reports [`Event::Header`] again,
+    /// does not hash the base again, re-reads the current page against the
+    /// page chain, and then runs every check an uninterrupted apply would,
+    /// the whole-patch and whole-new hashes included. A checkpoint of
+    /// another patch, or one that does not fit it, is
+    /// [`ApplyError::CheckpointMismatch`]. `cfg` must not resume in place
+    /// (`resume_from` 0).
+    pub fn resume(cfg: Config, checkpoint: Checkpoint) -> Self {
+        let mut a = Self::new(cfg);
+        a.resuming = Some(Box::new(checkpoint));
+        a
+    }
+
+    /// Where the apply stands, if it is at a boundary (before a page, or
+    /// before a data segment's payload, possibly partly fed): a checkpoint
+    /// to resume from with [`Applier::resume`]. Take it only when every
+    /// event so far has been carried out; `None` elsewhere (inside a copy,
+    /// a zero run or a segment), before the header, and in an in-place
+    /// resume. Costs a copy of the data history (up to 4 MiB) when the
+    /// patch uses one.
+    pub fn checkpoint(&mut self) -> Option<Checkpoint> {
+        if self.cfg.resume_from != 0 || self.resuming.is_some() || self.header_section_len == 0 {
+            return None;
+        }
+        let consumed = self.progress.patch_consumed;
+        let (at, resume_at, back) = match &self.state {
+            State::NextPage(r) => (
+                At::PageStart { page: *r },
+                consumed - self.inbuf.len() as u64,
+                0,
+            ),
+            State::Extent | State::Payload(_) => {
+                // A payload's extent was taken from the page already.
+                let back = u64::from(matches!(self.state, State::Payload(_)));
+                if back == 0 && !self.inbuf.is_empty() {
+                    return None;
+                }
+                let (page_at, page) = self.page_ref?;
+                let at = At::InPage {
+                    page_at,
+                    page,
+                    extent: u32::try_from(self.extent_idx as u64 - back).ok()?,
+                };
+                (at, consumed - self.inbuf.len() as u64, back)
+            }
+            _ => return None,
+        };
+        Some(Checkpoint {
+            header_hash: self.header_hash,
+            header_section_len: self.header_section_len,
+            resume_at,
+            new_pos: self.new_pos,
+            at,
+            pages_seen: self.page_no,
+            extents_seen: self.extents_seen - back,
+            segments_seen: self.segments_seen - back,
+            written: self.written,
+            zeroed: self.zeroed,
+            patch_hash: self.patch_hasher.save(),
+            new_hash: self.new_hasher.as_mut().map(|h| h.save()),
+            history: self.history.clone(),
+        })
+    }
+
+    /// Takes up `cp` once the header section has been checked against it.
+    fn restore(&mut self, cp: Checkpoint) -> Result<(), ApplyError> {
+        if cp.header_section_len != self.header_section_len
+            || self.new_hasher.is_some() != cp.new_hash.is_some()
+            || cp.new_pos > self.header_ref().new_len
+        {
+            return Err(ApplyError::CheckpointMismatch);
+        }
+        let bad = |_| ApplyError::CheckpointMismatch;
+        *self.patch_hasher = TreeHasher::restore(&cp.patch_hash).map_err(bad)?;
+        if let Some(h) = &cp.new_hash {
+            self.new_hasher = Some(Box::new(TreeHasher::restore(h).map_err(bad)?));
+        }
+        self.history = cp.history;
+        self.new_pos = cp.new_pos;
+        self.page_no = cp.pages_seen;
+        self.extents_seen = cp.extents_seen;
+        self.segments_seen = cp.segments_seen;
+        self.written = cp.written;
+        self.zeroed = cp.zeroed;
+        match cp.at {
+            At::InPage {
+                page_at,
+                page,
+                extent,
+            } => {
+                self.page_ref = Some((page_at, page));
+                self.expect_input(
+                    State::RestorePage {
+                        page,
+                        extent,
+                        resume_at: cp.resume_at,
+                    },
+                    page.len as usize,
+                );
+            }
+            At::PageStart { page } => {
+                self.progress.patch_consumed = cp.resume_at;
+                self.expect_input(State::NextPage(page), page.len as usize);
+            }
+        }
+        Ok(())
     }
 
     /// How far the apply is. May be called at any time.
@@ -442,7 +573,17 @@ impl Applier {
                     let (repr, header) = parse_header_section(&self.inbuf)?;
                     self.required_features = repr.required_features;
                     self.check_codec_feature(header.codec, "codec")?;
-                    self.patch_hasher.update(&self.inbuf);
+                    let end = self.inbuf.len();
+                    self.header_hash
+                        .copy_from_slice(&self.inbuf[end - HASH_LEN..]);
+                    match &self.resuming {
+                        // Counted in the checkpoint's patch hash already.
+                        Some(cp) if cp.header_hash != self.header_hash => {
+                            return Err(ApplyError::CheckpointMismatch)
+                        }
+                        Some(_) => {}
+                        None => self.patch_hasher.update(&self.inbuf),
+                    }
                     self.header = Some(header);
                     // Keep the header section: signatures are over it.
                     self.header_section = core::mem::take(&mut self.inbuf);
@@ -453,7 +594,10 @@ impl Applier {
                     if !self.section_ready("signature block")? {
                         return Ok(Action::NeedInput);
                     }
-                    self.patch_hasher.update(&self.inbuf);
+                    if self.resuming.is_none() {
+                        self.patch_hasher.update(&self.inbuf);
+                    }
+                    self.header_section_len = self.progress.patch_consumed;
                     self.check_signatures()?;
                     self.inbuf.clear();
                     self.state = State::AnnounceHeader;
@@ -473,13 +617,15 @@ impl Applier {
                             expected: h.old_len,
                         });
                     }
-                    if self.cfg.verify_base {
+                    let first = h.first_page;
+                    if let Some(cp) = self.resuming.take() {
+                        self.restore(*cp)?;
+                    } else if self.cfg.verify_base {
                         self.state = State::VerifyBase {
                             pos: 0,
                             hasher: Box::new(blake3::Hasher::new()),
                         };
                     } else {
-                        let first = h.first_page;
                         self.expect_input(State::NextPage(first), first.len as usize);
                     }
                 }
@@ -520,6 +666,8 @@ impl Applier {
                         return Err(ApplyError::PageHash { page: self.page_no });
                     }
                     self.patch_hasher.update(&self.inbuf);
+                    let page_at = self.progress.patch_consumed - self.inbuf.len() as u64;
+                    self.page_ref = Some((page_at, r));
                     self.page = Some(if self.compact_pages() {
                         self.unpack_page()?;
                         Page::parse_compact(&self.page_content)?
@@ -528,6 +676,40 @@ impl Applier {
                     });
                     self.page_no += 1;
                     self.extent_idx = 0;
+                    self.inbuf.clear();
+                    self.state = State::Extent;
+                }
+                State::RestorePage {
+                    page,
+                    extent,
+                    resume_at,
+                } => {
+                    self.state = State::RestorePage {
+                        page,
+                        extent,
+                        resume_at,
+                    };
+                    if !self.section_ready("manifest page")? {
+                        return Ok(Action::NeedInput);
+                    }
+                    // The chain pins the page: the checkpoint only says where it is.
+                    if *blake3::hash(&self.inbuf).as_bytes() != page.hash {
+                        return Err(ApplyError::PageHash {
+                            page: self.page_no.saturating_sub(1),
+                        });
+                    }
+                    let parsed = if self.compact_pages() {
+                        self.unpack_page()?;
+                        Page::parse_compact(&self.page_content)?
+                    } else {
+                        Page::parse(&self.inbuf)?
+                    };
+                    if extent as usize > parsed.extents.len() {
+                        return Err(ApplyError::CheckpointMismatch);
+                    }
+                    self.page = Some(parsed);
+                    self.extent_idx = extent as usize;
+                    self.progress.patch_consumed = resume_at;
                     self.inbuf.clear();
                     self.state = State::Extent;
                 }
@@ -665,7 +847,7 @@ impl Applier {
                         return Ok(Action::NeedInput);
                     }
                     let trailer = Trailer::parse(&self.inbuf)?;
-                    let patch_hash = *self.patch_hasher.finalize().as_bytes();
+                    let patch_hash = self.patch_hasher.finalize();
                     if trailer.patch_hash != patch_hash {
                         return Err(ApplyError::PatchHash);
                     }
@@ -678,7 +860,7 @@ impl Applier {
                         });
                     }
                     if let Some(h) = &self.new_hasher {
-                        if *h.finalize().as_bytes() != header.new_hash {
+                        if h.finalize() != header.new_hash {
                             return Err(ApplyError::NewHash);
                         }
                     }
@@ -1310,7 +1492,7 @@ fn reserve_exactly(buf: &mut Vec<u8>, len: usize) {
 }
 
 /// Adds `len` zero bytes to `hasher`, if there is one.
-fn hash_zeros(hasher: Option<&mut blake3::Hasher>, len: u64) {
+fn hash_zeros(hasher: Option<&mut TreeHasher>, len: u64) {
     if let Some(h) = hasher {
         let mut left = len;
         while left > 0 {
@@ -1345,13 +1527,13 @@ mod tests {
             next: None,
         }
         .emit();
-        let mut zeros = blake3::Hasher::new();
+        let mut zeros = TreeHasher::new();
         hash_zeros(Some(&mut zeros), if len <= 1 << 24 { len } else { 0 });
         let mut header = Header {
             old_len: 0,
             new_len: len,
             old_hash: *blake3::hash(b"").as_bytes(),
-            new_hash: *zeros.finalize().as_bytes(),
+            new_hash: zeros.finalize(),
             block_size: 4096,
             segment_max: 0,
             codec: Codec::Zstd as u8,

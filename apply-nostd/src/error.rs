@@ -57,6 +57,9 @@ pub enum ApplyError {
     /// The header's `new_len` is above the adapter's
     /// [`crate::Config::max_new_len`]: refused before any work.
     NewTooLarge { got: u64, max: u64 },
+    /// A checkpoint given to [`crate::Applier::resume`] belongs to another
+    /// patch or does not fit this one: resume from the start instead.
+    CheckpointMismatch,
 }
 
 /// Coarse classes of [`ApplyError`], for exit codes and user advice.
@@ -147,6 +150,10 @@ impl fmt::Display for ApplyError {
             Self::NewTooLarge { got, max } => write!(
                 f,
                 "refused: the patch makes a {got}-byte new file, above the limit of {max} bytes; raise the limit if you trust the patch"
+            ),
+            Self::CheckpointMismatch => write!(
+                f,
+                "cannot resume: the checkpoint belongs to another patch or does not fit this one; start from the beginning"
             ),
         }
     }

@@ -34,7 +34,9 @@
 //!
 //! Memory: at most [`anypatch_format::APPLIER_WORST_CASE_MEMORY`] bytes of
 //! buffers (31.25 MiB), whatever the image size, because every length the
-//! engine buffers is capped by the format before it is allocated.
+//! engine buffers is capped by the format before it is allocated; the two
+//! running hashes ([`tree_hash`], savable for [`checkpoint`]s) add at most
+//! 16 KiB each.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -42,6 +44,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod checkpoint;
 #[cfg(feature = "std")]
 pub mod drive;
 mod engine;
