@@ -1323,7 +1323,7 @@ fn error_table_matches_code() {
 }
 
 /// Every error name the errors table must list.
-const ERROR_NAMES: [&str; 26] = [
+const ERROR_NAMES: [&str; 28] = [
     "Truncated",
     "BadMagic",
     "TooLarge",
@@ -1350,6 +1350,8 @@ const ERROR_NAMES: [&str; 26] = [
     "Unsigned",
     "UntrustedSigner",
     "BadSignature",
+    "NewTooLarge",
+    "CheckpointMismatch",
 ];
 
 /// The engine's errors (its own, and the format's it wraps) with this name.
@@ -1425,6 +1427,8 @@ fn errors_named(name: &str) -> Vec<ApplyError> {
         "Unsigned" => vec![A::Unsigned],
         "UntrustedSigner" => vec![A::UntrustedSigner { key_id: [0; 8] }],
         "BadSignature" => vec![A::BadSignature { key_id: [0; 8] }],
+        "NewTooLarge" => vec![A::NewTooLarge { got: 2, max: 1 }],
+        "CheckpointMismatch" => vec![A::CheckpointMismatch],
         other => panic!("error {other} is unknown to the test"),
     }
 }
