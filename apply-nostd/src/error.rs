@@ -135,7 +135,7 @@ impl fmt::Display for ApplyError {
             Self::PageDecode { page } => write!(f, "patch is corrupt: manifest page {page} does not decompress"),
             Self::NotInPlaceSafe { new_offset, source } => write!(
                 f,
-                "patch cannot be applied in place: new offset {new_offset} reads old offset {source}, which an earlier write replaces; apply it with -o instead"
+                "patch cannot be applied in place: new offset {new_offset} reads old offset {source}, which an earlier write replaces; apply it to a separate output file instead"
             ),
             Self::TrailingBytes => write!(f, "patch is corrupt: unexpected bytes after the trailer"),
             Self::Unsigned => write!(f, "refused: the patch is not signed, and a trusted key was required"),

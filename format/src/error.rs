@@ -52,11 +52,11 @@ impl fmt::Display for FormatError {
             Self::BadMagic { .. } => write!(f, "not an anypatch patch (bad magic bytes)"),
             Self::UnsupportedMajor { got, supported } => write!(
                 f,
-                "patch format version {got} is not supported (this applier reads version {supported}); use a newer applypatch"
+                "patch format version {got} is not supported (this applier reads version {supported}); use a newer version of anypatch"
             ),
             Self::UnknownRequiredFeatures { bits } => write!(
                 f,
-                "patch needs features this applier does not know (flags {bits:#010x}); use a newer applypatch"
+                "patch needs features this applier does not know (flags {bits:#010x}); use a newer version of anypatch"
             ),
             Self::TooLarge { field, got, max } => {
                 write!(f, "patch is corrupt or hostile: {field} is {got}, above the limit {max}")
@@ -68,7 +68,7 @@ impl fmt::Display for FormatError {
                 write!(f, "patch is corrupt: {count} unexpected bytes after {what}")
             }
             Self::UnknownCodec { got } => {
-                write!(f, "patch uses unknown codec {got}; use a newer applypatch")
+                write!(f, "patch uses unknown codec {got}; use a newer version of anypatch")
             }
             Self::BadTrailerMagic => write!(f, "patch is corrupt or truncated: bad trailer"),
             Self::Invalid { field, reason } => write!(f, "patch is corrupt: {field} {reason}"),

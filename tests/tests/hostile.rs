@@ -202,7 +202,7 @@ fn unknown_versions_and_features_are_refused() {
 
 /// Issue 13, defect 10: the header hash covers the preamble, so one flipped
 /// bit in the version or a feature field is damage (exit 2), not "needs a
-/// newer applypatch" (exit 4).
+/// newer version of anypatch" (exit 4).
 #[test]
 fn a_flipped_bit_in_the_preamble_is_damage_not_a_newer_format() {
     let c = sparse_case();

@@ -275,7 +275,7 @@ test('a patch of a newer format gets a sentence for the page, not for the CLI', 
   const r = await verify({ old: empty, patchFile: newer, shot: 'newer' });
   assert.equal(r.verdict, 'unsupported', r.text);
   assert.match(r.text, /this page is older than the patch: open a newer version of this page/);
-  assert.doesNotMatch(r.text, /; use a newer applypatch/);
+  assert.doesNotMatch(r.text, /; use a newer version of anypatch/);
 });
 
 test('a signed patch shows its signer; an altered signature is red; an unknown algorithm is not', async () => {

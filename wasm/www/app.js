@@ -96,7 +96,7 @@ function typedHash() {
 /** The engine's (CLI-worded) sentence, rewritten for this page. */
 function pageMessage(kind, message, header) {
   let m = message;
-  m = m.replace(/; use a newer applypatch$/, '; this page is older than the patch: open a newer version of this page, or apply it with a newer applypatch');
+  m = m.replace(/; use a newer version of anypatch$/, '; this page is older than the patch: open a newer version of this page, or apply it with a newer applypatch');
   const big = /^refused: the patch makes a (\d+)-byte new file, above the limit of (\d+) bytes/.exec(m);
   if (kind === 'too_large' && big) {
     return `This patch makes a ${bytes(Number(big[1]))} image, above your limit of ${bytes(Number(big[2]))}. Raise “Largest new image to accept” if you trust the patch.`;
