@@ -1,13 +1,13 @@
 //! `applypatch`: apply an anypatch patch. See `applypatch --help`.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anypatch_apply::{ErrorClass, Progress};
+use anypatch_apply::{ApplyError, ErrorClass, Progress};
 use anypatch_applypatch::output;
 use anypatch_applypatch::{
     apply_in_place, apply_to_new_file, check, hex, read_trusted_keys, DriveError, InPlaceOptions,
@@ -15,6 +15,7 @@ use anypatch_applypatch::{
 };
 use anypatch_safe_output::{human_bytes, signals};
 use clap::Parser;
+use serde::Serialize;
 
 /// `eprintln!` that cannot panic: a diagnostic that cannot be written
 /// (stderr on a full disk, a closed pipe) must not change the outcome or
@@ -180,10 +181,12 @@ fn main() -> ExitCode {
             if code != 0 && json_requested() {
                 let text = e.to_string();
                 let first = text.lines().next().unwrap_or_default();
-                let mut j = Json::new(false, code);
-                j.str("error_class", "usage");
-                j.str("error", first.strip_prefix("error: ").unwrap_or(first));
-                let _ = j.print(); // the exit code already says it failed
+                let _ = JsonReport {
+                    error_class: Some("usage"),
+                    error: Some(first.strip_prefix("error: ").unwrap_or(first)),
+                    ..JsonReport::new(false, code)
+                }
+                .print(); // the exit code already says it failed
             }
             return ExitCode::from(code);
         }
@@ -273,12 +276,14 @@ fn main() -> ExitCode {
         Err(DriveError::AlreadyApplied) => {
             let message = DriveError::AlreadyApplied.to_string();
             if cli.json {
-                let mut j = Json::new(true, 0);
-                j.str("mode", cli.mode());
-                j.str("status", "already_applied");
-                j.str("target", &cli.old.to_string_lossy());
-                j.str("message", &message);
-                j.seconds(started.elapsed());
+                let j = JsonReport {
+                    mode: Some(cli.mode()),
+                    status: Some("already_applied"),
+                    target: Some(cli.old.to_string_lossy()),
+                    message: Some(&message),
+                    seconds: Some(JsonReport::seconds(started.elapsed())),
+                    ..JsonReport::new(true, 0)
+                };
                 if let Err(e) = j.print() {
                     say!("applypatch: {message}, but the result cannot be written to stdout: {e}");
                     return ExitCode::from(1);
@@ -294,14 +299,21 @@ fn main() -> ExitCode {
 
 /// Reports `e` on stderr (and on stdout with --json) and returns its exit code.
 fn fail(cli: &Cli, e: &DriveError) -> ExitCode {
-    say!("applypatch: {e}");
+    // The engine's messages name no flag: the command line's way out is added here.
+    let hint = match e {
+        DriveError::Apply(ApplyError::NotInPlaceSafe { .. }) => " (applypatch OLD PATCH -o NEW)",
+        _ => "",
+    };
+    say!("applypatch: {e}{hint}");
     let (code, class) = classify(e);
     if cli.json {
-        let mut j = Json::new(false, code);
-        j.str("mode", cli.mode());
-        j.str("error_class", class);
-        j.str("error", &e.to_string());
-        let _ = j.print(); // the exit code already says it failed
+        let _ = JsonReport {
+            mode: Some(cli.mode()),
+            error_class: Some(class),
+            error: Some(&e.to_string()),
+            ..JsonReport::new(false, code)
+        }
+        .print(); // the exit code already says it failed
     }
     ExitCode::from(code)
 }
@@ -364,13 +376,14 @@ fn exit_on_signals(json: bool, mode: &'static str) -> std::io::Result<()> {
         // 128 + 1, 2 or 15: always fits.
         let code = u8::try_from(128 + signo).unwrap_or(u8::MAX);
         if json {
-            let mut j = Json::new(false, code);
-            j.str("mode", mode);
-            j.str("error_class", "interrupted");
-            j.str("signal", name);
-            j.str("error", &message);
-            // The exit code already says what happened.
-            let _ = j.print();
+            let _ = JsonReport {
+                mode: Some(mode),
+                error_class: Some("interrupted"),
+                signal: Some(name),
+                error: Some(&message),
+                ..JsonReport::new(false, code)
+            }
+            .print(); // the exit code already says what happened
         }
         std::process::exit(code.into());
     })
@@ -383,34 +396,31 @@ fn report(cli: &Cli, w: &Written, took: Duration) -> std::io::Result<()> {
     let s = &w.summary;
     let hash = s.new_hash.as_ref().map(hex);
     if cli.json {
-        let mut j = Json::new(true, 0);
-        j.str("mode", cli.mode());
-        j.str("status", if cli.check { "verified" } else { "applied" });
+        let mut j = JsonReport {
+            mode: Some(cli.mode()),
+            status: Some(if cli.check { "verified" } else { "applied" }),
+            new_len: Some(s.new_len),
+            new_blake3: hash.as_deref(),
+            patch_blake3: Some(hex(&s.patch_hash)),
+            seconds: Some(JsonReport::seconds(took)),
+            ..JsonReport::new(true, 0)
+        };
         if cli.in_place {
-            j.str("target", &cli.old.to_string_lossy());
+            j.target = Some(cli.old.to_string_lossy());
         } else if !cli.check {
-            match &w.target {
-                OutputTarget::File(p) => {
-                    j.str("output", &p.to_string_lossy());
-                    j.str("output_kind", "file");
-                }
-                OutputTarget::Device { path, len } => {
-                    j.str("output", &path.to_string_lossy());
-                    j.str("output_kind", "block_device");
-                    j.num("device_len", *len);
-                }
-            }
+            (j.output, j.output_kind, j.device_len) = match &w.target {
+                OutputTarget::File(p) => (Some(p.to_string_lossy()), Some("file"), None),
+                OutputTarget::Device { path, len } => (
+                    Some(path.to_string_lossy()),
+                    Some("block_device"),
+                    Some(*len),
+                ),
+            };
         }
-        j.num("new_len", s.new_len);
-        if let Some(h) = &hash {
-            j.str("new_blake3", h);
-        }
-        j.str("patch_blake3", &hex(&s.patch_hash));
         if !cli.check {
-            j.num("bytes_written", s.bytes_written);
-            j.num("bytes_zeroed", s.bytes_zeroed);
+            j.bytes_written = Some(s.bytes_written);
+            j.bytes_zeroed = Some(s.bytes_zeroed);
         }
-        j.seconds(took);
         j.print()?;
     } else if cli.check {
         let mut out = std::io::stdout().lock();
@@ -510,46 +520,67 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is larger than {} bytes", u64::MAX))
 }
 
-/// One JSON object, built field by field, printed as one line on stdout.
-struct Json(String);
+/// The `--json` object: the one schema of every outcome (JSON in `--help`
+/// documents each field). A field that does not apply is left out, never
+/// null; fields print in this order.
+#[derive(Debug, Default, Serialize)]
+struct JsonReport<'a> {
+    ok: bool,
+    exit_code: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_len: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_len: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_blake3: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_blake3: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_written: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_zeroed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_class: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
 
-impl Json {
+impl JsonReport<'_> {
     fn new(ok: bool, exit_code: u8) -> Self {
-        Self(format!("{{\"ok\":{ok},\"exit_code\":{exit_code}"))
-    }
-
-    fn str(&mut self, key: &str, value: &str) {
-        let _ = write!(self.0, ",\"{key}\":\"");
-        for c in value.chars() {
-            match c {
-                '"' => self.0.push_str("\\\""),
-                '\\' => self.0.push_str("\\\\"),
-                '\n' => self.0.push_str("\\n"),
-                '\r' => self.0.push_str("\\r"),
-                '\t' => self.0.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(self.0, "\\u{:04x}", c as u32);
-                }
-                c => self.0.push(c),
-            }
+        Self {
+            ok,
+            exit_code,
+            ..Self::default()
         }
-        self.0.push('"');
     }
 
-    fn num(&mut self, key: &str, value: u64) {
-        let _ = write!(self.0, ",\"{key}\":{value}");
-    }
-
-    fn seconds(&mut self, took: Duration) {
-        let _ = write!(self.0, ",\"seconds\":{:.3}", took.as_secs_f64());
+    /// Wall time in seconds, to the millisecond.
+    fn seconds(took: Duration) -> f64 {
+        (took.as_secs_f64() * 1000.0).round() / 1000.0
     }
 
     /// Prints the object and a newline on stdout, flushed, so a failed
     /// write is seen here.
-    fn print(mut self) -> std::io::Result<()> {
-        self.0.push('}');
+    fn print(&self) -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", self.0)?;
+        serde_json::to_writer(&mut out, self)?;
+        writeln!(out)?;
         out.flush()
     }
 }
@@ -645,12 +676,15 @@ mod tests {
     }
 
     #[test]
-    fn json_strings_are_escaped() {
-        let mut j = Json::new(false, 1);
-        j.str("error", "a \"b\"\\\n\u{1}");
+    fn json_strings_are_escaped_and_absent_fields_left_out() {
+        let j = JsonReport {
+            error: Some("a \"b\"\\\n\u{1}"),
+            seconds: Some(JsonReport::seconds(Duration::from_micros(1_234_567))),
+            ..JsonReport::new(false, 1)
+        };
         assert_eq!(
-            j.0,
-            "{\"ok\":false,\"exit_code\":1,\"error\":\"a \\\"b\\\"\\\\\\n\\u0001\""
+            serde_json::to_string(&j).expect("serializes"),
+            "{\"ok\":false,\"exit_code\":1,\"seconds\":1.235,\"error\":\"a \\\"b\\\"\\\\\\n\\u0001\"}"
         );
     }
 
