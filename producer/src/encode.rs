@@ -14,8 +14,8 @@
 //! history (codec `ZstdPrefix`), and that frame is kept when smaller.
 //!
 //! With [`Settings::history`], each segment's data block (before
-//! compression) also goes to a second spool, for the data-history pass
-//! (module `history`).
+//! compression) also goes to a second spool (module `raw_spool`), for the
+//! data-history pass (module `history`).
 //!
 //! With either history, a segment with delta ops is coded with literals
 //! instead when that compresses smaller on its own: bytes that differ from
