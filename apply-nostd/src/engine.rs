@@ -15,6 +15,7 @@ use ruzstd::decoding::FrameDecoder;
 
 use crate::checkpoint::{At, Checkpoint};
 use crate::tree_hash::TreeHasher;
+use crate::zstd::ZstdError;
 use crate::ApplyError;
 
 /// Old bytes read per request while hashing the base or copying an extent.
@@ -1135,7 +1136,7 @@ impl Applier {
             &mut self.data,
             (keep > 0).then_some(prefix),
         )
-        .map_err(|()| ApplyError::Decode { segment })?;
+        .map_err(|why| ApplyError::Decode { segment, why })?;
         drop(dec); // its window and prefix copy, before the history grows
         self.push_history();
         Ok(())
@@ -1164,7 +1165,10 @@ impl Applier {
         let ops_len = entry.payload_ops_len() as usize;
         let n = crate::zstd::declared_size(&self.inbuf[ops_len..])
             .filter(|&n| (1..=u64::from(MAX_SEGMENT_LEN)).contains(&n))
-            .ok_or(ApplyError::Decode { segment })?;
+            .ok_or(ApplyError::Decode {
+                segment,
+                why: ZstdError::NoContentSize,
+            })?;
         self.decode_with_history(ops_len..self.inbuf.len(), n as usize) // n <= 4 MiB
     }
 
@@ -1203,7 +1207,7 @@ impl Applier {
                 reason: "declares no content size, or 0; it must declare the ops block's length",
                 size_field: "packed ops content size",
                 max: MAX_OPS_LEN,
-                corrupt: ApplyError::Decode { segment },
+                corrupt: Box::new(move |why| ApplyError::Decode { segment, why }),
             },
         )
     }
@@ -1243,7 +1247,7 @@ impl Applier {
                 reason: "declares no content size, or 0; it must declare the page's decoded length",
                 size_field: "page content size",
                 max: MAX_PAGE_LEN,
-                corrupt: ApplyError::PageDecode { page },
+                corrupt: Box::new(move |why| ApplyError::PageDecode { page, why }),
             },
         )
     }
@@ -1321,12 +1325,16 @@ impl Applier {
                     .zstd
                     .get_or_insert_with(|| Box::new(FrameDecoder::new()));
                 crate::zstd::decode_frame(dec, data_block, &mut self.data, None)
-                    .map_err(|()| ApplyError::Decode { segment })?;
+                    .map_err(|why| ApplyError::Decode { segment, why })?;
                 None
             }
             Codec::ZstdHistory => {
                 if data_needed == 0 {
-                    return Err(ApplyError::Decode { segment });
+                    // Spec 3.8.1: a frame whose segment takes no data is refused.
+                    return Err(ApplyError::Decode {
+                        segment,
+                        why: ZstdError::Length { expected: 0 },
+                    });
                 }
                 self.decode_with_history(ops_len..self.inbuf.len(), data_needed as usize)?;
                 None
@@ -1345,7 +1353,7 @@ impl Applier {
                     &mut self.data,
                     Some(prefix),
                 )
-                .map_err(|()| ApplyError::Decode { segment })?;
+                .map_err(|why| ApplyError::Decode { segment, why })?;
                 None
             }
         };
@@ -1450,7 +1458,7 @@ struct SizedFrame {
     size_field: &'static str,
     max: u32,
     /// The error when the frame itself does not decode.
-    corrupt: ApplyError,
+    corrupt: Box<dyn Fn(ZstdError) -> ApplyError>,
 }
 
 /// Decodes one zstd frame that declares its content size, 1..=`max`, into
@@ -1461,7 +1469,7 @@ fn unpack_sized(
     out: &mut Vec<u8>,
     f: SizedFrame,
 ) -> Result<(), ApplyError> {
-    let len = crate::zstd::start_frame(dec, &mut frame).map_err(|()| f.corrupt.clone())?;
+    let len = crate::zstd::start_frame(dec, &mut frame).map_err(&f.corrupt)?;
     if len == 0 {
         return Err(FormatError::Invalid {
             field: f.field,
@@ -1478,7 +1486,7 @@ fn unpack_sized(
         .into());
     }
     sized(out, len as usize); // at most `max`, checked above
-    crate::zstd::finish_frame(dec, frame, out).map_err(|()| f.corrupt)
+    crate::zstd::finish_frame(dec, frame, out).map_err(&f.corrupt)
 }
 
 /// Makes `buf`'s capacity at least `len` without the amortized doubling of

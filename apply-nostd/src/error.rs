@@ -4,6 +4,8 @@ use core::fmt;
 
 use anypatch_format::{FormatError, Hex};
 
+use crate::zstd::ZstdError;
+
 /// Why an apply failed. Once [`crate::Applier::poll`] returns an error, every
 /// later call returns the same error.
 #[non_exhaustive]
@@ -38,10 +40,10 @@ pub enum ApplyError {
         got: u64,
         expected: u64,
     },
-    /// A data block does not decode.
-    Decode { segment: u64 },
-    /// A compact page's frame does not decode (`page` counts from 0).
-    PageDecode { page: u64 },
+    /// A data block (or packed ops block) does not decode, and why.
+    Decode { segment: u64, why: ZstdError },
+    /// A compact page's frame does not decode (`page` counts from 0), and why.
+    PageDecode { page: u64, why: ZstdError },
     /// In-place apply was asked for, but the patch reads old bytes that an
     /// earlier part of the apply has already overwritten.
     NotInPlaceSafe { new_offset: u64, source: u64 },
@@ -131,8 +133,8 @@ impl fmt::Display for ApplyError {
             Self::LengthMismatch { field, got, expected } => {
                 write!(f, "patch is corrupt: {field} is {got}, expected {expected}")
             }
-            Self::Decode { segment } => write!(f, "patch is corrupt: data segment {segment} does not decompress"),
-            Self::PageDecode { page } => write!(f, "patch is corrupt: manifest page {page} does not decompress"),
+            Self::Decode { segment, why } => write!(f, "patch is corrupt: data segment {segment} does not decompress ({why})"),
+            Self::PageDecode { page, why } => write!(f, "patch is corrupt: manifest page {page} does not decompress ({why})"),
             Self::NotInPlaceSafe { new_offset, source } => write!(
                 f,
                 "patch cannot be applied in place: new offset {new_offset} reads old offset {source}, which an earlier write replaces; apply it to a separate output file instead"

@@ -55,3 +55,4 @@ mod zstd;
 pub use anypatch_format as format;
 pub use engine::{Applier, Config, Event, Progress, Signer, Summary};
 pub use error::{ApplyError, ErrorClass};
+pub use zstd::ZstdError;

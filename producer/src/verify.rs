@@ -119,7 +119,9 @@ impl std::fmt::Debug for Checked<'_> {
 /// segment when the engine's error does.
 fn self_check(source: ApplyError) -> ProduceError {
     let segment = match source {
-        ApplyError::Decode { segment } | ApplyError::SegmentHash { segment, .. } => Some(segment),
+        ApplyError::Decode { segment, .. } | ApplyError::SegmentHash { segment, .. } => {
+            Some(segment)
+        }
         _ => None,
     };
     ProduceError::SelfCheck { segment, source }

@@ -364,11 +364,15 @@ fn frames_that_do_not_decode_are_refused() {
     ];
     for (what, frame) in cases {
         let e = refused(what, &old, &hostile(frame));
-        assert_eq!(e, ApplyError::PageDecode { page: 0 }, "{what}");
+        assert!(
+            matches!(e, ApplyError::PageDecode { page: 0, .. }),
+            "{what}"
+        );
         assert_eq!(e.class(), ErrorClass::CorruptPatch);
-        assert_eq!(
-            e.to_string(),
-            "patch is corrupt: manifest page 0 does not decompress"
+        assert!(
+            e.to_string()
+                .starts_with("patch is corrupt: manifest page 0 does not decompress ("),
+            "{what}: {e}"
         );
     }
     // A frame with a flipped byte: refused, whatever it then decodes to.
@@ -497,7 +501,7 @@ fn pages_and_feature_bits_must_agree() {
     let mut m = l.clone();
     m.compact = false;
     let e = refused("plain pages with the bit", &old, &m.emit());
-    assert_eq!(e, ApplyError::PageDecode { page: 0 });
+    assert!(matches!(e, ApplyError::PageDecode { page: 0, .. }), "{e:?}");
 
     // Bit 0x80 (the packed segment) needs FEATURE_PACKED_OPS here too.
     let mut m = l.clone();

@@ -411,7 +411,7 @@ fn frames_reaching_past_the_allowed_history_are_refused() {
     assert!(
         matches!(
             e,
-            ApplyError::Decode { segment: 1 } | ApplyError::SegmentHash { segment: 1, .. }
+            ApplyError::Decode { segment: 1, .. } | ApplyError::SegmentHash { segment: 1, .. }
         ),
         "{e:?}"
     );
@@ -551,11 +551,8 @@ fn history_frames_must_declare_their_exact_size() {
     ];
     for (what, frame) in cases {
         let (old, patch) = small(frame);
-        assert_eq!(
-            refused(what, &old, &patch),
-            ApplyError::Decode { segment: 0 },
-            "{what}"
-        );
+        let e = refused(what, &old, &patch);
+        assert!(matches!(e, ApplyError::Decode { segment: 0, .. }), "{what}");
     }
     // Declaring the right size, the same raw blocks apply.
     let (old, patch) = small(|d, _| stored_frame(d, Some(d.len() as u32)));
@@ -577,22 +574,16 @@ fn history_segments_must_take_data() {
     ];
     let b = PatchBuilder::new(parts);
     let (patch, _) = b.build(&old);
-    assert_eq!(
-        refused("a frame of 0 bytes", &old, &patch),
-        ApplyError::Decode { segment: 0 }
-    );
+    let e = refused("a frame of 0 bytes", &old, &patch);
+    assert!(matches!(e, ApplyError::Decode { segment: 0, .. }), "{e:?}");
     let l = Layout::walk(&patch).expect("walks");
-    assert_eq!(
-        refused("no frame", &old, &with_block(&l, 0, Vec::new())),
-        ApplyError::Decode { segment: 0 }
-    );
+    let e = refused("no frame", &old, &with_block(&l, 0, Vec::new()));
+    assert!(matches!(e, ApplyError::Decode { segment: 0, .. }), "{e:?}");
     let mut c = b.compact();
     c.extents_per_page = 1;
     let (patch, _) = c.build(&old);
-    assert_eq!(
-        refused("a frame of 0 bytes, compact", &old, &patch),
-        ApplyError::Decode { segment: 0 }
-    );
+    let e = refused("a frame of 0 bytes, compact", &old, &patch);
+    assert!(matches!(e, ApplyError::Decode { segment: 0, .. }), "{e:?}");
 }
 
 #[test]
@@ -622,11 +613,8 @@ fn history_frames_keep_the_zstd_rules() {
     ];
     for (what, frame) in cases {
         let (old, patch) = small(frame);
-        assert_eq!(
-            refused(what, &old, &patch),
-            ApplyError::Decode { segment: 0 },
-            "{what}"
-        );
+        let e = refused(what, &old, &patch);
+        assert!(matches!(e, ApplyError::Decode { segment: 0, .. }), "{what}");
     }
     // A skippable frame is not a zstd frame with data.
     let (old, patch) = small(|d, h| {
@@ -634,10 +622,8 @@ fn history_frames_keep_the_zstd_rules() {
         f.extend(compress_with_history(d, h));
         f
     });
-    assert_eq!(
-        refused("skippable frame first", &old, &patch),
-        ApplyError::Decode { segment: 0 }
-    );
+    let e = refused("skippable frame first", &old, &patch);
+    assert!(matches!(e, ApplyError::Decode { segment: 0, .. }), "{e:?}");
 }
 
 #[test]
@@ -648,7 +634,7 @@ fn frames_made_against_another_history_are_refused() {
     assert!(
         matches!(
             e,
-            ApplyError::Decode { segment: 1 } | ApplyError::SegmentHash { segment: 1, .. }
+            ApplyError::Decode { segment: 1, .. } | ApplyError::SegmentHash { segment: 1, .. }
         ),
         "{e:?}"
     );
@@ -687,7 +673,7 @@ fn frames_made_against_another_history_are_refused() {
     assert!(
         matches!(
             e,
-            ApplyError::Decode { segment: 1 } | ApplyError::SegmentHash { segment: 1, .. }
+            ApplyError::Decode { segment: 1, .. } | ApplyError::SegmentHash { segment: 1, .. }
         ),
         "{e:?}"
     );

@@ -462,7 +462,7 @@ fn packed_frames_that_do_not_decode_are_refused() {
     ];
     for (what, f) in cases {
         let e = refused(what, &old, &with_ops(&l, &f));
-        assert_eq!(e, ApplyError::Decode { segment: 0 }, "{what}");
+        assert!(matches!(e, ApplyError::Decode { segment: 0, .. }), "{what}");
     }
     // A corrupted frame: refused, as a decode error or as ops that do not check.
     let e = refused("flipped byte", &old, &with_ops(&l, &flipped));
@@ -632,10 +632,8 @@ fn packed_segments_apply_in_place_and_resume() {
     let n = s.ops_len as usize;
     l.pages[0].1[0][..n].fill(0xEE);
     let spoiled = l.emit();
-    assert_eq!(
-        drive(&old, &spoiled, verify, 4096, &mut Vec::new()).expect_err("verify refuses"),
-        ApplyError::Decode { segment: 0 }
-    );
+    let e = drive(&old, &spoiled, verify, 4096, &mut Vec::new()).expect_err("verify refuses");
+    assert!(matches!(e, ApplyError::Decode { segment: 0, .. }), "{e:?}");
     drive_memory(None, &mut disk, &spoiled, resume, 4096, usize::MAX)
         .expect("the skipped segment is not unpacked");
     disk.truncate(new.len());

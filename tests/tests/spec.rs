@@ -1317,9 +1317,12 @@ fn error_table_matches_code() {
     // Section 10 quotes the message of the error compact pages added.
     let text: String = spec.text.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(text.contains("(\"manifest page N does not decompress\", N counting from 0)"));
-    assert!(ApplyError::PageDecode { page: 7 }
-        .to_string()
-        .ends_with("manifest page 7 does not decompress"));
+    assert!(ApplyError::PageDecode {
+        page: 7,
+        why: anypatch_apply::ZstdError::TrailingInput
+    }
+    .to_string()
+    .contains("manifest page 7 does not decompress ("));
 }
 
 /// Every error name the errors table must list.
@@ -1407,8 +1410,14 @@ fn errors_named(name: &str) -> Vec<ApplyError> {
             got: 1,
             expected: 2,
         }],
-        "Decode" => vec![A::Decode { segment: 0 }],
-        "PageDecode" => vec![A::PageDecode { page: 0 }],
+        "Decode" => vec![A::Decode {
+            segment: 0,
+            why: anypatch_apply::ZstdError::Block,
+        }],
+        "PageDecode" => vec![A::PageDecode {
+            page: 0,
+            why: anypatch_apply::ZstdError::Header,
+        }],
         "BaseLength" => vec![A::BaseLength {
             got: 1,
             expected: 2,

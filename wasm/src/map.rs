@@ -22,7 +22,7 @@ use anypatch_apply::format::{
     parse_header_section, Extent, FormatError, Header, Page, PageRef, Preamble, PreambleRepr,
     FEATURE_COMPACT_PAGES, HASH_LEN, MAX_PAGE_LEN, MAX_ZSTD_WINDOW, PREAMBLE_LEN,
 };
-use anypatch_apply::ApplyError;
+use anypatch_apply::{ApplyError, ZstdError};
 use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 use ruzstd::io::Read;
 
@@ -303,11 +303,15 @@ impl Layout {
 /// of at most [`MAX_ZSTD_WINDOW`] and no dictionary, and decode to exactly
 /// that size with no byte left over. Errors are the engine's.
 fn unpack_page(frame: &[u8], page: u64) -> Result<Vec<u8>, ApplyError> {
-    let corrupt = |_| ApplyError::PageDecode { page };
+    let corrupt = |why| ApplyError::PageDecode { page, why };
+    // RFC 8878 3.1.1.1.1: the reserved bit must be clear (ruzstd ignores it).
+    if frame.get(4).is_some_and(|descriptor| descriptor & 0x08 != 0) {
+        return Err(corrupt(ZstdError::ReservedBit));
+    }
     let mut input = frame;
     let mut dec = FrameDecoder::new();
     dec.set_max_window_size(MAX_ZSTD_WINDOW);
-    dec.init(&mut input).map_err(corrupt)?;
+    dec.init(&mut input).map_err(|_| corrupt(ZstdError::Header))?;
     let len = dec.content_size();
     if len == 0 {
         return Err(FormatError::Invalid {
@@ -331,28 +335,29 @@ fn unpack_page(frame: &[u8], page: u64) -> Result<Vec<u8>, ApplyError> {
         // declares is caught with at most a block of it buffered.
         let finished = dec
             .decode_blocks(&mut input, BlockDecodingStrategy::UptoBytes(0x2_0000))
-            .map_err(|_| ApplyError::PageDecode { page })?;
+            .map_err(|_| corrupt(ZstdError::Block))?;
         loop {
             let Some(target) = out.get_mut(written..) else {
-                return Err(ApplyError::PageDecode { page });
+                return Err(corrupt(ZstdError::Length { expected: len }));
             };
-            let n = dec
-                .read(target)
-                .map_err(|_| ApplyError::PageDecode { page })?;
+            let n = dec.read(target).map_err(|_| corrupt(ZstdError::Block))?;
             written += n;
             if n == 0 {
                 break;
             }
         }
         if dec.can_collect() != 0 {
-            return Err(ApplyError::PageDecode { page }); // more than declared
+            return Err(corrupt(ZstdError::Length { expected: len })); // more than declared
         }
         if finished {
             break;
         }
     }
-    if written != out.len() || !input.is_empty() {
-        return Err(ApplyError::PageDecode { page });
+    if written != out.len() {
+        return Err(corrupt(ZstdError::Length { expected: len }));
+    }
+    if !input.is_empty() {
+        return Err(corrupt(ZstdError::TrailingInput));
     }
     Ok(out)
 }
@@ -405,7 +410,6 @@ mod tests {
         let n = content.len() as u32;
         let good = stored_frame(content, Some(n));
         assert_eq!(unpack_page(&good, 0).as_deref(), Ok(&content[..]));
-        let corrupt = ApplyError::PageDecode { page: 3 };
         for (what, frame) in [
             ("not a frame", content.to_vec()),
             ("cut short", good[..good.len() - 1].to_vec()),
@@ -413,7 +417,8 @@ mod tests {
             ("more than declared", stored_frame(content, Some(n - 1))),
             ("less than declared", stored_frame(content, Some(n + 1))),
         ] {
-            assert_eq!(unpack_page(&frame, 3), Err(corrupt.clone()), "{what}");
+            let e = unpack_page(&frame, 3).expect_err(what);
+            assert!(matches!(e, ApplyError::PageDecode { page: 3, .. }), "{what}: {e:?}");
         }
         let no_size = unpack_page(&stored_frame(content, None), 0).expect_err("no size");
         assert!(
