@@ -107,15 +107,27 @@ fn run(
     let claim = match State::open(&state_path)? {
         Found::Nothing => None,
         Found::Interrupted(claim) => Some(claim),
-        Found::Unfinished(state) => {
+        Found::Unfinished(mut state) => {
             if state.identity.target != t.id {
-                return Err(DriveError::Refused(format!(
-                "the state file {} belongs to an unfinished in-place apply of {}, not of {} ({}); nothing was written. Finish that apply by running the same command on that target, or give this one its own --state",
-                state_path.display(),
-                state.identity.target,
-                target.display(),
-                t.id
-            )));
+                let belongs = DriveError::Refused(format!(
+                    "the state file {} belongs to an unfinished in-place apply of {}, not of {} ({}); nothing was written. Finish that apply by running the same command on that target, or give this one its own --state",
+                    state_path.display(),
+                    state.identity.target,
+                    target.display(),
+                    t.id
+                ));
+                if hash_patch_file(patch_path)? != state.identity.patch_hash {
+                    return Err(belongs);
+                }
+                // The same patch: this may be the same image under another
+                // device number (a loop device attached anew, a file system
+                // mounted from another device). Its content decides.
+                let header = read_header(patch_path)?;
+                match check_before_resuming(&mut state, &t, &header, patch, policy, on_progress) {
+                    Ok(()) => {}
+                    Err(DriveError::Refused(_)) => return Err(belongs),
+                    Err(e) => return Err(e),
+                }
             }
             return resume(state, &t, patch, patch_path, policy, opts, on_progress);
         }
@@ -447,22 +459,25 @@ fn fresh(
         &mut header,
         on_progress,
     );
-    // Not the old image, after an interrupted apply: unless it is the new
-    // image already, see whether the patch makes the new image from it.
-    let redo = interrupted
-        && matches!(
-            verified,
-            Err(DriveError::Apply(
-                ApplyError::BaseHash | ApplyError::BaseLength { .. }
-            ))
-        )
-        && !header
-            .as_ref()
-            .is_some_and(|h| is_image(&t.file, h.new_len, &h.new_hash));
+    // Not the old image: unless it is the new image already, see whether
+    // the patch makes the new image from it as it is. That finishes an
+    // apply that was interrupted before it journaled anything, whether or
+    // not its empty state file is still there (another target's run may
+    // have taken it, or its path changed); the result is verified either way.
+    let redo = matches!(
+        verified,
+        Err(DriveError::Apply(
+            ApplyError::BaseHash | ApplyError::BaseLength { .. }
+        ))
+    ) && !header
+        .as_ref()
+        .is_some_and(|h| is_image(&t.file, h.new_len, &h.new_hash));
+    let mut wrong_base = None;
     if redo {
         if let Some(s) = state.borrow_mut().as_mut() {
             s.clear_pins();
         }
+        wrong_base = verified.err();
         let old_len = header.as_ref().map_or(0, |h| h.old_len);
         verified = if t.len < old_len {
             // Shorter than the old image: some old bytes are gone.
@@ -485,7 +500,14 @@ fn fresh(
     let state = state.into_inner();
     let verified = match verified {
         Ok(v) => v,
-        Err(e) => return Err(give_up(e, state, claim, redo, t, header.as_ref(), patch)),
+        Err(e) => {
+            let why = Failure {
+                error: e,
+                wrong_base,
+                interrupted,
+            };
+            return Err(give_up(why, state, claim, t, header.as_ref(), patch));
+        }
     };
     let mut state = state.expect("the header comes before the end of a successful pass");
     let header = header.expect("the header comes before the end of a successful pass");
@@ -596,16 +618,27 @@ fn verify(
 /// After a failed verifying pass, nothing was written: the state file goes,
 /// unless it marks an interrupted apply that this run could not finish.
 fn give_up(
-    e: DriveError,
+    why: Failure,
     state: Option<State>,
     claim: Option<Claim>,
-    redo: bool,
     t: &Target,
     header: Option<&Header>,
     patch: &PatchSource,
 ) -> DriveError {
     let path = state.as_ref().map(|s| s.path().to_path_buf());
+    let Failure {
+        error: e,
+        wrong_base,
+        interrupted,
+    } = why;
     let already = header.is_some_and(|h| is_image(&t.file, h.new_len, &h.new_hash));
+    // Without a mark of an interrupted apply, a failed redo is just the
+    // wrong base it started from.
+    let (e, redo) = match wrong_base {
+        Some(first) if !interrupted => (first, false),
+        Some(_) => (e, true),
+        None => (e, false),
+    };
     if !redo || already {
         let removed = match (state, claim) {
             (Some(s), _) => s.remove(),
@@ -627,6 +660,16 @@ fn give_up(
         )),
         e => e,
     }
+}
+
+/// Why a fresh apply's verifying pass failed.
+struct Failure {
+    error: DriveError,
+    /// The wrong base found first, when the patch was then run over the
+    /// target as it is and `error` is why that failed too.
+    wrong_base: Option<DriveError>,
+    /// An empty state file marked an interrupted apply.
+    interrupted: bool,
 }
 
 /// Says more about a failed verifying pass: an already-applied target is not
@@ -675,7 +718,14 @@ fn half_patched_note(
     id: TargetId,
     patch: &PatchSource,
 ) -> Option<String> {
-    let found = unfinished_states(path, canonical, id);
+    // Failing those, states of this very patch, whatever target they name:
+    // the same image under another device number (a loop device attached anew).
+    let mut found = unfinished_states(path, canonical, id, None);
+    if found.is_empty() {
+        if let PatchSource::Path(p) = patch {
+            found = unfinished_states(path, canonical, id, hash_patch_file(p).ok());
+        }
+    }
     let patch_name = match patch {
         PatchSource::Path(p) => p.display().to_string(),
         PatchSource::Stdin => "PATCH".into(),
@@ -693,6 +743,18 @@ fn half_patched_note(
     }
     let mut note = String::from("the target is half-patched:");
     for (state, sid, done) in found {
+        if sid.target != id {
+            note.push_str(&format!(
+                " {} records an unfinished in-place apply of this patch to {} ({done} of {} bytes final); if that is this image under another device number, finish it with: applypatch --in-place {} {} --state {} (the target's content is checked first).",
+                state.display(),
+                sid.target,
+                sid.new_len,
+                path.display(),
+                patch_name,
+                state.display(),
+            ));
+            continue;
+        }
         note.push_str(&format!(
             " {} records an unfinished in-place apply to it ({done} of {} bytes final) of the patch with BLAKE3 {}. To finish it, run: applypatch --in-place {} {} --state {} (with that patch); to discard it, only if the target was restored from a backup: rm {}.",
             state.display(),
@@ -709,11 +771,12 @@ fn half_patched_note(
 
 /// State files in the usual places (beside the target as given and as
 /// resolved, and under /var/lib/anypatch) that record an unfinished write
-/// to this very target.
+/// to this very target, or of the patch whose hash is `patch_hash`.
 fn unfinished_states(
     path: &Path,
     canonical: &Path,
     target: TargetId,
+    patch_hash: Option<Hash>,
 ) -> Vec<(PathBuf, Identity, u64)> {
     let mut dirs: Vec<PathBuf> = vec![PathBuf::from(STATE_DIR)];
     for p in [path, canonical] {
@@ -738,7 +801,7 @@ fn unfinished_states(
                 continue;
             }
             if let Some(Some((id, done))) = journal::peek_identity(&path) {
-                if id.target == target {
+                if id.target == target || Some(id.patch_hash) == patch_hash {
                     found.push((path, id, done));
                 }
             }
@@ -848,6 +911,7 @@ fn check_before_resuming(
     policy: &Policy,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<(), DriveError> {
+    state.clear_pins();
     let pending = state.pending_journal()?;
     let (from, runs) = match &pending {
         Some(p) => (

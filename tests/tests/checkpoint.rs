@@ -258,10 +258,15 @@ fn an_altered_or_foreign_checkpoint_never_gives_an_accepted_result() {
                 return;
             };
             match field {
-                0 => cp.patch_hash.tail[0] ^= 1,
+                0 => {
+                    if let Some(x) = cp.patch_hash.tail.first_mut() {
+                        *x ^= 1;
+                    }
+                }
                 1 => {
-                    if let Some(h) = cp.new_hash.as_mut() {
-                        h.tail[0] ^= 1;
+                    // Nothing of the new file yet: nothing to alter.
+                    if let Some(x) = cp.new_hash.as_mut().and_then(|h| h.tail.first_mut()) {
+                        *x ^= 1;
                     }
                 }
                 2 => cp.new_pos += 4096,

@@ -343,17 +343,51 @@ pub struct State {
 impl State {
     /// Opens and locks the state file at `path`, if there is one.
     pub fn open(path: &Path) -> Result<Found, DriveError> {
-        let file = match OpenOptions::new().read(true).write(true).open(path) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let not_ours = |what: &str| {
+            DriveError::Refused(format!(
+                "{} is {what}, not an anypatch state file; nothing was written, and it is left as it is. Give --state a path of its own",
+                path.display()
+            ))
+        };
+        // Never through a symlink, and never anything but a regular file:
+        // the state file is written and, at the end, removed.
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Nothing),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return Err(not_ours("a symbolic link"))
+            }
             Err(e) => return Err(io_err(path, "cannot open the state file")(e)),
         };
+        let meta = file
+            .metadata()
+            .map_err(io_err(path, "cannot stat the state file"))?;
+        if !meta.is_file() {
+            return Err(not_ours(anypatch_safe_output::a_kind(meta.file_type())));
+        }
+        if let Kind::Foreign = kind_of(&file) {
+            // Before the lock: the target or the patch given as --state is
+            // named as what it is, not as a state "in use".
+            return Err(not_ours("a file with other data in it"));
+        }
         lock_state(&file, path)?;
-        if !has_identity(&file) {
-            return Ok(Found::Interrupted(Claim {
-                file,
-                path: path.to_path_buf(),
-            }));
+        match kind_of(&file) {
+            Kind::Unrecorded => {
+                return Ok(Found::Interrupted(Claim {
+                    file,
+                    path: path.to_path_buf(),
+                }))
+            }
+            Kind::Foreign => return Err(not_ours("a file with other data in it")),
+            Kind::Recorded => {}
         }
         let identity = read_identity(&file).map_err(|why| {
             DriveError::Refused(format!(
@@ -436,6 +470,13 @@ impl State {
             let all = p.memory.concat();
             p.memory = Vec::new();
             p.spilled = true;
+            if !self.recorded {
+                // The magic and version first: a file with data but no
+                // magic is never taken for a state file.
+                let mut head = MAGIC.to_vec();
+                head.extend_from_slice(&VERSION.to_le_bytes());
+                self.write_at(&head, IDENTITY_AT)?;
+            }
             self.write_at(&all, PINS_AT)?;
         }
         let p = &mut self.pins;
@@ -589,20 +630,50 @@ fn remove_state(path: &Path) -> Result<(), DriveError> {
 /// (to describe it). `Some(None)`: the file is there but empty, an apply
 /// interrupted before its first journal record.
 pub fn peek_identity(path: &Path) -> Option<Option<(Identity, u64)>> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
     let file = File::open(path).ok()?;
-    if !has_identity(&file) {
-        return Some(None);
+    match kind_of(&file) {
+        Kind::Unrecorded => return Some(None),
+        Kind::Foreign => return None,
+        Kind::Recorded => {}
     }
     let identity = read_identity(&file).ok()?;
     Some(Some((identity, read_slots(&file).1)))
 }
 
-/// Whether a state file has an identity: one without it was left by an
-/// apply that journaled nothing (the identity is written and synced with
-/// the first journal record, before any journaled byte reaches the target).
-fn has_identity(file: &File) -> bool {
+/// Whether a state file has an identity: one without it (empty, or only
+/// the magic and version that precede spilled pins) was left by an apply
+/// that journaled nothing (the identity is written and synced with the
+/// first journal record, before any journaled byte reaches the target).
+fn kind_of(file: &File) -> Kind {
     let mut id = [0u8; IDENTITY_LEN + SEAL_LEN];
-    read_up_to(file, &mut id, IDENTITY_AT).is_ok_and(|_| id.iter().any(|&b| b != 0))
+    let Ok(n) = read_up_to(file, &mut id, IDENTITY_AT) else {
+        return Kind::Foreign;
+    };
+    if n == 0 {
+        return Kind::Unrecorded; // empty: the marker of an apply that journaled nothing
+    }
+    if id[..8] != MAGIC[..] {
+        return Kind::Foreign;
+    }
+    if id[12..].iter().all(|&b| b == 0) {
+        Kind::Unrecorded // the header written before pins spill, no identity yet
+    } else {
+        Kind::Recorded
+    }
+}
+
+/// What a file at a state path holds.
+enum Kind {
+    /// This program's state, without an identity.
+    Unrecorded,
+    /// This program's state with an identity (possibly damaged).
+    Recorded,
+    /// Anything else: never used, written or removed.
+    Foreign,
 }
 
 fn read_identity(file: &File) -> Result<Identity, &'static str> {

@@ -560,3 +560,154 @@ fn a_run_killed_on_an_already_patched_target_leaves_nothing_to_redo() {
     assert!(fs::read(&disk).expect("disk") == p.new_image());
     assert!(!state.exists(), "the mark was left");
 }
+
+#[test]
+fn a_state_path_that_is_not_a_state_file_is_never_written_or_removed() {
+    // A raw disk image's first bytes are often zero; a device node, a
+    // FIFO or a symlink is not a state file either. Each is refused before
+    // anything is written, and left exactly as it was.
+    let p = Pair::new("edits");
+    let dir = p.dir.path();
+    let disk = p.disk("disk.img");
+    let image = dir.join("backup.img");
+    let mut zero_head = vec![0u8; 4096];
+    zero_head.extend_from_slice(b"the data of another disk image");
+    fs::write(&image, &zero_head).expect("write");
+    let node = dir.join("null");
+    assert!(Command::new("mknod")
+        .arg(&node)
+        .args(["c", "1", "3"])
+        .status()
+        .expect("mknod runs (tests run as root)")
+        .success());
+    let fifo = dir.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&image, &link).expect("symlink");
+    for (what, state) in [
+        ("a file with other data", &image),
+        ("a character device", &node),
+        ("a FIFO", &fifo),
+        ("a symlink", &link),
+        ("the target itself", &disk),
+        ("the patch", &p.patch()),
+    ] {
+        let before = fs::read(&disk).expect("disk");
+        let o = in_place(
+            &disk,
+            &p.patch(),
+            &["--state", &state.to_string_lossy()],
+            None,
+        );
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("not an anypatch state file"),
+            "{what}: {}",
+            stderr(&o)
+        );
+        assert!(
+            fs::read(&disk).expect("disk") == before,
+            "{what}: target written"
+        );
+        assert!(
+            fs::symlink_metadata(state).is_ok(),
+            "{what}: {} was removed",
+            state.display()
+        );
+    }
+    assert!(
+        fs::read(&image).expect("image") == zero_head,
+        "the image behind the link changed"
+    );
+    // And at the default path: a symlink there is refused too.
+    let default = dir.join(".disk.img.anypatch-state");
+    std::os::unix::fs::symlink(&image, &default).expect("symlink");
+    let o = in_place(&disk, &p.patch(), &[], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(fs::read(&image).expect("image") == zero_head);
+    assert!(
+        fs::symlink_metadata(&default).is_ok(),
+        "the link was removed"
+    );
+}
+
+#[test]
+fn a_journal_free_apply_is_finished_even_when_its_mark_is_gone() {
+    // The mark (an empty state file) can be deleted, or taken by a run on
+    // another target through --state: the patch run over the target as it
+    // is still proves that it makes the new image.
+    let p = Pair::new("sparse");
+    let a = p.disk("a.img");
+    let b = p.disk("b.img");
+    let mark = p.dir.path().join(".a.img.anypatch-state");
+    let (old, new) = (p.old(), p.new_image());
+    let half = (1..200).find(|&k| {
+        fs::write(&a, &old).expect("fresh");
+        let _ = fs::remove_file(&mark);
+        let o = in_place(&a, &p.patch(), &[], Some(k));
+        let now = fs::read(&a).expect("a");
+        killed(&o) && now != old && now != new
+    });
+    assert!(half.is_some(), "no kill point left a half-patched target");
+    // b.img takes a's mark and finishes its own apply.
+    let o = in_place(&b, &p.patch(), &["--state", &mark.to_string_lossy()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!mark.exists());
+    // a.img, with no mark left, is still finished by the same command.
+    let o = in_place(&a, &p.patch(), &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(&a).expect("a") == new, "wrong result");
+    // A target that is simply another file is still a plain wrong base.
+    let other = p.dir.path().join("other.img");
+    let mut junk = old.clone();
+    junk[0] ^= 1;
+    junk[old.len() / 2] ^= 1;
+    fs::write(&other, &junk).expect("write");
+    let o = in_place(&other, &p.patch(), &[], None);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(fs::read(&other).expect("other") == junk);
+    assert!(!p.dir.path().join(".other.img.anypatch-state").exists());
+}
+
+#[test]
+fn a_target_that_got_a_new_inode_resumes_when_its_content_is_what_the_kill_left() {
+    // As after a loop device is attached under another number, or the file
+    // is copied back: the state names another device and inode, but the
+    // same patch, and the content proves it is the same half-patched image.
+    let p = Pair::new("moved");
+    let disk = p.disk("disk.img");
+    let state = p.dir.path().join(".disk.img.anypatch-state");
+    assert!(killed(&in_place(&disk, &p.patch(), &[], Some(14))));
+    assert!(
+        fs::metadata(&state).expect("state").len() > 0,
+        "no journaled state"
+    );
+    let copy = p.dir.path().join("copy.img");
+    fs::copy(&disk, &copy).expect("copy");
+    fs::rename(&copy, &disk).expect("rename"); // a new inode at the same path
+    let o = in_place(&disk, &p.patch(), &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        fs::read(&disk).expect("disk") == p.new_image(),
+        "wrong result"
+    );
+    assert!(!state.exists());
+    // With the content changed as well, it is refused and left as it is.
+    let disk2 = p.disk("disk2.img");
+    let state2 = p.dir.path().join(".disk2.img.anypatch-state");
+    assert!(killed(&in_place(&disk2, &p.patch(), &[], Some(14))));
+    let copy = p.dir.path().join("copy2.img");
+    fs::copy(&disk2, &copy).expect("copy");
+    flip(&copy, p.old().len() as u64 - 1);
+    fs::rename(&copy, &disk2).expect("rename");
+    let before = fs::read(&disk2).expect("disk2");
+    let o = in_place(&disk2, &p.patch(), &[], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("belongs to"), "{}", stderr(&o));
+    assert!(fs::read(&disk2).expect("disk2") == before);
+    assert!(state2.exists());
+}
