@@ -128,6 +128,22 @@ where
                     g.stop = true;
                     cond.notify_all();
                 };
+                // A worker that panics must still stop the others and wake
+                // the caller, or the caller waits for its item for ever; the
+                // scope then passes the panic on.
+                struct StopOnPanic<F: Fn()>(F);
+                impl<F: Fn()> Drop for StopOnPanic<F> {
+                    fn drop(&mut self) {
+                        if std::thread::panicking() {
+                            (self.0)();
+                        }
+                    }
+                }
+                let _stop = StopOnPanic(|| {
+                    let mut g = lock();
+                    g.stop = true;
+                    cond.notify_all();
+                });
                 let mut state = match init() {
                     Ok(state) => state,
                     Err(e) => return fail(e),
@@ -216,6 +232,26 @@ mod tests {
             );
             assert_eq!(r, Ok(()));
             assert_eq!(seen, (0..50).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_panicking_worker_ends_the_run_with_its_panic_not_a_hang() {
+        for threads in [1, 3] {
+            let run = std::panic::catch_unwind(|| {
+                let _: Result<(), ()> = for_each_ordered(
+                    threads,
+                    20,
+                    2,
+                    || Ok(()),
+                    |_, i| {
+                        assert!(i != 5, "item 5 is a bug");
+                        Ok(i)
+                    },
+                    |_, _| Ok(()),
+                );
+            });
+            assert!(run.is_err(), "{threads} threads: the panic was lost");
         }
     }
 
