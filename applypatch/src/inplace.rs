@@ -1075,6 +1075,22 @@ fn finish(state: State, t: &Target, header: &Header, resumed: bool) -> Result<()
     t.file
         .sync_all()
         .map_err(io_err("cannot flush the target to disk"))?;
+    // Something that ignores the lock (a rename over the path) may have put
+    // another file where the target was: the result is not at the path then.
+    let now = std::fs::metadata(&t.path).map(|m| match t.id {
+        TargetId::File { .. } => TargetId::File {
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+        TargetId::Block { .. } => TargetId::Block { rdev: m.rdev() },
+    });
+    if now.ok() != Some(t.id) {
+        return Err(DriveError::Refused(format!(
+            "{} was replaced by another file while applypatch rewrote it: the new image went to the file that was there, which no longer has that name. The state is kept in {}",
+            t.path.display(),
+            state.path().display()
+        )));
+    }
     // A resumed result is checked whole before success is declared.
     if resumed && !is_image(&t.file, header.new_len, &header.new_hash) {
         return Err(DriveError::Refused(format!(

@@ -380,6 +380,10 @@ fn write_file(
     // gets OLD's permission bits (rw for everyone when OLD is a device),
     // less the umask, as the kernel applies it when the file is created.
     let existing = fs::metadata(new).ok().filter(Metadata::is_file);
+    // An in-place apply rewriting NEW holds its lock: refuse rather than
+    // rename over a file it is writing (it would report success for a file
+    // that is no longer there). Held until the rename, so none starts on it.
+    let _held = existing.as_ref().map(|_| lock_existing(new)).transpose()?;
     let mode = if old_meta.is_file() {
         old_meta.mode() & 0o777
     } else {
@@ -460,6 +464,29 @@ fn write_file(
         },
         target: OutputTarget::File(new.to_path_buf()),
     })
+}
+
+/// Takes the same lock as `applypatch --in-place` on the existing file at
+/// `new`: refused at once if another run holds it. `None` when the file
+/// cannot be opened for reading (the rename decides then).
+fn lock_existing(new: &Path) -> Result<Option<File>, DriveError> {
+    use rustix::fs::{flock, FlockOperation};
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(new)
+    else {
+        return Ok(None);
+    };
+    match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(f)),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(DriveError::Refused(format!(
+            "{} is locked by another run (an in-place apply rewriting it); nothing was written. Wait for it to finish, or write the new image elsewhere",
+            new.display()
+        ))),
+        Err(_) => Ok(Some(f)), // a file system without flock: nothing to respect
+    }
 }
 
 /// The temporary file for the new image in `dir`, with permissions `mode`

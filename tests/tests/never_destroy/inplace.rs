@@ -711,3 +711,81 @@ fn a_target_that_got_a_new_inode_resumes_when_its_content_is_what_the_kill_left(
     assert!(fs::read(&disk2).expect("disk2") == before);
     assert!(state2.exists());
 }
+
+/// Starts `applypatch --in-place TARGET PATCH` stopped (SIGSTOP) at journal
+/// step `at`, holding its locks; returns it once it is stopped.
+fn stopped_in_place(target: &Path, patch: &Path, at: u32) -> std::process::Child {
+    let mut child = Command::new(bin("applypatch"))
+        .arg("--in-place")
+        .arg(target)
+        .arg(patch)
+        .args(["-q", "--journal-batch", "4096"])
+        .env("ANYPATCH_TEST_STOP_AT", at.to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('T'))
+        {
+            return child;
+        }
+        let finished = child.try_wait().expect("try_wait").is_some();
+        assert!(
+            !finished && Instant::now() < deadline,
+            "the run ended before it could be paused mid-apply"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn output_onto_a_target_being_rewritten_in_place_is_refused_and_a_replaced_target_is_not_success() {
+    let p = Pair::new("sparse");
+    let disk = p.disk("disk.img");
+    let old = corpus_small().join("sparse.old");
+    // -o onto the file an in-place run holds: refused, the run finishes.
+    let first = stopped_in_place(&disk, &p.patch(), 3);
+    let o = Command::new(bin("applypatch"))
+        .arg(&old)
+        .arg(p.patch())
+        .arg("-o")
+        .arg(&disk)
+        .output()
+        .expect("runs");
+    let _ = Command::new("kill")
+        .arg("-CONT")
+        .arg(first.id().to_string())
+        .status();
+    let first = first.wait_with_output().expect("first");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("locked by another run"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(fs::read(&disk).expect("disk") == p.new_image());
+
+    // A file renamed over the target while the run is stopped: the run
+    // does not report success for a file that is no longer at the path.
+    let disk = p.disk("disk2.img");
+    let run = stopped_in_place(&disk, &p.patch(), 3);
+    let other = p.dir.path().join("other.img");
+    fs::write(&other, b"something else").expect("write");
+    fs::rename(&other, &disk).expect("rename over the target");
+    let _ = Command::new("kill")
+        .arg("-CONT")
+        .arg(run.id().to_string())
+        .status();
+    let run = run.wait_with_output().expect("run");
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    assert!(stderr(&run).contains("was replaced"), "{}", stderr(&run));
+    assert!(fs::read(&disk).expect("disk") == b"something else");
+}
