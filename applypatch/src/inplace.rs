@@ -125,7 +125,11 @@ fn run(
                 let header = read_header(patch_path)?;
                 match check_before_resuming(&mut state, &t, &header, patch, policy, on_progress) {
                     Ok(()) => {}
-                    Err(DriveError::Refused(_)) => return Err(belongs),
+                    // Already new is no proof that this is that target: its
+                    // state is left for it.
+                    Err(DriveError::AlreadyApplied | DriveError::Refused(_)) => {
+                        return Err(belongs)
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -848,7 +852,13 @@ fn resume(
             state.path().display()
         )));
     }
-    check_before_resuming(&mut state, t, &header, patch, policy, on_progress)?;
+    match check_before_resuming(&mut state, t, &header, patch, policy, on_progress) {
+        Err(DriveError::AlreadyApplied) => {
+            state.remove()?;
+            return Err(DriveError::AlreadyApplied);
+        }
+        r => r?,
+    }
     state.replay(&mut t.writer())?;
     let mut written = 0;
     let summary = write_pass(
@@ -964,12 +974,18 @@ fn check_before_resuming(
     );
     let changed = match made {
         Ok(_) => sink.gap || *sink.hasher.finalize().as_bytes() != header.new_hash,
-        // A segment that fails its hash: the old bytes it reads changed.
+        // A segment that fails its hash: the old bytes it reads changed; a
+        // read past the end: the target got shorter.
         Err(DriveError::Apply(ApplyError::SegmentHash { .. })) => true,
+        Err(DriveError::Refused(_)) if file_len(&t.file).is_ok_and(|n| n < header.old_len) => true,
         Err(e) => return Err(e),
     };
     if !changed {
         return Ok(());
+    }
+    if is_image(&t.file, header.new_len, &header.new_hash) {
+        // Finished after all (the kill came after the last write).
+        return Err(DriveError::AlreadyApplied);
     }
     let what = if is_image(&t.file, header.old_len, &header.old_hash) {
         "it is the patch's old image again (restored from a backup?)"
@@ -1015,6 +1031,12 @@ impl Sink for HashSink<'_> {
     }
     fn segment_written(&mut self, index: u64, hash: &Hash) -> io::Result<()> {
         self.state.pin(index, hash)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "the state file {} (segment pins)",
+            self.state.path().display()
+        )
     }
 }
 

@@ -621,7 +621,11 @@ impl Claim {
 }
 
 fn remove_state(path: &Path) -> Result<(), DriveError> {
-    std::fs::remove_file(path).map_err(io_err(path, "cannot remove the state file"))?;
+    match std::fs::remove_file(path) {
+        // Removed by someone else: what matters, that it is gone, holds.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        r => r.map_err(io_err(path, "cannot remove the state file"))?,
+    }
     sync_dir(path);
     Ok(())
 }
@@ -1032,7 +1036,13 @@ impl<'s, 't> JournaledSink<'s, 't> {
                 }
                 self.state
                     .journal(self.window_end, &self.journal)
-                    .map_err(io_err(&self.state.path, "cannot write the journal"))?;
+                    .map_err(|source| DriveError::Io {
+                        action: format!(
+                            "cannot write the journal {} (the target is partly written and safe: make room, then run the same command to finish it)",
+                            self.state.path.display()
+                        ),
+                        source,
+                    })?;
                 failpoint();
                 for (offset, data) in decode_runs(&self.journal).expect("encoded just now") {
                     self.target
@@ -1120,6 +1130,12 @@ impl Sink for PinSink<'_> {
         match self.state.borrow_mut().as_mut() {
             Some(s) => s.pin(index, hash),
             None => Ok(()),
+        }
+    }
+    fn describe(&self) -> String {
+        match self.state.borrow().as_ref() {
+            Some(s) => format!("the state file {} (segment pins)", s.path().display()),
+            None => "the state file".into(),
         }
     }
 }

@@ -789,3 +789,38 @@ fn output_onto_a_target_being_rewritten_in_place_is_refused_and_a_replaced_targe
     assert!(stderr(&run).contains("was replaced"), "{}", stderr(&run));
     assert!(fs::read(&disk).expect("disk") == b"something else");
 }
+
+#[test]
+fn a_journaled_state_with_the_target_already_new_or_cut_short_is_told_apart() {
+    let p = Pair::new("moved");
+    let disk = p.disk("disk.img");
+    let state = p.dir.path().join(".disk.img.anypatch-state");
+    // Already the new image (the kill came late, or it was finished by
+    // other means): done, and the state goes.
+    assert!(killed(&in_place(&disk, &p.patch(), &[], Some(14))));
+    assert!(fs::metadata(&state).expect("state").len() > 0);
+    fs::write(&disk, p.new_image()).expect("new");
+    let o = in_place(&disk, &p.patch(), &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).is_empty() || !stderr(&o).contains("neither"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!state.exists(), "the state was left");
+    // Cut short: named as a changed target, left as it is.
+    fs::write(&disk, p.old()).expect("old");
+    assert!(killed(&in_place(&disk, &p.patch(), &[], Some(14))));
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .expect("open");
+    f.set_len(p.old().len() as u64 / 2).expect("truncate");
+    drop(f);
+    let before = fs::read(&disk).expect("disk");
+    let o = in_place(&disk, &p.patch(), &[], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("changed since"), "{}", stderr(&o));
+    assert!(fs::read(&disk).expect("disk") == before);
+    assert!(state.exists());
+}
