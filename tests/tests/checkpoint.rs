@@ -116,6 +116,31 @@ fn run(
     }
 }
 
+/// Applies `p.patch` in 4 KiB pieces and returns the first checkpoint
+/// taken once more than `after` patch bytes were fed.
+fn checkpoint_after(p: &Pair, cfg: Config, after: usize) -> Checkpoint {
+    let mut a = Applier::new(cfg);
+    let mut at = 0;
+    loop {
+        match a.poll().expect("applies") {
+            Event::NeedInput => {
+                if at > after {
+                    if let Some(cp) = a.checkpoint() {
+                        return cp;
+                    }
+                }
+                let n = 4096.min(p.patch.len() - at);
+                at += a.feed(&p.patch[at..at + n]);
+            }
+            Event::ReadOld { offset, buf } => {
+                let o = offset as usize;
+                buf.copy_from_slice(&p.old[o..o + buf.len()]);
+            }
+            _ => {}
+        }
+    }
+}
+
 fn put(target: &mut Vec<u8>, offset: u64, data: &[u8]) {
     let end = offset as usize + data.len();
     if target.len() < end {
@@ -186,26 +211,7 @@ fn a_resumed_apply_checks_the_signature_again() {
     r.result
         .expect("a signed patch resumes with its key trusted");
     // A resumed engine that trusts another key refuses it at once.
-    let mut a = Applier::new(cfg);
-    let mut at = 0;
-    let cp = loop {
-        match a.poll().expect("applies") {
-            Event::NeedInput => {
-                if at > p.patch.len() / 2 {
-                    if let Some(cp) = a.checkpoint() {
-                        break cp;
-                    }
-                }
-                let n = 4096.min(p.patch.len() - at);
-                at += a.feed(&p.patch[at..at + n]);
-            }
-            Event::ReadOld { offset, buf } => {
-                let o = offset as usize;
-                buf.copy_from_slice(&p.old[o..o + buf.len()]);
-            }
-            _ => {}
-        }
-    };
+    let cp = checkpoint_after(&p, cfg, p.patch.len() / 2);
     let mut b = Applier::resume(cfg, cp.clone());
     b.require_signature(&[[9; 32]]);
     let header = &p.patch[..cp.header_section_len as usize];
@@ -303,24 +309,7 @@ fn an_altered_or_foreign_checkpoint_never_gives_an_accepted_result() {
 
     // A checkpoint of another patch.
     let q = pair("edits", &opts);
-    let mut a = Applier::new(Config::new(q.old.len() as u64));
-    let mut at = 0;
-    let cp = loop {
-        match a.poll().expect("applies") {
-            Event::NeedInput => {
-                if let Some(cp) = a.checkpoint() {
-                    break cp;
-                }
-                let n = 4096.min(q.patch.len() - at);
-                at += a.feed(&q.patch[at..at + n]);
-            }
-            Event::ReadOld { offset, buf } => {
-                let o = offset as usize;
-                buf.copy_from_slice(&q.old[o..o + buf.len()]);
-            }
-            _ => {}
-        }
-    };
+    let cp = checkpoint_after(&q, Config::new(q.old.len() as u64), 0);
     let mut b = Applier::resume(cfg, cp);
     b.feed(&p.patch[..4096.min(p.patch.len())]);
     let e = loop {

@@ -233,34 +233,8 @@ fn a_second_apply_on_the_same_target_is_refused_at_once_naming_the_first() {
     let backing = p.disk("d.img");
     let l = Loop::attach(&backing);
     // The first run stops itself (SIGSTOP) at a journal step, holding its locks.
-    let mut first = Command::new(bin("applypatch"))
-        .arg("--in-place")
-        .arg(&l.dev)
-        .arg(p.patch())
-        .args(["-q", "--journal-batch", "4096"])
-        .env("ANYPATCH_TEST_STOP_AT", "5")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let first = stopped_in_place(&l.dev, &p.patch(), 5);
     let pid = first.id();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|s| s.trim_start().starts_with('T'))
-        {
-            break;
-        }
-        let finished = first.try_wait().expect("try_wait").is_some();
-        assert!(
-            !finished && Instant::now() < deadline,
-            "the first run ended before it could be paused mid-apply"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let half = l.read();
     let second = in_place(&l.dev, &p.patch(), &[], None);
     // Through another node of the same device, too.
