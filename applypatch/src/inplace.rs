@@ -132,6 +132,22 @@ fn run(
                     }
                     Err(e) => return Err(e),
                 }
+                // This target holds what the interrupted apply left, but the
+                // target the state names may still exist (this may be a
+                // copy of it): go on with a copy of the state, and leave the
+                // original for its own target. Only a state at this target's
+                // own path (the file replaced at its name) is taken over.
+                let own = default_state_path(&t.canonical, t.id);
+                if own != state_path {
+                    if own.exists() {
+                        return Err(DriveError::Refused(format!(
+                            "{} has a state file of its own, {}; finish with that one (or remove it if it is stale), nothing was written",
+                            target.display(),
+                            own.display()
+                        )));
+                    }
+                    state = state.copy_for(&own, t.id, t.len)?;
+                }
             }
             return resume(state, &t, patch, patch_path, policy, opts, on_progress);
         }
@@ -473,9 +489,12 @@ fn fresh(
         Err(DriveError::Apply(
             ApplyError::BaseHash | ApplyError::BaseLength { .. }
         ))
-    ) && !header
-        .as_ref()
-        .is_some_and(|h| is_image(&t.file, h.new_len, &h.new_hash));
+    ) && header.as_ref().is_some_and(|h| {
+        // An interrupted apply never writes past the new length, nor
+        // grows a block device: a longer target (a footer added) is a
+        // wrong base, never redone.
+        t.len <= h.old_len.max(h.new_len) && !is_image(&t.file, h.new_len, &h.new_hash)
+    });
     let mut wrong_base = None;
     if redo {
         if let Some(s) = state.borrow_mut().as_mut() {
@@ -543,6 +562,14 @@ fn fresh(
     )?;
     // After a redo, the result is hashed whole, as after any resume.
     finish(state, t, &header, redo)?;
+    if redo && !interrupted {
+        // Not the old image, and no mark of an interrupted apply: say so,
+        // although the result is exactly the new image.
+        eprintln!(
+            "applypatch: note: {} was not the patch's old image (an interrupted apply, or changes in bytes the patch replaces); the patch made the new image from it, verified whole",
+            t.path.display()
+        );
+    }
     Ok(Summary {
         bytes_written: written,
         new_hash: Some(new_hash),
@@ -1075,6 +1102,15 @@ fn write_pass(
     *written += bytes;
     match (result, error) {
         (Err(_), Some(e)) => Err(e),
+        // Everything was verified in the first pass: a segment that now
+        // fails was read from a patch file or a target that changed since.
+        (Err(DriveError::Apply(ApplyError::SegmentHash { segment, .. } | ApplyError::Decode { segment, .. })), _) => {
+            Err(DriveError::Refused(format!(
+                "data segment {segment} makes other bytes than when it was verified: the patch file or {} changed while applypatch ran (something that ignores its lock?). The target is partly written and safe: its state is kept in {}; get the patch again if it changed, and run the same command",
+                t.path.display(),
+                state.path().display()
+            )))
+        }
         (r, _) => r,
     }
 }

@@ -447,6 +447,59 @@ impl State {
         })
     }
 
+    /// A copy of this state at `path` (which must not exist), naming
+    /// `target`: the same image under another id takes the interrupted
+    /// apply over, and this state stays for the target it names.
+    pub fn copy_for(
+        &self,
+        path: &Path,
+        target: TargetId,
+        target_len: u64,
+    ) -> Result<Self, DriveError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io_err(path, "cannot create the state file"))?;
+        lock_state(&file, path)?;
+        let len = self
+            .file
+            .metadata()
+            .map_err(io_err(&self.path, "cannot stat the state file"))?
+            .len();
+        let mut buf = vec![0u8; 0x10_0000];
+        let mut at = 0;
+        while at < len {
+            let n = read_up_to(&self.file, &mut buf, at)
+                .map_err(io_err(&self.path, "cannot read the state file"))?;
+            if n == 0 {
+                break;
+            }
+            file.write_all_at(&buf[..n], at)
+                .map_err(io_err(path, "cannot write the state file"))?;
+            at += n as u64;
+        }
+        let identity = Identity {
+            target,
+            target_len,
+            ..self.identity
+        };
+        file.write_all_at(&identity.encode(), IDENTITY_AT)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(path, "cannot write the state file"))?;
+        sync_dir(path);
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            identity,
+            recorded: true,
+            seq: self.seq,
+            done: self.done,
+            pins: Pins::default(),
+        })
+    }
+
     /// Forgets the pins: a new verifying pass records them again.
     pub fn clear_pins(&mut self) {
         self.pins = Pins::default();

@@ -85,6 +85,9 @@ pub(super) fn write_device(
             }
         })?;
     let dev_len = file_len(&dev).map_err(io_err(format!("cannot size {shown}")))?;
+    // The lock an in-place apply holds, on the device and, for a loop
+    // device, on the file behind it: the same image under another name.
+    let _locks = lock_device_and_backing(&dev, device, meta.rdev())?;
 
     // Pass 1: verify everything against OLD, write nothing.
     let mut first_header: Option<Header> = None;
@@ -172,6 +175,35 @@ pub(super) fn write_device(
             len: dev_len,
         },
     })
+}
+
+/// Takes the in-place lock on `dev` and on the file behind it when it is a
+/// loop device; refused at once if another run holds either.
+fn lock_device_and_backing(dev: &File, shown: &Path, rdev: u64) -> Result<Vec<File>, DriveError> {
+    use rustix::fs::{flock, FlockOperation};
+    let busy = |what: &str| {
+        DriveError::Refused(format!(
+            "{what} is locked by another run (an in-place apply rewriting it); nothing was written. Wait for it to finish, or write the new image elsewhere"
+        ))
+    };
+    let mut held = Vec::new();
+    if flock(dev, FlockOperation::NonBlockingLockExclusive) == Err(rustix::io::Errno::WOULDBLOCK) {
+        return Err(busy(&shown.display().to_string()));
+    }
+    if let Some((_, backing)) = anypatch_safe_output::identity::loop_backing(rdev) {
+        if let Ok(b) = File::open(&backing) {
+            if flock(&b, FlockOperation::NonBlockingLockExclusive)
+                == Err(rustix::io::Errno::WOULDBLOCK)
+            {
+                return Err(busy(&format!(
+                    "{backing}, the file behind {}",
+                    shown.display()
+                )));
+            }
+            held.push(b);
+        }
+    }
+    Ok(held)
 }
 
 /// Whether the block device `rdev` is read-only (sysfs `ro`). Opening such

@@ -798,3 +798,69 @@ fn a_journaled_state_with_the_target_already_new_or_cut_short_is_told_apart() {
     assert!(fs::read(&disk).expect("disk") == before);
     assert!(state.exists());
 }
+
+#[test]
+fn a_copy_of_a_half_patched_image_finishes_on_a_copy_of_the_state_and_the_original_still_can() {
+    let p = Pair::new("moved");
+    let a = p.disk("a.img");
+    let state = p.dir.path().join(".a.img.anypatch-state");
+    assert!(killed(&in_place(&a, &p.patch(), &[], Some(14))));
+    assert!(fs::metadata(&state).expect("state").len() > 0);
+    let copy = p.dir.path().join("a.try");
+    fs::copy(&a, &copy).expect("copy");
+    let o = in_place(
+        &copy,
+        &p.patch(),
+        &["--state", &state.to_string_lossy()],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(&copy).expect("copy") == p.new_image());
+    assert!(state.exists(), "the original's state was taken");
+    let o = in_place(&a, &p.patch(), &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(&a).expect("a") == p.new_image());
+    assert!(!state.exists());
+}
+
+#[test]
+fn a_target_longer_than_both_images_is_a_wrong_base_not_redone() {
+    // A raw image with a footer (a fixed VHD): never cut to the new length.
+    let p = Pair::new("sparse");
+    let t = p.dir.path().join("footer.img");
+    let mut bytes = p.old();
+    bytes.extend_from_slice(&[0x5a; 512]);
+    fs::write(&t, &bytes).expect("write");
+    let o = in_place(&t, &p.patch(), &[], None);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(fs::read(&t).expect("t") == bytes, "the target was changed");
+}
+
+#[test]
+fn output_onto_a_loop_device_over_a_target_being_rewritten_is_refused() {
+    let p = Pair::new("sparse");
+    let img = p.disk("img");
+    let first = stopped_in_place(&img, &p.patch(), 3);
+    let l = Loop::attach(&img);
+    let o = Command::new(bin("applypatch"))
+        .arg(corpus_small().join("sparse.old"))
+        .arg(p.patch())
+        .arg("-o")
+        .arg(&l.dev)
+        .output()
+        .expect("runs");
+    let _ = Command::new("kill")
+        .arg("-CONT")
+        .arg(first.id().to_string())
+        .status();
+    let first = first.wait_with_output().expect("first");
+    drop(l);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("locked by another run"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(fs::read(&img).expect("img") == p.new_image());
+}
