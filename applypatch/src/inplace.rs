@@ -138,6 +138,11 @@ fn run(
                 // original for its own target. Only a state at this target's
                 // own path (the file replaced at its name) is taken over.
                 let own = default_state_path(&t.canonical, t.id);
+                if own == state_path && !matches!(t.id, TargetId::File { .. }) {
+                    // A device number reused for another image: its state
+                    // is never taken.
+                    return Err(belongs);
+                }
                 if own != state_path {
                     if own.exists() {
                         return Err(DriveError::Refused(format!(
@@ -259,7 +264,7 @@ impl Target {
             None => None,
         };
         let id = if is_block {
-            TargetId::Block { rdev: meta.rdev() }
+            block_id(meta.rdev())
         } else {
             TargetId::File {
                 dev: meta.dev(),
@@ -282,6 +287,22 @@ impl Target {
     fn writer(&self) -> TargetWriter<'_> {
         TargetWriter::new(&self.file, &self.path, self.is_regular)
     }
+}
+
+/// The id of block device `rdev`: for a loop device, with a digest of the
+/// file behind it, so a state is never taken for another file's image
+/// attached under the same number.
+fn block_id(rdev: u64) -> TargetId {
+    let backing = anypatch_safe_output::identity::loop_backing(rdev)
+        .and_then(|(_, file)| std::fs::metadata(file).ok())
+        .map_or(0, |m| {
+            let mut h = blake3::Hasher::new();
+            h.update(&m.dev().to_le_bytes());
+            h.update(&m.ino().to_le_bytes());
+            let d = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+            d.max(1)
+        });
+    TargetId::Block { rdev, backing }
 }
 
 /// Takes an exclusive `flock` on the target for the whole run. Another
@@ -432,7 +453,7 @@ fn lock_holder(dev: u64, ino: u64) -> Option<(u32, String)> {
 /// symlinks named `disk`, never share one).
 pub fn default_state_path(canonical: &Path, id: TargetId) -> PathBuf {
     match id {
-        TargetId::Block { rdev } => {
+        TargetId::Block { rdev, .. } => {
             use rustix::fs::{major, minor};
             PathBuf::from(STATE_DIR).join(format!(
                 "block-{}:{}.anypatch-state",
@@ -732,7 +753,7 @@ fn explain_failure(
 pub(crate) fn wrong_base_note(path: &Path, patch: &PatchSource) -> Option<String> {
     let meta = std::fs::metadata(path).ok()?;
     let id = if meta.file_type().is_block_device() {
-        TargetId::Block { rdev: meta.rdev() }
+        block_id(meta.rdev())
     } else {
         TargetId::File {
             dev: meta.dev(),
@@ -1140,7 +1161,7 @@ fn finish(state: State, t: &Target, header: &Header, resumed: bool) -> Result<()
             dev: m.dev(),
             ino: m.ino(),
         },
-        TargetId::Block { .. } => TargetId::Block { rdev: m.rdev() },
+        TargetId::Block { .. } => block_id(m.rdev()),
     });
     if now.ok() != Some(t.id) {
         return Err(DriveError::Refused(format!(

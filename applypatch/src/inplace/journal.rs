@@ -107,8 +107,10 @@ pub(crate) static STATE_BYTES: AtomicU64 = AtomicU64::new(0);
 pub enum TargetId {
     /// A regular file: the device and inode it lives on.
     File { dev: u64, ino: u64 },
-    /// A block device: its device number.
-    Block { rdev: u64 },
+    /// A block device: its device number, and for a loop device which file
+    /// is behind it (a digest of that file's device and inode; 0 for
+    /// other devices), since a loop number is reused for other files.
+    Block { rdev: u64, backing: u64 },
 }
 
 impl std::fmt::Display for TargetId {
@@ -123,7 +125,15 @@ impl std::fmt::Display for TargetId {
                     minor(dev)
                 )
             }
-            Self::Block { rdev } => write!(f, "block device {}:{}", major(rdev), minor(rdev)),
+            Self::Block { rdev, backing: 0 } => {
+                write!(f, "block device {}:{}", major(rdev), minor(rdev))
+            }
+            Self::Block { rdev, backing } => write!(
+                f,
+                "block device {}:{} over the file with id {backing:016x}",
+                major(rdev),
+                minor(rdev)
+            ),
         }
     }
 }
@@ -145,7 +155,7 @@ impl Identity {
     fn encode(&self) -> Vec<u8> {
         let (kind, a, b) = match self.target {
             TargetId::File { dev, ino } => (1u32, dev, ino),
-            TargetId::Block { rdev } => (2, rdev, 0),
+            TargetId::Block { rdev, backing } => (2, rdev, backing),
         };
         let mut v = Vec::with_capacity(IDENTITY_LEN + SEAL_LEN);
         v.extend_from_slice(MAGIC);
@@ -177,7 +187,10 @@ impl Identity {
                 dev: long(64),
                 ino: long(72),
             },
-            2 => TargetId::Block { rdev: long(64) },
+            2 => TargetId::Block {
+                rdev: long(64),
+                backing: long(72),
+            },
             _ => return Err("it is damaged"),
         };
         Ok(Self {

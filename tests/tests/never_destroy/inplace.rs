@@ -864,3 +864,56 @@ fn output_onto_a_loop_device_over_a_target_being_rewritten_is_refused() {
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(fs::read(&img).expect("img") == p.new_image());
 }
+
+#[test]
+fn a_loop_number_reused_for_another_file_never_takes_the_first_files_state() {
+    // A run on /dev/loopN over a.img is killed; loopN is then attached to
+    // b.img (an untouched old image), as after a reboot. b's run must not
+    // resume a's apply (which would leave a.img unfinishable for good).
+    let p = Pair::new("moved");
+    let a = p.disk("a.img");
+    let b = p.disk("b.img");
+    let first = Loop::attach(&a);
+    let dev = first.dev.clone();
+    let state = first.default_state();
+    assert!(killed(&in_place(&dev, &p.patch(), &[], Some(14))));
+    assert!(fs::metadata(&state).expect("state").len() > 0);
+    let half_a = fs::read(&a).expect("a");
+    // Detach a's device and put b.img on the same number.
+    assert!(Command::new("losetup")
+        .arg("-d")
+        .arg(&dev)
+        .status()
+        .expect("losetup")
+        .success());
+    std::mem::forget(first); // its Drop would remove the state under test
+    let attached = Command::new("losetup")
+        .arg(&dev)
+        .arg(&b)
+        .status()
+        .expect("losetup");
+    assert!(
+        attached.success(),
+        "cannot attach b.img to {}",
+        dev.display()
+    );
+    // Detached by hand below: Loop's Drop would remove the state under test.
+    let o = in_place(&dev, &p.patch(), &[], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("belongs to"), "{}", stderr(&o));
+    assert!(state.exists(), "a's state was taken");
+    assert!(fs::read(&b).expect("b") == p.old(), "b.img was written");
+    // a.img, attached again, finishes.
+    let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+    assert!(fs::read(&a).expect("a") == half_a);
+    let again = Loop::attach(&a);
+    let o = in_place(
+        &again.dev,
+        &p.patch(),
+        &["--state", &state.to_string_lossy()],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(again.read() == p.new_image(), "a.img did not finish");
+    let _ = fs::remove_file(&state);
+}
