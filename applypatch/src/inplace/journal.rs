@@ -435,13 +435,7 @@ impl State {
                     std::fs::create_dir_all(dir)
                         .map_err(io_err(dir, "cannot create the state directory"))?;
                 }
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(path)
-                    .map_err(io_err(path, "cannot create the state file"))?;
-                lock_state(&file, path)?;
+                let file = create_locked(path)?;
                 // The name must be durable before the target's first write:
                 // the next run finds an interrupted apply by it.
                 sync_dir(path);
@@ -469,13 +463,7 @@ impl State {
         target: TargetId,
         target_len: u64,
     ) -> Result<Self, DriveError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io_err(path, "cannot create the state file"))?;
-        lock_state(&file, path)?;
+        let file = create_locked(path)?;
         let len = self
             .file
             .metadata()
@@ -751,6 +739,19 @@ fn read_identity(file: &File) -> Result<Identity, &'static str> {
     file.read_exact_at(&mut id, IDENTITY_AT)
         .map_err(|_| "it is too short to be a state file")?;
     Identity::decode(&id)
+}
+
+/// A new state file at `path` (never an existing one, nor through a
+/// symlink), locked.
+fn create_locked(path: &Path) -> Result<File, DriveError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err(path, "cannot create the state file"))?;
+    lock_state(&file, path)?;
+    Ok(file)
 }
 
 /// An exclusive lock on the state file for the whole run.

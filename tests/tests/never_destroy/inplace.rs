@@ -81,6 +81,20 @@ fn in_place(target: &Path, patch: &Path, extra: &[&str], kill_at: Option<u32>) -
     cmd.output().expect("applypatch runs")
 }
 
+/// Applies in place to a fresh copy of OLD at `disk`, killed at the first
+/// journal step that leaves it neither old nor new; `state` is its state path.
+fn kill_midway(p: &Pair, disk: &Path, state: &Path) {
+    let (old, new) = (p.old(), p.new_image());
+    let half = (1..200).any(|k| {
+        fs::write(disk, &old).expect("fresh disk");
+        let _ = fs::remove_file(state);
+        let o = in_place(disk, &p.patch(), &[], Some(k));
+        let now = fs::read(disk).expect("disk");
+        killed(&o) && now != old && now != new
+    });
+    assert!(half, "no kill point left a half-patched target");
+}
+
 fn killed(o: &Output) -> bool {
     // `timeout` reports a child killed by a signal as 128 + the signal.
     o.status.code() == Some(128 + 9) || o.status.signal() == Some(9)
@@ -442,14 +456,7 @@ fn a_killed_apply_that_journals_nothing_is_rerun_only_if_the_patch_still_makes_t
     let disk = p.dir.path().join("disk.img");
     let state = p.dir.path().join(".disk.img.anypatch-state");
     let (old, new) = (p.old(), p.new_image());
-    let half = (1..200).find(|&k| {
-        fs::write(&disk, &old).expect("fresh disk");
-        let _ = fs::remove_file(&state);
-        let o = in_place(&disk, &p.patch(), &[], Some(k));
-        let now = fs::read(&disk).expect("disk");
-        killed(&o) && now != old && now != new
-    });
-    assert!(half.is_some(), "no kill point left a half-patched target");
+    kill_midway(&p, &disk, &state);
     assert_eq!(
         fs::metadata(&state)
             .expect("the state file marks the run")
@@ -619,14 +626,7 @@ fn a_journal_free_apply_is_finished_even_when_its_mark_is_gone() {
     let b = p.disk("b.img");
     let mark = p.dir.path().join(".a.img.anypatch-state");
     let (old, new) = (p.old(), p.new_image());
-    let half = (1..200).find(|&k| {
-        fs::write(&a, &old).expect("fresh");
-        let _ = fs::remove_file(&mark);
-        let o = in_place(&a, &p.patch(), &[], Some(k));
-        let now = fs::read(&a).expect("a");
-        killed(&o) && now != old && now != new
-    });
-    assert!(half.is_some(), "no kill point left a half-patched target");
+    kill_midway(&p, &a, &mark);
     // b.img takes a's mark and finishes its own apply.
     let o = in_place(&b, &p.patch(), &["--state", &mark.to_string_lossy()], None);
     assert!(o.status.success(), "{}", stderr(&o));
