@@ -305,13 +305,17 @@ impl Layout {
 fn unpack_page(frame: &[u8], page: u64) -> Result<Vec<u8>, ApplyError> {
     let corrupt = |why| ApplyError::PageDecode { page, why };
     // RFC 8878 3.1.1.1.1: the reserved bit must be clear (ruzstd ignores it).
-    if frame.get(4).is_some_and(|descriptor| descriptor & 0x08 != 0) {
+    if frame
+        .get(4)
+        .is_some_and(|descriptor| descriptor & 0x08 != 0)
+    {
         return Err(corrupt(ZstdError::ReservedBit));
     }
     let mut input = frame;
     let mut dec = FrameDecoder::new();
     dec.set_max_window_size(MAX_ZSTD_WINDOW);
-    dec.init(&mut input).map_err(|_| corrupt(ZstdError::Header))?;
+    dec.init(&mut input)
+        .map_err(|_| corrupt(ZstdError::Header))?;
     let len = dec.content_size();
     if len == 0 {
         return Err(FormatError::Invalid {
@@ -418,7 +422,10 @@ mod tests {
             ("less than declared", stored_frame(content, Some(n + 1))),
         ] {
             let e = unpack_page(&frame, 3).expect_err(what);
-            assert!(matches!(e, ApplyError::PageDecode { page: 3, .. }), "{what}: {e:?}");
+            assert!(
+                matches!(e, ApplyError::PageDecode { page: 3, .. }),
+                "{what}: {e:?}"
+            );
         }
         let no_size = unpack_page(&stored_frame(content, None), 0).expect_err("no size");
         assert!(
