@@ -446,14 +446,16 @@ async function run(save) {
     }
   });
   busy = false;
+  if (worker) {
+    // A fresh worker for every run: nothing a run leaves behind in one (a
+    // pending read of a file, a storage call that still hangs) can stall
+    // the next; starting one costs a few milliseconds.
+    worker.terminate();
+    worker = null;
+  }
   try {
     if (end.type === 'done') finishOk(end.result, { save, stage, old, patch, newFile, expected, trusted });
     else {
-      if (stage && end.type === 'error' && worker) {
-        // A storage call may still hang in it (see worker.js): start afresh.
-        worker.terminate();
-        worker = null;
-      }
       if (stage) await removeStaging(stage);
       if (end.type === 'cancelled') finishCancelled(end.why);
       else finishFailed(end, { old, header, trusted });

@@ -66,6 +66,7 @@ async function run({ old, patch, newFile, expected, trustedKeys, maxNewLen, stag
   }
   post({ type: 'phase', phase: 'apply' });
   let sink = null;
+  let done = null;
   try {
     if (stage) {
       post({ type: 'phase', phase: 'staging' });
@@ -88,10 +89,13 @@ async function run({ old, patch, newFile, expected, trustedKeys, maxNewLen, stag
       sink.handle.truncate(result.summary.new_len);
       sink.handle.flush();
     }
-    post({ type: 'done', result: { ...result, expectedImageHash: newFile ? want : null } });
+    done = { type: 'done', result: { ...result, expectedImageHash: newFile ? want : null } };
   } finally {
     if (sink) sink.handle.close();
   }
+  // Only once the kept image's handle is closed: the page ends this
+  // worker as soon as it hears the run is done.
+  post(done);
 }
 
 self.onmessage = ({ data }) => {
