@@ -533,8 +533,11 @@ mod tests {
                 s.spawn(move || {
                     for _ in 0..4 {
                         c.store(&id, "k", b"", b).expect("store");
-                        if let Ok(got) = c.lookup(&id, "k", b"") {
-                            assert!(blobs.contains(&got), "a torn entry was read");
+                        // A reader sees the old entry or the new one, whole:
+                        // never a torn (corrupt) one.
+                        match c.lookup(&id, "k", b"") {
+                            Ok(got) => assert!(blobs.contains(&got), "a wrong blob was read"),
+                            Err(miss) => panic!("a store made a reader miss: {miss}"),
                         }
                     }
                 });
