@@ -49,10 +49,13 @@ pub mod checkpoint;
 pub mod drive;
 mod engine;
 mod error;
+mod history;
+pub mod layout;
 pub mod tree_hash;
 mod zstd;
 
 pub use anypatch_format as format;
-pub use engine::{Applier, Config, Event, Progress, Signer, Summary};
+pub use engine::{Applier, Config, Event, Progress, Summary};
 pub use error::{ApplyError, ErrorClass};
+pub use layout::Signer;
 pub use zstd::ZstdError;

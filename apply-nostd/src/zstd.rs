@@ -129,6 +129,19 @@ pub(crate) fn declared_size(frame: &[u8]) -> Option<u64> {
     Some(if field == 2 { size + 256 } else { size })
 }
 
+/// Checks a frame's header without decoding it, for a frame whose history
+/// (old bytes) is not at hand: the reserved bit, the window, no dictionary,
+/// and a declared content size, if any, of `expected`. What
+/// [`decode_frame`] checks before its first block.
+pub(crate) fn check_frame_header(mut frame: &[u8], expected: u64) -> Result<(), ZstdError> {
+    let has_size = declares_content_size(frame);
+    let declared = start_frame(&mut FrameDecoder::new(), &mut frame)?;
+    if has_size && declared != expected {
+        return Err(ZstdError::ContentSize { declared, expected });
+    }
+    Ok(())
+}
+
 /// Reads a frame's header from `input` (which is advanced past it) and
 /// returns the content size it declares, 0 when it declares none. Fails when
 /// the header does not decode or declares a window above [`MAX_ZSTD_WINDOW`]

@@ -70,7 +70,6 @@ mod hashtree;
 mod history;
 mod index;
 mod input;
-pub mod inspect;
 mod keys;
 mod matching;
 mod plan;

@@ -6,6 +6,7 @@ pub mod builder;
 pub mod hostile;
 pub mod reference;
 pub mod vectors;
+pub mod verdict;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -9,6 +9,8 @@
 //! codec 0x03 with its data history (1.3), and worst-case patches of each
 //! kind are held to the bound. Every byte of the small `data-history`
 //! vector is flipped in turn: engine and reference agree on each result.
+//! `mkpatch inspect`'s reader refuses every one of these corruptions too,
+//! with the engine's sentence wherever the engine needed no old byte.
 //!
 //! The engine's memory is measured with a counting global allocator
 //! (`peakmem-alloc`: the workspace forbids `unsafe`, which a hand-written
@@ -32,6 +34,7 @@ use anypatch_format::{
 use anypatch_producer::Options;
 use anypatch_tests::builder::{stored_frame, Part, PatchBuilder};
 use anypatch_tests::hostile::{check_apply, drive, in_place_passes, produce, seal_raw, Layout};
+use anypatch_tests::verdict::{both_refuse, same_verdict};
 use anypatch_tests::{bin, reference, root, vectors::bytes};
 use peakmem_alloc::{PeakMemAlloc, PeakMemAllocTrait, INSTRUMENTED_SYSTEM};
 
@@ -513,6 +516,7 @@ fn a_thousand_corruptions_are_refused_within_the_memory_bound() {
             "{}: {what}: the reference accepts it",
             src.name
         );
+        both_refuse(&format!("{}: {what}", src.name), &fresh, &p);
         worst = worst.max(peak);
         kinds[kind] += 1;
         done += 1;
@@ -1289,7 +1293,13 @@ fn every_byte_of_a_history_patch_is_flipped() {
         .expect_err(&format!("flip at {at}: the engine accepts it"));
         check_apply(&p);
         if let Some(l) = Layout::walk(&p) {
-            if reference::apply(&old, &l.seal(&old)).is_ok() {
+            let sealed = l.seal(&old);
+            let verdict = same_verdict(&format!("flip at {at}, re-sealed"), &old, &sealed);
+            if reference::apply(&old, &sealed).is_ok() {
+                assert!(
+                    verdict.is_ok(),
+                    "flip at {at}: only the reference applies it"
+                );
                 resealed_ok += 1;
             }
         }

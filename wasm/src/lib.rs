@@ -36,10 +36,9 @@
 mod map;
 mod session;
 
-use std::fmt::Write as _;
-
-use anypatch_apply::format::{key_id, parse_key_file, Header, KeyKind, PreambleRepr};
+use anypatch_apply::format::{key_id, parse_key_file, Header, Hex, KeyKind, PreambleRepr};
 use anypatch_apply::{ApplyError, ErrorClass, Signer, Summary};
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 pub use map::{Buckets, Layout};
@@ -386,35 +385,67 @@ fn class(c: ErrorClass) -> &'static str {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+/// The header and the signatures (`header_json`).
+#[derive(Serialize)]
+struct HeaderJson<'a> {
+    version: String,
+    required_features: u32,
+    old_len: u64,
+    new_len: u64,
+    old_hash: String,
+    new_hash: String,
+    block_size: u32,
+    segment_max: u32,
+    codec: String,
+    flags: u32,
+    in_place_safe: bool,
+    patch_len: u64,
+    extent_count: u64,
+    segment_count: u64,
+    producer: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signers: Option<Vec<SignerJson>>,
 }
 
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+#[derive(Serialize)]
+struct SignerJson {
+    key_id: String,
+    public_key: String,
+    valid: bool,
+    trusted: bool,
+}
+
+/// A finished apply (`summary_json`).
+#[derive(Serialize)]
+struct SummaryJson {
+    new_len: u64,
+    new_hash: Option<String>,
+    patch_hash: String,
+    bytes_written: u64,
+    bytes_zeroed: u64,
+}
+
+/// The extent map's totals (`map_json`), kinds in the buckets' order.
+#[derive(Serialize)]
+struct MapJson<'a> {
+    kinds: [&'static str; 4],
+    totals: [u64; 4],
+    counts: [u64; 4],
+    buckets: usize,
+    pages: u64,
+    complete: bool,
+    error: Option<&'a str>,
+}
+
+fn json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("plain structs of numbers and strings serialize")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    Hex(bytes).to_string()
 }
 
 fn header_json(pre: Option<&PreambleRepr>, h: &Header, signers: Option<&[Signer]>) -> String {
-    let version = pre.map_or_else(String::new, |p| format!("{}.{}", p.major, p.minor));
     let codec = match h.codec {
         0 => "stored".to_owned(),
         1 => "zstd".to_owned(),
@@ -422,65 +453,57 @@ fn header_json(pre: Option<&PreambleRepr>, h: &Header, signers: Option<&[Signer]
         3 => "zstd with data history".to_owned(),
         n => format!("codec {n}"),
     };
-    let mut out = format!(
-        "{{\"version\":{},\"required_features\":{},\"old_len\":{},\"new_len\":{},\"old_hash\":\"{}\",\"new_hash\":\"{}\",\"block_size\":{},\"segment_max\":{},\"codec\":{},\"flags\":{},\"in_place_safe\":{},\"patch_len\":{},\"extent_count\":{},\"segment_count\":{},\"producer\":{}",
-        json_str(&version),
-        pre.map_or(0, |p| p.required_features),
-        h.old_len,
-        h.new_len,
-        hex(&h.old_hash),
-        hex(&h.new_hash),
-        h.block_size,
-        h.segment_max,
-        json_str(&codec),
-        h.flags,
-        h.flags & anypatch_apply::format::FLAG_IN_PLACE_SAFE != 0,
-        h.patch_len,
-        h.extent_count,
-        h.segment_count,
-        json_str(&h.producer),
-    );
-    if let Some(signers) = signers {
-        out.push_str(",\"signers\":[");
-        for (i, s) in signers.iter().enumerate() {
-            let _ = write!(
-                out,
-                "{}{{\"key_id\":\"{}\",\"public_key\":\"{}\",\"valid\":{},\"trusted\":{}}}",
-                if i == 0 { "" } else { "," },
-                hex(&s.key_id),
-                hex(&s.public_key),
-                s.valid,
-                s.trusted
-            );
-        }
-        out.push(']');
-    }
-    out.push('}');
-    out
+    json(&HeaderJson {
+        version: pre.map_or_else(String::new, |p| format!("{}.{}", p.major, p.minor)),
+        required_features: pre.map_or(0, |p| p.required_features),
+        old_len: h.old_len,
+        new_len: h.new_len,
+        old_hash: hex(&h.old_hash),
+        new_hash: hex(&h.new_hash),
+        block_size: h.block_size,
+        segment_max: h.segment_max,
+        codec,
+        flags: h.flags,
+        in_place_safe: h.flags & anypatch_apply::format::FLAG_IN_PLACE_SAFE != 0,
+        patch_len: h.patch_len,
+        extent_count: h.extent_count,
+        segment_count: h.segment_count,
+        producer: &h.producer,
+        signers: signers.map(|signers| {
+            signers
+                .iter()
+                .map(|s| SignerJson {
+                    key_id: hex(&s.key_id),
+                    public_key: hex(&s.public_key),
+                    valid: s.valid,
+                    trusted: s.trusted,
+                })
+                .collect()
+        }),
+    })
 }
 
 fn summary_json(s: &Summary) -> String {
-    format!(
-        "{{\"new_len\":{},\"new_hash\":{},\"patch_hash\":\"{}\",\"bytes_written\":{},\"bytes_zeroed\":{}}}",
-        s.new_len,
-        s.new_hash.map_or_else(|| "null".to_owned(), |h| format!("\"{}\"", hex(&h))),
-        hex(&s.patch_hash),
-        s.bytes_written,
-        s.bytes_zeroed
-    )
+    json(&SummaryJson {
+        new_len: s.new_len,
+        new_hash: s.new_hash.map(|h| hex(&h)),
+        patch_hash: hex(&s.patch_hash),
+        bytes_written: s.bytes_written,
+        bytes_zeroed: s.bytes_zeroed,
+    })
 }
 
 fn map_json(layout: &Layout) -> String {
     let (totals, counts, buckets) = layout
         .buckets()
         .map_or(([0; 4], [0; 4], 0), |b| (b.totals, b.counts, b.len()));
-    format!(
-        "{{\"kinds\":[\"unchanged\",\"moved\",\"data\",\"zero\"],\"totals\":[{},{},{},{}],\"counts\":[{},{},{},{}],\"buckets\":{},\"pages\":{},\"complete\":{},\"error\":{}}}",
-        totals[0], totals[1], totals[2], totals[3],
-        counts[0], counts[1], counts[2], counts[3],
+    json(&MapJson {
+        kinds: ["unchanged", "moved", "data", "zero"],
+        totals,
+        counts,
         buckets,
-        layout.pages(),
-        layout.finished(),
-        layout.error().map_or_else(|| "null".to_owned(), json_str),
-    )
+        pages: layout.pages(),
+        complete: layout.finished(),
+        error: layout.error(),
+    })
 }

@@ -1,14 +1,13 @@
 //! The patch's layout, for the picture: walks the header and the page chain
-//! and sorts every extent of the new file into four kinds, summed into a
-//! fixed number of buckets.
+//! with the engine crate's layout reader and sorts every extent of the new
+//! file into four kinds, summed into a fixed number of buckets.
 //!
-//! This reads the same wire format as the engine, with the format crate's
-//! parsers, but applies nothing: it only learns where pages are and what
-//! their extents say. It checks each page against the hash that named it,
-//! so the picture shows what the verified apply will do. Compact pages
-//! (format 1.2) are decoded with ruzstd under the engine's limits. Memory is
-//! one page (with its decoded content and, while it decodes, a zstd window
-//! of at most `MAX_ZSTD_WINDOW`) and the buckets, whatever the image size.
+//! The reader ([`anypatch_apply::layout::Walker`] in its pages mode) is the
+//! one the engine and `mkpatch inspect` use: it checks each page against
+//! the hash that named it, and every extent against the header, so the
+//! picture shows what the verified apply will do and fails where it would.
+//! Memory is one page (with its decoded content) and the buckets, whatever
+//! the image size.
 //!
 //! A [`Layout`] is driven in one of two ways:
 //! - by seeking: ask [`Layout::wanted`] for the next byte range, read it, and
@@ -18,13 +17,8 @@
 //!   its offset; it keeps what it wants and ignores the rest.
 #![forbid(unsafe_code)]
 
-use anypatch_apply::format::{
-    parse_header_section, Extent, FormatError, Header, Page, PageRef, Preamble, PreambleRepr,
-    FEATURE_COMPACT_PAGES, HASH_LEN, MAX_PAGE_LEN, MAX_ZSTD_WINDOW, PREAMBLE_LEN,
-};
-use anypatch_apply::{ApplyError, ZstdError};
-use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
-use ruzstd::io::Read;
+use anypatch_apply::format::{Extent, Header, PreambleRepr};
+use anypatch_apply::layout::{Mode, Step, Walker};
 
 /// Kind index: copied from the same offset of the old file (unchanged).
 pub const UNCHANGED: usize = 0;
@@ -104,29 +98,13 @@ impl Buckets {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Section {
-    Preamble,
-    Header,
-    Page(PageRef),
-    Done,
-}
-
 /// Walks a patch's page chain. See the module docs.
 #[derive(Debug)]
 pub struct Layout {
-    section: Section,
-    /// Patch offset and length of the section being collected.
-    want_at: u64,
-    want_len: usize,
-    buf: Vec<u8>,
+    walker: Walker,
     n_buckets: usize,
-    preamble: Option<PreambleRepr>,
-    preamble_bytes: [u8; PREAMBLE_LEN],
-    header: Option<Header>,
     buckets: Option<Buckets>,
-    pages: u64,
-    new_pos: u64,
+    finished: bool,
     error: Option<String>,
 }
 
@@ -134,17 +112,10 @@ impl Layout {
     /// A walker that will sum extents into `n_buckets` buckets.
     pub fn new(n_buckets: usize) -> Self {
         Self {
-            section: Section::Preamble,
-            want_at: 0,
-            want_len: PREAMBLE_LEN,
-            buf: Vec::new(),
+            walker: Walker::new(Mode::Pages),
             n_buckets,
-            preamble: None,
-            preamble_bytes: [0; PREAMBLE_LEN],
-            header: None,
             buckets: None,
-            pages: 0,
-            new_pos: 0,
+            finished: false,
             error: None,
         }
     }
@@ -152,18 +123,15 @@ impl Layout {
     /// The byte range `(offset, len)` of the patch wanted next, or `None`
     /// when the walk is over (finished or failed).
     pub fn wanted(&self) -> Option<(u64, usize)> {
-        match self.section {
-            Section::Done => None,
-            _ => Some((
-                self.want_at + self.buf.len() as u64,
-                self.want_len - self.buf.len(),
-            )),
+        if self.finished || self.error.is_some() {
+            return None;
         }
+        self.walker.wanted()
     }
 
     /// True when every page was read.
     pub fn finished(&self) -> bool {
-        matches!(self.section, Section::Done) && self.error.is_none()
+        self.finished
     }
 
     /// Why the walk stopped early: the same sentence the engine would give.
@@ -173,12 +141,12 @@ impl Layout {
 
     /// The preamble, once read.
     pub fn preamble(&self) -> Option<&PreambleRepr> {
-        self.preamble.as_ref()
+        self.walker.preamble()
     }
 
     /// The header, once read and checked against its hash.
     pub fn header(&self) -> Option<&Header> {
-        self.header.as_ref()
+        self.walker.header()
     }
 
     /// The extents seen so far, summed into buckets; `None` before the header.
@@ -188,25 +156,18 @@ impl Layout {
 
     /// Pages read so far.
     pub fn pages(&self) -> u64 {
-        self.pages
+        self.walker.tally().pages
     }
 
     /// Gives patch bytes that start at patch offset `at`. Bytes outside the
     /// wanted range are ignored, so any slice of the patch may be given.
     pub fn give(&mut self, at: u64, bytes: &[u8]) {
         let end = at + bytes.len() as u64;
-        while let Some((want, left)) = self.wanted() {
-            if want < at || want >= end {
-                return; // before this slice (a gap) or after it
-            }
-            let from = (want - at) as usize; // < bytes.len()
-            let take = left.min(bytes.len() - from);
-            self.buf.extend_from_slice(&bytes[from..from + take]);
-            if take == left {
-                if let Err(e) = self.section_done() {
-                    self.error = Some(e.to_string());
-                    self.section = Section::Done;
-                }
+        loop {
+            self.advance();
+            match self.wanted() {
+                Some((want, _)) if want >= at && want < end => self.walker.give(at, bytes),
+                _ => return, // done, failed, or wanting bytes outside this slice
             }
         }
     }
@@ -214,156 +175,36 @@ impl Layout {
     /// Says the patch ends before the wanted range: the walk fails with the
     /// engine's sentence for a patch cut short in that section.
     pub fn truncated(&mut self) {
-        let section = match self.section {
-            Section::Preamble => "preamble",
-            Section::Header => "header",
-            Section::Page(_) => "manifest page",
-            Section::Done => return,
-        };
-        self.error = Some(ApplyError::Truncated { section }.to_string());
-        self.section = Section::Done;
+        self.walker.end();
+        self.advance();
     }
 
-    fn expect(&mut self, section: Section, at: u64, len: usize) {
-        self.section = section;
-        self.want_at = at;
-        self.want_len = len;
-        self.buf.clear();
-    }
-
-    /// Handles a fully collected section and names the next one.
-    fn section_done(&mut self) -> Result<(), ApplyError> {
-        let end = self.want_at + self.want_len as u64;
-        match self.section {
-            Section::Preamble => {
-                let repr = PreambleRepr::parse(&Preamble::new_checked(&self.buf[..])?)?;
-                self.preamble = Some(repr);
-                self.preamble_bytes.copy_from_slice(&self.buf);
-                let len = repr.header_len as usize + HASH_LEN;
-                self.expect(Section::Header, end, len);
-            }
-            Section::Header => {
-                // The one header-section parser: hash before version.
-                let section = [&self.preamble_bytes[..], &self.buf[..]].concat();
-                let (repr, header) = parse_header_section(&section)?;
-                let first = header.first_page;
-                self.buckets = Some(Buckets::new(self.n_buckets, header.new_len));
-                self.header = Some(header);
-                let page_at = end + u64::from(repr.signature_len);
-                self.expect(Section::Page(first), page_at, first.len as usize);
-            }
-            Section::Page(r) => {
-                if *blake3::hash(&self.buf).as_bytes() != r.hash {
-                    return Err(ApplyError::PageHash { page: self.pages });
+    /// Takes the walker's steps until it wants bytes, ends or fails.
+    fn advance(&mut self) {
+        while !self.finished && self.error.is_none() {
+            match self.walker.poll() {
+                Ok(Step::Want { .. }) => return,
+                Ok(Step::Header) => {
+                    let new_len = self.walker.header().map_or(0, |h| h.new_len);
+                    self.buckets = Some(Buckets::new(self.n_buckets, new_len));
                 }
-                let compact = self
-                    .preamble
-                    .is_some_and(|p| p.required_features & FEATURE_COMPACT_PAGES != 0);
-                let page = if compact {
-                    Page::parse_compact(&unpack_page(&self.buf, self.pages)?)?
-                } else {
-                    Page::parse(&self.buf)?
-                };
-                self.pages += 1;
-                let buckets = self
-                    .buckets
-                    .as_mut()
-                    .expect("pages come after the header, which makes the buckets");
-                let mut payloads = 0u64;
-                for extent in &page.extents {
-                    let len = extent.len();
-                    let kind = match *extent {
+                Ok(Step::Extent { new_offset, extent }) => {
+                    let kind = match extent {
                         Extent::Copy { delta: 0, .. } => UNCHANGED,
                         Extent::Copy { .. } => MOVED,
                         Extent::Zero { .. } => ZERO,
-                        Extent::Data(s) => {
-                            payloads += s.payload_len();
-                            DATA
-                        }
+                        Extent::Data(_) => DATA,
                     };
-                    buckets.add(self.new_pos, len, kind);
-                    self.new_pos = self.new_pos.saturating_add(len);
-                }
-                match page.next {
-                    Some(next) => {
-                        self.expect(Section::Page(next), end + payloads, next.len as usize)
+                    if let Some(b) = self.buckets.as_mut() {
+                        b.add(new_offset, extent.len(), kind);
                     }
-                    None => self.expect(Section::Done, end, 0),
                 }
-            }
-            Section::Done => {}
-        }
-        Ok(())
-    }
-}
-
-/// Decodes compact page `page` (counting from 0), one zstd frame, as the
-/// engine does: the frame must declare its content size, 1..=
-/// [`MAX_PAGE_LEN`], checked before anything is sized for it, have a window
-/// of at most [`MAX_ZSTD_WINDOW`] and no dictionary, and decode to exactly
-/// that size with no byte left over. Errors are the engine's.
-fn unpack_page(frame: &[u8], page: u64) -> Result<Vec<u8>, ApplyError> {
-    let corrupt = |why| ApplyError::PageDecode { page, why };
-    // RFC 8878 3.1.1.1.1: the reserved bit must be clear (ruzstd ignores it).
-    if frame
-        .get(4)
-        .is_some_and(|descriptor| descriptor & 0x08 != 0)
-    {
-        return Err(corrupt(ZstdError::ReservedBit));
-    }
-    let mut input = frame;
-    let mut dec = FrameDecoder::new();
-    dec.set_max_window_size(MAX_ZSTD_WINDOW);
-    dec.init(&mut input)
-        .map_err(|_| corrupt(ZstdError::Header))?;
-    let len = dec.content_size();
-    if len == 0 {
-        return Err(FormatError::Invalid {
-            field: "compact page frame",
-            reason: "declares no content size, or 0; it must declare the page's decoded length",
-        }
-        .into());
-    }
-    if len > u64::from(MAX_PAGE_LEN) {
-        return Err(FormatError::TooLarge {
-            field: "page content size",
-            got: len,
-            max: MAX_PAGE_LEN.into(),
-        }
-        .into());
-    }
-    let mut out = vec![0; len as usize]; // at most MAX_PAGE_LEN, checked above
-    let mut written = 0;
-    loop {
-        // A block at a time, so a frame that decodes to more than it
-        // declares is caught with at most a block of it buffered.
-        let finished = dec
-            .decode_blocks(&mut input, BlockDecodingStrategy::UptoBytes(0x2_0000))
-            .map_err(|_| corrupt(ZstdError::Block))?;
-        loop {
-            let Some(target) = out.get_mut(written..) else {
-                return Err(corrupt(ZstdError::Length { expected: len }));
-            };
-            let n = dec.read(target).map_err(|_| corrupt(ZstdError::Block))?;
-            written += n;
-            if n == 0 {
-                break;
+                Ok(Step::Page { .. } | Step::Segment(_)) => {}
+                Ok(Step::Done { .. }) => self.finished = true,
+                Err(e) => self.error = Some(e.to_string()),
             }
         }
-        if dec.can_collect() != 0 {
-            return Err(corrupt(ZstdError::Length { expected: len })); // more than declared
-        }
-        if finished {
-            break;
-        }
     }
-    if written != out.len() {
-        return Err(corrupt(ZstdError::Length { expected: len }));
-    }
-    if !input.is_empty() {
-        return Err(corrupt(ZstdError::TrailingInput));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -389,59 +230,5 @@ mod tests {
         b.add(0, 3, ZERO);
         let sum: f64 = b.flat().iter().sum();
         assert_eq!(sum, 3.0);
-    }
-
-    /// A frame of `content` in raw blocks, with a 1 MiB window and, when
-    /// `declared` is given, a 4-byte content size field.
-    fn stored_frame(content: &[u8], declared: Option<u32>) -> Vec<u8> {
-        let mut f = vec![0x28, 0xB5, 0x2F, 0xFD];
-        match declared {
-            Some(n) => {
-                f.extend_from_slice(&[0x80, 0x50]);
-                f.extend_from_slice(&n.to_le_bytes());
-            }
-            None => f.extend_from_slice(&[0x00, 0x50]),
-        }
-        let last = 1 | (content.len() as u32) << 3; // one raw block
-        f.extend_from_slice(&last.to_le_bytes()[..3]);
-        f.extend_from_slice(content);
-        f
-    }
-
-    #[test]
-    fn compact_pages_decode_within_the_engines_limits() {
-        let content = b"a compact page's content";
-        let n = content.len() as u32;
-        let good = stored_frame(content, Some(n));
-        assert_eq!(unpack_page(&good, 0).as_deref(), Ok(&content[..]));
-        for (what, frame) in [
-            ("not a frame", content.to_vec()),
-            ("cut short", good[..good.len() - 1].to_vec()),
-            ("a byte after it", [&good[..], &[0]].concat()),
-            ("more than declared", stored_frame(content, Some(n - 1))),
-            ("less than declared", stored_frame(content, Some(n + 1))),
-        ] {
-            let e = unpack_page(&frame, 3).expect_err(what);
-            assert!(
-                matches!(e, ApplyError::PageDecode { page: 3, .. }),
-                "{what}: {e:?}"
-            );
-        }
-        let no_size = unpack_page(&stored_frame(content, None), 0).expect_err("no size");
-        assert!(
-            matches!(no_size, ApplyError::Format(FormatError::Invalid { .. })),
-            "{no_size:?}"
-        );
-        let e =
-            unpack_page(&stored_frame(content, Some(MAX_PAGE_LEN + 1)), 0).expect_err("too large");
-        assert_eq!(
-            e.to_string(),
-            ApplyError::from(FormatError::TooLarge {
-                field: "page content size",
-                got: u64::from(MAX_PAGE_LEN) + 1,
-                max: MAX_PAGE_LEN.into(),
-            })
-            .to_string()
-        );
     }
 }

@@ -5,19 +5,18 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use anypatch_format::{
-    key_id, parse_header_section, Codec, Extent, FormatError, Hash, Header, Op, OpIter, Page,
-    PageRef, Preamble, PreambleRepr, PrefixRef, SegmentEntry, SignatureBlock, Trailer,
-    FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY, FEATURE_OLD_PREFIX, FEATURE_PACKED_OPS, HASH_LEN,
-    MAX_HISTORY_LEN, MAX_OPS_LEN, MAX_PAGE_LEN, MAX_SEGMENT_LEN, PREAMBLE_LEN, SHORT_HASH_LEN,
-    SIG_ALG_ED25519, TRAILER_LEN,
+    Codec, Extent, Hash, Header, Op, OpIter, Page, PageRef, Preamble, PreambleRepr, SegmentEntry,
+    HASH_LEN, MAX_SEGMENT_LEN, PREAMBLE_LEN, SHORT_HASH_LEN, TRAILER_LEN,
 };
 use ruzstd::decoding::FrameDecoder;
 
 use crate::checkpoint::{At, Checkpoint};
+use crate::layout::frames::{reserve_exactly, sized};
+use crate::layout::{read_header_section, read_page, read_trailer, Rules, Signer, Tally};
 use crate::tree_hash::TreeHasher;
 use crate::zstd::ZstdError;
 use crate::ApplyError;
-use buffers::{hash_zeros, reserve_exactly, sized, unpack_sized, SizedFrame};
+use buffers::hash_zeros;
 use segment::{OpsIn, SegmentRun};
 
 mod buffers;
@@ -198,32 +197,65 @@ enum Action {
 pub struct Applier {
     cfg: Config,
     state: State,
-    /// The section being buffered: header, page, payload or trailer.
-    inbuf: Vec<u8>,
+    input: Input,
+    walk: Walk,
+    hashes: Hashes,
+    bufs: Buffers,
+    trust: Trust,
+    /// A checkpoint to go on from, once the header section is checked.
+    resuming: Option<Box<Checkpoint>>,
+    /// New bytes produced so far (where the next write starts).
+    new_pos: u64,
+    progress: Progress,
+    written: u64,
+    zeroed: u64,
+    /// The index and full BLAKE3 of the segment whose output the last
+    /// `Write` handed out; see [`Applier::written_segment`].
+    written_segment: Option<(u64, Hash)>,
+}
+
+/// The patch section being buffered: header, page, payload or trailer.
+#[derive(Debug, Default)]
+struct Input {
+    buf: Vec<u8>,
+    /// Bytes the section needs.
     want: usize,
+    /// The adapter said the patch has no more bytes.
     eof: bool,
+}
+
+/// Where the walk of the layout is (`crate::layout` does the checks).
+#[derive(Debug, Default)]
+struct Walk {
     header: Option<Header>,
-    /// The preamble's must-understand feature bits.
-    required_features: u32,
+    /// The feature bits, old length and in-place flag every check reads.
+    rules: Rules,
     page: Option<Page>,
     /// The decoded content of the current page when pages are compact: it
     /// holds the inline ops the page's entries point into.
     page_content: Vec<u8>,
+    /// The current page and its patch offset, for checkpoints.
+    page_ref: Option<(u64, PageRef)>,
     extent_idx: usize,
-    page_no: u64,
-    extents_seen: u64,
-    segments_seen: u64,
-    new_pos: u64,
-    patch_hasher: Box<TreeHasher>,
-    new_hasher: Option<Box<TreeHasher>>,
+    /// Pages read, extents and segments taken from them.
+    tally: Tally,
+}
+
+/// The running hashes, and what a checkpoint pins of the header section.
+#[derive(Debug, Default)]
+struct Hashes {
+    patch: Box<TreeHasher>,
+    new: Option<Box<TreeHasher>>,
     /// The header hash, once the header section is read.
     header_hash: Hash,
     /// Bytes of the header section and signature block.
-    header_section_len: u64,
-    /// The current page and its patch offset, for checkpoints.
-    page_ref: Option<(u64, PageRef)>,
-    /// A checkpoint to go on from, once the header section is checked.
-    resuming: Option<Box<Checkpoint>>,
+    section_len: u64,
+}
+
+/// What segments and copies decode into; each sized exactly, within the
+/// format's limits.
+#[derive(Default)]
+struct Buffers {
     /// Old bytes, copy chunks, or a segment's output.
     out: Vec<u8>,
     /// A segment's decoded data block.
@@ -236,30 +268,16 @@ pub struct Applier {
     /// Old bytes of the chunk in `out` that a `Copy` extent is about to write.
     copy_filled: Option<usize>,
     zstd: Option<Box<FrameDecoder>>,
-    progress: Progress,
-    written: u64,
-    zeroed: u64,
-    /// Public keys of which one must have signed the patch; empty: no requirement.
-    trusted_keys: Vec<[u8; 32]>,
-    /// The header section, kept until the signature block is checked.
-    header_section: Vec<u8>,
-    signers: Vec<Signer>,
-    /// The index and full BLAKE3 of the segment whose output the last
-    /// `Write` handed out; see [`Applier::written_segment`].
-    written_segment: Option<(u64, Hash)>,
 }
 
-/// One signature found in the patch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Signer {
-    /// The signer's Ed25519 public key.
-    pub public_key: [u8; 32],
-    /// Its short id: the first 8 bytes of its BLAKE3.
-    pub key_id: [u8; 8],
-    /// The signature verifies over the header section.
-    pub valid: bool,
-    /// The key is one of the trusted keys given to [`Applier::require_signature`].
-    pub trusted: bool,
+/// Signatures: the keys required, and what the patch carries.
+#[derive(Debug, Default)]
+struct Trust {
+    /// Public keys of which one must have signed the patch; empty: no requirement.
+    keys: Vec<[u8; 32]>,
+    /// The header section, kept until the signature block is checked.
+    section: Vec<u8>,
+    signers: Vec<Signer>,
 }
 
 impl Applier {
@@ -268,36 +286,29 @@ impl Applier {
         Self {
             cfg,
             state: State::Preamble,
-            inbuf: Vec::new(),
-            want: PREAMBLE_LEN,
-            eof: false,
-            header: None,
-            required_features: 0,
-            page: None,
-            page_content: Vec::new(),
-            extent_idx: 0,
-            page_no: 0,
-            extents_seen: 0,
-            segments_seen: 0,
-            new_pos: 0,
-            patch_hasher: Box::default(),
-            new_hasher: (!cfg.skip_unchanged && cfg.resume_from == 0).then(Box::default),
-            header_hash: [0; 32],
-            header_section_len: 0,
-            page_ref: None,
+            input: Input {
+                want: PREAMBLE_LEN,
+                ..Input::default()
+            },
+            walk: Walk {
+                rules: Rules {
+                    required_features: 0,
+                    old_len: cfg.old_len,
+                    in_place: cfg.in_place,
+                },
+                ..Walk::default()
+            },
+            hashes: Hashes {
+                new: (!cfg.skip_unchanged && cfg.resume_from == 0).then(Box::default),
+                ..Hashes::default()
+            },
+            bufs: Buffers::default(),
+            trust: Trust::default(),
             resuming: None,
-            out: Vec::new(),
-            data: Vec::new(),
-            ops: Vec::new(),
-            history: Vec::new(),
-            copy_filled: None,
-            zstd: None,
+            new_pos: 0,
             progress: Progress::default(),
             written: 0,
             zeroed: 0,
-            trusted_keys: Vec::new(),
-            header_section: Vec::new(),
-            signers: Vec::new(),
             written_segment: None,
         }
     }
@@ -306,13 +317,13 @@ impl Applier {
     /// header is reported or any old byte is read. Call before the first
     /// [`Applier::poll`]. An empty list removes the requirement.
     pub fn require_signature(&mut self, trusted_keys: &[[u8; 32]]) {
-        self.trusted_keys = trusted_keys.to_vec();
+        self.trust.keys = trusted_keys.to_vec();
     }
 
     /// The signatures found in the patch, once [`Event::Header`] has been
     /// reported: each with whether it verifies and whether its key is trusted.
     pub fn signers(&self) -> &[Signer] {
-        &self.signers
+        &self.trust.signers
     }
 
     /// Gives the engine patch bytes. Call after [`Event::NeedInput`]. Returns
@@ -328,8 +339,12 @@ impl Applier {
         if matches!(self.state, State::Done | State::Failed(_)) {
             return 0;
         }
-        let n = self.want.saturating_sub(self.inbuf.len()).min(input.len());
-        self.inbuf.extend_from_slice(&input[..n]);
+        let n = self
+            .input
+            .want
+            .saturating_sub(self.input.buf.len())
+            .min(input.len());
+        self.input.buf.extend_from_slice(&input[..n]);
         self.progress.patch_consumed += n as u64;
         n
     }
@@ -337,12 +352,12 @@ impl Applier {
     /// Tells the engine the patch has no more bytes. Call after
     /// [`Event::NeedInput`] when the patch source is exhausted.
     pub fn end_of_input(&mut self) {
-        self.eof = true;
+        self.input.eof = true;
     }
 
     /// The header, once [`Event::Header`] has been reported.
     pub fn header(&self) -> Option<&Header> {
-        self.header.as_ref()
+        self.walk.header.as_ref()
     }
 
     /// Right after an [`Event::Write`] of a data segment's output, until the
@@ -378,17 +393,18 @@ impl Applier {
         Ok(match action {
             Action::NeedInput => Event::NeedInput,
             Action::Header => Event::Header(
-                self.header
+                self.walk
+                    .header
                     .as_ref()
                     .expect("Header is announced after parsing"),
             ),
             Action::ReadOld { offset, range } => Event::ReadOld {
                 offset,
-                buf: &mut self.out[range],
+                buf: &mut self.bufs.out[range],
             },
             Action::Write { offset, range } => Event::Write {
                 offset,
-                data: &self.out[range],
+                data: &self.bufs.out[range],
             },
             Action::Zero { offset, len } => Event::Zero { offset, len },
             Action::Done(s) => Event::Done(s),
@@ -396,24 +412,25 @@ impl Applier {
     }
 
     fn header_ref(&self) -> &Header {
-        self.header
+        self.walk
+            .header
             .as_ref()
             .expect("states after HeaderBody have a header")
     }
 
     /// Starts buffering a section of `len` patch bytes.
     fn expect_input(&mut self, state: State, len: usize) {
-        reserve_exactly(&mut self.inbuf, len);
-        self.inbuf.clear();
-        self.want = len;
+        reserve_exactly(&mut self.input.buf, len);
+        self.input.buf.clear();
+        self.input.want = len;
         self.state = state;
     }
 
     /// True when the current section is fully buffered.
     fn section_ready(&self, section: &'static str) -> Result<bool, ApplyError> {
-        if self.inbuf.len() >= self.want {
+        if self.input.buf.len() >= self.input.want {
             Ok(true)
-        } else if self.eof {
+        } else if self.input.eof {
             Err(ApplyError::Truncated { section })
         } else {
             Ok(false)
@@ -433,8 +450,8 @@ impl Applier {
                     if !self.section_ready("preamble")? {
                         return Ok(Action::NeedInput);
                     }
-                    let repr = PreambleRepr::parse(&Preamble::new_checked(&self.inbuf[..])?)?;
-                    self.want = PREAMBLE_LEN + repr.header_len as usize + HASH_LEN;
+                    let repr = PreambleRepr::parse(&Preamble::new_checked(&self.input.buf[..])?)?;
+                    self.input.want = PREAMBLE_LEN + repr.header_len as usize + HASH_LEN;
                     self.state = State::HeaderBody(repr);
                 }
                 State::HeaderBody(repr) => {
@@ -443,23 +460,23 @@ impl Applier {
                         return Ok(Action::NeedInput);
                     }
                     // Hash first: a damaged version or feature field is damage.
-                    let (repr, header) = parse_header_section(&self.inbuf)?;
-                    self.required_features = repr.required_features;
-                    self.check_codec_feature(header.codec, "codec")?;
-                    let end = self.inbuf.len();
-                    self.header_hash
-                        .copy_from_slice(&self.inbuf[end - HASH_LEN..]);
+                    let (repr, header) = read_header_section(&self.input.buf)?;
+                    self.walk.rules.required_features = repr.required_features;
+                    let end = self.input.buf.len();
+                    self.hashes
+                        .header_hash
+                        .copy_from_slice(&self.input.buf[end - HASH_LEN..]);
                     match &self.resuming {
                         // Counted in the checkpoint's patch hash already.
-                        Some(cp) if cp.header_hash != self.header_hash => {
+                        Some(cp) if cp.header_hash != self.hashes.header_hash => {
                             return Err(ApplyError::CheckpointMismatch)
                         }
                         Some(_) => {}
-                        None => self.patch_hasher.update(&self.inbuf),
+                        None => self.hashes.patch.update(&self.input.buf),
                     }
-                    self.header = Some(header);
+                    self.walk.header = Some(header);
                     // Keep the header section: signatures are over it.
-                    self.header_section = core::mem::take(&mut self.inbuf);
+                    self.trust.section = core::mem::take(&mut self.input.buf);
                     self.expect_input(State::Signature, repr.signature_len as usize);
                 }
                 State::Signature => {
@@ -468,11 +485,11 @@ impl Applier {
                         return Ok(Action::NeedInput);
                     }
                     if self.resuming.is_none() {
-                        self.patch_hasher.update(&self.inbuf);
+                        self.hashes.patch.update(&self.input.buf);
                     }
-                    self.header_section_len = self.progress.patch_consumed;
+                    self.hashes.section_len = self.progress.patch_consumed;
                     self.check_signatures()?;
-                    self.inbuf.clear();
+                    self.input.buf.clear();
                     self.state = State::AnnounceHeader;
                     return Ok(Action::Header);
                 }
@@ -506,14 +523,14 @@ impl Applier {
                     // `pos` counts bytes already requested; the chunk before it is in `out`.
                     let hashed = self.progress.base_checked;
                     if hashed < pos {
-                        hasher.update(&self.out[..(pos - hashed) as usize]);
+                        hasher.update(&self.bufs.out[..(pos - hashed) as usize]);
                         self.progress.base_checked = pos;
                     }
                     let old_len = self.cfg.old_len;
                     if pos < old_len {
                         let n = (old_len - pos).min(CHUNK as u64) as usize;
-                        if self.out.len() < n {
-                            sized(&mut self.out, n);
+                        if self.bufs.out.len() < n {
+                            sized(&mut self.bufs.out, n);
                         }
                         self.state = State::VerifyBase {
                             pos: pos + n as u64,
@@ -535,21 +552,14 @@ impl Applier {
                     if !self.section_ready("manifest page")? {
                         return Ok(Action::NeedInput);
                     }
-                    if *blake3::hash(&self.inbuf).as_bytes() != r.hash {
-                        return Err(ApplyError::PageHash { page: self.page_no });
-                    }
-                    self.patch_hasher.update(&self.inbuf);
-                    let page_at = self.progress.patch_consumed - self.inbuf.len() as u64;
-                    self.page_ref = Some((page_at, r));
-                    self.page = Some(if self.compact_pages() {
-                        self.unpack_page()?;
-                        Page::parse_compact(&self.page_content)?
-                    } else {
-                        Page::parse(&self.inbuf)?
-                    });
-                    self.page_no += 1;
-                    self.extent_idx = 0;
-                    self.inbuf.clear();
+                    let page = self.read_page(&r, self.walk.tally.pages)?;
+                    self.hashes.patch.update(&self.input.buf);
+                    let page_at = self.progress.patch_consumed - self.input.buf.len() as u64;
+                    self.walk.page_ref = Some((page_at, r));
+                    self.walk.page = Some(page);
+                    self.walk.tally.pages += 1;
+                    self.walk.extent_idx = 0;
+                    self.input.buf.clear();
                     self.state = State::Extent;
                 }
                 State::RestorePage {
@@ -566,24 +576,14 @@ impl Applier {
                         return Ok(Action::NeedInput);
                     }
                     // The chain pins the page: the checkpoint only says where it is.
-                    if *blake3::hash(&self.inbuf).as_bytes() != page.hash {
-                        return Err(ApplyError::PageHash {
-                            page: self.page_no.saturating_sub(1),
-                        });
-                    }
-                    let parsed = if self.compact_pages() {
-                        self.unpack_page()?;
-                        Page::parse_compact(&self.page_content)?
-                    } else {
-                        Page::parse(&self.inbuf)?
-                    };
+                    let parsed = self.read_page(&page, self.walk.tally.pages.saturating_sub(1))?;
                     if extent as usize > parsed.extents.len() {
                         return Err(ApplyError::CheckpointMismatch);
                     }
-                    self.page = Some(parsed);
-                    self.extent_idx = extent as usize;
+                    self.walk.page = Some(parsed);
+                    self.walk.extent_idx = extent as usize;
                     self.progress.patch_consumed = resume_at;
-                    self.inbuf.clear();
+                    self.input.buf.clear();
                     self.state = State::Extent;
                 }
                 State::Extent => {
@@ -596,9 +596,9 @@ impl Applier {
                     src,
                     remaining,
                 } => {
-                    if let Some(n) = self.copy_filled.take() {
-                        if let Some(h) = self.new_hasher.as_mut() {
-                            h.update(&self.out[..n]);
+                    if let Some(n) = self.bufs.copy_filled.take() {
+                        if let Some(h) = self.hashes.new.as_mut() {
+                            h.update(&self.bufs.out[..n]);
                         }
                         self.written += n as u64;
                         self.state = State::Copy {
@@ -616,10 +616,10 @@ impl Applier {
                         continue;
                     }
                     let n = remaining.min(CHUNK as u64) as usize;
-                    if self.out.len() < n {
-                        sized(&mut self.out, n);
+                    if self.bufs.out.len() < n {
+                        sized(&mut self.bufs.out, n);
                     }
-                    self.copy_filled = Some(n);
+                    self.bufs.copy_filled = Some(n);
                     self.new_pos += n as u64;
                     self.state = State::Copy {
                         dst,
@@ -637,7 +637,7 @@ impl Applier {
                         continue;
                     }
                     let n = remaining.min(self.cfg.zero_step.max(1));
-                    hash_zeros(self.new_hasher.as_deref_mut(), n);
+                    hash_zeros(self.hashes.new.as_deref_mut(), n);
                     self.new_pos += n;
                     self.state = State::Zero {
                         offset: offset + n,
@@ -650,8 +650,8 @@ impl Applier {
                     if !self.section_ready("data segment")? {
                         return Ok(Action::NeedInput);
                     }
-                    self.patch_hasher.update(&self.inbuf);
-                    let (codec, packed) = self.segment_codec(entry.codec)?;
+                    self.hashes.patch.update(&self.input.buf);
+                    let (codec, packed) = self.walk.rules.segment_codec(entry.codec)?;
                     let ops_in = if entry.inline_ops.is_some() {
                         OpsIn::Page
                     } else if packed {
@@ -664,7 +664,7 @@ impl Applier {
                     if codec == Codec::ZstdPrefix {
                         // The frame's history is old bytes: read them first.
                         let (offset, len, frame_at) = self.prefix_range(&entry)?;
-                        sized(&mut self.out, len);
+                        sized(&mut self.bufs.out, len);
                         self.state = State::Prefix {
                             entry,
                             ops_in,
@@ -685,7 +685,7 @@ impl Applier {
                     data_needed,
                     frame_at,
                 } => {
-                    let prefix = core::mem::take(&mut self.out);
+                    let prefix = core::mem::take(&mut self.bufs.out);
                     let run = self.start_segment(
                         entry,
                         Codec::ZstdPrefix,
@@ -705,12 +705,12 @@ impl Applier {
                     if !self.section_ready("data segment")? {
                         return Ok(Action::NeedInput);
                     }
-                    self.patch_hasher.update(&self.inbuf);
-                    if self.segment_codec(entry.codec)?.0 == Codec::ZstdHistory {
+                    self.hashes.patch.update(&self.input.buf);
+                    if self.walk.rules.segment_codec(entry.codec)?.0 == Codec::ZstdHistory {
                         // Later segments' history includes this one's data.
                         self.skip_history_frame(&entry)?;
                     }
-                    self.inbuf.clear();
+                    self.input.buf.clear();
                     self.new_pos += u64::from(entry.new_len);
                     self.state = State::Extent;
                 }
@@ -719,44 +719,42 @@ impl Applier {
                     if !self.section_ready("trailer")? {
                         return Ok(Action::NeedInput);
                     }
-                    let trailer = Trailer::parse(&self.inbuf)?;
-                    let patch_hash = self.patch_hasher.finalize();
-                    if trailer.patch_hash != patch_hash {
-                        return Err(ApplyError::PatchHash);
-                    }
-                    let header = self.header_ref();
-                    if self.progress.patch_consumed != header.patch_len {
-                        return Err(ApplyError::LengthMismatch {
-                            field: "patch_len",
-                            got: self.progress.patch_consumed,
-                            expected: header.patch_len,
-                        });
-                    }
-                    if let Some(h) = &self.new_hasher {
+                    let header = self
+                        .walk
+                        .header
+                        .as_ref()
+                        .expect("the trailer follows the header");
+                    let patch_hash = read_trailer(
+                        &self.input.buf,
+                        self.hashes.patch.finalize(),
+                        self.progress.patch_consumed,
+                        header,
+                    )?;
+                    if let Some(h) = &self.hashes.new {
                         if h.finalize() != header.new_hash {
                             return Err(ApplyError::NewHash);
                         }
                     }
-                    self.inbuf = Vec::new();
+                    self.input.buf = Vec::new();
                     self.state = State::AwaitEof(patch_hash);
                 }
                 State::AwaitEof(patch_hash) => {
                     self.state = State::AwaitEof(patch_hash);
-                    if !self.eof {
+                    if !self.input.eof {
                         return Ok(Action::NeedInput);
                     }
                     self.state = State::Done;
                     // Release the buffers: the engine holds no memory once done.
-                    self.out = Vec::new();
-                    self.data = Vec::new();
-                    self.ops = Vec::new();
-                    self.history = Vec::new();
-                    self.page_content = Vec::new();
-                    self.zstd = None;
+                    self.bufs.out = Vec::new();
+                    self.bufs.data = Vec::new();
+                    self.bufs.ops = Vec::new();
+                    self.bufs.history = Vec::new();
+                    self.walk.page_content = Vec::new();
+                    self.bufs.zstd = None;
                     let header = self.header_ref();
                     return Ok(Action::Done(Summary {
                         new_len: header.new_len,
-                        new_hash: self.new_hasher.as_ref().map(|_| header.new_hash),
+                        new_hash: self.hashes.new.as_ref().map(|_| header.new_hash),
                         patch_hash,
                         bytes_written: self.written,
                         bytes_zeroed: self.zeroed,

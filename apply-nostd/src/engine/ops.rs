@@ -11,20 +11,20 @@ impl Applier {
         mut run: SegmentRun,
     ) -> Result<Option<Action>, ApplyError> {
         let data: &[u8] = match run.data_in_inbuf {
-            Some(at) => &self.inbuf[at..],
-            None => &self.data,
+            Some(at) => &self.input.buf[at..],
+            None => &self.bufs.data,
         };
         if let Some(range) = run.delta_pending.take() {
             let add = &data[run.data_pos..run.data_pos + range.len()];
-            for (o, d) in self.out[range.clone()].iter_mut().zip(add) {
+            for (o, d) in self.bufs.out[range.clone()].iter_mut().zip(add) {
                 *o = o.wrapping_add(*d);
             }
             run.data_pos += range.len();
         }
         let block = match run.ops_in {
-            OpsIn::Payload => &self.inbuf,
-            OpsIn::Unpacked => &self.ops,
-            OpsIn::Page => &self.page_content,
+            OpsIn::Payload => &self.input.buf,
+            OpsIn::Unpacked => &self.bufs.ops,
+            OpsIn::Page => &self.walk.page_content,
         };
         let mut ops = OpIter::new(&block[run.ops.clone()]);
         while let Some(op) = ops.next() {
@@ -35,13 +35,18 @@ impl Applier {
             run.out_pos += len;
             match op {
                 Op::Literal { .. } => {
-                    self.out[at..at + len].copy_from_slice(&data[run.data_pos..run.data_pos + len]);
+                    self.bufs.out[at..at + len]
+                        .copy_from_slice(&data[run.data_pos..run.data_pos + len]);
                     run.data_pos += len;
                 }
-                Op::Zero { .. } => self.out[at..at + len].fill(0),
+                Op::Zero { .. } => self.bufs.out[at..at + len].fill(0),
                 Op::Copy { delta, .. } | Op::Delta { delta, .. } => {
-                    let offset =
-                        self.source(run.start + at as u64, delta, len as u64, run.start)?;
+                    let offset = self.walk.rules.source(
+                        run.start + at as u64,
+                        delta,
+                        len as u64,
+                        run.start,
+                    )?;
                     if matches!(op, Op::Delta { .. }) {
                         run.delta_pending = Some(at..at + len);
                     }
@@ -55,25 +60,25 @@ impl Applier {
         }
         let new_len = run.entry.new_len as usize;
         // One hash: its prefix checks the entry, all of it is reported.
-        let full = *blake3::hash(&self.out[..new_len]).as_bytes();
-        let checked = if self.compact_pages() {
+        let full = *blake3::hash(&self.bufs.out[..new_len]).as_bytes();
+        let checked = if self.walk.rules.compact_pages() {
             SHORT_HASH_LEN
         } else {
             HASH_LEN
         };
         if full[..checked] != run.entry.hash[..checked] {
             return Err(ApplyError::SegmentHash {
-                segment: self.segments_seen - 1,
+                segment: self.walk.tally.segments - 1,
                 new_offset: run.start,
             });
         }
-        if let Some(h) = self.new_hasher.as_mut() {
-            h.update(&self.out[..new_len]);
+        if let Some(h) = self.hashes.new.as_mut() {
+            h.update(&self.bufs.out[..new_len]);
         }
         self.new_pos += new_len as u64;
         self.written += new_len as u64;
-        self.written_segment = Some((self.segments_seen - 1, full));
-        self.inbuf.clear();
+        self.written_segment = Some((self.walk.tally.segments - 1, full));
+        self.input.buf.clear();
         self.state = State::Extent;
         Ok(Some(Action::Write {
             offset: run.start,

@@ -28,67 +28,70 @@ impl Applier {
     /// resume. Costs a copy of the data history (up to 4 MiB) when the
     /// patch uses one.
     pub fn checkpoint(&mut self) -> Option<Checkpoint> {
-        if self.cfg.resume_from != 0 || self.resuming.is_some() || self.header_section_len == 0 {
+        if self.cfg.resume_from != 0 || self.resuming.is_some() || self.hashes.section_len == 0 {
             return None;
         }
         let consumed = self.progress.patch_consumed;
         let (at, resume_at, back) = match &self.state {
             State::NextPage(r) => (
                 At::PageStart { page: *r },
-                consumed - self.inbuf.len() as u64,
+                consumed - self.input.buf.len() as u64,
                 0,
             ),
             State::Extent | State::Payload(_) => {
                 // A payload's extent was taken from the page already.
                 let back = u64::from(matches!(self.state, State::Payload(_)));
-                if back == 0 && !self.inbuf.is_empty() {
+                if back == 0 && !self.input.buf.is_empty() {
                     return None;
                 }
-                let (page_at, page) = self.page_ref?;
+                let (page_at, page) = self.walk.page_ref?;
                 let at = At::InPage {
                     page_at,
                     page,
-                    extent: u32::try_from(self.extent_idx as u64 - back).ok()?,
+                    extent: u32::try_from(self.walk.extent_idx as u64 - back).ok()?,
                 };
-                (at, consumed - self.inbuf.len() as u64, back)
+                (at, consumed - self.input.buf.len() as u64, back)
             }
             _ => return None,
         };
         Some(Checkpoint {
-            header_hash: self.header_hash,
-            header_section_len: self.header_section_len,
+            header_hash: self.hashes.header_hash,
+            header_section_len: self.hashes.section_len,
             resume_at,
             new_pos: self.new_pos,
             at,
-            pages_seen: self.page_no,
-            extents_seen: self.extents_seen - back,
-            segments_seen: self.segments_seen - back,
+            pages_seen: self.walk.tally.pages,
+            extents_seen: self.walk.tally.extents - back,
+            segments_seen: self.walk.tally.segments - back,
             written: self.written,
             zeroed: self.zeroed,
-            patch_hash: self.patch_hasher.save(),
-            new_hash: self.new_hasher.as_mut().map(|h| h.save()),
-            history: self.history.clone(),
+            patch_hash: self.hashes.patch.save(),
+            new_hash: self.hashes.new.as_mut().map(|h| h.save()),
+            history: self.bufs.history.clone(),
         })
     }
 
     /// Takes up `cp` once the header section has been checked against it.
     pub(super) fn restore(&mut self, cp: Checkpoint) -> Result<(), ApplyError> {
-        if cp.header_section_len != self.header_section_len
-            || self.new_hasher.is_some() != cp.new_hash.is_some()
+        if cp.header_section_len != self.hashes.section_len
+            || self.hashes.new.is_some() != cp.new_hash.is_some()
             || cp.new_pos > self.header_ref().new_len
         {
             return Err(ApplyError::CheckpointMismatch);
         }
         let bad = |_| ApplyError::CheckpointMismatch;
-        *self.patch_hasher = TreeHasher::restore(&cp.patch_hash).map_err(bad)?;
+        *self.hashes.patch = TreeHasher::restore(&cp.patch_hash).map_err(bad)?;
         if let Some(h) = &cp.new_hash {
-            self.new_hasher = Some(Box::new(TreeHasher::restore(h).map_err(bad)?));
+            self.hashes.new = Some(Box::new(TreeHasher::restore(h).map_err(bad)?));
         }
-        self.history = cp.history;
+        self.bufs.history = cp.history;
         self.new_pos = cp.new_pos;
-        self.page_no = cp.pages_seen;
-        self.extents_seen = cp.extents_seen;
-        self.segments_seen = cp.segments_seen;
+        self.walk.tally = Tally {
+            pages: cp.pages_seen,
+            extents: cp.extents_seen,
+            segments: cp.segments_seen,
+            end: cp.new_pos,
+        };
         self.written = cp.written;
         self.zeroed = cp.zeroed;
         match cp.at {
@@ -97,7 +100,7 @@ impl Applier {
                 page,
                 extent,
             } => {
-                self.page_ref = Some((page_at, page));
+                self.walk.page_ref = Some((page_at, page));
                 self.expect_input(
                     State::RestorePage {
                         page,

@@ -3,7 +3,7 @@
 use alloc::string::String;
 use alloc::vec;
 
-use anypatch_format::{PageRef, TRAILER_LEN};
+use anypatch_format::{PageRef, Trailer, TRAILER_LEN};
 
 use super::*;
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context};
 use anypatch_format::{Hex, VERSION_MAJOR};
-use anypatch_producer::inspect::{inspect, InspectError, Inspection, KindCount};
+use anypatch_inspect::{inspect, InspectError, Inspection, KindCount, Refused};
 use serde::Serialize;
 
 use crate::{is_dash, write_err, Failure};
@@ -19,23 +19,26 @@ pub(crate) fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
         Box::new(f)
     };
     let mut reader = BufReader::with_capacity(1 << 20, &mut reader);
-    let report = inspect(&mut reader).map_err(|e| match e {
-        InspectError::Io(ref io) if io.kind() != io::ErrorKind::UnexpectedEof => {
-            Failure::Usage(anyhow!(e).context(format!("{}", path.display())))
+    // A patch refused after its header is read still gets its report, up
+    // to where it was refused; the refusal is the verdict (exit 2).
+    let (report, verdict) = match inspect(&mut reader) {
+        Ok(report) => (report, None),
+        Err(Refused {
+            error: e @ InspectError::Io(_),
+            ..
+        }) => {
+            return Err(Failure::Usage(
+                anyhow!(e).context(format!("{}", path.display())),
+            ))
         }
-        e => Failure::Corrupt(anyhow!(e)),
-    })?;
-    // A patch that parsed but fails its whole-patch hash or a signature
-    // is corrupt (exit 2); the report still shows what it contains.
-    let verdict = if !report.patch_hash_ok {
-        Some("patch hash does not match: the patch is corrupt; get it again".to_owned())
-    } else {
-        report.signers.iter().find(|s| !s.valid).map(|bad| {
-            format!(
-                "the signature by key {} does not verify: the patch was altered after signing",
-                Hex(&bad.key_id)
-            )
-        })
+        Err(Refused {
+            error,
+            so_far: Some(report),
+        }) => (*report, Some(error.to_string())),
+        Err(Refused {
+            error,
+            so_far: None,
+        }) => return Err(Failure::Corrupt(anyhow!(error))),
     };
     let text = if json {
         InspectJson::report(&report, verdict.as_deref()).to_line() + "\n"
@@ -123,8 +126,8 @@ fn text_report(r: &Inspection) -> String {
         r.codecs.packed_ops
     );
     s += &format!(
-        "payload       ops {} bytes, data {} bytes\n",
-        r.codecs.ops_bytes, r.codecs.data_bytes
+        "payload       ops {} bytes, data {} bytes; {} of {} data blocks decoded\n",
+        r.codecs.ops_bytes, r.codecs.data_bytes, r.codecs.decoded, r.data.extents
     );
     if r.signers.is_empty() {
         s += "signature     none (unsigned)\n";
@@ -144,7 +147,7 @@ fn text_report(r: &Inspection) -> String {
     s += &format!(
         "patch hash    {} ({})\n",
         Hex(&r.patch_hash),
-        if r.patch_hash_ok { "ok" } else { "MISMATCH" }
+        if r.patch_hash_ok { "ok" } else { "not checked" }
     );
     s
 }
@@ -239,6 +242,7 @@ impl<'a> InspectJson<'a> {
                     inline_ops: c.inline_ops,
                     ops_bytes: c.ops_bytes,
                     data_bytes: c.data_bytes,
+                    decoded: c.decoded,
                 },
                 signature_len: r.signature_len,
                 signers: r
@@ -291,7 +295,8 @@ struct ReportJson<'a> {
     signers: Vec<SignerJson>,
     patch_len: u64,
     patch_hash: String,
-    /// Whether the trailer's hash matches the patch.
+    /// Whether the walk reached the end: the trailer's hash matches the
+    /// patch and nothing follows it.
     patch_hash_ok: bool,
 }
 
@@ -345,6 +350,8 @@ struct SegmentsJson {
     inline_ops: u64,
     ops_bytes: u64,
     data_bytes: u64,
+    /// Data blocks decoded and checked; the rest (codec 0x02) need the old file.
+    decoded: u64,
 }
 
 #[derive(Debug, Serialize)]
