@@ -37,18 +37,31 @@ impl<W: Write> IndexWriter<W> {
 
     /// Writes the next entries, in block order.
     pub fn push(&mut self, entries: &[BlockHashes]) -> Result<(), IndexError> {
-        if entries.len() as u64 > self.remaining {
-            return Err(IndexError::Misuse {
-                reason: "more entries than the header's block count",
-            });
-        }
         let mut bytes = Vec::with_capacity(entries.len() * crate::ENTRY_LEN);
         for e in entries {
             bytes.extend_from_slice(&e.emit());
         }
-        self.out.write_all(&bytes)?;
-        self.hasher.update(&bytes);
-        self.remaining -= entries.len() as u64;
+        self.push_encoded(&bytes)
+    }
+
+    /// Writes the next entries already encoded ([`BlockHashes::emit`], in
+    /// block order), as a cache keeps them: `bytes` is a whole number of
+    /// entries.
+    pub fn push_encoded(&mut self, bytes: &[u8]) -> Result<(), IndexError> {
+        let n = (bytes.len() / crate::ENTRY_LEN) as u64;
+        if bytes.len() % crate::ENTRY_LEN != 0 {
+            return Err(IndexError::Misuse {
+                reason: "encoded entries are a whole number of entries",
+            });
+        }
+        if n > self.remaining {
+            return Err(IndexError::Misuse {
+                reason: "more entries than the header's block count",
+            });
+        }
+        self.out.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.remaining -= n;
         Ok(())
     }
 
