@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::delay::{DelayLine, Direction, Stats, DEVICE};
-use crate::{cmd, names, shape, Error};
+use crate::{cmd, enter, names, shape, Error};
 
 /// The client namespace's address on the link.
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -136,6 +136,19 @@ impl Lab {
         cmd::in_ns(&self.server_ns, program)
     }
 
+    /// Runs `f` on a thread inside the client namespace and returns its
+    /// result. Sockets `f` opens stay in the namespace and may be used from
+    /// any thread: `lab.in_client(|| TcpStream::connect(..))`.
+    pub fn in_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+        enter::run_in(&self.client_ns, f)
+    }
+
+    /// Runs `f` on a thread inside the server namespace and returns its
+    /// result: `lab.in_server(|| TcpListener::bind((SERVER_ADDR, 0)))`.
+    pub fn in_server<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+        enter::run_in(&self.server_ns, f)
+    }
+
     /// Sets the round-trip time: each packet is held `ms / 2` each way.
     /// Applies to packets sent from now on.
     pub fn set_rtt(&mut self, ms: f64) -> Result<(), Error> {
@@ -233,7 +246,10 @@ impl Lab {
 
     /// What the delay line has carried in direction `dir`.
     pub fn delay_stats(&self, dir: Direction) -> Stats {
-        self.delay.as_ref().map(|d| d.stats(dir)).unwrap_or_default()
+        self.delay
+            .as_ref()
+            .map(|d| d.stats(dir))
+            .unwrap_or_default()
     }
 
     fn set_link(&self, state: &str) -> Result<(), Error> {

@@ -28,6 +28,7 @@
 
 mod cmd;
 pub mod delay;
+mod enter;
 mod error;
 mod lab;
 mod names;

@@ -48,8 +48,8 @@ pub(crate) fn set_rate(ns: &str, mbit: f64, rtt: Duration) -> Result<(), Error> 
         ns,
         "tc",
         &[
-            "qdisc", "replace", "dev", IFB, "root", "tbf", "rate", &rate, "burst", &burst,
-            "limit", &limit,
+            "qdisc", "replace", "dev", IFB, "root", "tbf", "rate", &rate, "burst", &burst, "limit",
+            &limit,
         ],
     )?;
     // Redirect what enters the TUN device through the ifb (once).

@@ -78,7 +78,8 @@ fn main() -> Result<()> {
 
 fn up(tag: &str, rtt: f64, rate: Option<f64>, loss: f64, hold: Duration) -> Result<()> {
     // Listen for signals before the lab exists, so none is missed.
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
