@@ -84,10 +84,21 @@ impl Rolling {
     /// at the back.
     pub fn roll(&mut self, out: u8, inp: u8) {
         let (out, inp) = (u32::from(out), u32::from(inp));
-        // a' = a - out + in; b' = b - len * out + a' - 1 (all mod 65521).
-        self.a = (self.a + MOD - out + inp) % MOD;
+        // a' = a - out + in; b' = b - len * out + a' - 1 (all mod 65521),
+        // reduced by subtraction: this runs once per byte searched.
+        let reduce = |mut x: u32, times: usize| {
+            for _ in 0..times {
+                if x >= MOD {
+                    x -= MOD;
+                }
+            }
+            x
+        };
+        // a + MOD - out + in < 2 MOD + 255.
+        self.a = reduce(self.a + MOD - out + inp, 2);
         let sub = (self.len * out + 1) % MOD;
-        self.b = (self.b + self.a + MOD - sub) % MOD;
+        // b + a' + MOD - sub < 3 MOD.
+        self.b = reduce(self.b + self.a + MOD - sub, 2);
     }
 
     /// The key of the window as it is: what [`weak`] gives for its bytes.
