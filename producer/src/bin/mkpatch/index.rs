@@ -1,0 +1,145 @@
+//! `mkpatch index IMAGE -o OUT.apidx`: the block index of an image, for
+//! making patches where only the new image is (`mkpatch --from-index`);
+//! and the trusted keys `--from-index` checks the index against.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, Context};
+use anypatch_format::{parse_key_file, KeyKind};
+use anypatch_producer::{make_index, CacheOptions, IndexOptions, IndexSummary};
+use anypatch_safe_output::human_bytes;
+use clap::Args;
+
+use crate::dest::{destination, refuse_key_file, refuse_output_is_input, Dest};
+use crate::inputs::{check_input, Stamp};
+use crate::keygen::read_secret_key;
+use crate::write::{write_direct, write_file, write_stream};
+use crate::{is_dash, progress_line, Failure};
+
+/// `mkpatch index`'s arguments.
+#[derive(Debug, Args)]
+pub(crate) struct IndexArgs {
+    /// The image to index (the old image, on the machine that has it).
+    #[arg(value_name = "IMAGE")]
+    image: PathBuf,
+
+    /// Write the index to OUT instead of stdout (`-` means stdout); a file
+    /// appears whole or not at all, with the same rules as mkpatch -o.
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+
+    /// Worker threads [default: number of cores].
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+
+    /// Sign the index with this secret key file (made by `mkpatch keygen`);
+    /// `mkpatch --from-index --trusted-key KEY.pub` then accepts only it.
+    #[arg(long, value_name = "KEYFILE")]
+    sign: Option<PathBuf>,
+
+    /// Block size: a power of two in 512..=1048576. Smaller blocks find
+    /// more and make a larger index (20 bytes a block: 0.49% of the image
+    /// at the default 4096).
+    #[arg(long, value_name = "BYTES", default_value_t = anypatch_index::DEFAULT_BLOCK_SIZE)]
+    block_size: u32,
+
+    /// Advanced: the strong hash's seed, instead of a random one (for
+    /// reproducible indexes; a known seed lets whoever writes data into a
+    /// later image aim a hash collision at this index, see spec/INDEX.md 7.3).
+    #[arg(long, value_name = "N", hide_short_help = true)]
+    seed: Option<u64>,
+}
+
+/// Runs `mkpatch index`.
+/// `cache` comes from the global `--cache` and `--no-cache`.
+pub(crate) fn run_index(
+    args: &IndexArgs,
+    cache: Option<CacheOptions>,
+    quiet: bool,
+) -> Result<(), Failure> {
+    let image = &args.image;
+    if is_dash(image) {
+        return Err(anyhow!(
+            "IMAGE cannot be `-`: mkpatch reads images at random offsets; save the data to a file first"
+        )
+        .into());
+    }
+    let dest = destination(args.output.as_deref())?;
+    check_input("IMAGE", image)?;
+    let mut inputs = vec![("IMAGE", image.as_path())];
+    if let Some(key) = &args.sign {
+        inputs.push(("the --sign key file", key.as_path()));
+    }
+    refuse_output_is_input(&dest, &inputs)?;
+    refuse_key_file(&dest)?;
+    let mut opts = IndexOptions {
+        threads: args.threads.map_or(0, |n| n as usize),
+        block_size: args.block_size,
+        seed: args.seed,
+        cache,
+        ..IndexOptions::default()
+    };
+    if let Some(path) = &args.sign {
+        opts.signing_key = Some(read_secret_key(path)?);
+    }
+    let show = !quiet && io::stderr().is_terminal() && !matches!(dest, Dest::Stderr);
+    let progress = progress_line(show);
+    let start = Instant::now();
+    let before = [Stamp::of("IMAGE", image)?];
+    let make = |out: &mut dyn Write, spool: Option<PathBuf>| {
+        let opts = IndexOptions {
+            spool_dir: spool.or_else(|| opts.spool_dir.clone()),
+            ..opts.clone()
+        };
+        make_index(image, out, &opts, &progress)
+    };
+    let summary = match &dest {
+        Dest::Stdout => write_direct(io::stdout().lock(), "stdout", &before, make)?,
+        Dest::Stderr => write_direct(io::stderr().lock(), "stderr", &before, make)?,
+        Dest::Stream(path) => write_stream(path, &before, make)?,
+        Dest::File(path) => write_file(path, &before, make)?,
+    };
+    if show {
+        say!(
+            "\r\x1b[2K{}",
+            summary_line(&summary, start.elapsed().as_secs_f64())
+        );
+    }
+    for warning in &summary.cache.warnings {
+        say!("mkpatch: warning: hash cache: {warning}");
+    }
+    Ok(())
+}
+
+fn summary_line(s: &IndexSummary, secs: f64) -> String {
+    let pct = if s.old_len == 0 {
+        0.0
+    } else {
+        s.index_len as f64 * 100.0 / s.old_len as f64
+    };
+    format!(
+        "mkpatch: image {} -> index {} ({pct:.2}%; {} blocks of {}{}) in {secs:.2} s",
+        human_bytes(s.old_len),
+        human_bytes(s.index_len),
+        s.blocks,
+        s.block_size,
+        if s.cache.hit {
+            ", from the hash cache"
+        } else {
+            ""
+        },
+    )
+}
+
+/// The public keys in `paths` (key files made by `mkpatch keygen`).
+pub(crate) fn trusted_keys(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>, Failure> {
+    paths.iter().map(|p| read_public_key(p)).collect()
+}
+
+fn read_public_key(path: &Path) -> Result<[u8; 32], Failure> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    Ok(parse_key_file(&text, KeyKind::Public).with_context(|| format!("{}", path.display()))?)
+}

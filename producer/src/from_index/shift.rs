@@ -1,0 +1,308 @@
+//! Phase 3 of a patch from an index: data shifted by any number of bytes.
+//!
+//! Runs of changed and zero spans (zero blocks inside shifted data split
+//! it, and the blocks across them would be lost) are cut into pieces of at
+//! most [`PIECE`] bytes. In each,
+//! a window of one block rolls one byte at a time (Adler-32, the index's
+//! weak key); a key that some old block has is confirmed by the strong
+//! hash of the window, and the window becomes a copy of that block, after
+//! which the search goes on past it. A window may reach up to a block past
+//! its piece's end (never past its span), so a block that straddles two
+//! pieces is still found; when joining, the next piece's spans are cut
+//! where that match ends. Pieces are independent work items joined in
+//! order, so the output does not depend on the thread count. Bytes left
+//! unmatched become changed spans, but for zero runs of at least
+//! [`ZERO_MIN`] bytes, which become zero spans again.
+//!
+//! An insertion inside a block leaves that block unmatched between copies
+//! of the blocks before and after it, with more bytes than a block between
+//! them. Those bytes are the old block with `m` bytes inserted at some
+//! offset: every offset is tried (its weak key from prefix sums, in O(1)),
+//! and one whose candidate's strong hash is the block's makes the block two
+//! copies around the `m` new bytes ([`insertion`]). A deletion or an
+//! overwrite inside a block cannot be found so: the bytes that are missing
+//! or were replaced are not here to check the block's hash.
+
+use anypatch_index::block::Rolling;
+
+use crate::exec::map_indexed;
+use crate::input::Input;
+use crate::spans::{push_span, Class, Span};
+use crate::zeros::is_zero;
+use crate::{Phase, ProduceError, Progress};
+
+use super::table::BlockTable;
+
+/// Most new bytes a work item starts windows in.
+const PIECE: u64 = 1 << 20;
+/// Largest block size for which insertions into a block are looked for.
+const INSERT_MAX_BLOCK: usize = 64 << 10;
+/// Shortest zero run left unmatched that is sent as zeros.
+const ZERO_MIN: usize = 256;
+
+/// Whether a span is searched: changed bytes, and zeros between them.
+fn searched(class: Class) -> bool {
+    matches!(class, Class::Changed(_) | Class::Zero)
+}
+
+/// Returns `spans` with every changed span refined into shifted copies
+/// (`Moved`) and changed bytes. With `in_place`, only copies whose source
+/// is at or after their destination are used (spec section 4.3).
+pub(crate) fn find_shifted(
+    new: &Input,
+    table: &BlockTable,
+    spans: Vec<Span>,
+    in_place: bool,
+    threads: usize,
+    progress: &dyn Fn(Progress),
+) -> Result<Vec<Span>, ProduceError> {
+    let bs = u64::from(table.block_size);
+    // Regions: maximal runs of searched spans, at least a block long and
+    // not only zeros, as (start, end, index of the first span, span count).
+    let mut regions = Vec::new();
+    let mut at = 0u64;
+    let mut i = 0;
+    while i < spans.len() {
+        let first = i;
+        let start = at;
+        let mut changed = false;
+        while i < spans.len() && searched(spans[i].class) {
+            changed |= spans[i].class != Class::Zero;
+            at += spans[i].len;
+            i += 1;
+        }
+        if i == first {
+            at += spans[i].len;
+            i += 1;
+        } else if changed && at - start >= bs {
+            regions.push((start, at, first, i - first));
+        }
+    }
+    // Work items: (start, length, end of the region, the old block whose
+    // copy ends where the piece starts, when known) of each piece. Regions
+    // start on a block boundary, after unchanged or moved blocks.
+    let mut pieces = Vec::new();
+    for &(start, end, first, _) in &regions {
+        let before = first.checked_sub(1).map(|i| spans[i].class);
+        let ends_at = match before {
+            Some(Class::Same) => Some(start),
+            Some(Class::Moved(d)) => start.checked_add_signed(d),
+            _ => None,
+        };
+        let mut prev = ends_at
+            .filter(|e| e % bs == 0 && *e >= bs)
+            .map(|e| e / bs - 1);
+        let mut s = start;
+        while s < end {
+            let len = PIECE.min(end - s);
+            pieces.push((s, len, end, prev.take()));
+            s += len;
+        }
+    }
+    if pieces.is_empty() {
+        return Ok(spans);
+    }
+    let total = pieces.len() as u64;
+    let tick = |done: u64| {
+        progress(Progress {
+            phase: Phase::Match,
+            done,
+            total,
+        })
+    };
+    let found = map_indexed(
+        threads,
+        pieces.len(),
+        Vec::new,
+        |buf: &mut Vec<u8>, i| {
+            let (start, len, end, prev) = pieces[i];
+            let n = (len + bs - 1).min(end - start) as usize;
+            buf.resize(n, 0);
+            new.read_exact_at(buf, start)?;
+            Ok(piece(table, buf, start, len as usize, prev, in_place))
+        },
+        &tick,
+    )?;
+
+    let mut out = Vec::with_capacity(spans.len() + found.iter().map(Vec::len).sum::<usize>());
+    let mut found = found.into_iter();
+    let mut regions = regions.into_iter().peekable();
+    let mut i = 0;
+    while i < spans.len() {
+        let Some(&(at, end, _, count)) = regions.peek().filter(|r| r.2 == i) else {
+            push_span(&mut out, spans[i].class, spans[i].len);
+            i += 1;
+            continue;
+        };
+        regions.next();
+        i += count;
+        // New offset up to which spans were emitted for this region.
+        let mut done = at;
+        let mut start = at;
+        while start < end {
+            let piece = found.next().expect("one result per piece, in order");
+            let mut skip = done - start;
+            for s in piece {
+                let cut = skip.min(s.len);
+                skip -= cut;
+                push_span(&mut out, s.class, s.len - cut);
+                done += s.len - cut;
+            }
+            start += PIECE.min(end - start);
+        }
+        debug_assert_eq!(done, end, "a region's pieces tile it");
+    }
+    Ok(out)
+}
+
+/// Matches one piece: `bytes` start at new offset `start`; windows start in
+/// `0..len` and end within `bytes`; `prev` is the old block copied just
+/// before `start`, if any. Returns spans that tile `bytes` from 0 to the end
+/// of the last match or `len`, whichever is later.
+fn piece(
+    table: &BlockTable,
+    bytes: &[u8],
+    start: u64,
+    len: usize,
+    prev: Option<u64>,
+    in_place: bool,
+) -> Vec<Span> {
+    let bs = table.block_size as usize;
+    let mut out = Vec::new();
+    let mut pos = 0; // start of the bytes not yet emitted
+    let mut p = 0;
+    let mut last = prev; // the last copied old block
+    let mut roll = (bytes.len() >= bs).then(|| Rolling::new(&bytes[..bs]));
+    while let Some(r) = roll.as_mut() {
+        if p >= len || p + bs > bytes.len() {
+            break;
+        }
+        let window = &bytes[p..p + bs];
+        let dst = start + p as u64;
+        // With in_place, a copy must not read before where it writes.
+        let min_block = if in_place { dst.div_ceil(bs as u64) } else { 0 };
+        if bytes[p] == 0 && is_zero(window) {
+            // Skip to the first window that ends on a non-zero byte.
+            let Some(nz) = bytes[p + bs..].iter().position(|&b| b != 0) else {
+                break;
+            };
+            p += nz + 1;
+            if p >= len {
+                break;
+            }
+            *r = Rolling::new(&bytes[p..p + bs]);
+            continue;
+        }
+        let hit = if !table.may_have(r.value()) {
+            None
+        } else {
+            table.find(r.value(), window, last.map(|b| b + 1), min_block)
+        };
+        if let Some(b) = hit {
+            let split = match last {
+                Some(a) if b == a + 2 => insertion(table, b - 1, &bytes[pos..p]),
+                _ => None,
+            };
+            match split {
+                Some((i, m)) => {
+                    let delta = delta_to(table, b - 1, start + pos as u64);
+                    push_span(&mut out, Class::Moved(delta), i as u64);
+                    unmatched(&mut out, &bytes[pos + i..pos + i + m]);
+                    let tail = (p - pos - i - m) as u64;
+                    push_span(&mut out, Class::Moved(delta - m as i64), tail);
+                }
+                None => unmatched(&mut out, &bytes[pos..p]),
+            }
+            // Offsets are below 2^63 (the index and the file system say so).
+            let delta = (b * bs as u64) as i64 - dst as i64;
+            push_span(&mut out, Class::Moved(delta), bs as u64);
+            last = Some(b);
+            p += bs;
+            pos = p;
+            if p + bs <= bytes.len() {
+                *r = Rolling::new(&bytes[p..p + bs]);
+            }
+            continue;
+        }
+        if p + bs == bytes.len() {
+            break;
+        }
+        r.roll(bytes[p], bytes[p + bs]);
+        p += 1;
+    }
+    if pos < len {
+        unmatched(&mut out, &bytes[pos..len]);
+    }
+    out
+}
+
+/// The delta of a copy of old block `b` to new offset `at`.
+fn delta_to(table: &BlockTable, b: u64, at: u64) -> i64 {
+    // Offsets are below 2^63 (the index and the file system say so).
+    (b * u64::from(table.block_size)) as i64 - at as i64
+}
+
+/// Whether `gap` (new bytes between copies of old blocks `b - 1`
+/// and `b + 1`) is old block `b` with bytes inserted: returns `(i, m)` when
+/// `gap[..i]` and `gap[i + m..]` together are block `b` (weak key and strong
+/// hash), trying every `i` from the front. With in-place patches the
+/// copies keep the deltas of their neighbours, which were allowed.
+fn insertion(table: &BlockTable, b: u64, gap: &[u8]) -> Option<(usize, usize)> {
+    const MOD: u64 = 65521;
+    let bs = table.block_size as usize;
+    let want = table.hashes(b)?;
+    let l = gap.len();
+    // At most a block inserted: longer gaps are more than one edit. Huge
+    // blocks are not tried: the prefix sums would take 32 bytes per byte.
+    if l <= bs || l > 2 * bs || bs > INSERT_MAX_BLOCK {
+        return None;
+    }
+    let m = l - bs;
+    // p[k] = Σ gap[..k], q[k] = Σ t·gap[t] for t < k.
+    let mut p = vec![0u64; l + 1];
+    let mut q = vec![0u64; l + 1];
+    for (t, &x) in gap.iter().enumerate() {
+        p[t + 1] = p[t] + u64::from(x);
+        q[t + 1] = q[t] + t as u64 * u64::from(x);
+    }
+    let n = bs as u64;
+    let mut candidate = vec![0u8; bs];
+    for i in 0..=bs {
+        let j = i + m;
+        let a = (1 + p[i] + p[l] - p[j]) % MOD;
+        // Byte t of the head weighs n - t; byte t of the tail, n + m - t.
+        let head = (n * p[i] - q[i]) % MOD;
+        let tail = ((n + m as u64) * (p[l] - p[j]) - (q[l] - q[j])) % MOD;
+        let bsum = (n + head + tail) % MOD;
+        if (bsum << 16 | a) as u32 != want.weak {
+            continue;
+        }
+        candidate[..i].copy_from_slice(&gap[..i]);
+        candidate[i..].copy_from_slice(&gap[j..]);
+        if anypatch_index::block::strong(&candidate, table.seed) == want.strong {
+            return Some((i, m));
+        }
+    }
+    None
+}
+
+/// Appends spans for unmatched `bytes`: zero runs of at least [`ZERO_MIN`]
+/// bytes as zeros, the rest as changed.
+fn unmatched(out: &mut Vec<Span>, bytes: &[u8]) {
+    let mut from = 0; // start of the bytes not yet emitted
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != 0 {
+            i += 1;
+            continue;
+        }
+        let run = bytes[i..].iter().take_while(|&&b| b == 0).count();
+        if run >= ZERO_MIN {
+            push_span(out, Class::Changed(0), (i - from) as u64);
+            push_span(out, Class::Zero, run as u64);
+            from = i + run;
+        }
+        i += run;
+    }
+    push_span(out, Class::Changed(0), (bytes.len() - from) as u64);
+}
