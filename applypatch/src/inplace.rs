@@ -86,8 +86,44 @@ pub fn apply_in_place(
     opts: &InPlaceOptions,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
+    #[cfg(feature = "net")]
+    if let PatchSource::Remote(remote) = patch {
+        return from_remote(target, remote, policy, opts, on_progress);
+    }
     let result = run(target, patch, policy, opts, on_progress);
     report_io_for_tests(&result);
+    result
+}
+
+/// A remote patch is fetched to a local copy first (the in-place apply
+/// reads its patch more than once), which a rerun goes on filling, then
+/// applied from there. The copy is removed once it is applied, or when it
+/// turns out corrupt (so that the next run fetches it anew).
+#[cfg(feature = "net")]
+fn from_remote(
+    target: &Path,
+    remote: &crate::remote::Remote,
+    policy: &Policy,
+    opts: &InPlaceOptions,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    use crate::remote::{download_path, remove_download};
+    let spool = download_path(target, opts.state.as_deref());
+    remote.spool(&spool)?;
+    let result = apply_in_place(
+        target,
+        &PatchSource::Path(spool.clone()),
+        policy,
+        opts,
+        on_progress,
+    );
+    match &result {
+        Ok(_) | Err(DriveError::AlreadyApplied) => remove_download(&spool),
+        Err(DriveError::Apply(e)) if e.class() == anypatch_apply::ErrorClass::CorruptPatch => {
+            remove_download(&spool)
+        }
+        Err(_) => {}
+    }
     result
 }
 
@@ -168,7 +204,7 @@ fn seekable_patch(patch: &PatchSource) -> Result<&Path, DriveError> {
         ))
     };
     let PatchSource::Path(path) = patch else {
-        return Err(refuse("stdin"));
+        return Err(refuse("stdin or a URL"));
     };
     let meta =
         std::fs::metadata(path).map_err(io_err(format!("cannot open patch {}", path.display())))?;
@@ -779,8 +815,8 @@ fn half_patched_note(
         }
     }
     let patch_name = match patch {
-        PatchSource::Path(p) => p.display().to_string(),
         PatchSource::Stdin => "PATCH".into(),
+        other => other.name(),
     };
     if found.is_empty() {
         // An empty state file where the default one goes: an apply that

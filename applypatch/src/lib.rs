@@ -10,6 +10,8 @@
 
 pub mod inplace;
 pub mod output;
+#[cfg(feature = "net")]
+pub mod remote;
 
 pub use inplace::{apply_in_place, InPlaceOptions};
 pub use output::{apply_to_new_file, NewFileSink, OutputTarget, Written};
@@ -93,14 +95,27 @@ fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> DriveError {
     move |source| DriveError::Io { action, source }
 }
 
-/// Where the patch comes from: a file path, or `-` for stdin.
+/// Where the patch comes from: a file path, `-` for stdin, or a URL.
 #[derive(Debug, Clone)]
 pub enum PatchSource {
     Stdin,
     Path(PathBuf),
+    /// Fetched as it is applied (`quic://`, `https://`, `http://`).
+    #[cfg(feature = "net")]
+    Remote(Box<remote::Remote>),
 }
 
 impl PatchSource {
+    /// How the patch is named to the user.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Stdin => "-".into(),
+            Self::Path(p) => p.display().to_string(),
+            #[cfg(feature = "net")]
+            Self::Remote(r) => r.url.to_string(),
+        }
+    }
+
     pub fn parse(arg: &Path) -> Self {
         if arg == Path::new("-") {
             Self::Stdin
@@ -112,6 +127,8 @@ impl PatchSource {
     fn open(&self) -> Result<Box<dyn Read>, DriveError> {
         Ok(match self {
             Self::Stdin => Box::new(io::stdin().lock()),
+            #[cfg(feature = "net")]
+            Self::Remote(r) => Box::new(r.open_at(0)?),
             Self::Path(p) => {
                 // A pipe is a fine patch (it is read in order); a directory is not.
                 if std::fs::metadata(p).is_ok_and(|m| m.is_dir()) {

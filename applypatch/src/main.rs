@@ -150,6 +150,14 @@ struct Cli {
     /// declares its size, and work follows it.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_new_size: Option<u64>,
+    /// With a patch URL: trust the server whose certificate has this
+    /// fingerprint (the SHA256:... line `mkpatch serve` prints), and no other.
+    #[arg(long, value_name = "SHA256:HEX")]
+    server_cert: Option<String>,
+    /// With a patch URL: also trust servers whose certificate this
+    /// certificate authority (a PEM file) signed. Repeatable.
+    #[arg(long, value_name = "PEMFILE")]
+    ca: Vec<PathBuf>,
     /// Print the result as one JSON object on stdout, errors included (see JSON).
     #[arg(long)]
     json: bool,
@@ -205,7 +213,10 @@ fn main() -> ExitCode {
             );
         }
     }
-    let patch = PatchSource::parse(&cli.patch);
+    let patch = match patch_source(&cli) {
+        Ok(p) => p,
+        Err(e) => return fail(&cli, &e),
+    };
     // stdout opened on OLD or the patch (`>> old.img`): what applypatch
     // prints there would damage it. Refused on stderr alone: even the JSON
     // error object would be written into the file.
@@ -295,6 +306,37 @@ fn main() -> ExitCode {
         }
         Err(e) => fail(&cli, &e),
     }
+}
+
+/// The patch argument: a file, `-`, or (with the `net` feature) a URL with
+/// the trust the flags give. The trust flags mean nothing for a local patch.
+fn patch_source(cli: &Cli) -> Result<PatchSource, DriveError> {
+    let arg = cli.patch.to_string_lossy();
+    #[cfg(feature = "net")]
+    if anypatch_net::RemoteUrl::is_remote(&arg) {
+        let flags = anypatch_applypatch::remote::TrustFlags {
+            server_cert: cli.server_cert.as_deref(),
+            ca: &cli.ca,
+            signed: !cli.trusted_key.is_empty(),
+        };
+        let remote = anypatch_applypatch::remote::Remote::new(&arg, &flags)?;
+        return Ok(PatchSource::Remote(Box::new(remote)));
+    }
+    #[cfg(not(feature = "net"))]
+    if ["quic://", "https://", "http://"]
+        .iter()
+        .any(|s| arg.to_ascii_lowercase().starts_with(s))
+    {
+        return Err(DriveError::Refused(format!(
+            "{arg}: this applypatch was built without network support (the static initramfs build); fetch the patch to a file first"
+        )));
+    }
+    if cli.server_cert.is_some() || !cli.ca.is_empty() {
+        return Err(DriveError::Refused(format!(
+            "--server-cert and --ca are for a patch URL (quic://, https://); {arg} is a local patch"
+        )));
+    }
+    Ok(PatchSource::parse(&cli.patch))
 }
 
 /// Reports `e` on stderr (and on stdout with --json) and returns its exit code.

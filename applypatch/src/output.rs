@@ -136,18 +136,21 @@ fn stop_after_commit_for_tests() {
 
 impl PatchSource {
     /// The patch's metadata: the file's for a path, stdin's for `-`.
-    fn metadata(&self) -> Result<Metadata, DriveError> {
-        match self {
+    /// `None` for a remote patch, which is no file here.
+    fn metadata(&self) -> Result<Option<Metadata>, DriveError> {
+        Ok(Some(match self {
+            #[cfg(feature = "net")]
+            Self::Remote(_) => return Ok(None),
             Self::Path(p) => {
-                fs::metadata(p).map_err(io_err(format!("cannot open patch {}", p.display())))
+                fs::metadata(p).map_err(io_err(format!("cannot open patch {}", p.display())))?
             }
             Self::Stdin => io::stdin()
                 .as_fd()
                 .try_clone_to_owned()
                 .map(File::from)
                 .and_then(|f| f.metadata())
-                .map_err(io_err("cannot stat stdin")),
-        }
+                .map_err(io_err("cannot stat stdin"))?,
+        }))
     }
 }
 
@@ -213,7 +216,7 @@ pub fn resolve_output(
             "the output is the old file itself; use --in-place to patch a file in place".into(),
         ));
     }
-    if id.same(&FileId::of(&patch.metadata()?)) {
+    if patch.metadata()?.is_some_and(|m| id.same(&FileId::of(&m))) {
         return Err(DriveError::Refused(format!(
             "the output {shown} is the patch file itself; writing it would destroy the patch: give another -o path"
         )));
@@ -242,7 +245,8 @@ pub fn resolve_output(
                 "the output {shown} is the old image under another name ({why}): writing it would destroy the old image while it is read. Nothing was written"
             )));
         }
-        if let Some(why) = shared(&out, &stores(&patch.metadata()?)) {
+        let patch_shared = patch.metadata()?.and_then(|m| shared(&out, &stores(&m)));
+        if let Some(why) = patch_shared {
             return Err(DriveError::Refused(format!(
                 "the output {shown} is the patch under another name ({why}): writing it would destroy the patch while it is read. Nothing was written"
             )));
@@ -292,7 +296,7 @@ pub fn check_stdout(
     let out = stores(&out);
     let patch_meta = match patch {
         PatchSource::Path(p) => fs::metadata(p).ok(),
-        PatchSource::Stdin => None,
+        _ => None,
     };
     let named = [
         (fs::metadata(old).ok(), "the old file", old),
@@ -318,7 +322,7 @@ pub fn check_stdout(
 fn patch_path(patch: &PatchSource) -> &Path {
     match patch {
         PatchSource::Path(p) => p,
-        PatchSource::Stdin => Path::new("-"),
+        _ => Path::new("-"),
     }
 }
 

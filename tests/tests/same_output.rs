@@ -59,7 +59,13 @@ fn make_all() -> String {
                 "{name} {level}: {}",
                 String::from_utf8_lossy(&run.stderr)
             );
-            let _ = writeln!(out, "{name}\t{level}\t{}\t{}\t{}", b3(&old), b3(&new), b3(&patch));
+            let _ = writeln!(
+                out,
+                "{name}\t{level}\t{}\t{}\t{}",
+                b3(&old),
+                b3(&new),
+                b3(&patch)
+            );
         }
     }
     out
@@ -75,7 +81,11 @@ fn mkpatch_output_is_unchanged() {
     }
     let want = fs::read_to_string(&golden).expect("tests/golden/mkpatch-small.tsv");
     let (want, now): (Vec<&str>, Vec<&str>) = (want.lines().collect(), now.lines().collect());
-    assert_eq!(want.len(), now.len(), "the corpus has other pairs than when recorded");
+    assert_eq!(
+        want.len(),
+        now.len(),
+        "the corpus has other pairs than when recorded"
+    );
     for (w, n) in want.iter().zip(&now) {
         let (wf, nf): (Vec<&str>, Vec<&str>) = (w.split('\t').collect(), n.split('\t').collect());
         assert_eq!(
@@ -84,6 +94,10 @@ fn mkpatch_output_is_unchanged() {
             "the corpus changed since the golden file was recorded (make-corpus is outside \
              the repository): record it again from the commit before your change"
         );
-        assert_eq!(wf[4], nf[4], "{} at {}: mkpatch's output changed", nf[0], nf[1]);
+        assert_eq!(
+            wf[4], nf[4],
+            "{} at {}: mkpatch's output changed",
+            nf[0], nf[1]
+        );
     }
 }

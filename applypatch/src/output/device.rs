@@ -54,7 +54,8 @@ pub(super) fn write_device(
 ) -> Result<Written, DriveError> {
     let shown = device.display();
     // The patch is read twice: verified whole, then written.
-    let is_file = matches!(patch, PatchSource::Path(_)) && patch.metadata()?.is_file();
+    let is_file =
+        matches!(patch, PatchSource::Path(_)) && patch.metadata()?.is_some_and(|m| m.is_file());
     if !is_file {
         return Err(DriveError::Refused(format!(
             "writing onto the block device {shown} needs the patch as a regular file: it is verified whole before the device is touched, then read again to write. Save the patch to a file first"

@@ -29,6 +29,7 @@ Examples:
   mkpatch inspect --json - < update.patch    the same as one JSON object
   mkpatch --in-place disk.img new.img -o p    a patch for applypatch --in-place, even with moved data
   mkpatch keygen -o release.key              make a signing key: release.key (secret) and release.pub
+  mkpatch serve /srv/patches                 serve patches over QUIC (prints the certificate to pin)
   mkpatch --sign release.key a.img b.img -o p    sign the patch (applypatch --trusted-key release.pub)
 
 Then, anywhere that has old.img:
@@ -158,6 +159,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the patches in DIR over QUIC until stopped, to `applypatch OLD
+    /// quic://HOST:PORT/NAME`. Read-only: clients can only fetch files of
+    /// DIR. On first start it makes a certificate and keeps it (see
+    /// --state-dir); it prints the certificate's fingerprint, which clients
+    /// pin with --server-cert.
+    Serve {
+        /// The directory whose files are served (subdirectories included).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Address and UDP port to listen on.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:4433")]
+        listen: std::net::SocketAddr,
+        /// Where the certificate and its key are kept [default:
+        /// $XDG_STATE_HOME/anypatch/serve or ~/.local/state/anypatch/serve].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Make an Ed25519 signing key: writes KEYFILE (secret, mode 0600) and
     /// KEYFILE with `.pub` in place of `.key` (or appended): the public key to
     /// give appliers. Refuses to overwrite existing files, and a KEYFILE
@@ -190,6 +208,7 @@ mod dest;
 mod inputs;
 mod keygen;
 mod report;
+mod serve;
 mod write;
 
 use dest::{destination, refuse_key_file, refuse_output_is_input, Dest};
@@ -250,6 +269,11 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Inspect { patch, json }) => run_inspect(patch, *json),
         Some(Command::Keygen { output }) => run_keygen(output, cli.quiet),
+        Some(Command::Serve {
+            dir,
+            listen,
+            state_dir,
+        }) => serve::run_serve(dir, *listen, state_dir.as_deref()),
         None => run_make(&cli),
     };
     let (code, error) = match result {

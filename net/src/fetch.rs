@@ -1,0 +1,350 @@
+//! One ranged fetch of a remote patch: over QUIC from `mkpatch serve`, or
+//! over HTTP(S) from any web server, from a given offset to the end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::QuicClientConfig;
+
+use crate::protocol::{read_line, Answer, Get, ALPN};
+use crate::tls::Trust;
+use crate::url::{RemoteUrl, Scheme};
+
+/// Per stream and per connection, the bytes a QUIC server may send ahead
+/// of what the client has read: half of the client's 16 MiB network budget
+/// (the other half is the queue in [`crate::remote`]), and room for
+/// 100 Mbit/s at 200 ms RTT (2.5 MB) or 1 Gbit/s at 50 ms (6.25 MB).
+pub const RECEIVE_WINDOW: u32 = 8 << 20;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// No byte for this long on an open fetch: the link is taken as dead.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a server said about the file, once per fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The whole file's length, when the server says it.
+    pub len: Option<u64>,
+    /// What names this version of the file (QUIC tag, HTTP ETag or
+    /// Last-Modified); empty when the server gives none.
+    pub tag: String,
+    /// Bytes of the body before the offset asked for, to be discarded: an
+    /// HTTP server that ignores Range sends the file from its start.
+    pub skip: u64,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// Retrying cannot help: no such file, a refused certificate, a bad URL.
+    Fatal(String),
+    /// The link or the server failed; a retry may get further.
+    Retry(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fatal(s) | Self::Retry(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The body of one fetch.
+#[derive(Debug)]
+pub enum Body {
+    Quic(quinn::RecvStream),
+    Http(reqwest::Response),
+}
+
+impl Body {
+    /// The next bytes; `None` at the end of the body.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
+        let next = async {
+            match self {
+                Self::Quic(recv) => recv
+                    .read_chunk(256 << 10, true)
+                    .await
+                    .map(|c| c.map(|c| c.bytes))
+                    .map_err(|e| FetchError::Retry(format!("the stream broke: {e}"))),
+                Self::Http(resp) => resp
+                    .chunk()
+                    .await
+                    .map_err(|e| FetchError::Retry(format!("the download broke: {e}"))),
+            }
+        };
+        tokio::time::timeout(STALL_TIMEOUT, next)
+            .await
+            .unwrap_or_else(|_| {
+                Err(FetchError::Retry(format!(
+                    "no byte arrived for {} s",
+                    STALL_TIMEOUT.as_secs()
+                )))
+            })
+    }
+}
+
+/// Fetches one URL, again and again from other offsets, reusing its
+/// connection while it lives.
+pub struct Fetcher {
+    url: RemoteUrl,
+    trust: Trust,
+    quic: Option<(quinn::Endpoint, Option<quinn::Connection>)>,
+    http: Option<reqwest::Client>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetcher {
+    /// A fetcher of `url` trusting servers as `trust` says (ignored for
+    /// `http://`, which has no TLS). Call inside a tokio runtime.
+    pub fn new(url: RemoteUrl, trust: Trust) -> Result<Self, FetchError> {
+        let http = match url.scheme {
+            Scheme::Quic => None,
+            Scheme::Https | Scheme::Http => Some(
+                reqwest::Client::builder()
+                    .use_preconfigured_tls(trust.client_config(&[b"http/1.1"]))
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(STALL_TIMEOUT)
+                    .no_proxy()
+                    .build()
+                    .map_err(|e| FetchError::Fatal(format!("cannot set up HTTP: {e}")))?,
+            ),
+        };
+        Ok(Self {
+            url,
+            trust,
+            quic: None,
+            http,
+        })
+    }
+
+    /// Fetches the patch from byte `offset` to its end.
+    pub async fn open(
+        &mut self,
+        offset: u64,
+        known: Option<&Head>,
+    ) -> Result<(Head, Body), FetchError> {
+        match self.url.scheme {
+            Scheme::Quic => self.open_quic(offset).await,
+            Scheme::Https | Scheme::Http => self.open_http(offset, known).await,
+        }
+    }
+
+    async fn open_quic(&mut self, offset: u64) -> Result<(Head, Body), FetchError> {
+        let conn = self.quic_connection().await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(connection_error)?;
+        let get = Get {
+            offset,
+            name: self.url.path.clone(),
+        };
+        let retry = |e: std::io::Error| FetchError::Retry(format!("the request failed: {e}"));
+        send.write_all(&get.encode())
+            .await
+            .map_err(|e| retry(e.into()))?;
+        let _ = send.finish();
+        let line = tokio::time::timeout(STALL_TIMEOUT, read_line(&mut recv))
+            .await
+            .map_err(|_| FetchError::Retry("the server did not answer within 20 s".into()))?
+            .map_err(retry)?;
+        match Answer::parse(&line).map_err(FetchError::Fatal)? {
+            Answer::Ok { len, tag } => Ok((
+                Head {
+                    len: Some(len),
+                    tag,
+                    skip: 0,
+                },
+                Body::Quic(recv),
+            )),
+            Answer::Err { code, message } if code >= 500 => {
+                Err(FetchError::Retry(format!("the server failed: {message}")))
+            }
+            Answer::Err { message, .. } => Err(FetchError::Fatal(format!(
+                "{} refused: {message}",
+                self.url
+            ))),
+        }
+    }
+
+    /// The live connection, or a new one.
+    async fn quic_connection(&mut self) -> Result<quinn::Connection, FetchError> {
+        if let Some((_, Some(conn))) = &self.quic {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let authority = self.url.authority();
+        let addr: SocketAddr = tokio::net::lookup_host(&authority)
+            .await
+            .map_err(|e| FetchError::Retry(format!("cannot resolve {authority}: {e}")))?
+            .next()
+            .ok_or_else(|| FetchError::Retry(format!("{authority} resolves to no address")))?;
+        if self.quic.is_none() {
+            let bind: SocketAddr = if addr.is_ipv6() {
+                "[::]:0".parse().expect("an address")
+            } else {
+                "0.0.0.0:0".parse().expect("an address")
+            };
+            let mut endpoint = quinn::Endpoint::client(bind)
+                .map_err(|e| FetchError::Fatal(format!("cannot open a UDP socket: {e}")))?;
+            endpoint.set_default_client_config(client_config(&self.trust)?);
+            self.quic = Some((endpoint, None));
+        }
+        let (endpoint, slot) = self.quic.as_mut().expect("made above");
+        let connecting = endpoint
+            .connect(addr, &self.url.host)
+            .map_err(|e| FetchError::Fatal(format!("cannot connect to {authority}: {e}")))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| FetchError::Retry(format!("{authority} did not answer within 10 s")))?
+            .map_err(connection_error)?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn open_http(
+        &mut self,
+        offset: u64,
+        known: Option<&Head>,
+    ) -> Result<(Head, Body), FetchError> {
+        let client = self.http.as_ref().expect("made for http URLs");
+        let mut req = client.get(&self.url.text);
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+            // Only the same version may continue what we have.
+            if let Some(tag) = known.map(|h| &h.tag).filter(|t| !t.is_empty()) {
+                req = req.header(reqwest::header::IF_RANGE, tag.as_str());
+            }
+        }
+        let resp = req.send().await.map_err(|e| {
+            let why = format!("cannot fetch {}: {e}", self.url);
+            if e.is_connect() || e.is_timeout() || e.is_request() {
+                FetchError::Retry(why)
+            } else {
+                FetchError::Fatal(why)
+            }
+        })?;
+        let status = resp.status();
+        let header = |name: reqwest::header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let tag = header(reqwest::header::ETAG)
+            .or_else(|| header(reqwest::header::LAST_MODIFIED))
+            .unwrap_or_default();
+        let head = match status.as_u16() {
+            200 => Head {
+                len: resp.content_length(),
+                tag,
+                skip: offset,
+            },
+            206 => {
+                let range = header(reqwest::header::CONTENT_RANGE).unwrap_or_default();
+                let (start, total) = parse_content_range(&range).ok_or_else(|| {
+                    FetchError::Fatal(format!(
+                        "{}: the server's Content-Range {range:?} is not bytes START-END/TOTAL",
+                        self.url
+                    ))
+                })?;
+                if start != offset {
+                    return Err(FetchError::Fatal(format!(
+                        "{}: asked for bytes from {offset}, the server sent them from {start}",
+                        self.url
+                    )));
+                }
+                Head {
+                    len: Some(total),
+                    tag,
+                    skip: 0,
+                }
+            }
+            408 | 429 | 500..=599 => {
+                return Err(FetchError::Retry(format!(
+                    "{}: the server said {status}",
+                    self.url
+                )))
+            }
+            _ => {
+                return Err(FetchError::Fatal(format!(
+                    "{}: the server said {status}",
+                    self.url
+                )))
+            }
+        };
+        Ok((head, Body::Http(resp)))
+    }
+}
+
+/// `bytes START-END/TOTAL` → `(START, TOTAL)`.
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()?))
+}
+
+/// The client's QUIC configuration: ALPN, trust, and windows sized for
+/// long fat links within the 16 MiB budget.
+fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, FetchError> {
+    let tls = trust.client_config(&[ALPN]);
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|e| FetchError::Fatal(format!("cannot set up QUIC's TLS: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(RECEIVE_WINDOW.into())
+        .receive_window(RECEIVE_WINDOW.into())
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(
+            Duration::from_secs(15)
+                .try_into()
+                .expect("15 s is a valid idle timeout"),
+        ));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// A refused certificate or protocol is fatal; anything else may pass.
+fn connection_error(e: quinn::ConnectionError) -> FetchError {
+    use quinn::ConnectionError as C;
+    let crypto = |code: quinn::TransportErrorCode| {
+        let code = u64::from(code);
+        (0x100..0x200).contains(&code)
+    };
+    match &e {
+        C::TransportError(t) if crypto(t.code) => {
+            FetchError::Fatal(format!("the server is not trusted: {}", t.reason))
+        }
+        C::ConnectionClosed(c) if crypto(c.error_code) => FetchError::Fatal(format!(
+            "the server refused the connection: {}",
+            String::from_utf8_lossy(&c.reason)
+        )),
+        C::VersionMismatch => FetchError::Fatal("the server speaks another QUIC version".into()),
+        _ => FetchError::Retry(format!("the connection failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, 1000)));
+        assert_eq!(parse_content_range("bytes 0-0/1"), Some((0, 1)));
+        assert_eq!(parse_content_range("bytes */1000"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+}

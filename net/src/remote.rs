@@ -1,0 +1,276 @@
+//! A remote patch as a blocking [`Read`]: a thread runs the fetch, retries
+//! it with backoff when the link or the server fails, and goes on from the
+//! byte it had reached, after checking that the file is still the same
+//! version. The reader and the fetch meet in a bounded queue, so at most
+//! [`QUEUE_BYTES`] wait there whatever the patch size.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::fetch::{FetchError, Fetcher, Head};
+use crate::tls::Trust;
+use crate::url::RemoteUrl;
+
+/// Piece size in the queue.
+const PIECE: usize = 64 << 10;
+/// Bytes the queue holds at most: with the QUIC receive window (8 MiB),
+/// the client's network buffers stay within 16 MiB.
+pub const QUEUE_BYTES: usize = 8 << 20;
+
+/// How a remote patch is fetched.
+#[derive(Clone)]
+pub struct RemoteOptions {
+    pub trust: Trust,
+    /// Failed attempts in a row before giving up (bytes arriving reset the count).
+    pub retries: u32,
+    /// First wait after a failure; doubled each time, up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Where notices go ("connection lost at byte N; retrying in 2 s").
+    pub notice: Arc<dyn Fn(&str) + Send + Sync>,
+    /// The version the bytes before the start offset came from (a copy
+    /// kept by an earlier run): the server must still have it.
+    pub expect: Option<Head>,
+}
+
+impl std::fmt::Debug for RemoteOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteOptions")
+            .field("trust", &self.trust)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteOptions {
+    /// 12 attempts in a row, waits from 0.25 s up to 8 s (a minute of
+    /// outage in all), notices on stderr.
+    pub fn new(trust: Trust) -> Self {
+        Self {
+            trust,
+            retries: 12,
+            backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+            notice: Arc::new(|s| eprintln!("{s}")),
+            expect: None,
+        }
+    }
+}
+
+/// What a fetch has done so far, readable while it runs.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    /// Bytes received from the network, those discarded included.
+    pub received: AtomicU64,
+    /// Bytes handed to the reader.
+    pub delivered: AtomicU64,
+    /// The patch's length, once a server said it (0 before).
+    pub len: AtomicU64,
+    /// Connections or requests made again after a failure.
+    pub retries: AtomicU64,
+    /// What the server first said about the file.
+    pub head: std::sync::Mutex<Option<Head>>,
+}
+
+/// A patch being fetched; read it like a file, in order.
+pub struct RemotePatch {
+    queue: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+    done: bool,
+    stats: Arc<FetchStats>,
+}
+
+impl std::fmt::Debug for RemotePatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotePatch")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemotePatch {
+    /// Starts fetching `url` from byte `offset` on a thread of its own.
+    pub fn open(url: RemoteUrl, offset: u64, opts: RemoteOptions) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE_BYTES / PIECE);
+        let stats = Arc::new(FetchStats::default());
+        let thread_stats = stats.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("anypatch-fetch".into())
+            .spawn(move || {
+                runtime.block_on(fetch_loop(url, offset, opts, tx, thread_stats));
+            })?;
+        Ok(Self {
+            queue: rx,
+            current: Bytes::new(),
+            done: false,
+            stats,
+        })
+    }
+
+    /// The counters of this fetch.
+    pub fn stats(&self) -> Arc<FetchStats> {
+        self.stats.clone()
+    }
+
+    /// What the server said about the file (its length and version), once
+    /// it has answered.
+    pub fn head(&self) -> Option<Head> {
+        self.stats.head.lock().map(|h| h.clone()).unwrap_or(None)
+    }
+}
+
+impl Read for RemotePatch {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.queue.blocking_recv() {
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                None => self.done = true, // the fetch ended cleanly
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Fetches until the end of the patch, a fatal error, too many failures
+/// in a row, or the reader going away.
+async fn fetch_loop(
+    url: RemoteUrl,
+    start: u64,
+    opts: RemoteOptions,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    stats: Arc<FetchStats>,
+) {
+    let fail = |why: String| io::Error::other(why);
+    let mut fetcher = match Fetcher::new(url.clone(), opts.trust.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.send(Err(fail(e.to_string()))).await;
+            return;
+        }
+    };
+    let mut at = start;
+    let mut first: Option<Head> = opts.expect.clone();
+    let mut failures = 0u32;
+    loop {
+        let before = at;
+        let outcome = fetch_once(&mut fetcher, &url, &mut at, &mut first, &tx, &stats, &opts).await;
+        let why = match outcome {
+            Ok(()) => return, // done: dropping the sender ends the reader cleanly
+            Err(FetchError::Fatal(why)) => {
+                let _ = tx.send(Err(fail(why))).await;
+                return;
+            }
+            Err(FetchError::Retry(_)) if tx.is_closed() => return, // the reader went away
+            Err(FetchError::Retry(why)) => why,
+        };
+        // Failures count in a row: an attempt that got bytes starts anew.
+        failures = if at > before { 1 } else { failures + 1 };
+        if failures > opts.retries {
+            let _ = tx
+                .send(Err(fail(format!(
+                    "{url}: gave up after {} attempts in a row; last: {why}",
+                    failures
+                ))))
+                .await;
+            return;
+        }
+        let wait = opts
+            .backoff
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(opts.max_backoff);
+        (opts.notice)(&format!(
+            "{url}: {why}; at byte {at}, retrying in {:.1} s ({failures} of {})",
+            wait.as_secs_f64(),
+            opts.retries
+        ));
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One request from `*at` to the end, handing bytes on as they come.
+async fn fetch_once(
+    fetcher: &mut Fetcher,
+    url: &RemoteUrl,
+    at: &mut u64,
+    first: &mut Option<Head>,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    stats: &FetchStats,
+    opts: &RemoteOptions,
+) -> Result<(), FetchError> {
+    let (head, mut body) = fetcher.open(*at, first.as_ref()).await?;
+    if let Some(len) = head.len {
+        stats.len.store(len, Ordering::Relaxed);
+    }
+    if let Ok(mut seen) = stats.head.lock() {
+        seen.get_or_insert_with(|| head.clone());
+    }
+    match first {
+        None => *first = Some(head.clone()),
+        Some(was) if was.len != head.len || was.tag != head.tag => {
+            return Err(FetchError::Fatal(format!(
+                "{url} changed on the server while it was fetched (it was {} bytes, tag {:?}; now {} bytes, tag {:?}); run the command again",
+                was.len.map_or("?".into(), |l| l.to_string()),
+                was.tag,
+                head.len.map_or("?".into(), |l| l.to_string()),
+                head.tag
+            )));
+        }
+        Some(_) => {}
+    }
+    let mut skip = head.skip;
+    if skip > 0 {
+        (opts.notice)(&format!(
+            "{url}: the server ignores range requests; fetching from the start again and skipping the {skip} bytes already read"
+        ));
+    }
+    loop {
+        let Some(mut chunk) = body.chunk().await? else {
+            break;
+        };
+        stats
+            .received
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if skip > 0 {
+            let n = skip.min(chunk.len() as u64) as usize;
+            let _ = chunk.split_to(n);
+            skip -= n as u64;
+        }
+        while !chunk.is_empty() {
+            let piece = chunk.split_to(chunk.len().min(PIECE));
+            let n = piece.len() as u64;
+            if tx.send(Ok(piece)).await.is_err() {
+                return Ok(()); // the reader went away
+            }
+            *at += n;
+            stats.delivered.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    match head.len {
+        Some(len) if *at < len => Err(FetchError::Retry(format!(
+            "the body ended at byte {at} of {len}"
+        ))),
+        Some(len) if *at > len => Err(FetchError::Fatal(format!(
+            "{url}: the server sent more than the {len} bytes it announced"
+        ))),
+        _ => Ok(()),
+    }
+}

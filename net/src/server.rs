@@ -1,0 +1,212 @@
+//! The QUIC server behind `mkpatch serve`: hands out the files of one
+//! directory, from any offset, to many clients at once. Read-only: nothing
+//! a client sends is written anywhere.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::protocol::{read_line, Answer, Get, ALPN};
+use crate::tls::{provider, Identity};
+
+/// Bytes read from a file per send. With 1,000 clients, 64 MiB in all.
+const CHUNK: usize = 64 << 10;
+
+/// Unacknowledged bytes the server keeps in flight per connection: room for
+/// 100 Mbit/s at 200 ms (2.5 MB) with some to spare, and small enough that
+/// a thousand slow clients fit in the server's memory.
+pub const SEND_WINDOW: u64 = 4 << 20;
+
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection with no traffic for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to serve, where.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The directory whose files are served (subdirectories included).
+    pub dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// A bound server, ready to [`Server::run`].
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    dir: Arc<PathBuf>,
+}
+
+impl Server {
+    /// Binds `opts.listen` with `identity`'s certificate. Call inside a
+    /// tokio runtime.
+    pub fn bind(opts: &ServeOptions, identity: Identity) -> std::io::Result<Self> {
+        let dir = opts.dir.canonicalize().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot serve {}: {e}", opts.dir.display()),
+            )
+        })?;
+        if !dir.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "cannot serve {}: not a directory",
+                opts.dir.display()
+            )));
+        }
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(std::io::Error::other)?
+            .with_no_client_auth()
+            .with_single_cert(vec![identity.cert], identity.key)
+            .map_err(|e| std::io::Error::other(format!("the server's certificate: {e}")))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(16u32.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .send_window(SEND_WINDOW)
+            .max_idle_timeout(Some(
+                IDLE_TIMEOUT
+                    .try_into()
+                    .expect("30 s is a valid idle timeout"),
+            ));
+        config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(config, opts.listen)?;
+        Ok(Self {
+            endpoint,
+            dir: Arc::new(dir),
+        })
+    }
+
+    /// The address it listens on (with the port the system chose for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until the endpoint is closed.
+    pub async fn run(self) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let dir = self.dir.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else {
+                    return; // a failed handshake: the client hears why
+                };
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    tokio::spawn(serve_stream(send, recv, dir.clone()));
+                }
+            });
+        }
+    }
+}
+
+/// Answers one request.
+async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, dir: Arc<PathBuf>) {
+    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut recv)).await {
+        Err(_) => Err(refuse(400, "no request line within 10 s")),
+        Ok(Err(e)) => Err(refuse(400, &format!("unreadable request: {e}"))),
+        Ok(Ok(line)) => match Get::parse(&line) {
+            Err(e) => Err(refuse(400, &e)),
+            Ok(get) => open(&dir, &get).await,
+        },
+    };
+    let (mut file, offset, len, tag) = match answer {
+        Ok(found) => found,
+        Err(refusal) => {
+            let _ = send.write_all(&refusal.encode()).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    if send
+        .write_all(&Answer::Ok { len, tag }.encode())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = offset;
+    // Up to the length announced: bytes appended since are not this version.
+    while at < len {
+        let want = (len - at).min(CHUNK as u64) as usize;
+        match file.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) => {
+                // Shorter than announced: reset, so the client sees a broken
+                // stream rather than a clean end.
+                let _ = send.reset(1u32.into());
+                return;
+            }
+            Ok(n) => {
+                if send.write_all(&buf[..n]).await.is_err() {
+                    return; // the client went away
+                }
+                at += n as u64;
+            }
+        }
+    }
+    let _ = send.finish();
+    // Keep the stream until the client has it all, or goes away.
+    let _ = send.stopped().await;
+}
+
+fn refuse(code: u16, message: &str) -> Answer {
+    Answer::Err {
+        code,
+        message: message.to_owned(),
+    }
+}
+
+/// Opens the file a request names, inside the served directory, at its
+/// offset: the file, the offset, its length and its tag.
+async fn open(dir: &Path, get: &Get) -> Result<(tokio::fs::File, u64, u64, String), Answer> {
+    let rel = Path::new(&get.name);
+    if get.name.contains('\0') || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(refuse(
+            400,
+            "a name is a path inside the served directory, without '..' or a leading '/'",
+        ));
+    }
+    let not_found = || refuse(404, &format!("no file {} is served here", get.name));
+    let path = dir.join(rel).canonicalize().map_err(|_| not_found())?;
+    // A symbolic link must not lead out of the served directory.
+    if !path.starts_with(dir) {
+        return Err(not_found());
+    }
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| not_found())?;
+    let meta = file.metadata().await.map_err(|_| not_found())?;
+    if !meta.is_file() {
+        return Err(refuse(403, &format!("{} is not a regular file", get.name)));
+    }
+    let len = meta.len();
+    if get.offset > len {
+        return Err(refuse(
+            416,
+            &format!(
+                "offset {} is past the end of {} ({len} bytes)",
+                get.offset, get.name
+            ),
+        ));
+    }
+    let tag = format!(
+        "{:x}-{:x}-{:x}.{:x}",
+        meta.ino(),
+        len,
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let mut file = file;
+    file.seek(std::io::SeekFrom::Start(get.offset))
+        .await
+        .map_err(|e| refuse(500, &format!("cannot read {}: {e}", get.name)))?;
+    Ok((file, get.offset, len, tag))
+}

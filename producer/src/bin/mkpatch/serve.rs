@@ -1,0 +1,79 @@
+//! `mkpatch serve`: hand out the patches of a directory over QUIC
+//! (`anypatch_net::server`), to `applypatch OLD quic://HOST:PORT/NAME`.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use anypatch_net::server::{ServeOptions, Server};
+use anypatch_net::tls::load_or_make;
+
+use crate::Failure;
+
+/// Where the server keeps its certificate when `--state-dir` is not given:
+/// `$XDG_STATE_HOME/anypatch/serve`, else `~/.local/state/anypatch/serve`,
+/// else (no home) `/var/lib/anypatch/serve`.
+fn default_state_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("XDG_STATE_HOME")
+        .or_else(|| env("HOME").map(|h| h.join(".local/state")))
+        .map_or_else(
+            || PathBuf::from("/var/lib/anypatch/serve"),
+            |d| d.join("anypatch/serve"),
+        )
+}
+
+/// Serves `dir` on `listen` until killed. Prints where it listens and the
+/// certificate's fingerprint (for `applypatch --server-cert`) on stdout.
+pub(crate) fn run_serve(
+    dir: &Path,
+    listen: SocketAddr,
+    state_dir: Option<&Path>,
+) -> Result<(), Failure> {
+    let state = state_dir.map_or_else(default_state_dir, Path::to_path_buf);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let names: Vec<String> = ["localhost".to_owned(), host]
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .collect();
+    let identity = load_or_make(&state, &names).with_context(|| {
+        format!(
+            "cannot keep the server's certificate in {}",
+            state.display()
+        )
+    })?;
+    let fingerprint = identity.fingerprint();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the server's runtime")?;
+    let opts = ServeOptions {
+        dir: dir.to_path_buf(),
+        listen,
+    };
+    let server = runtime
+        .block_on(async { Server::bind(&opts, identity) })
+        .map_err(|e| anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = server
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "serving {} on {addr} (QUIC)\ncertificate {fingerprint}\nclients: applypatch OLD quic://HOST:{}/NAME -o NEW --server-cert {fingerprint}",
+        dir.display(),
+        addr.port()
+    )
+    .and_then(|()| out.flush())
+    .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
+    drop(out);
+    runtime.block_on(server.run());
+    Ok(())
+}
