@@ -35,6 +35,7 @@ pub struct Lab {
     delay: Option<DelayLine>,
     rtt: Duration,
     rate_mbit: Option<f64>,
+    queue: Option<Duration>,
 }
 
 impl Lab {
@@ -57,6 +58,7 @@ impl Lab {
             delay: None,
             rtt: Duration::ZERO,
             rate_mbit: None,
+            queue: None,
         };
         // From here on, Drop removes whatever was made if a step fails.
         for ns in [&lab.client_ns, &lab.server_ns] {
@@ -177,8 +179,9 @@ impl Lab {
     }
 
     /// Limits the link to `mbit` Mbit/s each way (IP bytes), with a
-    /// bottleneck queue of one bandwidth-delay product (at least 10 ms).
-    /// Packets beyond the queue are dropped, as on a real path.
+    /// bottleneck queue of one RTT at that rate (at least 10 ms; see
+    /// [`set_queue`](Self::set_queue)). Packets beyond the queue are
+    /// dropped, as on a real path.
     pub fn set_rate(&mut self, mbit: f64) -> Result<(), Error> {
         if !(mbit.is_finite() && (0.01..=100_000.0).contains(&mbit)) {
             return Err(Error::BadValue {
@@ -187,11 +190,33 @@ impl Lab {
                 expected: "0.01 to 100000 Mbit/s",
             });
         }
+        let queue = self
+            .queue
+            .unwrap_or_else(|| self.rtt.max(Duration::from_millis(10)));
         for ns in [&self.client_ns, &self.server_ns] {
-            shape::set_rate(ns, mbit, self.rtt)?;
+            shape::set_rate(ns, mbit, queue)?;
         }
         self.rate_mbit = Some(mbit);
         Ok(())
+    }
+
+    /// Sets the bottleneck queue of the rate limit to `ms` milliseconds of
+    /// packets at the set rate, instead of one RTT. A deeper queue lets a
+    /// loss-based congestion controller keep a long link full; a shallow
+    /// one makes it lose more. Applies now if a rate is set, else with it.
+    pub fn set_queue(&mut self, ms: f64) -> Result<(), Error> {
+        if !(ms.is_finite() && (0.0..=10_000.0).contains(&ms)) {
+            return Err(Error::BadValue {
+                knob: "set_queue",
+                got: format!("{ms} ms"),
+                expected: "0 to 10000 ms",
+            });
+        }
+        self.queue = Some(Duration::from_secs_f64(ms / 1000.0));
+        match self.rate_mbit {
+            Some(mbit) => self.set_rate(mbit),
+            None => Ok(()),
+        }
     }
 
     /// Removes the rate limit.

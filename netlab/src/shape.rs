@@ -35,15 +35,16 @@ pub(crate) fn init(ns: &str) -> Result<(), Error> {
 }
 
 /// Limits the rate of packets entering `ns` to `mbit` Mbit/s, with a
-/// queue of one bandwidth-delay product at `rtt` (at least 10 ms).
-pub(crate) fn set_rate(ns: &str, mbit: f64, rtt: Duration) -> Result<(), Error> {
+/// queue that holds `queue` worth of packets at that rate (at least 16 KiB).
+pub(crate) fn set_rate(ns: &str, mbit: f64, queue: Duration) -> Result<(), Error> {
     let bytes_per_sec = mbit * 1e6 / 8.0;
     // Enough burst that the timer's granularity does not cost rate, and
     // never less than two full-size packets.
     let burst = (bytes_per_sec * 0.002).max(16.0 * 1024.0) as u64;
-    let queue = (bytes_per_sec * rtt.as_secs_f64().max(0.010)).max(64.0 * 1024.0) as u64;
+    let queue = (bytes_per_sec * queue.as_secs_f64()).max(16.0 * 1024.0) as u64;
     let rate = format!("{}bit", (mbit * 1e6) as u64);
-    let (burst, limit) = (burst.to_string(), (burst + queue).to_string());
+    // tbf's limit is the bytes that may wait for tokens: the queue.
+    let (burst, limit) = (burst.to_string(), queue.to_string());
     cmd::ns(
         ns,
         "tc",

@@ -192,6 +192,69 @@ fn rate_limit_holds_throughput_near_the_set_rate_each_way() {
     }
 }
 
+/// Median one-way delay of 1400-byte datagrams the client sends at
+/// `mbit` Mbit/s (paced), measured on the datagrams that arrive after
+/// the first second. Sender and receiver share this process's clock.
+fn one_way_delay_under_load(lab: &Lab, mbit: f64) -> Duration {
+    let (tx, rx) = udp_pair(lab);
+    let base = Instant::now();
+    let run = Duration::from_millis(2500);
+    let sink = thread::spawn(move || {
+        rx.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 2048];
+        let mut delays = Vec::new();
+        while let Ok(n) = rx.recv(&mut buf) {
+            let now = base.elapsed();
+            let sent = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+            assert_eq!(n, 1400);
+            if now > Duration::from_secs(1) {
+                delays.push(now.saturating_sub(Duration::from_nanos(sent)));
+            }
+        }
+        delays
+    });
+    let mut payload = vec![0u8; 1400];
+    // Datagrams a 5 ms tick, to send `mbit` on average.
+    let per_tick = (mbit * 1e6 / 8.0 / 1428.0 * 0.005).ceil() as usize;
+    while base.elapsed() < run {
+        for _ in 0..per_tick {
+            let sent = base.elapsed().as_nanos() as u64;
+            payload[..8].copy_from_slice(&sent.to_le_bytes());
+            tx.send(&payload).expect("send");
+        }
+        // Pacing, not timing.
+        thread::sleep(Duration::from_millis(5));
+    }
+    let delays = sink.join().expect("sink thread");
+    assert!(
+        delays.len() > 100,
+        "only {} datagrams arrived",
+        delays.len()
+    );
+    median(delays)
+}
+
+#[test]
+fn a_full_bottleneck_queue_delays_by_its_length() {
+    let mut lab = lab("queue");
+    lab.set_rate(10.0).expect("set_rate");
+    lab.set_queue(150.0).expect("set_queue");
+    // Half again the rate: the queue stays full, so each datagram that
+    // gets in waits its length.
+    let deep = one_way_delay_under_load(&lab, 15.0);
+    assert!(
+        close_to(deep, 150.0),
+        "one-way delay {deep:?} through a full 150 ms queue"
+    );
+    lab.set_queue(30.0).expect("set_queue");
+    let shallow = one_way_delay_under_load(&lab, 15.0);
+    assert!(
+        close_to(shallow, 30.0),
+        "one-way delay {shallow:?} through a full 30 ms queue"
+    );
+}
+
 /// Sends `n` datagrams of `len` bytes from `tx` in paced batches (so no
 /// socket buffer overflows) and returns how many `rx` received.
 fn udp_blast(tx: &UdpSocket, rx: UdpSocket, n: usize, len: usize) -> usize {

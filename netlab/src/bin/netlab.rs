@@ -42,6 +42,9 @@ enum Cmd {
         /// Rate limit in Mbit/s each way (none if absent).
         #[arg(long)]
         rate: Option<f64>,
+        /// The rate limiter's queue in milliseconds at the rate (default: the RTT, at least 10).
+        #[arg(long)]
+        queue: Option<f64>,
         /// Packets dropped at random each way, in percent.
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
@@ -63,9 +66,10 @@ fn main() -> Result<()> {
             tag,
             rtt,
             rate,
+            queue,
             loss,
             seconds,
-        } => up(&tag, rtt, rate, loss, Duration::from_secs(seconds)),
+        } => up(&tag, rtt, rate, queue, loss, Duration::from_secs(seconds)),
         Cmd::Clean { all } => {
             let which = if all { Which::All } else { Which::Stale };
             for ns in anypatch_netlab::clean(which).context("cleaning labs")? {
@@ -76,7 +80,14 @@ fn main() -> Result<()> {
     }
 }
 
-fn up(tag: &str, rtt: f64, rate: Option<f64>, loss: f64, hold: Duration) -> Result<()> {
+fn up(
+    tag: &str,
+    rtt: f64,
+    rate: Option<f64>,
+    queue: Option<f64>,
+    loss: f64,
+    hold: Duration,
+) -> Result<()> {
     // Listen for signals before the lab exists, so none is missed.
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
@@ -89,6 +100,9 @@ fn up(tag: &str, rtt: f64, rate: Option<f64>, loss: f64, hold: Duration) -> Resu
 
     let mut lab = Lab::new(tag).context("making the lab")?;
     lab.set_rtt(rtt)?;
+    if let Some(ms) = queue {
+        lab.set_queue(ms)?;
+    }
     if let Some(mbit) = rate {
         lab.set_rate(mbit)?;
     }
