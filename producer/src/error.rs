@@ -32,6 +32,13 @@ pub enum ProduceError {
     Compress { source: io::Error },
     /// Writing the patch failed.
     Write { source: io::Error },
+    /// An index given to [`crate::make_patch_from_index`] was refused.
+    Index {
+        path: PathBuf,
+        source: anypatch_index::IndexError,
+    },
+    /// An index is not signed by any of the trusted keys.
+    IndexUntrusted { path: PathBuf, signed: bool },
     /// The self-check ([`crate::Options::verify`]) found that the apply
     /// engine refuses the patch just made: a bug in the producer. `segment`
     /// is the data segment (counted from 0 in patch order) when the
@@ -79,6 +86,18 @@ impl fmt::Display for ProduceError {
             ),
             Self::Compress { source } => write!(f, "zstd compression failed: {source}"),
             Self::Write { source } => write!(f, "cannot write the patch: {source}"),
+            Self::Index { path, source } => write!(f, "{}: {source}", path.display()),
+            Self::IndexUntrusted { path, signed } => write!(
+                f,
+                "{} is {}; make the index with `mkpatch index --sign KEY` using the key \
+                 whose .pub you trust, or drop --trusted-key",
+                path.display(),
+                if *signed {
+                    "signed, but not by a trusted key"
+                } else {
+                    "not signed"
+                }
+            ),
             Self::SelfCheck { segment, source } => {
                 write!(f, "self-check failed: ")?;
                 if let Some(n) = segment {
@@ -104,6 +123,7 @@ impl std::error::Error for ProduceError {
             | Self::Compress { source }
             | Self::Write { source } => Some(source),
             Self::SelfCheck { source, .. } => Some(source),
+            Self::Index { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -55,6 +55,24 @@ impl Input {
         })
     }
 
+    /// An input with no bytes: the old file of a patch made from an index,
+    /// where only the index is here. Every read past its end finds nothing,
+    /// so the encoder codes no deltas and uses no old bytes as history.
+    pub fn absent() -> Result<Self, ProduceError> {
+        let file = tempfile::tempfile().map_err(|source| ProduceError::Spool { source })?;
+        Ok(Self {
+            path: PathBuf::from("(no old file: patch made from an index)"),
+            len: 0,
+            file,
+        })
+    }
+
+    /// The open file, for its `fstat` (the hash cache's file identity):
+    /// the file read, not whatever the path names now.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Fills `buf` from `offset`. The caller keeps `offset + buf.len()`
     /// within `len`, so a short read means the file shrank.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ProduceError> {

@@ -8,7 +8,10 @@
 //!    files are hashed in the same pass), indexes every non-zero old block
 //!    by xxh3 and by a rolling hash of one 64-byte window (from its first
 //!    non-zero byte), and classifies each new block as same-as-old, zero or
-//!    changed.
+//!    changed. With [`Options::cache`], what this computes from the old
+//!    file alone comes from the hash cache when the old file is unchanged
+//!    since (module `cached`), and only old pieces that differ from the new
+//!    file are read.
 //! 2. **Index**: sorts the old blocks' `(xxh3, offset)` pairs.
 //! 3. **Match** (parallel): looks each changed new block up in the index and
 //!    verifies hits byte for byte, so moved data becomes a copy. Then the
@@ -62,16 +65,19 @@
 //! changed.
 #![forbid(unsafe_code)]
 
+mod cached;
 mod coalesce;
 mod encode;
 mod error;
 mod exec;
+mod from_index;
 mod hashtree;
 mod history;
 mod index;
 mod input;
 mod keys;
 mod matching;
+mod pieces;
 mod plan;
 mod raw_spool;
 mod rolling;
@@ -90,7 +96,9 @@ use std::path::{Path, PathBuf};
 
 use anypatch_format::{Hash, MAX_PREFIX_LEN, MAX_SEGMENT_LEN};
 
+pub use cached::{CacheOptions, CacheUse};
 pub use error::ProduceError;
+pub use from_index::{make_index, make_patch_from_index, IndexOptions, IndexSummary};
 pub use keys::SecretKey;
 
 /// The producer name written into every header.
@@ -179,6 +187,13 @@ pub struct Options {
     /// [`Level::Best`], where that is 1-3% of the time next to zstd level
     /// 19; off otherwise, where it can add half again to [`Level::Fast`].
     pub verify: bool,
+    /// Keep what the scan computed about the old file (its BLAKE3, piece
+    /// hashes and block index, about 3.6 MiB per GiB) in this hash cache,
+    /// and use it when the old file's device, inode, size, mtime and ctime
+    /// are unchanged since (crate `anypatch-hash-cache`). The patch is the
+    /// same, byte for byte, with or without it. `None` (the default): no
+    /// cache.
+    pub cache: Option<CacheOptions>,
 }
 
 impl Default for Options {
@@ -203,6 +218,7 @@ impl Options {
             signing_key: None,
             in_place: false,
             verify: false,
+            cache: None,
         }
     }
 
@@ -296,6 +312,8 @@ pub struct Summary {
     pub changed_bytes: u64,
     /// Whether the header carries `FLAG_IN_PLACE_SAFE`.
     pub in_place_safe: bool,
+    /// What the hash cache did ([`Options::cache`]), and its warnings.
+    pub cache: CacheUse,
 }
 
 /// Makes a patch from `old` to `new` and writes it to `out`.
@@ -324,7 +342,7 @@ pub fn make_patch(
         progress,
     };
 
-    let scanned = scan::scan(job)?;
+    let (scanned, cache_use) = cached::scan(job, opts.cache.as_ref())?;
     let index = index::OldIndex::build(scanned.index_entries);
     let mut runs = matching::find_moves(job, &index, scanned.runs, &scanned.changed)?;
     drop(index);
@@ -382,12 +400,16 @@ pub fn make_patch(
         block_size: opts.block_size,
     };
     let key = opts.signing_key.as_ref();
-    if !opts.verify {
-        return write::write_patch(&plan, encoded, id, opts.level, key, out, progress);
-    }
-    let mut checked = verify::Checked::new(out, &old);
-    let summary = write::write_patch(&plan, encoded, id, opts.level, key, &mut checked, progress)?;
-    checked.finish()?;
+    let mut summary = if !opts.verify {
+        write::write_patch(&plan, encoded, id, opts.level, key, out, progress)?
+    } else {
+        let mut checked = verify::Checked::new(out, &old);
+        let summary =
+            write::write_patch(&plan, encoded, id, opts.level, key, &mut checked, progress)?;
+        checked.finish()?;
+        summary
+    };
+    summary.cache = cache_use;
     Ok(summary)
 }
 

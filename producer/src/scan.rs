@@ -6,14 +6,24 @@
 //! one [`rolling::KEY_LEN`]-byte window of each such block (for the shift
 //! index), and a class for every new block. Results are kept per window and
 //! joined in window order.
+//!
+//! Windows are hashed by pieces (module `pieces`). With what the hash cache
+//! knows about the old file ([`Known`], module `cached`), the old file's
+//! hash and index entries come from there, and a piece whose new value
+//! equals the old piece's cached value is unchanged without reading the
+//! old bytes; other pieces are read and compared byte for byte as without
+//! a cache, and an old piece read that does not hash to its cached value
+//! ends the scan with [`Fail::Stale`].
 
 use blake3::hazmat::ChainingValue;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::cached::Known;
 use crate::exec::map_indexed;
 use crate::hashtree;
 pub(crate) use crate::hashtree::WINDOW;
 use crate::input::{Input, Job};
+use crate::pieces;
 use crate::rolling;
 use crate::spans::{push_run, Class, Run};
 use crate::zeros::is_zero;
@@ -32,6 +42,24 @@ pub(crate) struct Scanned {
     pub changed: Vec<(u64, u64)>,
     /// [`rolling::entry`]s of the full non-zero old blocks, unsorted.
     pub shift_entries: Vec<u64>,
+    /// The values of the old file's pieces, when asked for and computed
+    /// (not when they came from the cache).
+    pub old_pieces: Vec<ChainingValue>,
+}
+
+/// Why a scan stopped.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    Produce(ProduceError),
+    /// Old bytes read did not hash to their cached piece value: the cache
+    /// entry is not this file's. Scan again without it.
+    Stale,
+}
+
+impl From<ProduceError> for Fail {
+    fn from(e: ProduceError) -> Self {
+        Fail::Produce(e)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -42,10 +70,26 @@ struct WindowScan {
     shift: Vec<u64>,
     runs: Vec<Run>,
     changed: Vec<(u64, u64)>,
+    old_pieces: Vec<ChainingValue>,
 }
 
-/// Scans both files on `threads` workers.
-pub(crate) fn scan(job: Job<'_>) -> Result<Scanned, ProduceError> {
+/// Scans both files on `threads` workers; `keep_pieces` keeps the old
+/// pieces' values (for the cache).
+pub(crate) fn scan(job: Job<'_>, keep_pieces: bool) -> Result<Scanned, ProduceError> {
+    scan_with(job, None, keep_pieces).map_err(|f| match f {
+        Fail::Produce(e) => e,
+        // Only an old piece read against its cached value is ever stale.
+        Fail::Stale => unreachable!("a scan without a cache entry found it stale"),
+    })
+}
+
+/// [`scan`], and with `known` the old file's hash and index come from it,
+/// and only old pieces that differ from the new ones are read.
+pub(crate) fn scan_with(
+    job: Job<'_>,
+    known: Option<Known>,
+    keep_pieces: bool,
+) -> Result<Scanned, Fail> {
     let Job {
         old,
         new,
@@ -67,7 +111,13 @@ pub(crate) fn scan(job: Job<'_>) -> Result<Scanned, ProduceError> {
         windows,
         || (Vec::new(), Vec::new()),
         |(old_buf, new_buf): &mut (Vec<u8>, Vec<u8>), i| {
-            scan_window(old, new, block_size as usize, i as u64, old_buf, new_buf)
+            let at = Window {
+                bs: block_size as usize,
+                index: i as u64,
+                known: known.as_ref(),
+                keep_pieces,
+            };
+            scan_window(old, new, at, old_buf, new_buf)
         },
         &tick,
     )?;
@@ -81,6 +131,7 @@ pub(crate) fn scan(job: Job<'_>) -> Result<Scanned, ProduceError> {
         runs: Vec::new(),
         changed: Vec::with_capacity(results.iter().map(|w| w.changed.len()).sum()),
         shift_entries: Vec::with_capacity(results.iter().map(|w| w.shift.len()).sum()),
+        old_pieces: Vec::with_capacity(results.iter().map(|w| w.old_pieces.len()).sum()),
     };
     for w in results {
         old_values.extend(w.old_value);
@@ -91,53 +142,97 @@ pub(crate) fn scan(job: Job<'_>) -> Result<Scanned, ProduceError> {
         }
         scanned.changed.extend_from_slice(&w.changed);
         scanned.shift_entries.extend_from_slice(&w.shift);
+        scanned.old_pieces.extend_from_slice(&w.old_pieces);
     }
-    scanned.old_hash = hashtree::root(old.len, &old_values);
     scanned.new_hash = hashtree::root(new.len, &new_values);
+    match known {
+        Some(known) => {
+            scanned.old_hash = known.old_hash;
+            scanned.index_entries = known.index_entries;
+            scanned.shift_entries = known.shift_entries;
+        }
+        None => scanned.old_hash = hashtree::root(old.len, &old_values),
+    }
     Ok(scanned)
 }
 
-/// Bytes read at a time within a window: small enough that the copy out of
-/// the page cache is still in L2 when it is hashed, compared and indexed.
-const PIECE: u64 = 64 << 10;
+/// Which window to scan, and how.
+#[derive(Clone, Copy)]
+struct Window<'a> {
+    bs: usize,
+    index: u64,
+    known: Option<&'a Known>,
+    keep_pieces: bool,
+}
 
 fn scan_window(
     old: &Input,
     new: &Input,
-    bs: usize,
-    index: u64,
+    at: Window<'_>,
     old_buf: &mut Vec<u8>,
     new_buf: &mut Vec<u8>,
-) -> Result<WindowScan, ProduceError> {
+) -> Result<WindowScan, Fail> {
+    let Window {
+        bs,
+        index,
+        known,
+        keep_pieces,
+    } = at;
     let start = index * WINDOW;
     let end = (start + WINDOW).min(old.len.max(new.len));
-    let piece = PIECE.max(bs as u64);
-    let mut old_hasher = hashtree::window_hasher(old.len, index);
-    let mut new_hasher = hashtree::window_hasher(new.len, index);
+    // A multiple of the block size, so blocks never straddle pieces.
+    let piece = pieces::piece_len(bs as u32);
+    let (mut old_values, mut new_values) = (Vec::new(), Vec::new());
     let mut w = WindowScan::default();
     let mut at = start;
     while at < end {
         let want = piece.min(end - at) as usize;
-        let old_n = old.read_clamped(old_buf, at, want)?;
         let new_n = new.read_clamped(new_buf, at, want)?;
-        let (old_bytes, new_bytes) = (&old_buf[..old_n], &new_buf[..new_n]);
-        old_hasher.update(old_bytes);
-        new_hasher.update(new_bytes);
-        scan_piece(&mut w, at, bs, old_bytes, new_bytes);
+        let new_bytes = &new_buf[..new_n];
+        let new_value = (new_n > 0).then(|| pieces::piece_value(new.len, piece, at, new_bytes));
+        new_values.extend(new_value);
+        let Some(known) = known else {
+            let old_n = old.read_clamped(old_buf, at, want)?;
+            let old_bytes = &old_buf[..old_n];
+            if old_n > 0 {
+                old_values.push(pieces::piece_value(old.len, piece, at, old_bytes));
+            }
+            index_piece(&mut w, at, bs, old_bytes);
+            classify_piece(&mut w, at, bs, old_bytes, new_bytes);
+            at += want as u64;
+            continue;
+        };
+        let cached = known.pieces.get((at / piece) as usize);
+        let old_n = old.len.saturating_sub(at).min(want as u64) as usize;
+        // Values are comparable only as chaining values, in files longer
+        // than a piece (the cache is used only for such old files).
+        if new.len > piece && new_n == old_n && cached.is_some() && cached == new_value.as_ref() {
+            push_run(&mut w.runs, Class::Same, new_n.div_ceil(bs) as u64);
+        } else {
+            let old_n = old.read_clamped(old_buf, at, want)?;
+            let old_bytes = &old_buf[..old_n];
+            if old_n > 0 && cached != Some(&pieces::piece_value(old.len, piece, at, old_bytes)) {
+                return Err(Fail::Stale);
+            }
+            classify_piece(&mut w, at, bs, old_bytes, new_bytes);
+        }
         at += want as u64;
     }
-    if start < old.len {
-        w.old_value = Some(hashtree::window_value(old.len, &old_hasher));
+    if start < old.len && known.is_none() {
+        w.old_value = Some(pieces::window_value(old.len, piece, start, &old_values));
     }
     if start < new.len {
-        w.new_value = Some(hashtree::window_value(new.len, &new_hasher));
+        w.new_value = Some(pieces::window_value(new.len, piece, start, &new_values));
+    }
+    if keep_pieces {
+        w.old_pieces = old_values;
     }
     Ok(w)
 }
 
-/// Indexes and classifies the blocks of one piece starting at `start`, a
-/// multiple of the block size.
-fn scan_piece(w: &mut WindowScan, start: u64, bs: usize, old_bytes: &[u8], new_bytes: &[u8]) {
+/// Indexes the full non-zero old blocks of one piece starting at `start`,
+/// a multiple of the block size.
+fn index_piece(w: &mut WindowScan, start: u64, bs: usize, old_bytes: &[u8]) {
     let first_block = start / bs as u64;
     for (k, block) in old_bytes.chunks_exact(bs).enumerate() {
         if !is_zero(block) {
@@ -146,6 +241,12 @@ fn scan_piece(w: &mut WindowScan, start: u64, bs: usize, old_bytes: &[u8], new_b
                 .extend(rolling::entry(block, first_block + k as u64));
         }
     }
+}
+
+/// Classifies the new blocks of one piece against the old bytes at the
+/// same offsets.
+fn classify_piece(w: &mut WindowScan, start: u64, bs: usize, old_bytes: &[u8], new_bytes: &[u8]) {
+    let first_block = start / bs as u64;
     for (k, block) in new_bytes.chunks(bs).enumerate() {
         let at = k * bs;
         let class = if old_bytes.get(at..at + block.len()) == Some(block) {
@@ -184,13 +285,16 @@ mod tests {
             Input::open(&po).expect("open"),
             Input::open(&pn).expect("open"),
         );
-        let s = scan(Job {
-            old: &o,
-            new: &n,
-            block_size: bs as u32,
-            threads: 2,
-            progress: &|_| {},
-        })
+        let s = scan(
+            Job {
+                old: &o,
+                new: &n,
+                block_size: bs as u32,
+                threads: 2,
+                progress: &|_| {},
+            },
+            false,
+        )
         .expect("scan");
         let classes: Vec<_> = s.runs.iter().map(|r| (r.class, r.blocks)).collect();
         assert_eq!(

@@ -105,6 +105,7 @@ pub(crate) fn write_patch(
         zero_bytes: 0,
         changed_bytes: 0,
         in_place_safe: true,
+        cache: crate::CacheUse::default(),
     };
     let extents: Vec<Extent> = plan
         .items

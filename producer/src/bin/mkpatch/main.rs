@@ -5,6 +5,7 @@
 //! - [`inputs`]: OLD and NEW, checked before the work and after it;
 //! - [`write`]: the patch written to a stream, or whole or not at all to a file;
 //! - [`keygen`]: signing keys;
+//! - [`index`]: `mkpatch index`, and the keys `--from-index` trusts;
 //! - [`report`]: `mkpatch inspect`, as text or JSON.
 
 use std::cell::Cell;
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use anypatch_format::MAX_SEGMENT_LEN;
-use anypatch_producer::{Level, Options, Phase, ProduceError, Progress, Summary};
+use anypatch_producer::{make_patch, make_patch_from_index};
+use anypatch_producer::{CacheOptions, Level, Options, Phase, ProduceError, Progress, Summary};
 use anypatch_safe_output::human_bytes;
 use clap::{Parser, Subcommand};
 
@@ -31,6 +33,8 @@ Examples:
   mkpatch keygen -o release.key              make a signing key: release.key (secret) and release.pub
   mkpatch serve /srv/patches                 serve patches over QUIC (prints the certificate to pin)
   mkpatch --sign release.key a.img b.img -o p    sign the patch (applypatch --trusted-key release.pub)
+  mkpatch index old.img -o old.apidx         the block index of old.img, where old.img is
+  mkpatch --from-index old.apidx new.img -o p    a patch made without old.img, from its index
 
 Then, anywhere that has old.img:
   applypatch old.img update.patch -o new.img
@@ -74,8 +78,22 @@ struct Cli {
     old: Option<PathBuf>,
 
     /// The new image the patch produces.
-    #[arg(required = true, value_name = "NEW")]
+    #[arg(required_unless_present = "from_index", value_name = "NEW")]
     new: Option<PathBuf>,
+
+    /// Make the patch without the old image, from its index (made by
+    /// `mkpatch index OLD -o OLD.apidx` where OLD is): `mkpatch --from-index
+    /// OLD.apidx NEW -o PATCH`. Unchanged, moved and shifted blocks become
+    /// copies; the rest is new data, compressed (no deltas against old
+    /// bytes). The patch is an ordinary one. The index is checked whole
+    /// before any work.
+    #[arg(long, value_name = "INDEX")]
+    from_index: Option<PathBuf>,
+
+    /// With --from-index: accept only an index signed (`mkpatch index
+    /// --sign`) by the key in this public key file; may be repeated.
+    #[arg(long, value_name = "PUBFILE", requires = "from_index")]
+    trusted_key: Vec<PathBuf>,
 
     /// Write the patch to OUT instead of stdout (`-` means stdout). A new or
     /// regular file OUT is written as a file with no name in its directory
@@ -144,6 +162,22 @@ struct Cli {
     /// Print nothing on stderr except errors and warnings.
     #[arg(short, long, global = true)]
     quiet: bool,
+
+    /// Keep what was computed about OLD (its BLAKE3, block hashes and
+    /// index, about 3.6 MiB per GiB) in the hash cache in DIR, so a second
+    /// patch from the same unchanged OLD does not read and hash all of it
+    /// again [default: $XDG_CACHE_HOME/anypatch, else ~/.cache/anypatch].
+    /// An entry is used only while OLD's device, inode, size, mtime and
+    /// ctime are unchanged, and if OLD had not changed in the 2 s before
+    /// the entry was made; the patch is the same either way. At most 1 GiB,
+    /// least recently used entries go first. A cache that cannot be used
+    /// is a warning, never a failure.
+    #[arg(long, value_name = "DIR", global = true)]
+    cache: Option<PathBuf>,
+
+    /// Neither use nor fill the hash cache (see --cache).
+    #[arg(long, global = true, conflicts_with = "cache")]
+    no_cache: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +219,10 @@ enum Command {
         #[arg(short, long, value_name = "KEYFILE")]
         output: PathBuf,
     },
+    /// Make the block index of an image (about 0.5% of its size), so that
+    /// patches from it can be made where the image is not:
+    /// `mkpatch --from-index`. Runs at hashing speed on all cores.
+    Index(index::IndexArgs),
 }
 
 /// Writes a diagnostic line to stderr. A stderr that cannot be written
@@ -205,6 +243,7 @@ macro_rules! say_part {
 
 // Declared after the macros, which they use.
 mod dest;
+mod index;
 mod inputs;
 mod keygen;
 mod report;
@@ -274,6 +313,11 @@ fn main() -> ExitCode {
             listen,
             state_dir,
         }) => serve::run_serve(dir, *listen, state_dir.as_deref()),
+        Some(Command::Index(args)) => index::run_index(
+            args,
+            cache_options(cli.cache.as_deref(), cli.no_cache),
+            cli.quiet,
+        ),
         None => run_make(&cli),
     };
     let (code, error) = match result {
@@ -316,6 +360,8 @@ fn parse() -> Result<Cli, clap::Error> {
             "sign",
             "verify",
             "no_verify",
+            "from_index",
+            "trusted_key",
         ];
         for id in make_only {
             if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
@@ -372,22 +418,34 @@ fn is_dash(p: &Path) -> bool {
 }
 
 fn run_make(cli: &Cli) -> Result<(), Failure> {
-    let (Some(old), Some(new)) = (&cli.old, &cli.new) else {
-        return Err(anyhow!("give OLD and NEW (see mkpatch --help)").into());
-    };
-    for (what, p) in [("OLD", old), ("NEW", new)] {
-        if is_dash(p) {
+    // With --from-index the one positional argument is NEW.
+    let (old_name, old, new) = match (&cli.from_index, &cli.old, &cli.new) {
+        (None, Some(old), Some(new)) => ("OLD", old, new),
+        (Some(index), Some(new), None) => ("INDEX", index, new),
+        (Some(_), Some(_), Some(_)) => {
             return Err(anyhow!(
-                "{what} cannot be `-`: mkpatch reads images at random offsets; save the data to a file first"
+                "with --from-index give only NEW: the index stands for OLD \
+                 (mkpatch --from-index OLD.apidx NEW -o PATCH)"
             )
-            .into());
+            .into())
+        }
+        _ => return Err(anyhow!("give OLD and NEW (see mkpatch --help)").into()),
+    };
+    for (what, p) in [(old_name, old), ("NEW", new)] {
+        if is_dash(p) {
+            let why = if what == "INDEX" {
+                "give the index's file name"
+            } else {
+                "mkpatch reads images at random offsets; save the data to a file first"
+            };
+            return Err(anyhow!("{what} cannot be `-`: {why}").into());
         }
     }
     // Everything that can be refused is refused here, before any work.
     let dest = destination(cli.output.as_deref())?;
-    check_input("OLD", old)?;
+    check_input(old_name, old)?;
     check_input("NEW", new)?;
-    let mut inputs = vec![("OLD", old.as_path()), ("NEW", new.as_path())];
+    let mut inputs = vec![(old_name, old.as_path()), ("NEW", new.as_path())];
     if let Some(key) = &cli.sign {
         inputs.push(("the --sign key file", key.as_path()));
     }
@@ -414,11 +472,68 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
     if let Some(path) = &cli.sign {
         opts.signing_key = Some(read_secret_key(path)?);
     }
+    opts.cache = cache_options(cli.cache.as_deref(), cli.no_cache);
+    if cli.from_index.is_some() {
+        if cli.verify {
+            return Err(anyhow!(
+                "--verify needs the old image, which --from-index does not have; \
+                 check the patch with applypatch --check where the old image is"
+            )
+            .into());
+        }
+        opts.verify = false;
+    }
+    let trusted = index::trusted_keys(&cli.trusted_key)?;
     // With `-o /dev/stderr` the patch is what goes to stderr.
     let show = !cli.quiet && io::stderr().is_terminal() && !matches!(dest, Dest::Stderr);
     let start = Instant::now();
+    let progress = progress_line(show);
+
+    // Taken before the first read; compared before the patch is committed.
+    let before = [Stamp::of(old_name, old)?, Stamp::of("NEW", new)?];
+    let make = |out: &mut dyn Write, spool: Option<PathBuf>| {
+        let opts = Options {
+            spool_dir: spool.or_else(|| opts.spool_dir.clone()),
+            ..opts.clone()
+        };
+        match &cli.from_index {
+            Some(_) => make_patch_from_index(old, new, &trusted, out, &opts, &progress),
+            None => make_patch(old, new, out, &opts, &progress),
+        }
+    };
+    let summary = match &dest {
+        Dest::Stdout => write_direct(io::stdout().lock(), "stdout", &before, make)?,
+        Dest::Stderr => write_direct(io::stderr().lock(), "stderr", &before, make)?,
+        Dest::Stream(path) => write_stream(path, &before, make)?,
+        Dest::File(path) => write_file(path, &before, make)?,
+    };
+    for warning in &summary.cache.warnings {
+        let clear = if show { "\r\x1b[2K" } else { "" };
+        say!("{clear}mkpatch: warning: {warning}");
+    }
+    if show {
+        say!("\r\x1b[2K{}", summary_line(&summary, start.elapsed()));
+    }
+    Ok(())
+}
+
+/// The hash cache to use: `--cache DIR`, none with `--no-cache`, else the
+/// default directory (none without a home directory).
+fn cache_options(dir: Option<&Path>, off: bool) -> Option<CacheOptions> {
+    if off {
+        return None;
+    }
+    match dir {
+        Some(dir) => Some(CacheOptions::new(dir.to_owned())),
+        None => CacheOptions::default_dir().map(CacheOptions::new),
+    }
+}
+
+/// The progress line on stderr when `show`: the phase and how far, at most
+/// ten times a second.
+fn progress_line(show: bool) -> impl Fn(Progress) {
     let last = Cell::new(Instant::now() - Duration::from_secs(1));
-    let progress = |p: Progress| {
+    move |p: Progress| {
         if show && (last.get().elapsed() >= Duration::from_millis(100) || p.done == p.total) {
             last.set(Instant::now());
             let phase = match p.phase {
@@ -432,36 +547,7 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
             let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
             say_part!("\r\x1b[2Kmkpatch: {phase} {pct:3}%");
         }
-    };
-
-    // Taken before the first read; compared before the patch is committed.
-    let before = [Stamp::of("OLD", old)?, Stamp::of("NEW", new)?];
-    let summary = match &dest {
-        Dest::Stdout => write_direct(
-            io::stdout().lock(),
-            "stdout",
-            old,
-            new,
-            &opts,
-            &progress,
-            &before,
-        )?,
-        Dest::Stderr => write_direct(
-            io::stderr().lock(),
-            "stderr",
-            old,
-            new,
-            &opts,
-            &progress,
-            &before,
-        )?,
-        Dest::Stream(path) => write_stream(path, old, new, &opts, &progress, &before)?,
-        Dest::File(path) => write_file(path, old, new, &mut opts, &progress, &before)?,
-    };
-    if show {
-        say!("\r\x1b[2K{}", summary_line(&summary, start.elapsed()));
     }
-    Ok(())
 }
 
 fn produce(e: ProduceError) -> Failure {

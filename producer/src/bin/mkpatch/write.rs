@@ -1,5 +1,7 @@
-//! Writing the patch: to stdout, stderr or a stream as it comes, or to a
-//! file that appears whole or not at all.
+//! Writing the patch (or an index): to stdout, stderr or a stream as it
+//! comes, or to a file that appears whole or not at all. What is written
+//! comes from a maker closure, so `mkpatch`, `mkpatch --from-index` and
+//! `mkpatch index` share every rule here.
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
@@ -8,7 +10,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use anypatch_producer::{make_patch, Options, ProduceError, Progress, Summary};
+use anypatch_producer::ProduceError;
 use anypatch_safe_output::{kind_name, parent_dir, signals, CommitError, CreateError};
 use anypatch_safe_output::{Owner, TempFile, TempOptions};
 
@@ -17,15 +19,12 @@ use crate::{produce, Failure};
 
 /// Writes the patch to a stream (`name`: stdout, stderr, or a FIFO's path)
 /// as it comes, and checks afterwards that the inputs did not change meanwhile.
-pub(crate) fn write_direct(
+pub(crate) fn write_direct<T>(
     stream: impl Write + IsTerminal,
     name: &str,
-    old: &Path,
-    new: &Path,
-    opts: &Options,
-    progress: &dyn Fn(Progress),
     before: &[Stamp],
-) -> Result<Summary, Failure> {
+    make: impl FnOnce(&mut dyn Write, Option<PathBuf>) -> Result<T, ProduceError>,
+) -> Result<T, Failure> {
     if stream.is_terminal() {
         return Err(anyhow!(
             "refusing to write a binary patch to a terminal ({name}); use -o FILE or redirect {name}"
@@ -33,7 +32,7 @@ pub(crate) fn write_direct(
         .into());
     }
     let mut out = BufWriter::with_capacity(1 << 20, stream);
-    let summary = make_patch(old, new, &mut out, opts, progress).map_err(produce)?;
+    let summary = make(&mut out, None).map_err(produce)?;
     out.flush()
         .map_err(|e| produce(ProduceError::Write { source: e }))?;
     unchanged(
@@ -46,14 +45,11 @@ pub(crate) fn write_direct(
 /// Writes the patch straight into a FIFO or character device, as into
 /// stdout: there is no file to rename into place, and a reader that stops
 /// early gets an incomplete patch.
-pub(crate) fn write_stream(
+pub(crate) fn write_stream<T>(
     path: &Path,
-    old: &Path,
-    new: &Path,
-    opts: &Options,
-    progress: &dyn Fn(Progress),
     before: &[Stamp],
-) -> Result<Summary, Failure> {
+    make: impl FnOnce(&mut dyn Write, Option<PathBuf>) -> Result<T, ProduceError>,
+) -> Result<T, Failure> {
     // Opening a FIFO waits until it has a reader. No create, no truncate:
     // the node is used as it is.
     let file = std::fs::OpenOptions::new()
@@ -80,7 +76,7 @@ pub(crate) fn write_stream(
         .into());
     }
     let name = path.display().to_string();
-    write_direct(file, &name, old, new, opts, progress, before)
+    write_direct(file, &name, before, make)
 }
 
 /// Writes the patch to a file in `path`'s directory that has no name yet
@@ -91,14 +87,12 @@ pub(crate) fn write_stream(
 /// that, a named temporary file is used, which SIGINT, SIGTERM and SIGHUP
 /// remove (see [`cleanup_on_signals`]). An existing `path` keeps its owner
 /// and mode; a new one gets 0666 less the umask.
-pub(crate) fn write_file(
+/// `make` gets the output and the directory for its spool files.
+pub(crate) fn write_file<T>(
     path: &Path,
-    old: &Path,
-    new: &Path,
-    opts: &mut Options,
-    progress: &dyn Fn(Progress),
     before: &[Stamp],
-) -> Result<Summary, Failure> {
+    make: impl FnOnce(&mut dyn Write, Option<PathBuf>) -> Result<T, ProduceError>,
+) -> Result<T, Failure> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
@@ -130,12 +124,12 @@ pub(crate) fn write_file(
     // signal leaves none of them behind. They go in the directory as it was
     // opened (its /proc entry, where that works), so moving it does not
     // break the run before the commit can say what happened.
-    opts.spool_dir = Some(match temp.dir_fd() {
+    let spool_dir = Some(match temp.dir_fd() {
         Some(fd) if temp.is_unnamed() => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
         _ => dir.clone(),
     });
     let mut out = BufWriter::with_capacity(1 << 20, temp.file());
-    let summary = make_patch(old, new, &mut out, opts, progress).map_err(produce)?;
+    let summary = make(&mut out, spool_dir).map_err(produce)?;
     out.flush()
         .with_context(|| format!("cannot write {}", path.display()))?;
     drop(out);
