@@ -12,6 +12,7 @@ use alloc::vec;
 use core::fmt;
 use std::io::{self, Read};
 
+use crate::checkpoint::Checkpoint;
 use crate::format::{Hash, Header};
 use crate::{Applier, ApplyError, Event, Progress, Summary};
 
@@ -152,7 +153,62 @@ pub fn drive<E: From<DriveError>>(
     on_header: &mut dyn FnMut(&Header) -> Result<(), E>,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, E> {
+    run(applier, patch, old, sink, on_header, on_progress, None)
+}
+
+/// Where [`drive_checkpointed`] hands its checkpoints.
+pub struct Checkpoints<'a> {
+    /// Patch bytes between two checkpoints, at least.
+    pub every: u64,
+    /// Keeps a checkpoint (spec section 6.4). Everything the sink was given
+    /// before it must be made durable first: a resumed apply does not write
+    /// it again.
+    pub save: &'a mut dyn FnMut(Checkpoint) -> io::Result<()>,
+}
+
+impl fmt::Debug for Checkpoints<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkpoints")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`drive`], taking a checkpoint at the first boundary after every
+/// `checkpoints.every` patch bytes, so that an apply that is stopped (a
+/// killed process, a lost link) can go on from there in a new
+/// [`Applier::resume`].
+pub fn drive_checkpointed<E: From<DriveError>>(
+    applier: &mut Applier,
+    patch: &mut dyn Read,
+    old: &dyn OldSource,
+    sink: &mut dyn Sink,
+    on_header: &mut dyn FnMut(&Header) -> Result<(), E>,
+    on_progress: &mut dyn FnMut(Progress),
+    checkpoints: Checkpoints<'_>,
+) -> Result<Summary, E> {
+    run(
+        applier,
+        patch,
+        old,
+        sink,
+        on_header,
+        on_progress,
+        Some(checkpoints),
+    )
+}
+
+fn run<E: From<DriveError>>(
+    applier: &mut Applier,
+    patch: &mut dyn Read,
+    old: &dyn OldSource,
+    sink: &mut dyn Sink,
+    on_header: &mut dyn FnMut(&Header) -> Result<(), E>,
+    on_progress: &mut dyn FnMut(Progress),
+    mut checkpoints: Option<Checkpoints<'_>>,
+) -> Result<Summary, E> {
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut last_checkpoint = applier.progress().patch_consumed;
     let (mut start, mut end) = (0, 0);
     let sink_err = |sink: &dyn Sink, what: &'static str, offset: u64| {
         let place = sink.describe();
@@ -164,6 +220,18 @@ pub fn drive<E: From<DriveError>>(
     loop {
         match applier.poll().map_err(DriveError::Apply)? {
             Event::NeedInput => {
+                if let Some(c) = checkpoints.as_mut() {
+                    let consumed = applier.progress().patch_consumed;
+                    if consumed >= last_checkpoint.saturating_add(c.every) {
+                        if let Some(cp) = applier.checkpoint() {
+                            (c.save)(cp).map_err(|source| DriveError::Sink {
+                                what: "cannot save a checkpoint".into(),
+                                source,
+                            })?;
+                            last_checkpoint = consumed;
+                        }
+                    }
+                }
                 if start == end {
                     let n = read_retrying(patch, &mut buf).map_err(DriveError::ReadPatch)?;
                     if n == 0 {

@@ -23,6 +23,8 @@
 //! run that is stopped midway.
 
 mod device;
+#[cfg(feature = "net")]
+mod resumable;
 mod sink;
 
 pub use sink::NewFileSink;
@@ -342,6 +344,21 @@ pub fn apply_to_new_file(
         .metadata()
         .map_err(io_err(format!("cannot stat old file {}", old.display())))?;
     match resolve_output(new, &old_meta, patch)? {
+        #[cfg(feature = "net")]
+        OutputTarget::File(path) if matches!(patch, PatchSource::Remote(_)) => {
+            let PatchSource::Remote(remote) = patch else {
+                unreachable!("matched above")
+            };
+            resumable::write_remote_file(
+                &old_file,
+                old_len,
+                &old_meta,
+                remote,
+                &path,
+                policy,
+                on_progress,
+            )
+        }
         OutputTarget::File(path) => write_file(
             &old_file,
             old_len,

@@ -129,23 +129,29 @@ impl Fetcher {
         })
     }
 
-    /// Fetches the patch from byte `offset` to its end.
+    /// Fetches the patch from byte `offset` up to `end` (exclusive) or its end.
     pub async fn open(
         &mut self,
         offset: u64,
+        end: Option<u64>,
         known: Option<&Head>,
     ) -> Result<(Head, Body), FetchError> {
         match self.url.scheme {
-            Scheme::Quic => self.open_quic(offset).await,
-            Scheme::Https | Scheme::Http => self.open_http(offset, known).await,
+            Scheme::Quic => self.open_quic(offset, end).await,
+            Scheme::Https | Scheme::Http => self.open_http(offset, end, known).await,
         }
     }
 
-    async fn open_quic(&mut self, offset: u64) -> Result<(Head, Body), FetchError> {
+    async fn open_quic(
+        &mut self,
+        offset: u64,
+        end: Option<u64>,
+    ) -> Result<(Head, Body), FetchError> {
         let conn = self.quic_connection().await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(connection_error)?;
         let get = Get {
             offset,
+            end,
             name: self.url.path.clone(),
         };
         let retry = |e: std::io::Error| FetchError::Retry(format!("the request failed: {e}"));
@@ -215,12 +221,14 @@ impl Fetcher {
     async fn open_http(
         &mut self,
         offset: u64,
+        end: Option<u64>,
         known: Option<&Head>,
     ) -> Result<(Head, Body), FetchError> {
         let client = self.http.as_ref().expect("made for http URLs");
         let mut req = client.get(&self.url.text);
-        if offset > 0 {
-            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        if offset > 0 || end.is_some() {
+            let last = end.map_or(String::new(), |e| e.saturating_sub(1).to_string());
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-{last}"));
             // Only the same version may continue what we have.
             if let Some(tag) = known.map(|h| &h.tag).filter(|t| !t.is_empty()) {
                 req = req.header(reqwest::header::IF_RANGE, tag.as_str());

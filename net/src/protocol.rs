@@ -4,12 +4,13 @@
 //! finishes its side:
 //!
 //! ```text
-//! GET <offset> <name>\n
+//! GET <start>-[<end>] <name>\n
 //! ```
 //!
 //! `name` is a path relative to the served directory (UTF-8, no newline);
-//! `offset` a decimal byte offset. The server answers with one line, then,
-//! on success, the file's bytes from `offset` to its end, then finishes:
+//! `start` and `end` decimal byte offsets (no `end`: to the end of the
+//! file). The server answers with one line, then, on success, the file's
+//! bytes from `start` up to `end` or its end, then finishes:
 //!
 //! ```text
 //! OK <length> <tag>\n<bytes>      length of the whole file; tag names this version of it
@@ -35,31 +36,43 @@ pub const MAX_LINE: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Get {
     pub offset: u64,
+    /// Where to stop (exclusive); `None`: at the end of the file.
+    pub end: Option<u64>,
     pub name: String,
 }
 
 impl Get {
     /// The request line.
     pub fn encode(&self) -> Vec<u8> {
-        format!("GET {} {}\n", self.offset, self.name).into_bytes()
+        let end = self.end.map_or(String::new(), |e| e.to_string());
+        format!("GET {}-{end} {}\n", self.offset, self.name).into_bytes()
     }
 
     /// Parses a request line (without its newline).
     pub fn parse(line: &str) -> Result<Self, String> {
-        let rest = line
-            .strip_prefix("GET ")
-            .ok_or("the request is not GET <offset> <name>")?;
-        let (offset, name) = rest
-            .split_once(' ')
-            .ok_or("the request is not GET <offset> <name>")?;
-        let offset = offset
-            .parse()
-            .map_err(|_| "the offset is not a decimal number")?;
+        let usage = "the request is not GET <start>-[<end>] <name>";
+        let rest = line.strip_prefix("GET ").ok_or(usage)?;
+        let (range, name) = rest.split_once(' ').ok_or(usage)?;
+        let (offset, end) = range.split_once('-').ok_or(usage)?;
+        let number = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| "an offset is not a decimal number")
+        };
+        let offset = number(offset)?;
+        let end = if end.is_empty() {
+            None
+        } else {
+            Some(number(end)?)
+                .filter(|&e| e >= offset)
+                .ok_or("the range ends before it starts")
+                .map(Some)?
+        };
         if name.is_empty() {
             return Err("the request names no file".into());
         }
         Ok(Self {
             offset,
+            end,
             name: name.to_owned(),
         })
     }
@@ -138,12 +151,15 @@ mod tests {
 
     #[test]
     fn lines_round_trip() {
-        let g = Get {
-            offset: 123,
-            name: "dir/a b.patch".into(),
-        };
-        let line = String::from_utf8(g.encode()).expect("utf-8");
-        assert_eq!(Get::parse(line.trim_end_matches('\n')), Ok(g));
+        for end in [None, Some(123), Some(4096)] {
+            let g = Get {
+                offset: 123,
+                end,
+                name: "dir/a b.patch".into(),
+            };
+            let line = String::from_utf8(g.encode()).expect("utf-8");
+            assert_eq!(Get::parse(line.trim_end_matches('\n')), Ok(g));
+        }
         for a in [
             Answer::Ok {
                 len: 9,
@@ -157,7 +173,14 @@ mod tests {
             let line = String::from_utf8(a.encode()).expect("utf-8");
             assert_eq!(Answer::parse(line.trim_end_matches('\n')), Ok(a));
         }
-        for bad in ["GET", "GET x y", "GET 1 ", "PUT 1 a"] {
+        for bad in [
+            "GET",
+            "GET x y",
+            "GET 1- ",
+            "GET 1 a",
+            "GET 5-4 a",
+            "PUT 1- a",
+        ] {
             assert!(Get::parse(bad).is_err(), "{bad}");
         }
         for bad in ["OK", "OK 1", "OK x t", "ERR", "HELLO"] {

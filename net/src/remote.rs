@@ -94,8 +94,20 @@ impl std::fmt::Debug for RemotePatch {
 }
 
 impl RemotePatch {
-    /// Starts fetching `url` from byte `offset` on a thread of its own.
+    /// Starts fetching `url` from byte `offset` to its end, on a thread of
+    /// its own.
     pub fn open(url: RemoteUrl, offset: u64, opts: RemoteOptions) -> io::Result<Self> {
+        Self::open_range(url, offset, None, opts)
+    }
+
+    /// Starts fetching `url` from byte `offset` up to `end` (exclusive) or
+    /// its end: only those bytes cross the network.
+    pub fn open_range(
+        url: RemoteUrl,
+        offset: u64,
+        end: Option<u64>,
+        opts: RemoteOptions,
+    ) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_BYTES / PIECE);
         let stats = Arc::new(FetchStats::default());
         let thread_stats = stats.clone();
@@ -105,7 +117,7 @@ impl RemotePatch {
         std::thread::Builder::new()
             .name("anypatch-fetch".into())
             .spawn(move || {
-                runtime.block_on(fetch_loop(url, offset, opts, tx, thread_stats));
+                runtime.block_on(fetch_loop(url, offset, end, opts, tx, thread_stats));
             })?;
         Ok(Self {
             queue: rx,
@@ -149,11 +161,26 @@ impl Read for RemotePatch {
     }
 }
 
+/// One transfer: where it is, where it stops, and where its bytes go.
+struct Transfer {
+    url: RemoteUrl,
+    /// The next byte to hand on.
+    at: u64,
+    end: Option<u64>,
+    /// The server's first answer (or the version expected): later answers
+    /// must name the same version.
+    first: Option<Head>,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    stats: Arc<FetchStats>,
+    opts: RemoteOptions,
+}
+
 /// Fetches until the end of the patch, a fatal error, too many failures
 /// in a row, or the reader going away.
 async fn fetch_loop(
     url: RemoteUrl,
     start: u64,
+    end: Option<u64>,
     opts: RemoteOptions,
     tx: mpsc::Sender<io::Result<Bytes>>,
     stats: Arc<FetchStats>,
@@ -166,57 +193,65 @@ async fn fetch_loop(
             return;
         }
     };
-    let mut at = start;
-    let mut first: Option<Head> = opts.expect.clone();
+    let mut t = Transfer {
+        url,
+        at: start,
+        end,
+        first: opts.expect.clone(),
+        tx,
+        stats,
+        opts,
+    };
     let mut failures = 0u32;
     loop {
-        let before = at;
-        let outcome = fetch_once(&mut fetcher, &url, &mut at, &mut first, &tx, &stats, &opts).await;
-        let why = match outcome {
+        let before = t.at;
+        let why = match fetch_once(&mut fetcher, &mut t).await {
             Ok(()) => return, // done: dropping the sender ends the reader cleanly
             Err(FetchError::Fatal(why)) => {
-                let _ = tx.send(Err(fail(why))).await;
+                let _ = t.tx.send(Err(fail(why))).await;
                 return;
             }
-            Err(FetchError::Retry(_)) if tx.is_closed() => return, // the reader went away
+            Err(FetchError::Retry(_)) if t.tx.is_closed() => return, // the reader went away
             Err(FetchError::Retry(why)) => why,
         };
         // Failures count in a row: an attempt that got bytes starts anew.
-        failures = if at > before { 1 } else { failures + 1 };
-        if failures > opts.retries {
-            let _ = tx
-                .send(Err(fail(format!(
-                    "{url}: gave up after {} attempts in a row; last: {why}",
-                    failures
+        failures = if t.at > before { 1 } else { failures + 1 };
+        let (url, at, retries) = (&t.url, t.at, t.opts.retries);
+        if failures > retries {
+            let _ =
+                t.tx.send(Err(fail(format!(
+                    "{url}: gave up after {failures} attempts in a row; last: {why}"
                 ))))
                 .await;
             return;
         }
-        let wait = opts
+        let wait = t
+            .opts
             .backoff
             .saturating_mul(1 << (failures - 1).min(16))
-            .min(opts.max_backoff);
-        (opts.notice)(&format!(
-            "{url}: {why}; at byte {at}, retrying in {:.1} s ({failures} of {})",
+            .min(t.opts.max_backoff);
+        (t.opts.notice)(&format!(
+            "{url}: {why}; at byte {at}, retrying in {:.1} s ({failures} of {retries})",
             wait.as_secs_f64(),
-            opts.retries
         ));
-        stats.retries.fetch_add(1, Ordering::Relaxed);
+        t.stats.retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(wait).await;
     }
 }
 
-/// One request from `*at` to the end, handing bytes on as they come.
-async fn fetch_once(
-    fetcher: &mut Fetcher,
-    url: &RemoteUrl,
-    at: &mut u64,
-    first: &mut Option<Head>,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
-    stats: &FetchStats,
-    opts: &RemoteOptions,
-) -> Result<(), FetchError> {
-    let (head, mut body) = fetcher.open(*at, first.as_ref()).await?;
+/// One request from `t.at` to `t.end` or the end, handing bytes on as they come.
+async fn fetch_once(fetcher: &mut Fetcher, t: &mut Transfer) -> Result<(), FetchError> {
+    let Transfer {
+        url,
+        at,
+        end,
+        first,
+        tx,
+        stats,
+        opts,
+    } = t;
+    let end = *end;
+    let (head, mut body) = fetcher.open(*at, end, first.as_ref()).await?;
     if let Some(len) = head.len {
         stats.len.store(len, Ordering::Relaxed);
     }
@@ -254,6 +289,10 @@ async fn fetch_once(
             let _ = chunk.split_to(n);
             skip -= n as u64;
         }
+        if let Some(end) = end {
+            // A server that ignored the range's end sends more: stop there.
+            chunk.truncate(end.saturating_sub(*at).min(chunk.len() as u64) as usize);
+        }
         while !chunk.is_empty() {
             let piece = chunk.split_to(chunk.len().min(PIECE));
             let n = piece.len() as u64;
@@ -263,13 +302,21 @@ async fn fetch_once(
             *at += n;
             stats.delivered.fetch_add(n, Ordering::Relaxed);
         }
+        if end.is_some_and(|e| *at >= e) {
+            break;
+        }
     }
-    match head.len {
-        Some(len) if *at < len => Err(FetchError::Retry(format!(
-            "the body ended at byte {at} of {len}"
+    let stop = match (head.len, end) {
+        (Some(len), Some(end)) => Some(len.min(end)),
+        (len, None) => len,
+        (None, end) => end,
+    };
+    match stop {
+        Some(stop) if *at < stop => Err(FetchError::Retry(format!(
+            "the body ended at byte {at} of {stop}"
         ))),
-        Some(len) if *at > len => Err(FetchError::Fatal(format!(
-            "{url}: the server sent more than the {len} bytes it announced"
+        Some(stop) if *at > stop => Err(FetchError::Fatal(format!(
+            "{url}: the server sent more than the {stop} bytes asked for"
         ))),
         _ => Ok(()),
     }

@@ -117,7 +117,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
             Ok(get) => open(&dir, &get).await,
         },
     };
-    let (mut file, offset, len, tag) = match answer {
+    let (mut file, offset, stop, len, tag) = match answer {
         Ok(found) => found,
         Err(refusal) => {
             let _ = send.write_all(&refusal.encode()).await;
@@ -135,8 +135,8 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     let mut buf = vec![0u8; CHUNK];
     let mut at = offset;
     // Up to the length announced: bytes appended since are not this version.
-    while at < len {
-        let want = (len - at).min(CHUNK as u64) as usize;
+    while at < stop {
+        let want = (stop - at).min(CHUNK as u64) as usize;
         match file.read(&mut buf[..want]).await {
             Ok(0) | Err(_) => {
                 // Shorter than announced: reset, so the client sees a broken
@@ -165,8 +165,8 @@ fn refuse(code: u16, message: &str) -> Answer {
 }
 
 /// Opens the file a request names, inside the served directory, at its
-/// offset: the file, the offset, its length and its tag.
-async fn open(dir: &Path, get: &Get) -> Result<(tokio::fs::File, u64, u64, String), Answer> {
+/// offset: the file, the offset, where to stop, its length and its tag.
+async fn open(dir: &Path, get: &Get) -> Result<(tokio::fs::File, u64, u64, u64, String), Answer> {
     let rel = Path::new(&get.name);
     if get.name.contains('\0') || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(refuse(
@@ -208,5 +208,6 @@ async fn open(dir: &Path, get: &Get) -> Result<(tokio::fs::File, u64, u64, Strin
     file.seek(std::io::SeekFrom::Start(get.offset))
         .await
         .map_err(|e| refuse(500, &format!("cannot read {}: {e}", get.name)))?;
-    Ok((file, get.offset, len, tag))
+    let stop = get.end.map_or(len, |e| e.min(len));
+    Ok((file, get.offset, stop, len, tag))
 }

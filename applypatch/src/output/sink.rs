@@ -37,6 +37,15 @@ impl<'a> NewFileSink<'a> {
         }
     }
 
+    /// A sink over `file` that holds the new image's first `at` bytes
+    /// already, and nothing after them (a resumed apply).
+    pub fn resumed(file: &'a File, at: u64) -> Self {
+        Self {
+            end: at,
+            ..Self::new(file)
+        }
+    }
+
     /// Calls the file `name` in error messages ("the temporary file X").
     pub fn named(mut self, name: String) -> Self {
         self.name = name;

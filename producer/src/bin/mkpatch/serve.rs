@@ -64,15 +64,24 @@ pub(crate) fn run_serve(
     let addr = server
         .local_addr()
         .context("cannot read the bound address")?;
-    let mut out = io::stdout().lock();
-    writeln!(
-        out,
-        "serving {} on {addr} (QUIC)\ncertificate {fingerprint}\nclients: applypatch OLD quic://HOST:{}/NAME -o NEW --server-cert {fingerprint}",
+    // Said once, in one write. A reader that went away (a pipe closed after
+    // the fingerprint was read) must not stop the server.
+    let said = format!(
+        "serving {} on {addr} (QUIC)\ncertificate {fingerprint}\nclients: applypatch OLD quic://HOST:{}/NAME -o NEW --server-cert {fingerprint}\n",
         dir.display(),
         addr.port()
-    )
-    .and_then(|()| out.flush())
-    .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
+    );
+    let mut out = io::stdout().lock();
+    if out
+        .write_all(said.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        let _ = writeln!(
+            io::stderr(),
+            "mkpatch serve: stdout is closed; serving on {addr} anyway"
+        );
+    }
     drop(out);
     runtime.block_on(server.run());
     Ok(())
