@@ -1,0 +1,110 @@
+//! What the network tests share: running the binaries, random images,
+//! hashes, and waiting for a condition with a deadline.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anypatch_tests::{bin, hex};
+
+/// Runs `cmd` to its end.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("binary runs")
+}
+
+/// Runs `cmd` and insists it succeeds.
+pub fn ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// BLAKE3 of a file, hex.
+pub fn b3(path: &Path) -> String {
+    hex(blake3::hash(&std::fs::read(path).expect("read")).as_bytes())
+}
+
+/// `len` bytes that no compressor shrinks, the same for the same `seed`
+/// (xorshift64*; a patch between two of them is as long as the file).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes an old and a new image of `len` random bytes each into `dir`
+/// and an in-place patch between them at `patch`; returns (old, new).
+pub fn noise_pair(
+    dir: &Path,
+    len: usize,
+    patch: &Path,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (old, new) = (dir.join("old.img"), dir.join("new.img"));
+    std::fs::write(&old, noise(1, len)).expect("old");
+    std::fs::write(&new, noise(2, len)).expect("new");
+    ok(Command::new(bin("mkpatch"))
+        .args(["-q", "--in-place"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(patch));
+    (old, new)
+}
+
+/// Polls `what` every 20 ms until it is true; panics after `limit`.
+pub fn wait_for(limit: Duration, why: &str, mut what: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !what() {
+        assert!(start.elapsed() < limit, "waited {limit:?} for {why}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The size of a file, 0 when it does not exist.
+pub fn size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Sends `signal` (a name: KILL, TERM) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// The processes whose parent is `pid` (from /proc).
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
