@@ -266,7 +266,7 @@ fn main() -> ExitCode {
     });
     meter.clear();
     match result {
-        Ok(written) => match report(&cli, &written, started.elapsed()) {
+        Ok(written) => match report(&cli, &written, started.elapsed(), fetched(&patch)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 let done = if cli.check {
@@ -305,6 +305,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&cli, &e),
+    }
+}
+
+/// What a remote patch cost on the network: bytes received and retries.
+fn fetched(patch: &PatchSource) -> Option<(u64, u64)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    match patch {
+        #[cfg(feature = "net")]
+        PatchSource::Remote(r) => {
+            let t = &r.opts.totals;
+            Some((t.received.load(Relaxed), t.retries.load(Relaxed)))
+        }
+        _ => None,
     }
 }
 
@@ -434,7 +447,12 @@ fn exit_on_signals(json: bool, mode: &'static str) -> std::io::Result<()> {
 /// Prints the result: the JSON object or `--check`'s BLAKE3 on stdout (an
 /// error if it cannot be written: it is what the caller asked for), and the
 /// summary on stderr.
-fn report(cli: &Cli, w: &Written, took: Duration) -> std::io::Result<()> {
+fn report(
+    cli: &Cli,
+    w: &Written,
+    took: Duration,
+    fetched: Option<(u64, u64)>,
+) -> std::io::Result<()> {
     let s = &w.summary;
     let hash = s.new_hash.as_ref().map(hex);
     if cli.json {
@@ -463,6 +481,10 @@ fn report(cli: &Cli, w: &Written, took: Duration) -> std::io::Result<()> {
             j.bytes_written = Some(s.bytes_written);
             j.bytes_zeroed = Some(s.bytes_zeroed);
         }
+        if let Some((bytes, retries)) = fetched {
+            j.fetched_bytes = Some(bytes);
+            j.fetch_retries = Some(retries);
+        }
         j.print()?;
     } else if cli.check {
         let mut out = std::io::stdout().lock();
@@ -471,6 +493,14 @@ fn report(cli: &Cli, w: &Written, took: Duration) -> std::io::Result<()> {
     }
     if cli.quiet || cli.json {
         return Ok(());
+    }
+    if let Some((bytes, retries)) = fetched {
+        let again = match retries {
+            0 => String::new(),
+            1 => ", after 1 retry".into(),
+            n => format!(", after {n} retries"),
+        };
+        say!("applypatch: fetched {}{again}", human_bytes(bytes));
     }
     let blake3 = hash.unwrap_or_else(|| "checked before writing".into());
     let secs = took.as_secs_f64();
@@ -591,6 +621,12 @@ struct JsonReport<'a> {
     bytes_written: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes_zeroed: Option<u64>,
+    /// A remote patch: bytes received from the network (refetched ones
+    /// included) and how many times a fetch was retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fetched_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fetch_retries: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]

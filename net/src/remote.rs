@@ -36,6 +36,9 @@ pub struct RemoteOptions {
     /// The version the bytes before the start offset came from (a copy
     /// kept by an earlier run): the server must still have it.
     pub expect: Option<Head>,
+    /// Counts over every fetch made with these options (and their clones):
+    /// what a command fetched in all, retries included.
+    pub totals: Arc<FetchStats>,
 }
 
 impl std::fmt::Debug for RemoteOptions {
@@ -58,6 +61,7 @@ impl RemoteOptions {
             max_backoff: Duration::from_secs(8),
             notice: Arc::new(|s| eprintln!("{s}")),
             expect: None,
+            totals: Arc::default(),
         }
     }
 }
@@ -235,6 +239,7 @@ async fn fetch_loop(
             wait.as_secs_f64(),
         ));
         t.stats.retries.fetch_add(1, Ordering::Relaxed);
+        t.opts.totals.retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(wait).await;
     }
 }
@@ -282,6 +287,9 @@ async fn fetch_once(fetcher: &mut Fetcher, t: &mut Transfer) -> Result<(), Fetch
             break;
         };
         stats
+            .received
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        opts.totals
             .received
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         if skip > 0 {

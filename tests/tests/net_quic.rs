@@ -101,14 +101,21 @@ fn every_pair_applies_over_quic() {
         let new = corpus.join(format!("{name}.new"));
         let url = serve.url(&format!("{name}.anyp"));
         let out = work.path().join(format!("{name}.out"));
-        ok(Command::new(bin("applypatch"))
-            .arg("-q")
+        let applied = ok(Command::new(bin("applypatch"))
+            .args(["-q", "--json"])
             .arg(&old)
             .arg(&url)
             .arg("-o")
             .arg(&out)
             .args(["--server-cert", &serve.fingerprint]));
         assert_eq!(b3(&out), b3(&new), "{name}: -o over QUIC");
+        let report: serde_json::Value =
+            serde_json::from_slice(&applied.stdout).expect("one JSON object");
+        let patch_len = std::fs::metadata(served.path().join(format!("{name}.anyp")))
+            .expect("patch")
+            .len();
+        assert_eq!(report["fetched_bytes"], patch_len, "{name}: {report}");
+        assert_eq!(report["fetch_retries"], 0, "{name}: {report}");
 
         let check = ok(Command::new(bin("applypatch"))
             .arg("--check")
@@ -237,11 +244,28 @@ fn a_killed_client_goes_on_from_its_last_checkpoint() {
         part.exists() && resume.exists(),
         "no part file or checkpoint kept"
     );
-    let second = apply(None);
+    let second = run(Command::new(bin("applypatch"))
+        .arg("--json")
+        .arg(&old)
+        .arg(serve.url("p.anyp"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--server-cert", &serve.fingerprint]));
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "{said}");
     assert!(said.contains("going on with"), "did not resume: {said}");
     assert_eq!(b3(&out), b3(&new));
+    // Only what followed the checkpoint (the third, at 12 MiB or more), and
+    // the header section, crossed the network again.
+    let report: serde_json::Value = serde_json::from_slice(&second.stdout).expect("JSON");
+    let patch_len = std::fs::metadata(served.path().join("p.anyp"))
+        .expect("patch")
+        .len();
+    let fetched = report["fetched_bytes"].as_u64().expect("fetched_bytes");
+    assert!(
+        fetched > 0 && fetched <= patch_len / 2 + (1 << 20),
+        "the rerun fetched {fetched} of {patch_len} bytes"
+    );
     assert!(
         !part.exists() && !resume.exists(),
         "left the part file behind"
