@@ -4,8 +4,12 @@
 //! It works on whole IP packets, so TCP, UDP and ICMP see the same delay.
 //! Per direction, one thread reads packets and stamps them with the time
 //! they are due; another sleeps until the oldest is due and writes it out.
-//! Packets keep their order. The queue in between is bounded in bytes;
-//! beyond it packets are dropped and counted, as a router would.
+//! Packets keep their order. The queue in between is bounded in bytes,
+//! and a packet that could not be written within [`LATE_LIMIT`] of its
+//! time is dropped: when the delay line itself is the bottleneck (the
+//! kernel work of writing packets costs more CPU than this machine has),
+//! it loses packets as a full link would, instead of growing a queue that
+//! would make the RTT a lie. Both are counted.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -21,6 +25,9 @@ pub const DEVICE: &str = "nl0";
 
 /// The largest packet read from a TUN device (the largest MTU it can have).
 const MAX_PACKET: usize = 65_536;
+
+/// How late a packet may be written before it is dropped instead.
+pub const LATE_LIMIT: Duration = Duration::from_millis(10);
 
 /// How often idle threads look at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
@@ -43,6 +50,8 @@ pub struct Stats {
     pub bytes: u64,
     /// Packets dropped because the queue was full.
     pub queue_drops: u64,
+    /// Packets dropped because they were more than [`LATE_LIMIT`] late.
+    pub late_drops: u64,
     /// Packets the kernel refused to take (the link was down, for one).
     pub write_errors: u64,
 }
@@ -68,6 +77,7 @@ struct Counters {
     packets: AtomicU64,
     bytes: AtomicU64,
     queue_drops: AtomicU64,
+    late_drops: AtomicU64,
     write_errors: AtomicU64,
 }
 
@@ -145,6 +155,7 @@ impl DelayLine {
             packets: c.packets.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             queue_drops: c.queue_drops.load(Ordering::Relaxed),
+            late_drops: c.late_drops.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
         }
     }
@@ -238,9 +249,13 @@ fn write_loop(shared: &Shared, pipe: &Pipe, dev: &tun::Device, dir: Direction) {
             }
             Some(_) => {
                 while q.packets.front().is_some_and(|(due, _)| *due <= now) {
-                    if let Some((_, p)) = q.packets.pop_front() {
+                    if let Some((due, p)) = q.packets.pop_front() {
                         q.bytes -= p.len();
-                        due_now.push(p);
+                        if now - due > LATE_LIMIT {
+                            counters.late_drops.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            due_now.push(p);
+                        }
                     }
                 }
                 drop(q);

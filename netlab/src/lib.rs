@@ -34,7 +34,7 @@ mod lab;
 mod names;
 mod shape;
 
-pub use delay::{DelayLine, Direction, Stats};
+pub use delay::{DelayLine, Direction, Stats, LATE_LIMIT};
 pub use error::Error;
 pub use lab::{Lab, CLIENT_ADDR, MTU, SERVER_ADDR};
 pub use names::{clean, Which, PREFIX, STALE_AFTER};

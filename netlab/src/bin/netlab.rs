@@ -129,8 +129,8 @@ fn up(
     ] {
         let s = lab.delay_stats(dir);
         eprintln!(
-            "netlab: {name}: {} packets, {} bytes, {} dropped (queue full), {} refused (link down)",
-            s.packets, s.bytes, s.queue_drops, s.write_errors
+            "netlab: {name}: {} packets, {} bytes, {} dropped (queue full), {} dropped (over 10 ms late: the delay line was the bottleneck), {} refused (link down)",
+            s.packets, s.bytes, s.queue_drops, s.late_drops, s.write_errors
         );
     }
     eprintln!("netlab: lab removed ({why})");
