@@ -222,13 +222,13 @@ fn raw_content(content: Vec<u8>) -> Dictionary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use alloc::vec;
 
     /// One zstd frame of raw blocks: window 1 MiB, a 4-byte content size
     /// when `declared` is given.
-    fn stored(content: &[u8], declared: Option<u32>) -> Vec<u8> {
+    pub(crate) fn stored(content: &[u8], declared: Option<u32>) -> Vec<u8> {
         let mut f = vec![0x28, 0xB5, 0x2F, 0xFD];
         match declared {
             Some(n) => {

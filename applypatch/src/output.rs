@@ -405,11 +405,7 @@ fn write_file(
     // rename over a file it is writing (it would report success for a file
     // that is no longer there). Held until the rename, so none starts on it.
     let _held = existing.as_ref().map(|_| lock_existing(new)).transpose()?;
-    let mode = if old_meta.is_file() {
-        old_meta.mode() & 0o777
-    } else {
-        0o666
-    };
+    let mode = new_file_mode(old_meta);
     let tmp = create_temp(&dir, &file_name.to_string_lossy(), mode)?;
     // Errors from here on are about the temporary file; say that NEW was
     // not touched, so nobody goes looking for damage there.
@@ -490,6 +486,17 @@ fn write_file(
 /// Takes the same lock as `applypatch --in-place` on the existing file at
 /// `new`: refused at once if another run holds it. `None` when the file
 /// cannot be opened for reading (the rename decides then).
+/// The permission bits a new NEW is created with (less the umask): OLD's,
+/// or rw for everyone when OLD is a device. A NEW that replaces a file
+/// takes that file's owner and mode afterwards ([`Owner::restore`]).
+fn new_file_mode(old_meta: &Metadata) -> u32 {
+    if old_meta.is_file() {
+        old_meta.mode() & 0o777
+    } else {
+        0o666
+    }
+}
+
 fn lock_existing(new: &Path) -> Result<Option<File>, DriveError> {
     use rustix::fs::{flock, FlockOperation};
     use std::os::unix::fs::OpenOptionsExt;

@@ -112,25 +112,8 @@ pub(crate) fn sized(buf: &mut Vec<u8>, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::zstd::tests::stored as stored_frame;
     use alloc::string::ToString;
-    use alloc::vec;
-
-    /// A frame of `content` in raw blocks, with a 1 MiB window and, when
-    /// `declared` is given, a 4-byte content size field.
-    fn stored_frame(content: &[u8], declared: Option<u32>) -> Vec<u8> {
-        let mut f = vec![0x28, 0xB5, 0x2F, 0xFD];
-        match declared {
-            Some(n) => {
-                f.extend_from_slice(&[0x80, 0x50]);
-                f.extend_from_slice(&n.to_le_bytes());
-            }
-            None => f.extend_from_slice(&[0x00, 0x50]),
-        }
-        let last = 1 | (content.len() as u32) << 3; // one raw block
-        f.extend_from_slice(&last.to_le_bytes()[..3]);
-        f.extend_from_slice(content);
-        f
-    }
 
     fn page(frame: &[u8], number: u64) -> Result<Vec<u8>, ApplyError> {
         let mut out = Vec::new();

@@ -26,7 +26,7 @@ use anypatch_net::fetch::Head;
 use anypatch_net::RemotePatch;
 use anypatch_safe_output::{parent_dir, Owner};
 
-use super::{lock_existing, NewFileSink, OutputTarget, Written};
+use super::{lock_existing, new_file_mode, NewFileSink, OutputTarget, Written};
 use crate::remote::Remote;
 use crate::{io_err, DriveError, Policy};
 
@@ -136,16 +136,7 @@ pub(super) fn write_remote_file(
     let resume_path = dir.join(format!(".{name}.anypatch-part.resume"));
     let existing = fs::metadata(new).ok().filter(Metadata::is_file);
     let _held = existing.as_ref().map(|_| lock_existing(new)).transpose()?;
-    let mode = existing.as_ref().map_or_else(
-        || {
-            if old_meta.is_file() {
-                old_meta.mode() & 0o777
-            } else {
-                0o666
-            }
-        },
-        |m| m.mode() & 0o777,
-    );
+    let mode = new_file_mode(old_meta);
     let part = OpenOptions::new()
         .read(true)
         .write(true)
