@@ -306,3 +306,107 @@ fn unmatched(out: &mut Vec<Span>, bytes: &[u8]) {
     }
     push_span(out, Class::Changed(0), (bytes.len() - from) as u64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table of the index of `image` at 512-byte blocks.
+    fn table_of(image: &[u8]) -> BlockTable {
+        let bytes = anypatch_index::vectors::index_of(image, 512, 3, None);
+        let mut reader =
+            anypatch_index::IndexReader::new(&bytes[..], &anypatch_index::Limits::default())
+                .expect("header");
+        let table = BlockTable::read(&mut reader, 0).expect("entries");
+        reader.finish().expect("verified");
+        table
+    }
+
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x1234_5678_9ABC_DEF1u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_insertion_into_a_block_is_found_at_its_offset() {
+        let image = noise(4 * 512);
+        let table = table_of(&image);
+        let block = &image[512..1024];
+        for (at, m) in [(0usize, 1usize), (7, 30), (300, 512), (512, 5)] {
+            let mut gap = block[..at].to_vec();
+            gap.extend(std::iter::repeat_n(0xAB, m));
+            gap.extend_from_slice(&block[at..]);
+            let (i, found_m) = insertion(&table, 1, &gap).expect("found");
+            assert_eq!(found_m, m);
+            // Another offset is right too when the inserted bytes repeat
+            // the block's: what matters is that the split rebuilds it.
+            let mut rebuilt = gap[..i].to_vec();
+            rebuilt.extend_from_slice(&gap[i + m..]);
+            assert_eq!(rebuilt, block, "at {at}, +{m}");
+        }
+        // Not an insertion: a byte changed, or more than a block inserted.
+        let mut changed = block.to_vec();
+        changed[100] ^= 1;
+        changed.push(9);
+        assert_eq!(insertion(&table, 1, &changed), None);
+        let long = [block, &[1u8; 513][..]].concat();
+        assert_eq!(insertion(&table, 1, &long), None);
+    }
+
+    #[test]
+    fn unmatched_bytes_keep_long_zero_runs_as_zeros() {
+        let mut bytes = vec![5u8; 10];
+        bytes.extend([0u8; ZERO_MIN]);
+        bytes.extend([7u8; 3]);
+        bytes.extend([0u8; ZERO_MIN - 1]);
+        let mut out = Vec::new();
+        unmatched(&mut out, &bytes);
+        let got: Vec<_> = out.iter().map(|s| (s.class, s.len)).collect();
+        assert_eq!(
+            got,
+            [
+                (Class::Changed(0), 10),
+                (Class::Zero, ZERO_MIN as u64),
+                (Class::Changed(0), 3 + ZERO_MIN as u64 - 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_piece_tiles_its_bytes_and_finds_a_shifted_block() {
+        let image = noise(8 * 512);
+        let table = table_of(&image);
+        // Old blocks 2..6 shifted by 3 bytes behind other bytes.
+        let mut new = vec![9u8; 3];
+        new.extend_from_slice(&image[1024..3072]);
+        let spans = piece(&table, &new, 1000, new.len(), None, false);
+        let total: u64 = spans.iter().map(|s| s.len).sum();
+        assert_eq!(total, new.len() as u64);
+        assert_eq!(
+            spans[0],
+            Span {
+                class: Class::Changed(0),
+                len: 3
+            }
+        );
+        assert_eq!(
+            spans[1],
+            Span {
+                class: Class::Moved(1024 - 1003),
+                len: 2048
+            }
+        );
+        // In place, a copy may not read before where it writes.
+        let spans = piece(&table, &new, 5000, new.len(), None, true);
+        assert!(spans
+            .iter()
+            .all(|s| !matches!(s.class, Class::Moved(d) if d < 0)));
+    }
+}
