@@ -16,6 +16,14 @@ fn lab(tag: &str) -> Lab {
     Lab::new(tag).unwrap_or_else(|e| panic!("cannot make a network lab: {e}"))
 }
 
+/// Both kinds of lab: GSO batches (the default) and one packet at a time.
+fn both_labs(tag: &str) -> [Lab; 2] {
+    [
+        lab(tag),
+        Lab::per_packet(tag).unwrap_or_else(|e| panic!("cannot make a network lab: {e}")),
+    ]
+}
+
 /// A TCP connection from the client to the server namespace: (client end, server end).
 fn tcp_pair(lab: &Lab) -> (TcpStream, TcpStream) {
     let listener = lab
@@ -120,16 +128,21 @@ fn close_to(got: Duration, want_ms: f64) -> bool {
 
 #[test]
 fn tcp_and_udp_round_trips_take_the_rtt_set() {
-    let mut lab = lab("rtt");
+    let [mut lab, mut per_packet] = both_labs("rtt");
+    round_trips(&mut lab);
+    round_trips(&mut per_packet);
+}
+
+fn round_trips(lab: &mut Lab) {
     for rtt in [100.0, 20.0] {
         lab.set_rtt(rtt).expect("set_rtt");
-        let (mut c, s) = tcp_pair(&lab);
+        let (mut c, s) = tcp_pair(lab);
         let tcp = tcp_rtt(&mut c, s, 15);
         assert!(
             close_to(tcp, rtt),
             "TCP round trip {tcp:?} with RTT set to {rtt} ms"
         );
-        let (c, s) = udp_pair(&lab);
+        let (c, s) = udp_pair(lab);
         let udp = udp_rtt(&c, s, 15);
         assert!(
             close_to(udp, rtt),
@@ -312,7 +325,12 @@ fn rcvbuf_errors(lab: &Lab, server: bool) -> usize {
 
 #[test]
 fn loss_drops_about_the_set_share_of_udp_datagrams_each_way() {
-    let mut lab = lab("loss");
+    for lab in both_labs("loss") {
+        loss_share(lab);
+    }
+}
+
+fn loss_share(mut lab: Lab) {
     lab.set_loss(20.0).expect("set_loss");
     let n = 4000;
     let (c, s) = udp_pair(&lab);
@@ -386,7 +404,12 @@ fn link_down_stops_traffic_and_link_up_restores_it() {
 
 #[test]
 fn counters_count_the_ip_bytes_each_way() {
-    let lab = lab("count");
+    for lab in both_labs("count") {
+        counters(lab);
+    }
+}
+
+fn counters(lab: Lab) {
     assert_eq!(lab.bytes_to_server().expect("counter"), 0);
     assert_eq!(lab.bytes_to_client().expect("counter"), 0);
     let (c, s) = udp_pair(&lab);

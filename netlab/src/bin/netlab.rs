@@ -48,6 +48,9 @@ enum Cmd {
         /// Packets dropped at random each way, in percent.
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
+        /// Carry every wire packet on its own, without GSO batches (see Lab::per_packet).
+        #[arg(long)]
+        per_packet: bool,
         /// Tear the lab down after this many seconds at most.
         #[arg(long = "for", default_value_t = 600)]
         seconds: u64,
@@ -68,8 +71,17 @@ fn main() -> Result<()> {
             rate,
             queue,
             loss,
+            per_packet,
             seconds,
-        } => up(&tag, rtt, rate, queue, loss, Duration::from_secs(seconds)),
+        } => up(
+            &tag,
+            rtt,
+            rate,
+            queue,
+            loss,
+            per_packet,
+            Duration::from_secs(seconds),
+        ),
         Cmd::Clean { all } => {
             let which = if all { Which::All } else { Which::Stale };
             for ns in anypatch_netlab::clean(which).context("cleaning labs")? {
@@ -86,6 +98,7 @@ fn up(
     rate: Option<f64>,
     queue: Option<f64>,
     loss: f64,
+    per_packet: bool,
     hold: Duration,
 ) -> Result<()> {
     // Listen for signals before the lab exists, so none is missed.
@@ -98,7 +111,12 @@ fn up(
         }
     });
 
-    let mut lab = Lab::new(tag).context("making the lab")?;
+    let mut lab = if per_packet {
+        Lab::per_packet(tag)
+    } else {
+        Lab::new(tag)
+    }
+    .context("making the lab")?;
     lab.set_rtt(rtt)?;
     if let Some(ms) = queue {
         lab.set_queue(ms)?;
@@ -129,7 +147,7 @@ fn up(
     ] {
         let s = lab.delay_stats(dir);
         eprintln!(
-            "netlab: {name}: {} packets, {} bytes, {} dropped (queue full), {} dropped (over 10 ms late: the delay line was the bottleneck), {} refused (link down)",
+            "netlab: {name}: {} packets, {} bytes, {} dropped (queue full), {} dropped (over 50 ms late: the delay line was the bottleneck), {} refused (link down)",
             s.packets, s.bytes, s.queue_drops, s.late_drops, s.write_errors
         );
     }
