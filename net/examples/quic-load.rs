@@ -2,7 +2,7 @@
 //! from one `mkpatch serve`, each over its own QUIC connection through
 //! [`RemotePatch`] (as `applypatch` does), and each compares every byte with
 //! the local copy of the file. Prints one JSON object:
-//! `{"clients":N,"ok":N,"failed":0,"bytes":B,"seconds":S,"mb_per_s":R,"retries":T,"errors":[...]}`
+//! `{"clients":N,"ok":N,"failed":0,"bytes":B,"seconds":S,"mb_per_s":R,"retries":T,"notices":[...],"errors":[...]}`
 //! (mb_per_s: all clients' bytes together, in 10^6 bytes a second).
 //!
 //! ```text
@@ -69,14 +69,25 @@ fn args() -> Args {
     }
 }
 
+/// Retry notices: how many, and the first few.
+type Notices = Arc<Mutex<(u64, Vec<String>)>>;
+
+/// Keeps a message in a bounded list that counts them all.
+fn keep(list: &Mutex<(u64, Vec<String>)>, message: String) {
+    if let Ok(mut l) = list.lock() {
+        l.0 += 1;
+        if l.1.len() < KEEP_ERRORS {
+            l.1.push(message);
+        }
+    }
+}
+
 /// One client: fetches the whole file and compares it; the bytes it got.
-fn client(args: &Args, retries: &Arc<AtomicU64>) -> Result<u64, String> {
+fn client(args: &Args, notices: &Notices) -> Result<u64, String> {
     let mut opts = RemoteOptions::new(Trust::Pinned(args.pin));
-    let counted = retries.clone();
-    // Retries are counted, not printed: a thousand clients would flood stderr.
-    opts.notice = Arc::new(move |_| {
-        counted.fetch_add(1, Ordering::Relaxed);
-    });
+    let counted = notices.clone();
+    // Retries are counted and a few kept, not printed: a thousand clients would flood stderr.
+    opts.notice = Arc::new(move |s| keep(&counted, s.to_owned()));
     let mut patch = RemotePatch::open(args.url.clone(), 0, opts).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 64 << 10];
     let mut at = 0usize;
@@ -104,8 +115,8 @@ fn client(args: &Args, retries: &Arc<AtomicU64>) -> Result<u64, String> {
 
 fn main() {
     let args = Arc::new(args());
-    let retries = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(Mutex::new((0usize, Vec::<String>::new())));
+    let retries: Notices = Arc::default();
+    let errors: Notices = Arc::default();
     let bytes = Arc::new(AtomicU64::new(0));
     // All clients start together once their threads exist.
     let start = Arc::new(Barrier::new(args.clients + 1));
@@ -126,14 +137,7 @@ fn main() {
                     Ok(n) => {
                         bytes.fetch_add(n, Ordering::Relaxed);
                     }
-                    Err(e) => {
-                        if let Ok(mut errs) = errors.lock() {
-                            errs.0 += 1;
-                            if errs.1.len() < KEEP_ERRORS {
-                                errs.1.push(e);
-                            }
-                        }
-                    }
+                    Err(e) => keep(&errors, e),
                 }
             });
         match spawned {
@@ -150,16 +154,20 @@ fn main() {
         let _ = t.join();
     }
     let seconds = began.elapsed().max(Duration::from_micros(1)).as_secs_f64();
-    let (failed, kept) = errors.lock().map(|e| e.clone()).unwrap_or_default();
+    let quoted = |l: &Notices| {
+        let (n, kept) = l.lock().map(|e| e.clone()).unwrap_or_default();
+        let kept: Vec<String> = kept.iter().map(|e| format!("{e:?}")).collect();
+        (n, kept.join(","))
+    };
+    let (failed, kept) = quoted(&errors);
+    let failed = failed as usize;
+    let (retries, notices) = quoted(&retries);
     let bytes = bytes.load(Ordering::Relaxed);
-    let kept: Vec<String> = kept.iter().map(|e| format!("{e:?}")).collect();
     println!(
-        "{{\"clients\":{},\"ok\":{},\"failed\":{failed},\"bytes\":{bytes},\"seconds\":{seconds:.3},\"mb_per_s\":{:.1},\"retries\":{},\"errors\":[{}]}}",
+        "{{\"clients\":{},\"ok\":{},\"failed\":{failed},\"bytes\":{bytes},\"seconds\":{seconds:.3},\"mb_per_s\":{:.1},\"retries\":{retries},\"notices\":[{notices}],\"errors\":[{kept}]}}",
         args.clients,
         args.clients - failed,
         bytes as f64 / seconds / 1e6,
-        retries.load(Ordering::Relaxed),
-        kept.join(",")
     );
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }

@@ -49,7 +49,9 @@ const PORT: u16 = 4433;
 
 impl Bench {
     fn new(tag: &str) -> Self {
-        let lab = Lab::new(tag).unwrap_or_else(|e| panic!("cannot make a network lab: {e}"));
+        // Packet by packet: loss strikes single wire packets, and the
+        // counters see every packet's headers.
+        let lab = Lab::per_packet(tag).unwrap_or_else(|e| panic!("cannot make a network lab: {e}"));
         let served = tempfile::tempdir().expect("served");
         let work = tempfile::tempdir().expect("work");
         let patch = served.path().join("p.anyp");
@@ -167,7 +169,20 @@ impl Drop for Bench {
     }
 }
 
-fn finish(child: Child) -> Output {
+/// Waits for a client (at most [`WAIT`]; then it is killed) and insists it succeeded.
+fn finish(mut child: Child) -> Output {
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > WAIT {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("applypatch ends");
+            panic!(
+                "applypatch did not finish within {WAIT:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = child.wait_with_output().expect("applypatch ends");
     assert!(
         out.status.success(),

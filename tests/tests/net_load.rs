@@ -164,6 +164,7 @@ fn one_server_holds_a_thousand_clients() {
         peak as f64 / (1 << 20) as f64,
         rss_one as f64 / (1 << 20) as f64,
     );
+    eprintln!("retry notices, the first few: {}", many["notices"]);
     assert_eq!(many["ok"], CLIENTS, "{many}");
     assert_eq!(many["failed"], 0, "{many}");
     assert_eq!(
