@@ -115,6 +115,10 @@ impl Remote {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = file.flush();
+                    if fs::metadata(spool).is_ok_and(|m| m.len() == 0) {
+                        // Nothing fetched: nothing for a rerun to continue.
+                        remove_download(spool);
+                    }
                     return Err(DriveError::Io {
                         action: format!("cannot fetch {}", self.url),
                         source: e,

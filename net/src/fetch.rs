@@ -235,7 +235,14 @@ impl Fetcher {
             }
         }
         let resp = req.send().await.map_err(|e| {
-            let why = format!("cannot fetch {}: {e}", self.url);
+            if let Some(tls) = tls_refusal(&e) {
+                // A refused certificate is not a dropped link: say it at once.
+                return FetchError::Fatal(format!(
+                    "{}: the server is not trusted: {tls}",
+                    self.url
+                ));
+            }
+            let why = format!("cannot fetch {}: {}", self.url, chain(&e));
             if e.is_connect() || e.is_timeout() || e.is_request() {
                 FetchError::Retry(why)
             } else {
@@ -293,6 +300,36 @@ impl Fetcher {
         };
         Ok((head, Body::Http(resp)))
     }
+}
+
+/// The TLS refusal (a certificate not trusted, a handshake refused)
+/// somewhere in an HTTP error's causes, if there is one.
+fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
+    }
+    // io::Error's source() skips the error it wraps: look inside it too.
+    let inner = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| tls_refusal(inner));
+    inner.or_else(|| e.source().and_then(tls_refusal))
+}
+
+/// An error with its causes, as one line: reqwest's own message alone
+/// ("error sending request") does not say what went wrong.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
 }
 
 /// `bytes START-END/TOTAL` → `(START, TOTAL)`.

@@ -230,6 +230,11 @@ pub(super) fn write_remote_file(
                 let _ = fs::remove_file(&part_path);
                 return Err(e);
             }
+            if !resume_path.exists() {
+                // No checkpoint yet: nothing a rerun could go on from.
+                let _ = fs::remove_file(&part_path);
+                return Err(e);
+            }
             return Err(keep_note(e, new));
         }
     };
