@@ -8,14 +8,13 @@
 
 mod net_support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anypatch_tests::{bin, root};
-use net_support::noise_pair;
+use anypatch_tests::root;
+use net_support::{noise_pair, Serve};
 
 const CLIENTS: usize = 1000;
 const MAX_SERVER_RSS: u64 = 256 << 20;
@@ -39,70 +38,6 @@ fn quic_load() -> PathBuf {
             target.join("release/examples/quic-load")
         })
         .clone()
-}
-
-/// `mkpatch serve` on a loopback port; killed on drop.
-struct Serve {
-    child: Child,
-    port: u16,
-    fingerprint: String,
-    _stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl Serve {
-    fn start(dir: &Path, state: &Path) -> Self {
-        let mut child = Command::new(bin("mkpatch"))
-            .arg("serve")
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(state)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("mkpatch serve starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut next = || lines.next().expect("a line").expect("utf-8");
-        let serving = next();
-        let port = serving
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {serving:?}"));
-        let cert = next();
-        let fingerprint = cert
-            .strip_prefix("certificate ")
-            .unwrap_or_else(|| panic!("no fingerprint in {cert:?}"))
-            .to_owned();
-        Self {
-            child,
-            port,
-            fingerprint,
-            _stdout: lines,
-        }
-    }
-
-    /// A field of /proc/PID/status, in bytes (the kernel says kB).
-    fn status_bytes(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("the server's /proc status");
-        status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(field)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no {field} in the server's status"))
-            * 1024
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Runs the load tool with `clients` clients; its JSON report.

@@ -3,82 +3,14 @@
 //! pair, and what is refused before anything is written (a wrong
 //! certificate, no way to trust the server, trust flags on a local patch).
 
+mod net_support;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
-use anypatch_tests::{bin, corpus_pairs, corpus_small, hex};
-
-/// A `mkpatch serve` child, killed on drop.
-struct Serve {
-    child: Child,
-    port: u16,
-    fingerprint: String,
-    /// Kept open: the server's stdout is a pipe.
-    _stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl Serve {
-    fn start(dir: &Path, state: &Path) -> Self {
-        let mut child = Command::new(bin("mkpatch"))
-            .arg("serve")
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(state)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("mkpatch serve starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut next = || lines.next().expect("a line").expect("utf-8");
-        let serving = next();
-        let port = serving
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {serving:?}"));
-        let cert = next();
-        let fingerprint = cert
-            .strip_prefix("certificate ")
-            .unwrap_or_else(|| panic!("no fingerprint in {cert:?}"))
-            .to_owned();
-        Self {
-            child,
-            port,
-            fingerprint,
-            _stdout: lines,
-        }
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("quic://127.0.0.1:{}/{name}", self.port)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("binary runs")
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn b3(path: &Path) -> String {
-    hex(blake3::hash(&std::fs::read(path).expect("read")).as_bytes())
-}
+use anypatch_tests::{bin, corpus_pairs, corpus_small};
+use net_support::{b3, ok, run, Serve};
 
 #[test]
 fn every_pair_applies_over_quic() {

@@ -2,8 +2,9 @@
 //! hashes, and waiting for a condition with a deadline.
 #![allow(dead_code)] // each test file uses its own part
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anypatch_tests::{bin, hex};
@@ -107,4 +108,77 @@ pub fn children(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// `mkpatch serve` on a loopback port; killed on drop.
+pub struct Serve {
+    child: Child,
+    pub port: u16,
+    /// The SHA256:... line it printed, for --server-cert.
+    pub fingerprint: String,
+    _stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Serve {
+    /// Serves `dir` on 127.0.0.1 with its certificate kept in `state`.
+    pub fn start(dir: &Path, state: &Path) -> Self {
+        let mut child = Command::new(bin("mkpatch"))
+            .arg("serve")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mkpatch serve starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut next = || lines.next().expect("a line").expect("utf-8");
+        let serving = next();
+        let port = serving
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {serving:?}"));
+        let cert = next();
+        let fingerprint = cert
+            .strip_prefix("certificate ")
+            .unwrap_or_else(|| panic!("no fingerprint in {cert:?}"))
+            .to_owned();
+        Self {
+            child,
+            port,
+            fingerprint,
+            _stdout: lines,
+        }
+    }
+
+    /// A field of /proc/PID/status, in bytes (the kernel says kB).
+    pub fn status_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(field)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {field} in the server's status"))
+            * 1024
+    }
+}
+
+impl Serve {
+    /// `quic://127.0.0.1:PORT/NAME`.
+    pub fn url(&self, name: &str) -> String {
+        format!("quic://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
