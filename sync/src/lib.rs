@@ -1,0 +1,15 @@
+//! Live sync of an image between two machines (spec/SYNC.md, a draft).
+//!
+//! What exists: the hash tree both sides compare ([`tree`]), whose values
+//! are BLAKE3's own interior nodes over 64 KiB leaves, so one pass over an
+//! image gives both the tree and the image's BLAKE3; and the hashing of an
+//! image's leaves on all cores, group by group in order ([`hash`]), so a
+//! side can compare while it hashes. The protocol and the two sides are
+//! not built yet (see the README's list of what is missing).
+#![forbid(unsafe_code)]
+
+pub mod hash;
+pub mod tree;
+
+pub use hash::hash_leaves;
+pub use tree::{differing, group_values, leaf_value, root, Value, GROUP, GROUP_LEAVES, LEAF};
