@@ -4,12 +4,14 @@
 //! are BLAKE3's own interior nodes over 64 KiB leaves, so one pass over an
 //! image gives both the tree and the image's BLAKE3; and the hashing of an
 //! image's leaves on all cores, group by group in order ([`hash`]), so a
-//! side can compare while it hashes. The protocol and the two sides are
+//! side can compare while it hashes; and the messages of a session, with a
+//! decoder that refuses what is malformed or oversized ([`wire`]). The protocol and the two sides are
 //! not built yet (see the README's list of what is missing).
 #![forbid(unsafe_code)]
 
 pub mod hash;
 pub mod tree;
+pub mod wire;
 
 pub use hash::hash_leaves;
 pub use tree::{differing, group_values, leaf_value, root, Value, GROUP, GROUP_LEAVES, LEAF};
