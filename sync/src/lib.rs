@@ -5,11 +5,14 @@
 //! image gives both the tree and the image's BLAKE3; and the hashing of an
 //! image's leaves on all cores, group by group in order ([`hash`]), so a
 //! side can compare while it hashes; and the messages of a session, with a
-//! decoder that refuses what is malformed or oversized ([`wire`]). The protocol and the two sides are
+//! decoder that refuses what is malformed or oversized ([`wire`]); and
+//! what the receiver finds in its own image for a leaf that differs
+//! ([`matcher`]). The protocol and the two sides are
 //! not built yet (see the README's list of what is missing).
 #![forbid(unsafe_code)]
 
 pub mod hash;
+pub mod matcher;
 pub mod tree;
 pub mod wire;
 

@@ -69,14 +69,9 @@ pub enum Message {
     Done { root: [u8; 32] },
 }
 
-/// The keys of one block, as `spec/INDEX.md` section 3.2 defines them.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct BlockKey {
-    /// Adler-32 of the block.
-    pub weak: u32,
-    /// XXH3-128 of the block with the session's seed.
-    pub strong: u128,
-}
+/// The keys of one block, as `spec/INDEX.md` section 3.2 defines them
+/// (XXH3-128 with the session's seed).
+pub use anypatch_index::BlockHashes as BlockKey;
 
 /// A range of the new image a receiver wants.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -155,10 +150,7 @@ impl Message {
             }
             Self::Keys { leaf, keys } => {
                 p.extend_from_slice(&leaf.to_le_bytes());
-                for k in keys {
-                    p.extend_from_slice(&k.weak.to_le_bytes());
-                    p.extend_from_slice(&k.strong.to_le_bytes());
-                }
+                keys.iter().for_each(|k| p.extend_from_slice(&k.emit()));
                 kind::KEYS
             }
             Self::Data {
@@ -250,10 +242,7 @@ fn parse(k: u8, p: &[u8]) -> Result<Message, WireError> {
         kind::KEYS => Message::Keys {
             leaf: r.u32()?,
             keys: r.items("KEYS", BLOCKS_PER_LEAF, |r| {
-                Ok(BlockKey {
-                    weak: r.u32()?,
-                    strong: u128::from_le_bytes(r.array()?),
-                })
+                Ok(BlockKey::parse(&r.array()?))
             })?,
         },
         kind::DATA => Message::Data {

@@ -31,7 +31,7 @@ fn all_kinds() -> Vec<Message> {
             keys: vec![
                 BlockKey {
                     weak: 0xdead_beef,
-                    strong: u128::MAX - 5
+                    strong: [0xfe; 16]
                 };
                 16
             ],

@@ -1,0 +1,199 @@
+//! What the receiver finds in its own image for a leaf that differs
+//! (spec/SYNC.md section 6): for each 4 KiB block of the new leaf, an old
+//! offset whose bytes have the block's keys, or nothing (the block is
+//! wanted from the sender).
+//!
+//! Found, in order: the old block at the same offset; an old block of a
+//! leaf looked at before (moved data); a block-sized window anywhere in
+//! the old leaf and its two neighbours, keyed by the rolling Adler-32 and
+//! confirmed by XXH3-128 (data shifted by any number of bytes). A found
+//! block is not yet trusted: the leaf it goes into is checked against the
+//! sender's BLAKE3 value before any of it is written.
+
+use std::collections::HashMap;
+use std::io;
+
+use anypatch_index::block::{strong, Rolling};
+
+use crate::tree::{leaf_range, LEAF};
+use crate::wire::{BlockKey, BLOCK};
+
+/// Where the receiver reads its old image.
+pub trait OldImage {
+    /// Its length in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`, all of it.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl OldImage for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let at = usize::try_from(offset).ok();
+        let src = at.and_then(|a| self.get(a..a.checked_add(buf.len())?));
+        buf.copy_from_slice(src.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?);
+        Ok(())
+    }
+}
+
+impl OldImage for std::fs::File {
+    fn size(&self) -> u64 {
+        self.metadata().map_or(0, |m| m.len())
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+/// Where one block of a new leaf comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The old image's bytes from this offset.
+    Old(u64),
+    /// The sender's.
+    Want,
+}
+
+/// The receiver's matcher over one sync.
+#[derive(Debug)]
+pub struct Matcher {
+    seed: u64,
+    /// Old sources below this offset are not used: in place, the leaves
+    /// before it are already rewritten.
+    min_source: u64,
+    /// Full old blocks looked at so far, by strong hash.
+    seen: HashMap<[u8; 16], u64>,
+}
+
+/// How many old blocks [`Matcher`] remembers for moved data: 256 MiB of
+/// differing old image, in a table of about 3 MiB.
+const MAX_SEEN: usize = 1 << 16;
+
+impl Matcher {
+    /// A matcher for keys made with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            min_source: 0,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// From now on, no source below `offset` (in place: what the writer
+    /// has already rewritten, less what it still holds in memory).
+    pub fn forbid_below(&mut self, offset: u64) {
+        self.min_source = self.min_source.max(offset);
+    }
+
+    /// The source of each block of leaf `leaf` of a new image of `new_len`
+    /// bytes, whose keys are `keys` (one per block of the leaf).
+    pub fn plan(
+        &mut self,
+        old: &(impl OldImage + ?Sized),
+        new_len: u64,
+        leaf: u64,
+        keys: &[BlockKey],
+    ) -> io::Result<Vec<Source>> {
+        let range = leaf_range(new_len, leaf);
+        let blocks = (range.end - range.start).div_ceil(BLOCK);
+        if keys.len() as u64 != blocks || blocks == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the sender sent {} block keys for leaf {leaf}, which has {blocks} blocks",
+                    keys.len()
+                ),
+            ));
+        }
+        let leaf_at = range.start;
+        let old_len = old.size();
+        // The old leaf and its neighbours, as far as they may be read.
+        let start = leaf_at
+            .saturating_sub(LEAF)
+            .max(self.min_source)
+            .min(old_len);
+        let end = leaf_at.saturating_add(2 * LEAF).min(old_len);
+        let mut window = vec![0; (end.max(start) - start) as usize];
+        old.read_at(&mut window, start)?;
+        let old_block = |at: u64, len: u64| -> Option<&[u8]> {
+            let from = at.checked_sub(start)? as usize;
+            window.get(from..from + len as usize)
+        };
+
+        let block_len = |i: usize| (new_len - leaf_at - i as u64 * BLOCK).min(BLOCK);
+        let mut sources = vec![Source::Want; keys.len()];
+        let mut pending: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            let at = leaf_at + i as u64 * BLOCK;
+            let len = block_len(i);
+            if old_block(at, len).is_some_and(|b| strong(b, self.seed) == key.strong) {
+                sources[i] = Source::Old(at);
+            } else if let Some(&o) = self
+                .seen
+                .get(&key.strong)
+                .filter(|&&o| o >= self.min_source)
+            {
+                sources[i] = Source::Old(o);
+            } else if len == BLOCK {
+                pending.entry(key.weak).or_default().push(i);
+            }
+        }
+        self.remember(&window, start);
+        if !pending.is_empty() && window.len() as u64 >= BLOCK {
+            self.search(&window, start, keys, &mut pending, &mut sources);
+        }
+        Ok(sources)
+    }
+
+    /// Keys every block-sized window of `window` (old bytes from `start`)
+    /// and takes the first whose strong hash confirms a pending block.
+    fn search(
+        &self,
+        window: &[u8],
+        start: u64,
+        keys: &[BlockKey],
+        pending: &mut HashMap<u32, Vec<usize>>,
+        sources: &mut [Source],
+    ) {
+        let b = BLOCK as usize;
+        let mut rolling = Rolling::new(&window[..b]);
+        for p in 0..=window.len() - b {
+            if p > 0 {
+                rolling.roll(window[p - 1], window[p - 1 + b]);
+            }
+            let Some(waiting) = pending.get_mut(&rolling.value()) else {
+                continue;
+            };
+            let hash = strong(&window[p..p + b], self.seed);
+            waiting.retain(|&i| {
+                let hit = keys[i].strong == hash;
+                if hit {
+                    sources[i] = Source::Old(start + p as u64);
+                }
+                !hit
+            });
+            if waiting.is_empty() {
+                pending.remove(&rolling.value());
+                if pending.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Remembers the full, block-aligned old blocks of `window` for moved
+    /// data, up to [`MAX_SEEN`] of them.
+    fn remember(&mut self, window: &[u8], start: u64) {
+        let first = start.div_ceil(BLOCK) * BLOCK;
+        let mut at = first;
+        while at + BLOCK <= start + window.len() as u64 && self.seen.len() < MAX_SEEN {
+            let from = (at - start) as usize;
+            self.seen
+                .entry(strong(&window[from..from + BLOCK as usize], self.seed))
+                .or_insert(at);
+            at += BLOCK;
+        }
+    }
+}
