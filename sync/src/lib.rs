@@ -13,6 +13,8 @@
 
 pub mod hash;
 pub mod matcher;
+pub mod receiver;
+pub mod sender;
 pub mod tree;
 pub mod wire;
 

@@ -111,6 +111,16 @@ pub fn group_values(len: u64, leaves: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// The value of group `g` of an image of `len` bytes, from the values
+/// of its leaves (`leaves` starts at the group's first leaf and holds at
+/// least its leaves). `None` if the image has no such group.
+pub fn group_value(len: u64, g: u64, leaves: &[Value]) -> Option<Value> {
+    let start = g.checked_mul(GROUP).filter(|&s| s < len)?;
+    let group_len = (len - start).min(GROUP);
+    let n = leaf_count(group_len) as usize;
+    leaves.get(..n).map(|l| subtree(group_len, l))
+}
+
 /// The first 16 bytes of a value: what goes on the wire (the final check
 /// uses whole values).
 pub fn value16(value: &Value) -> [u8; 16] {
