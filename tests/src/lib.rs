@@ -4,6 +4,7 @@
 
 pub mod builder;
 pub mod hostile;
+pub mod hostile_index;
 pub mod reference;
 pub mod vectors;
 pub mod verdict;
