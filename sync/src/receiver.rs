@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::matcher::{Matcher, OldImage, Source};
 use crate::sender::{CODEC_RAW, CODEC_ZSTD};
 use crate::tree::{
-    group_count, group_value, leaf_count, leaf_range, leaf_value, root, value16, Value,
+    group_count, group_value, leaf_count, leaf_range, leaf_value, value16, RootBuilder, Value,
     GROUP_LEAVES, LEAF,
 };
 use crate::wire::{Message, Range, Value16, BLOCK, MAX_REQUEST_ITEMS};
@@ -22,6 +22,11 @@ use crate::wire::{Message, Range, Value16, BLOCK, MAX_REQUEST_ITEMS};
 /// Leaves being built at once: their bytes (64 KiB each) are the
 /// receiver's memory, 16 MiB at most.
 pub const MAX_BUILDING: usize = 256;
+
+/// Values of its own leaves the receiver holds at most before the caller
+/// should pause hashing ([`Receiver::wants_own_groups`]): 2 MiB, 4 GiB of
+/// image ahead of what is handed out.
+pub const MAX_OWN_AHEAD: usize = 1 << 16;
 
 /// How the result is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +117,10 @@ pub struct Receiver<'a, O: OldImage + ?Sized> {
     old: &'a O,
     old_len: u64,
     mode: Mode,
-    own: Vec<Value>,
+    /// The values of its own leaves from `own_base` on: those before the
+    /// first leaf not handed out are dropped.
+    own: VecDeque<Value>,
+    own_base: u64,
     own_groups: u64,
     own_done: bool,
     new: Option<NewImage>,
@@ -126,8 +134,8 @@ pub struct Receiver<'a, O: OldImage + ?Sized> {
     building: BTreeMap<u64, Build>,
     verdicts: BTreeMap<u64, (Ready, Value)>,
     next: u64,
-    /// The values of the new image's leaves handed out so far.
-    result: Vec<Value>,
+    /// The root of the new image's leaves handed out so far.
+    result: RootBuilder,
     out: Vec<Message>,
     ready: Vec<Ready>,
     /// The bytes of a new image of one leaf, which its root is made of.
@@ -143,7 +151,8 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
             old,
             old_len,
             mode,
-            own: Vec::new(),
+            own: VecDeque::new(),
+            own_base: 0,
             own_groups: 0,
             own_done: false,
             new: None,
@@ -157,7 +166,7 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
             building: BTreeMap::new(),
             verdicts: BTreeMap::new(),
             next: 0,
-            result: Vec::new(),
+            result: RootBuilder::default(),
             out: Vec::new(),
             ready: Vec::new(),
             small: None,
@@ -169,9 +178,21 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
     /// The next group of the old image was hashed: the values of its leaves.
     pub fn own_group(&mut self, g: u64, leaves: &[Value]) -> Result<(), SyncError> {
         debug_assert_eq!(g, self.own_groups, "own groups come in order");
-        self.own.extend_from_slice(leaves);
+        self.own.extend(leaves);
         self.own_groups += 1;
         self.progress()
+    }
+
+    /// Whether to go on hashing: false while the values of its own leaves
+    /// not yet handed out reach [`MAX_OWN_AHEAD`] (the link is slower
+    /// than the disk); more messages make room.
+    pub fn wants_own_groups(&self) -> bool {
+        self.own.len() < MAX_OWN_AHEAD
+    }
+
+    fn own_at(&self, leaf: u64) -> Option<&Value> {
+        self.own
+            .get(usize::try_from(leaf.checked_sub(self.own_base)?).ok()?)
     }
 
     /// The old image is hashed whole.
@@ -279,23 +300,26 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
         let mut want_leaves = Vec::new();
         while self.compared < groups && (self.compared as usize) < self.theirs.len() {
             let g = self.compared;
+            let first_leaf = g * GROUP_LEAVES as u64;
             let own = if g < self.own_groups {
-                let first = g as usize * GROUP_LEAVES;
-                group_value(self.old_len, g, &self.own[first..])
+                let values: Vec<Value> = (first_leaf..first_leaf + GROUP_LEAVES as u64)
+                    .map_while(|l| self.own_at(l).copied())
+                    .collect();
+                group_value(self.old_len, g, &values)
             } else if self.own_done {
                 None
             } else {
                 break;
             };
-            let first_leaf = g * GROUP_LEAVES as u64;
             let leaves = first_leaf..leaf_count(new.len).min(first_leaf + GROUP_LEAVES as u64);
             // A group equal in value is equal in length too (the value
             // covers its length), so every leaf of it is the old one.
             if own.is_some_and(|v| value16(&v) == self.theirs[g as usize]) {
                 for leaf in leaves {
-                    let value = self.own[leaf as usize];
-                    self.verdicts
-                        .insert(leaf, (Ready::Unchanged { leaf }, value));
+                    if let Some(&value) = self.own_at(leaf) {
+                        self.verdicts
+                            .insert(leaf, (Ready::Unchanged { leaf }, value));
+                    }
                 }
             } else {
                 self.counts.groups_differing += 1;
@@ -329,15 +353,14 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
             ));
         }
         for (leaf, v) in (first..).zip(values) {
-            match self.own.get(leaf as usize) {
+            match self.own_at(leaf).copied() {
                 // A full old leaf equal in value is the new leaf, unless
                 // the new one is the shorter last leaf (then they differ).
                 Some(own)
-                    if value16(own) == *v
+                    if value16(&own) == *v
                         && leaf_range(self.old_len, leaf) == leaf_range(new.len, leaf) =>
                 {
-                    self.verdicts
-                        .insert(leaf, (Ready::Unchanged { leaf }, *own));
+                    self.verdicts.insert(leaf, (Ready::Unchanged { leaf }, own));
                 }
                 _ => {
                     self.counts.leaves_differing += 1;
@@ -516,11 +539,14 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
             self.result.push(value);
             self.next += 1;
         }
+        while self.own_base < self.next && self.own.pop_front().is_some() {
+            self.own_base += 1;
+        }
     }
 
     /// Every leaf is out: their root must be the sender's BLAKE3.
     fn finish(&mut self, new: NewImage) -> Result<(), SyncError> {
-        let ours = match root(new.len, &self.result) {
+        let ours = match self.result.finish() {
             Some(h) => *h.as_bytes(),
             // One leaf or none: the root is the hash of its bytes.
             None => *blake3::hash(&self.small_image(new.len)?).as_bytes(),

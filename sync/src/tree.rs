@@ -98,6 +98,47 @@ pub fn root(len: u64, leaves: &[Value]) -> Option<blake3::Hash> {
     ))
 }
 
+/// The BLAKE3 of an image from its leaves' values given one at a time, in
+/// order, holding O(log n) values (BLAKE3's own stack of subtrees: a leaf
+/// is merged into it only when the next one arrives, as the last merge
+/// is the root's).
+#[derive(Debug, Default, Clone)]
+pub struct RootBuilder {
+    stack: Vec<Value>,
+    /// The latest leaf, not yet merged.
+    last: Option<Value>,
+    leaves: u64,
+}
+
+impl RootBuilder {
+    /// The next leaf's value.
+    pub fn push(&mut self, value: Value) {
+        if let Some(mut cv) = self.last.take() {
+            // `leaves` counts the leaves merged so far, this one included.
+            let mut total = self.leaves;
+            while total & 1 == 0 {
+                let Some(left) = self.stack.pop() else { break };
+                cv = merge_subtrees_non_root(&left, &cv, Mode::Hash);
+                total >>= 1;
+            }
+            self.stack.push(cv);
+        }
+        self.last = Some(value);
+        self.leaves += 1;
+    }
+
+    /// The root, or `None` for an image of at most one leaf (hash its
+    /// bytes instead).
+    pub fn finish(&self) -> Option<blake3::Hash> {
+        let mut right = self.last?;
+        let (&first, rest) = self.stack.split_first()?;
+        for left in rest.iter().rev() {
+            right = merge_subtrees_non_root(left, &right, Mode::Hash);
+        }
+        Some(merge_subtrees_root(&first, &right, Mode::Hash))
+    }
+}
+
 /// The value of each group of an image of `len` bytes, from its leaves'.
 /// `leaves` must be [`leaf_count`]`(len)` values.
 pub fn group_values(len: u64, leaves: &[Value]) -> Vec<Value> {

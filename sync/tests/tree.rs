@@ -147,3 +147,18 @@ proptest! {
         prop_assert_eq!(tree_root(&bytes), blake3::hash(&bytes));
     }
 }
+
+#[test]
+fn the_root_built_leaf_by_leaf_is_the_images_blake3() {
+    use anypatch_sync::tree::RootBuilder;
+    for leaves in [0u64, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100] {
+        for extra in [0, 1, LEAF / 2] {
+            let len = (leaves * LEAF + extra).saturating_sub(if extra == 0 { 0 } else { LEAF });
+            let bytes = image(len, leaves as u8);
+            let mut b = RootBuilder::default();
+            leaves_of(&bytes).into_iter().for_each(|v| b.push(v));
+            let want = (len > LEAF).then(|| blake3::hash(&bytes));
+            assert_eq!(b.finish(), want, "len {len}");
+        }
+    }
+}
