@@ -62,6 +62,14 @@ pub(crate) fn encode(entry: &Entry<'_>) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Where the blob lies in an entry of `entry_len` bytes that [`decode`]
+/// accepted with a blob of `blob_len` bytes: it is the last field before
+/// the checksum.
+pub(crate) fn blob_range(entry_len: usize, blob_len: usize) -> std::ops::Range<usize> {
+    let end = entry_len - SUM_LEN;
+    end - blob_len..end
+}
+
 /// Why an entry's bytes were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Corrupt {
@@ -184,6 +192,14 @@ mod tests {
             params: b"params",
             blob: b"the blob",
         }
+    }
+
+    #[test]
+    fn blob_range_is_where_the_blob_is() {
+        let e = sample();
+        let bytes = encode(&e).expect("encode");
+        let back = decode(&bytes).expect("decode");
+        assert_eq!(&bytes[blob_range(bytes.len(), back.blob.len())], e.blob);
     }
 
     #[test]

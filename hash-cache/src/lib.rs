@@ -33,7 +33,7 @@
 //! let cache = Cache::open(&Cache::default_dir().expect("a home directory"))?;
 //! let params = 4096u32.to_le_bytes();
 //! let blob = match cache.lookup(&id, "my-index-v1", &params) {
-//!     Ok(blob) => blob,
+//!     Ok(blob) => blob.to_vec(),
 //!     Err(_miss) => {
 //!         let blob = compute(&file);
 //!         // Store only what was computed from an unchanged file.
@@ -90,6 +90,30 @@ const TEMP_SUFFIX: &str = ".tmp";
 pub struct Cache {
     dir: PathBuf,
     max_bytes: u64,
+}
+
+/// A blob [`Cache::lookup`] found: the bytes it was stored with (see
+/// [`Blob::as_slice`], or deref it to `[u8]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// The entry file's bytes; the blob is `range` of them.
+    bytes: Vec<u8>,
+    range: std::ops::Range<usize>,
+}
+
+impl Blob {
+    /// The blob's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.range.clone()]
+    }
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
 }
 
 /// Why [`Cache::lookup`] returned no blob. Every case means: compute it.
@@ -248,7 +272,7 @@ impl Cache {
     /// The blob stored for `file` (its state now, from [`FileId::of`]),
     /// `kind` and `params`, if the entry is trusted (see the crate docs).
     /// A hit marks the entry as recently used.
-    pub fn lookup(&self, file: &FileId, kind: &str, params: &[u8]) -> Result<Vec<u8>, Miss> {
+    pub fn lookup(&self, file: &FileId, kind: &str, params: &[u8]) -> Result<Blob, Miss> {
         let path = self.entry_path(file, kind, params);
         let corrupt = |reason: String| Miss::Corrupt {
             path: path.clone(),
@@ -287,9 +311,13 @@ impl Cache {
         if e.file.is_racy() {
             return Err(Miss::Racy);
         }
+        // The blob stays where it was read: an index's entries are 5 MiB
+        // per GiB of image, and copying them out would cost a cached
+        // `mkpatch index` as much again as reading them.
+        let range = entry::blob_range(bytes.len(), e.blob.len());
         // Least recently used goes first; a failure here costs nothing but order.
         let _ = f.set_modified(SystemTime::now());
-        Ok(e.blob.to_vec())
+        Ok(Blob { bytes, range })
     }
 
     /// Stores `blob` for `file` (as it was before the blob was computed
@@ -384,7 +412,7 @@ mod tests {
         let c = cache(d.path());
         assert!(matches!(c.lookup(&id, "k", b"p"), Err(Miss::Absent)));
         c.store(&id, "k", b"p", b"blob").expect("store");
-        assert_eq!(c.lookup(&id, "k", b"p").expect("hit"), b"blob");
+        assert_eq!(&*c.lookup(&id, "k", b"p").expect("hit"), b"blob");
         // Another kind or parameters is another entry.
         assert!(matches!(c.lookup(&id, "k2", b"p"), Err(Miss::Absent)));
         assert!(matches!(c.lookup(&id, "k", b"q"), Err(Miss::Absent)));
@@ -455,7 +483,7 @@ mod tests {
         std::fs::write(&path, b"garbage").expect("write");
         assert!(matches!(c.lookup(&id, "k", b""), Err(Miss::Corrupt { .. })));
         c.store(&id, "k", b"", b"blob").expect("store again");
-        assert_eq!(c.lookup(&id, "k", b"").expect("hit"), b"blob");
+        assert_eq!(&*c.lookup(&id, "k", b"").expect("hit"), b"blob");
     }
 
     #[test]
@@ -536,7 +564,9 @@ mod tests {
                         // A reader sees the old entry or the new one, whole:
                         // never a torn (corrupt) one.
                         match c.lookup(&id, "k", b"") {
-                            Ok(got) => assert!(blobs.contains(&got), "a wrong blob was read"),
+                            Ok(got) => {
+                                assert!(blobs.contains(&got.to_vec()), "a wrong blob was read")
+                            }
                             Err(miss) => panic!("a store made a reader miss: {miss}"),
                         }
                     }
@@ -544,7 +574,7 @@ mod tests {
             }
         });
         let got = c.lookup(&id, "k", b"").expect("hit");
-        assert!(blobs.contains(&got));
+        assert!(blobs.contains(&got.to_vec()));
         let names: Vec<_> = std::fs::read_dir(c.dir()).expect("list").collect();
         assert_eq!(names.len(), 1, "temporaries left behind");
     }

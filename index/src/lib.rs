@@ -32,7 +32,7 @@ pub use block::BlockHashes;
 pub use error::IndexError;
 pub use header::Header;
 pub use reader::{read_index, Index, IndexReader, Limits, Verified};
-pub use writer::IndexWriter;
+pub use writer::{content_hash, IndexWriter};
 
 /// The first eight bytes of every index file: `0x89`, `ANYIX`, CR, LF
 /// (a high byte and a line ending, so text-mode transfers are caught).

@@ -14,23 +14,51 @@ pub struct IndexWriter<W: Write> {
     out: W,
     header_bytes: [u8; HEADER_LEN],
     signed: bool,
-    hasher: blake3::Hasher,
+    sum: Sum,
     /// Entries still to come.
     remaining: u64,
 }
 
+/// How the trailer is made.
+#[derive(Debug)]
+enum Sum {
+    /// Hashed from what is written.
+    Hashing(Box<blake3::Hasher>),
+    /// Given by the caller, who computed it before (see
+    /// [`IndexWriter::with_content_hash`]).
+    Known([u8; 32]),
+}
+
 impl<W: Write> IndexWriter<W> {
     /// Writes `header`. Exactly `header.block_count()` entries must follow.
-    pub fn new(mut out: W, header: &Header) -> Result<Self, IndexError> {
+    pub fn new(out: W, header: &Header) -> Result<Self, IndexError> {
         let header_bytes = header.emit();
-        out.write_all(&header_bytes)?;
         let mut hasher = blake3::Hasher::new();
         hasher.update(&header_bytes);
+        Self::start(out, header, Sum::Hashing(Box::new(hasher)))
+    }
+
+    /// Writes `header`, for entries whose trailer, [`content_hash`] of this
+    /// header and all of them, the caller computed before and kept where
+    /// it cannot have changed (a checked cache entry): the entries are
+    /// written without being hashed again. A wrong `content_hash` makes an
+    /// index that every reader refuses, never a wrong one.
+    pub fn with_content_hash(
+        out: W,
+        header: &Header,
+        content_hash: [u8; 32],
+    ) -> Result<Self, IndexError> {
+        Self::start(out, header, Sum::Known(content_hash))
+    }
+
+    fn start(mut out: W, header: &Header, sum: Sum) -> Result<Self, IndexError> {
+        let header_bytes = header.emit();
+        out.write_all(&header_bytes)?;
         Ok(Self {
             out,
             header_bytes,
             signed: header.is_signed(),
-            hasher,
+            sum,
             remaining: header.block_count(),
         })
     }
@@ -60,7 +88,9 @@ impl<W: Write> IndexWriter<W> {
             });
         }
         self.out.write_all(bytes)?;
-        self.hasher.update(bytes);
+        if let Sum::Hashing(h) = &mut self.sum {
+            h.update(bytes);
+        }
         self.remaining -= n;
         Ok(())
     }
@@ -79,7 +109,10 @@ impl<W: Write> IndexWriter<W> {
                 reason: "a signing key is needed exactly when the header says signed",
             });
         }
-        let content_hash = *self.hasher.finalize().as_bytes();
+        let content_hash = match &self.sum {
+            Sum::Hashing(h) => *h.finalize().as_bytes(),
+            Sum::Known(sum) => *sum,
+        };
         self.out.write_all(&content_hash)?;
         if let Some(seed) = signing_seed {
             let key = ed25519_dalek::SigningKey::from_bytes(seed);
@@ -95,6 +128,15 @@ impl<W: Write> IndexWriter<W> {
         }
         Ok((self.out, content_hash))
     }
+}
+
+/// The trailer of an index with this `header` and these encoded `entries`:
+/// BLAKE3 of both (spec/INDEX.md section 3.4).
+pub fn content_hash(header: &Header, entries: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&header.emit());
+    h.update(entries);
+    *h.finalize().as_bytes()
 }
 
 #[cfg(test)]
@@ -125,5 +167,12 @@ mod tests {
         assert_eq!(index.entries, entries);
         assert_eq!(index.header, h);
         assert_eq!(index.verified.signers.len(), 1);
+
+        // The same index from a trailer computed beforehand.
+        let encoded: Vec<u8> = entries.iter().flat_map(|e| e.emit()).collect();
+        let mut w = IndexWriter::with_content_hash(Vec::new(), &h, content_hash(&h, &encoded))
+            .expect("header");
+        w.push_encoded(&encoded).expect("entries");
+        assert_eq!(w.finish(Some(&[3; 32])).expect("finish").0, bytes);
     }
 }

@@ -20,11 +20,11 @@
 
 use std::path::PathBuf;
 
-use anypatch_hash_cache::{Cache, FileId, Miss};
+use anypatch_hash_cache::{Blob, Cache, FileId, Miss};
 use blake3::hazmat::ChainingValue;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::input::Job;
+use crate::input::{Input, Job};
 use crate::pieces::{piece_len, root};
 use crate::rolling::{self, KEY_LEN};
 use crate::scan::{self, Fail, Scanned};
@@ -95,28 +95,12 @@ pub(crate) fn scan(
     if job.old.len <= piece_len(job.block_size) {
         return plain(used);
     }
-    let id = match FileId::of(job.old.file()) {
-        Ok(Some(id)) => id,
-        // A block device's contents change without its times changing.
-        Ok(None) => return plain(used),
-        Err(e) => {
-            used.warnings.push(format!(
-                "cannot stat {} for the hash cache: {e}; not cached",
-                job.old.path.display()
-            ));
-            return plain(used);
-        }
-    };
-    let cache = match Cache::open(&opts.dir) {
-        Ok(c) => c.with_max_bytes(opts.max_bytes),
-        Err(e) => {
-            used.warnings.push(e.to_string());
-            return plain(used);
-        }
+    let Some(slot) = Slot::open(opts, job.old, &mut used) else {
+        return plain(used);
     };
     let params = params(job.block_size);
-    match cache.lookup(&id, KIND, &params) {
-        Ok(blob) => match decode(&blob, job.old.len, job.block_size) {
+    if let Some(blob) = slot.lookup(KIND, &params, &mut used) {
+        match decode(&blob, job.old.len, job.block_size) {
             Some(known) => {
                 drop(blob);
                 match scan::scan_with(job, Some(known), false) {
@@ -132,29 +116,101 @@ pub(crate) fn scan(
                     )),
                 }
             }
-            None => used.warnings.push(format!(
-                "ignored the hash cache's entry for {}: its contents are inconsistent; it \
-                 will be rewritten",
-                job.old.path.display()
-            )),
-        },
-        Err(miss @ (Miss::Corrupt { .. } | Miss::Unreadable { .. })) => {
-            used.warnings.push(miss.to_string())
+            None => slot.inconsistent(job.old, &mut used),
         }
-        Err(_) => {}
     }
     let scanned = scan::scan(job, true)?;
-    // Only a state that any later write would change, and only if the file
-    // did not change while it was read.
-    let unchanged = matches!(FileId::of(job.old.file()), Ok(Some(now)) if now.same_state(&id));
-    if !id.is_racy() && unchanged {
-        let blob = encode(&scanned, job.old.len, job.block_size);
-        match cache.store(&id, KIND, &params, &blob) {
+    slot.store(
+        job.old,
+        KIND,
+        &params,
+        &encode(&scanned, job.old.len, job.block_size),
+        &mut used,
+    );
+    Ok((scanned, used))
+}
+
+/// A hash cache and the identity of one file in it: where what was
+/// computed about that file is looked up and stored. Problems are
+/// warnings in a [`CacheUse`], never errors.
+pub(crate) struct Slot {
+    cache: Cache,
+    id: FileId,
+}
+
+impl Slot {
+    /// The cache `opts` names, for `file` as it is now; `None` when `file`
+    /// cannot be cached (a block device, whose contents change without its
+    /// times changing) or the cache cannot be opened.
+    pub(crate) fn open(opts: &CacheOptions, file: &Input, used: &mut CacheUse) -> Option<Slot> {
+        let id = match FileId::of(file.file()) {
+            Ok(Some(id)) => id,
+            Ok(None) => return None,
+            Err(e) => {
+                used.warnings.push(format!(
+                    "cannot stat {} for the hash cache: {e}; not cached",
+                    file.path.display()
+                ));
+                return None;
+            }
+        };
+        match Cache::open(&opts.dir) {
+            Ok(c) => Some(Slot {
+                cache: c.with_max_bytes(opts.max_bytes),
+                id,
+            }),
+            Err(e) => {
+                used.warnings.push(e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The trusted blob of this kind and parameters, if there is one. A
+    /// damaged or unreadable entry is a warning (the next store replaces it).
+    pub(crate) fn lookup(&self, kind: &str, params: &[u8], used: &mut CacheUse) -> Option<Blob> {
+        match self.cache.lookup(&self.id, kind, params) {
+            Ok(blob) => Some(blob),
+            Err(miss @ (Miss::Corrupt { .. } | Miss::Unreadable { .. })) => {
+                used.warnings.push(miss.to_string());
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Warns that a blob found for `file` does not hold together; the next
+    /// store replaces it.
+    pub(crate) fn inconsistent(&self, file: &Input, used: &mut CacheUse) {
+        used.warnings.push(format!(
+            "ignored the hash cache's entry for {}: its contents are inconsistent; it \
+             will be rewritten",
+            file.path.display()
+        ));
+    }
+
+    /// Stores `blob`, computed from `file`, when that cannot mislead: only
+    /// a state that any later write would change (not racy), only if the
+    /// file did not change while it was read, and only a blob of at most
+    /// half the cache's bound (a larger one would push everything else out).
+    pub(crate) fn store(
+        &self,
+        file: &Input,
+        kind: &str,
+        params: &[u8],
+        blob: &[u8],
+        used: &mut CacheUse,
+    ) {
+        let unchanged =
+            matches!(FileId::of(file.file()), Ok(Some(now)) if now.same_state(&self.id));
+        if self.id.is_racy() || !unchanged || 2 * blob.len() as u64 > self.cache.max_bytes() {
+            return;
+        }
+        match self.cache.store(&self.id, kind, params, blob) {
             Ok(()) => used.stored = true,
             Err(e) => used.warnings.push(e.to_string()),
         }
     }
-    Ok((scanned, used))
 }
 
 /// What an entry depends on besides the file: the block and piece sizes,
@@ -325,7 +381,6 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::Input;
 
     fn scanned(old: &[u8], new: &[u8], bs: u32, known: Option<Known>) -> Result<Scanned, Fail> {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -98,7 +98,9 @@ use anypatch_format::{Hash, MAX_PREFIX_LEN, MAX_SEGMENT_LEN};
 
 pub use cached::{CacheOptions, CacheUse};
 pub use error::ProduceError;
-pub use from_index::{make_index, make_patch_from_index, IndexOptions, IndexSummary};
+pub use from_index::{
+    make_index, make_index_from_cache, make_patch_from_index, IndexOptions, IndexSummary,
+};
 pub use keys::SecretKey;
 
 /// The producer name written into every header.
@@ -359,13 +361,7 @@ pub fn make_patch(
     let plan = plan::plan(&spans, opts.block_size, opts.segment_len, opts.merge_gap);
     drop(spans);
 
-    let spool_file = || {
-        match &opts.spool_dir {
-            Some(dir) => tempfile::tempfile_in(dir),
-            None => tempfile::tempfile(),
-        }
-        .map_err(|source| ProduceError::Spool { source })
-    };
+    let spool_file = || spool_file(opts.spool_dir.as_deref());
     let raw_spool = opts.data_history.then(spool_file).transpose()?;
     let mut encoded = encode::encode_all(
         job,
@@ -427,4 +423,14 @@ fn make_in_place_safe(runs: &mut [spans::Run]) {
             }
         }
     }
+}
+
+/// A temporary spool file in `dir`, else in `$TMPDIR`: removed by the
+/// system when closed.
+pub(crate) fn spool_file(dir: Option<&std::path::Path>) -> Result<std::fs::File, ProduceError> {
+    match dir {
+        Some(dir) => tempfile::tempfile_in(dir),
+        None => tempfile::tempfile(),
+    }
+    .map_err(|source| ProduceError::Spool { source })
 }

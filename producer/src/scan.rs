@@ -99,13 +99,6 @@ pub(crate) fn scan_with(
     } = job;
     let total = old.len.max(new.len);
     let windows = total.div_ceil(WINDOW) as usize;
-    let tick = |done: u64| {
-        progress(Progress {
-            phase: Phase::Scan,
-            done: (done * WINDOW).min(total),
-            total,
-        })
-    };
     let results = map_indexed(
         threads,
         windows,
@@ -119,7 +112,7 @@ pub(crate) fn scan_with(
             };
             scan_window(old, new, at, old_buf, new_buf)
         },
-        &tick,
+        &window_ticks(total, progress),
     )?;
 
     let mut old_values = Vec::with_capacity(windows);
@@ -154,6 +147,18 @@ pub(crate) fn scan_with(
         None => scanned.old_hash = hashtree::root(old.len, &old_values),
     }
     Ok(scanned)
+}
+
+/// Progress of a pass over `total` bytes in [`WINDOW`]s, as
+/// [`map_indexed`]'s `tick` (which counts the windows done).
+pub(crate) fn window_ticks(total: u64, progress: &dyn Fn(Progress)) -> impl Fn(u64) + '_ {
+    move |done| {
+        progress(Progress {
+            phase: Phase::Scan,
+            done: (done * WINDOW).min(total),
+            total,
+        })
+    }
 }
 
 /// Which window to scan, and how.

@@ -41,7 +41,27 @@ const LONG_MATCH: usize = 8 << 10;
 /// Shortest zero run inside changed data sent as a zero op.
 const ZERO_MIN: usize = 256;
 /// Most new bytes per work item.
-const PIECE: u64 = 1 << 20;
+pub(crate) const PIECE: u64 = 1 << 20;
+
+/// `start..end` cut into work items of at most [`PIECE`] bytes, as
+/// `(start, length)`: the matchers' unit of parallel work.
+pub(crate) fn cut(start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> {
+    (start..end)
+        .step_by(PIECE as usize)
+        .map(move |s| (s, PIECE.min(end - s)))
+}
+
+/// Progress of a matching pass over `total` work items, as
+/// [`map_indexed`]'s `tick` (which counts the items done).
+pub(crate) fn match_ticks(total: u64, progress: &dyn Fn(Progress)) -> impl Fn(u64) + '_ {
+    move |done| {
+        progress(Progress {
+            phase: Phase::Match,
+            done,
+            total,
+        })
+    }
+}
 /// First read when checking a candidate (most are short or false), and the
 /// size of later reads while a match goes on.
 const FIRST_READ: usize = 4 << 10;
@@ -116,26 +136,13 @@ pub(crate) fn find_shifted(
     let mut at = 0u64;
     for span in &spans {
         if let Class::Changed(_) = span.class {
-            let mut start = at;
-            while start < at + span.len {
-                let len = PIECE.min(at + span.len - start);
-                pieces.push((start, len as usize));
-                start += len;
-            }
+            pieces.extend(cut(at, at + span.len).map(|(s, len)| (s, len as usize)));
         }
         at += span.len;
     }
     if pieces.is_empty() {
         return Ok(spans);
     }
-    let total = pieces.len() as u64;
-    let tick = |done: u64| {
-        progress(Progress {
-            phase: Phase::Match,
-            done,
-            total,
-        })
-    };
     let found = map_indexed(
         threads,
         pieces.len(),
@@ -154,7 +161,7 @@ pub(crate) fn find_shifted(
             new.read_exact_at(&mut m.new_buf, start)?;
             m.piece(start)
         },
-        &tick,
+        &match_ticks(pieces.len() as u64, progress),
     )?;
 
     let mut out = Vec::with_capacity(spans.len() + found.iter().map(Vec::len).sum::<usize>());

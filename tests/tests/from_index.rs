@@ -31,9 +31,10 @@ fn index(old: &Path, out: &Path) {
         .arg(out));
 }
 
+/// `mkpatch --from-index`, without the user's hash cache.
 fn from_index(index: &Path, new: &Path, out: &Path, extra: &[&str]) {
     run(mkpatch()
-        .arg("--from-index")
+        .args(["--no-cache", "--from-index"])
         .arg(index)
         .args(extra)
         .arg(new)

@@ -641,6 +641,30 @@ fn an_unchanged_image_is_indexed_again_from_the_hash_cache() {
     // Seeds are random, so an index with the first one's seed came from the cache.
     let second = index("2", &with_cache);
     assert!(fs::read(&first).expect("read") == fs::read(&second).expect("read"));
+    // Again to the same file, which already holds that index: left in place
+    // (the same inode), its mtime set to now as a rewrite would.
+    use std::os::unix::fs::MetadataExt;
+    let ino = fs::metadata(&second).expect("stat").ino();
+    fs::File::options()
+        .write(true)
+        .open(&second)
+        .expect("open")
+        .set_modified(hour_ago)
+        .expect("set mtime");
+    index("2", &with_cache);
+    let m = fs::metadata(&second).expect("stat");
+    assert_eq!(m.ino(), ino, "an index already there was written again");
+    assert!(
+        m.modified().expect("mtime") > hour_ago,
+        "its mtime was not set"
+    );
+    // One byte of it damaged: replaced by the right bytes.
+    let mut damaged = fs::read(&second).expect("read");
+    damaged[HEADER_LEN + 5] ^= 1;
+    fs::write(&second, &damaged).expect("write");
+    index("2", &with_cache);
+    assert!(fs::read(&first).expect("read") == fs::read(&second).expect("read"));
+    assert_ne!(fs::metadata(&second).expect("stat").ino(), ino);
     assert_ne!(seed_of(&index("3", &["--no-cache"])), seed_of(&first));
     // Another mtime: the entry is not trusted; the index is made again.
     set_mtime(hour_ago - std::time::Duration::from_secs(60));
@@ -658,6 +682,36 @@ fn an_unchanged_image_is_indexed_again_from_the_hash_cache() {
     assert_ne!(seed_of(&fourth), seed_of(&third));
     let fifth = index("6", &with_cache);
     assert_eq!(seed_of(&fifth), seed_of(&fourth));
+    // Signed, from the same entry (which keeps the trailers of the signed
+    // and the unsigned index): the index made without the cache, with the
+    // same seed and key, to the byte.
+    ok(&mkpatch(&[&"keygen", &"-o", &p("k.key")]));
+    let key = p("k.key");
+    let signed = index(
+        "7",
+        &[
+            "--cache",
+            cache.to_str().expect("utf-8"),
+            "--sign",
+            key.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(seed_of(&signed), seed_of(&fourth), "not from the cache");
+    let seed = seed_of(&fourth).to_string();
+    let fresh = index(
+        "8",
+        &[
+            "--no-cache",
+            "--sign",
+            key.to_str().expect("utf-8"),
+            "--seed",
+            &seed,
+        ],
+    );
+    assert!(
+        fs::read(&signed).expect("read") == fs::read(&fresh).expect("read"),
+        "a signed index from the cache differs from the one made without it"
+    );
     let image = fs::read(&img).expect("read");
     let read = read_index(&fs::read(&fifth).expect("read")[..], &Limits::default()).expect("valid");
     assert_eq!(read.header.old_hash, *blake3::hash(&image).as_bytes());

@@ -1,40 +1,48 @@
 //! `mkpatch index`'s entries in the hash cache (crate `anypatch-hash-cache`),
 //! so that indexing an unchanged image again reads none of it.
 //!
-//! An entry is the index as it was computed, without header or trailer:
-//! the seed (u64 LE), the image's BLAKE3 (32 bytes), then the 20-byte
-//! entries, keyed by the image's identity and the block size. A hit is
-//! used only when its length fits the image's length and block size, and,
-//! when a seed was asked for, when it was made with that seed; a cached
-//! index keeps its seed (the index of an unchanged image is the same
-//! index). The trailer and any signature are made anew on every run.
+//! An entry is the index as it was computed: the seed (u64 LE), the image's
+//! BLAKE3 (32 bytes), the trailer of the unsigned and of the signed index
+//! (32 bytes each: what a hit writes without hashing the entries again),
+//! then the 20-byte entries, keyed by the image's identity and the block
+//! size. A hit is used only when its length fits the image's length and
+//! block size, and, when a seed was asked for, when it was made with that
+//! seed; a cached index keeps its seed (the index of an unchanged image is
+//! the same index). Signatures are made anew on every run.
 
-use anypatch_hash_cache::{Cache, FileId, Miss};
+use anypatch_hash_cache::Blob;
+use anypatch_index::{content_hash, Header};
 
-use crate::cached::{CacheOptions, CacheUse};
+use crate::cached::{CacheOptions, CacheUse, Slot};
 use crate::input::Input;
 
 /// The entries' kind; bump the version when the blob's layout changes.
-const KIND: &str = "mkpatch-index-v1";
+const KIND: &str = "mkpatch-index-v2";
 
 /// An index computed earlier.
 pub(crate) struct Hit {
     pub seed: u64,
     pub old_hash: [u8; 32],
+    /// The trailers of the unsigned and the signed index.
+    sums: [[u8; 32]; 2],
     /// The blob: the entries, `ENTRY_LEN` bytes per block, from offset
     /// [`Hit::ENTRIES_AT`].
-    pub blob: Vec<u8>,
+    blob: Blob,
 }
 
 impl Hit {
     /// Where the entries start in the blob.
-    pub const ENTRIES_AT: u64 = 40;
-}
+    const ENTRIES_AT: usize = 8 + 32 + 2 * 32;
 
-/// Where to store what is computed, when it may be stored.
-pub(crate) struct Slot {
-    cache: Cache,
-    id: FileId,
+    /// The encoded entries.
+    pub fn entries(&self) -> &[u8] {
+        &self.blob[Self::ENTRIES_AT..]
+    }
+
+    /// The trailer of the index with this header (signed or not).
+    pub fn content_hash(&self, header: &Header) -> [u8; 32] {
+        self.sums[usize::from(header.is_signed())]
+    }
 }
 
 fn params(block_size: u32) -> Vec<u8> {
@@ -57,78 +65,70 @@ pub(crate) fn lookup(
     seed: Option<u64>,
     used: &mut CacheUse,
 ) -> (Option<Hit>, Option<Slot>) {
-    let id = match FileId::of(old.file()) {
-        Ok(Some(id)) => id,
-        // A block device's contents change without its times changing.
-        Ok(None) => return (None, None),
-        Err(e) => {
-            used.warnings.push(format!(
-                "cannot stat {} for the hash cache: {e}; not cached",
-                old.path.display()
-            ));
-            return (None, None);
-        }
-    };
-    let cache = match Cache::open(&opts.dir) {
-        Ok(c) => c.with_max_bytes(opts.max_bytes),
-        Err(e) => {
-            used.warnings.push(e.to_string());
-            return (None, None);
-        }
+    let Some(slot) = Slot::open(opts, old, used) else {
+        return (None, None);
     };
     let blocks = old.len.div_ceil(u64::from(block_size));
-    let hit = match cache.lookup(&id, KIND, &params(block_size)) {
-        Ok(blob) if blob.len() as u64 == 40 + blocks * anypatch_index::ENTRY_LEN as u64 => {
+    let want = Hit::ENTRIES_AT as u64 + blocks * anypatch_index::ENTRY_LEN as u64;
+    let hit = match slot.lookup(KIND, &params(block_size), used) {
+        Some(blob) if blob.len() as u64 == want => {
+            let field = |at: usize| -> [u8; 32] {
+                let mut v = [0u8; 32];
+                v.copy_from_slice(&blob[at..at + 32]);
+                v
+            };
             let mut s = [0u8; 8];
             s.copy_from_slice(&blob[..8]);
-            let mut old_hash = [0u8; 32];
-            old_hash.copy_from_slice(&blob[8..40]);
             let cached_seed = u64::from_le_bytes(s);
+            let (old_hash, sums) = (field(8), [field(40), field(72)]);
             (seed.is_none() || seed == Some(cached_seed)).then_some(Hit {
                 seed: cached_seed,
                 old_hash,
+                sums,
                 blob,
             })
         }
-        Ok(_) => {
-            used.warnings.push(format!(
-                "ignored the hash cache's index of {}: its length is wrong; it will be rewritten",
-                old.path.display()
-            ));
+        Some(_) => {
+            slot.inconsistent(old, used);
             None
         }
-        Err(miss @ (Miss::Corrupt { .. } | Miss::Unreadable { .. })) => {
-            used.warnings.push(miss.to_string());
-            None
-        }
-        Err(_) => None,
+        None => None,
     };
     used.hit = hit.is_some();
-    (hit, Some(Slot { cache, id }))
+    (hit, Some(slot))
 }
 
-/// Stores a computed index, when the image did not change while it was
-/// read and its state is not racy.
+/// Stores a computed index (`header`, signed or not, its encoded `entries`
+/// and its trailer `sum`) when the image did not change while it was read
+/// and its state is not racy.
 pub(crate) fn store(
     slot: Slot,
     old: &Input,
-    block_size: u32,
-    seed: u64,
-    old_hash: &[u8; 32],
+    header: &Header,
     entries: &[u8],
+    sum: [u8; 32],
     used: &mut CacheUse,
 ) {
-    let unchanged = matches!(FileId::of(old.file()), Ok(Some(now)) if now.same_state(&slot.id));
-    // Larger than half the cache: it would only push everything else out.
-    if slot.id.is_racy() || !unchanged || 2 * (40 + entries.len() as u64) > slot.cache.max_bytes() {
-        return;
+    let mut blob = Vec::with_capacity(Hit::ENTRIES_AT + entries.len());
+    blob.extend_from_slice(&header.seed.to_le_bytes());
+    blob.extend_from_slice(&header.old_hash);
+    // The other variant's trailer is hashed here, once.
+    let other = Header::new(
+        header.old_len,
+        header.old_hash,
+        header.block_size,
+        header.seed,
+        !header.is_signed(),
+    );
+    let other_sum = content_hash(&other, entries);
+    let sums = if header.is_signed() {
+        [other_sum, sum]
+    } else {
+        [sum, other_sum]
+    };
+    for s in sums {
+        blob.extend_from_slice(&s);
     }
-    let mut blob = Vec::with_capacity(40 + entries.len());
-    blob.extend_from_slice(&seed.to_le_bytes());
-    blob.extend_from_slice(old_hash);
     blob.extend_from_slice(entries);
-    match slot.cache.store(&slot.id, KIND, &params(block_size), &blob) {
-        Ok(()) => used.stored = true,
-        Err(e) => used.warnings.push(e.to_string()),
-    }
+    slot.store(old, KIND, &params(header.block_size), &blob, used);
 }

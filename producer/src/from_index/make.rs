@@ -80,6 +80,30 @@ pub fn make_index(
     opts: &IndexOptions,
     progress: &dyn Fn(Progress),
 ) -> Result<IndexSummary, ProduceError> {
+    // With a progress callback, `make` computes what the cache lacks: never `None`.
+    make(old, out, opts, Some(progress)).map(|s| s.unwrap_or_else(|| unreachable!()))
+}
+
+/// [`make_index`] only when the hash cache in `opts` has the index of the
+/// unchanged image: writes it (reading nothing of the image) and returns
+/// `Some`; else writes nothing and returns `None`. For callers that can
+/// skip work when the index is one they have already written.
+pub fn make_index_from_cache(
+    old: &Path,
+    out: &mut dyn Write,
+    opts: &IndexOptions,
+) -> Result<Option<IndexSummary>, ProduceError> {
+    make(old, out, opts, None)
+}
+
+/// [`make_index`]; without `progress`, only from the cache (see
+/// [`make_index_from_cache`]).
+fn make(
+    old: &Path,
+    out: &mut dyn Write,
+    opts: &IndexOptions,
+    progress: Option<&dyn Fn(Progress)>,
+) -> Result<Option<IndexSummary>, ProduceError> {
     let bs = opts.block_size;
     if !bs.is_power_of_two()
         || !(anypatch_index::MIN_BLOCK_SIZE..=anypatch_index::MAX_BLOCK_SIZE).contains(&bs)
@@ -111,16 +135,21 @@ pub fn make_index(
         },
     };
     let mut counted = Counted { out, written: 0 };
-    let (seed, old_hash, writer) = match hit {
-        // From the cache: written as it is, nothing of the image read.
-        Some(hit) => {
+    let signing_seed = opts.signing_key.as_ref().map(SecretKey::seed);
+    let (header, keep) = match (hit, progress) {
+        // From the cache: written as it is, nothing of the image read and
+        // nothing hashed again.
+        (Some(hit), _) => {
             let header = header_for(hit.seed, hit.old_hash);
-            let mut writer = IndexWriter::new(&mut counted, &header).map_err(index_err)?;
-            let at = super::cache::Hit::ENTRIES_AT as usize;
-            writer.push_encoded(&hit.blob[at..]).map_err(index_err)?;
-            (hit.seed, hit.old_hash, writer)
+            let mut writer =
+                IndexWriter::with_content_hash(&mut counted, &header, hit.content_hash(&header))
+                    .map_err(index_err)?;
+            writer.push_encoded(hit.entries()).map_err(index_err)?;
+            writer.finish(signing_seed).map_err(index_err)?;
+            (header, None)
         }
-        None => {
+        (None, None) => return Ok(None),
+        (None, Some(progress)) => {
             let seed = match opts.seed {
                 Some(seed) => seed,
                 None => random_seed()?,
@@ -142,23 +171,22 @@ pub fn make_index(
                 }
                 left -= n as u64;
             }
-            if let (Some(slot), Some(entries)) = (slot, keep) {
-                super::cache::store(slot, &old, bs, seed, &old_hash, &entries, &mut used);
-            }
-            (seed, old_hash, writer)
+            let (_, sum) = writer.finish(signing_seed).map_err(index_err)?;
+            (header, keep.map(|entries| (entries, sum)))
         }
     };
-    let signing_seed = opts.signing_key.as_ref().map(SecretKey::seed);
-    let (counted, _) = writer.finish(signing_seed).map_err(index_err)?;
-    Ok(IndexSummary {
+    if let (Some(slot), Some((entries, sum))) = (slot, keep) {
+        super::cache::store(slot, &old, &header, &entries, sum, &mut used);
+    }
+    Ok(Some(IndexSummary {
         old_len: old.len,
-        old_hash,
+        old_hash: header.old_hash,
         block_size: bs,
         blocks: old.len.div_ceil(u64::from(bs)),
-        seed,
+        seed: header.seed,
         index_len: counted.written,
         cache: used,
-    })
+    }))
 }
 
 /// Hashes the whole image on `threads` workers: its BLAKE3, and its entries
@@ -172,11 +200,7 @@ fn hash_image(
     progress: &dyn Fn(Progress),
 ) -> Result<([u8; 32], std::fs::File), ProduceError> {
     let spool_err = |source| ProduceError::Spool { source };
-    let spool = match &opts.spool_dir {
-        Some(dir) => tempfile::tempfile_in(dir),
-        None => tempfile::tempfile(),
-    }
-    .map_err(spool_err)?;
+    let spool = crate::spool_file(opts.spool_dir.as_deref())?;
     let mut spooled = BufWriter::with_capacity(1 << 20, spool);
     let windows = old.len.div_ceil(WINDOW) as usize;
     let mut values = Vec::with_capacity(windows);

@@ -13,7 +13,10 @@
 //! 2. **Scan** the new file (parallel over 1 MiB windows, module `scan`):
 //!    its BLAKE3, and a class for every block: the same as the old block at
 //!    its offset (strong hashes equal), zero, found elsewhere (weak key hit
-//!    confirmed by the strong hash), or changed.
+//!    confirmed by the strong hash), or changed. With [`Options::cache`],
+//!    what the scan computes about the new file is kept in the hash cache,
+//!    and a later scan of the unchanged file with the same seed reads
+//!    nothing (module `new_cache`).
 //! 3. **Shift** (parallel, module `shift`): a block-sized window rolls over
 //!    every byte offset of the changed regions; a weak hit confirmed by the
 //!    strong hash is a copy of that old block, so data shifted by any
@@ -35,6 +38,7 @@
 
 mod cache;
 mod make;
+mod new_cache;
 mod scan;
 mod shift;
 mod table;
@@ -50,7 +54,7 @@ use crate::spans::{Class, Span};
 use crate::{encode, history, plan, spans, write};
 use crate::{Options, ProduceError, Progress, Summary};
 
-pub use make::{make_index, IndexOptions, IndexSummary};
+pub use make::{make_index, make_index_from_cache, IndexOptions, IndexSummary};
 
 /// Least mean data segment length for which `default` uses the data history.
 const HISTORY_MIN_MEAN: u64 = 256 << 10;
@@ -92,7 +96,8 @@ pub fn make_patch_from_index(
         progress,
     };
 
-    let scanned = scan::scan(&new, &table, threads, progress)?;
+    let (scanned, cache_use) =
+        new_cache::scan(&new, &table, threads, opts.cache.as_ref(), progress)?;
     let mut runs = scanned.runs;
     if opts.in_place {
         crate::make_in_place_safe(&mut runs);
@@ -114,13 +119,7 @@ pub fn make_patch_from_index(
     let plan = plan::plan(&spans, block_size, opts.segment_len, opts.merge_gap);
     drop(spans);
 
-    let spool_file = || {
-        match &opts.spool_dir {
-            Some(dir) => tempfile::tempfile_in(dir),
-            None => tempfile::tempfile(),
-        }
-        .map_err(|source| ProduceError::Spool { source })
-    };
+    let spool_file = || crate::spool_file(opts.spool_dir.as_deref());
     // Old bytes as history (`prefix_len`, at `default` and `best`) become
     // the data history here: earlier new data is the only history there is.
     // Each data block then loads up to 4 MiB of history, which pays only
@@ -155,7 +154,7 @@ pub fn make_patch_from_index(
         new_hash: scanned.new_hash,
         block_size,
     };
-    write::write_patch(
+    let mut summary = write::write_patch(
         &plan,
         encoded,
         id,
@@ -163,7 +162,9 @@ pub fn make_patch_from_index(
         opts.signing_key.as_ref(),
         out,
         progress,
-    )
+    )?;
+    summary.cache = cache_use;
+    Ok(summary)
 }
 
 /// Reads and checks the index at `path` (signed by one of `trusted`, when

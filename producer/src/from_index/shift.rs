@@ -2,7 +2,7 @@
 //!
 //! Runs of changed and zero spans (zero blocks inside shifted data split
 //! it, and the blocks across them would be lost) are cut into pieces of at
-//! most [`PIECE`] bytes. In each,
+//! most [`PIECE`] bytes (the producer's matcher's work items). In each,
 //! a window of one block rolls one byte at a time (Adler-32, the index's
 //! weak key); a key that some old block has is confirmed by the strong
 //! hash of the window, and the window becomes a copy of that block, after
@@ -27,14 +27,13 @@ use anypatch_index::block::Rolling;
 
 use crate::exec::map_indexed;
 use crate::input::Input;
+use crate::shift::{cut, match_ticks, PIECE};
 use crate::spans::{push_span, Class, Span};
 use crate::zeros::is_zero;
-use crate::{Phase, ProduceError, Progress};
+use crate::{ProduceError, Progress};
 
 use super::table::BlockTable;
 
-/// Most new bytes a work item starts windows in.
-const PIECE: u64 = 1 << 20;
 /// Largest block size for which insertions into a block are looked for.
 const INSERT_MAX_BLOCK: usize = 64 << 10;
 /// Shortest zero run left unmatched that is sent as zeros.
@@ -92,24 +91,11 @@ pub(crate) fn find_shifted(
         let mut prev = ends_at
             .filter(|e| e % bs == 0 && *e >= bs)
             .map(|e| e / bs - 1);
-        let mut s = start;
-        while s < end {
-            let len = PIECE.min(end - s);
-            pieces.push((s, len, end, prev.take()));
-            s += len;
-        }
+        pieces.extend(cut(start, end).map(|(s, len)| (s, len, end, prev.take())));
     }
     if pieces.is_empty() {
         return Ok(spans);
     }
-    let total = pieces.len() as u64;
-    let tick = |done: u64| {
-        progress(Progress {
-            phase: Phase::Match,
-            done,
-            total,
-        })
-    };
     let found = map_indexed(
         threads,
         pieces.len(),
@@ -121,7 +107,7 @@ pub(crate) fn find_shifted(
             new.read_exact_at(buf, start)?;
             Ok(piece(table, buf, start, len as usize, prev, in_place))
         },
-        &tick,
+        &match_ticks(pieces.len() as u64, progress),
     )?;
 
     let mut out = Vec::with_capacity(spans.len() + found.iter().map(Vec::len).sum::<usize>());

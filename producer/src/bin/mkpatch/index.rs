@@ -2,18 +2,20 @@
 //! making patches where only the new image is (`mkpatch --from-index`);
 //! and the trusted keys `--from-index` checks the index against.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, Context};
 use anypatch_format::{parse_key_file, KeyKind};
-use anypatch_producer::{make_index, CacheOptions, IndexOptions, IndexSummary};
+use anypatch_producer::{
+    make_index, make_index_from_cache, CacheOptions, IndexOptions, IndexSummary,
+};
 use anypatch_safe_output::human_bytes;
 use clap::Args;
 
 use crate::dest::{destination, refuse_key_file, refuse_output_is_input, Dest};
-use crate::inputs::{check_input, Stamp};
+use crate::inputs::{check_input, unchanged, Stamp};
 use crate::keygen::read_secret_key;
 use crate::write::{write_direct, write_file, write_stream};
 use crate::{is_dash, progress_line, Failure};
@@ -95,11 +97,16 @@ pub(crate) fn run_index(
         };
         make_index(image, out, &opts, &progress)
     };
-    let summary = match &dest {
-        Dest::Stdout => write_direct(io::stdout().lock(), "stdout", &before, make)?,
-        Dest::Stderr => write_direct(io::stderr().lock(), "stderr", &before, make)?,
-        Dest::Stream(path) => write_stream(path, &before, make)?,
-        Dest::File(path) => write_file(path, &before, make)?,
+    let unchanged_file = match &dest {
+        Dest::File(path) => already_there(path, image, &opts, &before)?,
+        _ => None,
+    };
+    let summary = match (unchanged_file, &dest) {
+        (Some(summary), _) => summary,
+        (None, Dest::Stdout) => write_direct(io::stdout().lock(), "stdout", &before, make)?,
+        (None, Dest::Stderr) => write_direct(io::stderr().lock(), "stderr", &before, make)?,
+        (None, Dest::Stream(path)) => write_stream(path, &before, make)?,
+        (None, Dest::File(path)) => write_file(path, &before, make)?,
     };
     if show {
         say!(
@@ -111,6 +118,69 @@ pub(crate) fn run_index(
         say!("mkpatch: warning: hash cache: {warning}");
     }
     Ok(())
+}
+
+/// When `path` already holds, byte for byte, the index that the hash cache
+/// has for the unchanged `image` (the same seed, so the same file): that
+/// index's summary, after making sure the file is on disk and setting its
+/// mtime to now, as a rewrite would. Writing it again would replace it with
+/// the same bytes at the cost of writing and syncing them (5 MiB per GiB of
+/// image) and freeing the old copy, which is most of what indexing an
+/// unchanged image again costs. `None` (write it as usual) otherwise.
+fn already_there(
+    path: &Path,
+    image: &Path,
+    opts: &IndexOptions,
+    before: &[Stamp],
+) -> Result<Option<IndexSummary>, Failure> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Ok(None);
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    let mut same = SameAs {
+        file: &file,
+        buf: Vec::new(),
+    };
+    let summary = match make_index_from_cache(image, &mut same, opts) {
+        Ok(Some(s)) => s,
+        // Not cached, different, or unreadable: written as usual.
+        Ok(None) | Err(_) => return Ok(None),
+    };
+    let mut rest = [0u8; 1];
+    if !matches!(same.file.read(&mut rest), Ok(0)) {
+        return Ok(None);
+    }
+    unchanged(before, "the index was left as it was")?;
+    if file.sync_all().is_err() || file.set_modified(std::time::SystemTime::now()).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(summary))
+}
+
+/// A writer that writes nothing: it fails at the first byte that differs
+/// from what `file` holds at that place.
+struct SameAs<R> {
+    file: R,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> Write for SameAs<R> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        // A MiB at a time: the index comes in one write of all its entries.
+        let n = bytes.len().min(1 << 20);
+        self.buf.resize(n, 0);
+        self.file.read_exact(&mut self.buf)?;
+        if self.buf != bytes[..n] {
+            return Err(io::Error::other("differs"));
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn summary_line(s: &IndexSummary, secs: f64) -> String {
