@@ -107,24 +107,10 @@ fn from_remote(
     opts: &InPlaceOptions,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, DriveError> {
-    use crate::remote::{download_path, remove_download};
-    let spool = download_path(target, opts.state.as_deref());
-    remote.spool(&spool)?;
-    let result = apply_in_place(
-        target,
-        &PatchSource::Path(spool.clone()),
-        policy,
-        opts,
-        on_progress,
-    );
-    match &result {
-        Ok(_) | Err(DriveError::AlreadyApplied) => remove_download(&spool),
-        Err(DriveError::Apply(e)) if e.class() == anypatch_apply::ErrorClass::CorruptPatch => {
-            remove_download(&spool)
-        }
-        Err(_) => {}
-    }
-    result
+    let spool = crate::remote::download_path(target, opts.state.as_deref());
+    remote.apply_spooled(&spool, on_progress, |local, on_progress| {
+        apply_in_place(target, local, policy, opts, on_progress)
+    })
 }
 
 fn run(

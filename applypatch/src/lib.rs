@@ -10,6 +10,7 @@
 
 pub mod inplace;
 pub mod output;
+pub mod progress;
 #[cfg(feature = "net")]
 pub mod remote;
 

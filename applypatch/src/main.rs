@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anypatch_apply::{ApplyError, ErrorClass, Progress};
 use anypatch_applypatch::output;
+use anypatch_applypatch::progress::Meter;
 use anypatch_applypatch::{
     apply_in_place, apply_to_new_file, check, hex, read_trusted_keys, DriveError, InPlaceOptions,
     OutputTarget, PatchSource, Policy, Written,
@@ -86,6 +87,8 @@ OLD, the patch or the output, which the object would damage: refused on stderr, 
     new_len, new_blake3, patch_blake3  the new image's size and BLAKE3, the patch's BLAKE3
     bytes_written  bytes the output received (holes not counted); absent with --check
     bytes_zeroed   bytes of zero runs the patch declares; absent with --check
+    fetched_bytes, fetch_retries   a patch URL: bytes received from the network (refetched
+                   ones included) and how many times a fetch was retried
     seconds        wall time
     error_class    on failure: usage, io, refused, corrupt_patch, wrong_base, unsupported,
                    not_in_place, untrusted, interrupted
@@ -229,7 +232,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let mut meter = Meter::new(!cli.quiet && std::io::stderr().is_terminal());
+    let mut meter = Meter::new(!cli.quiet && std::io::stderr().is_terminal(), &patch);
     let mut on_progress = |p: Progress| meter.show(p);
     let policy = read_trusted_keys(&cli.trusted_key).map(|trusted_keys| Policy {
         trusted_keys,
@@ -660,50 +663,6 @@ impl JsonReport<'_> {
         serde_json::to_writer(&mut out, self)?;
         writeln!(out)?;
         out.flush()
-    }
-}
-
-/// A progress line on stderr, redrawn at most five times a second, only on a TTY.
-struct Meter {
-    enabled: bool,
-    started: Instant,
-    last: Option<Instant>,
-}
-
-impl Meter {
-    fn new(enabled: bool) -> Self {
-        Self {
-            enabled,
-            started: Instant::now(),
-            last: None,
-        }
-    }
-
-    fn show(&mut self, p: Progress) {
-        if !self.enabled
-            || self
-                .last
-                .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
-        {
-            return;
-        }
-        self.last = Some(Instant::now());
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let done = p.base_checked + p.new_done;
-        let _ = write!(
-            std::io::stderr(),
-            "\r\x1b[Kapplypatch: base checked {} MiB, new {} MiB, patch {} MiB read, {:.0} MiB/s",
-            p.base_checked >> 20,
-            p.new_done >> 20,
-            p.patch_consumed >> 20,
-            done as f64 / secs / 1048576.0
-        );
-    }
-
-    fn clear(&self) {
-        if self.enabled && self.last.is_some() {
-            let _ = write!(std::io::stderr(), "\r\x1b[K");
-        }
     }
 }
 

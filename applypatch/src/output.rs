@@ -96,6 +96,9 @@ pub enum Interruption {
 /// temporary files' registry then stays locked, so no new temporary file can
 /// be made or renamed afterwards: on [`Interruption::Stop`], exit.
 pub fn interrupted() -> Interruption {
+    // Taken first: a remote -o renames its part file while holding it.
+    #[cfg(feature = "net")]
+    let remote = resumable::on_signal();
     let decided = signals::interrupted();
     SIGNAL_DECIDED.store(true, Ordering::SeqCst);
     let signals::Interruption::Stop { removed } = decided else {
@@ -105,6 +108,8 @@ pub fn interrupted() -> Interruption {
         .iter()
         .map(|p| format!("removed the temporary file {}", p.display()))
         .collect();
+    #[cfg(feature = "net")]
+    notes.extend(remote.stop());
     if let Some(d) = device::being_written() {
         notes.push(format!(
             "{} holds part of the new image; run the same command again to write it whole",
@@ -368,6 +373,26 @@ pub fn apply_to_new_file(
             policy,
             on_progress,
         ),
+        // Verified whole before the device is touched, then read again:
+        // from a local copy, which a rerun goes on filling.
+        #[cfg(feature = "net")]
+        OutputTarget::Device { path, .. } if matches!(patch, PatchSource::Remote(_)) => {
+            let PatchSource::Remote(remote) = patch else {
+                unreachable!("matched above")
+            };
+            let spool = crate::remote::download_path(&path, None);
+            remote.apply_spooled(&spool, on_progress, |local, on_progress| {
+                device::write_device(
+                    &old_file,
+                    old_len,
+                    &old_meta,
+                    local,
+                    &path,
+                    policy,
+                    on_progress,
+                )
+            })
+        }
         OutputTarget::Device { path, .. } => device::write_device(
             &old_file,
             old_len,

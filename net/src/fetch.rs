@@ -1,14 +1,20 @@
 //! One ranged fetch of a remote patch: over QUIC from `mkpatch serve`, or
 //! over HTTP(S) from any web server, from a given offset to the end.
+//! Without the `quic-https` feature (the static initramfs build), plain
+//! `http://` only, through the blocking [`crate::plain_http`] client.
 
+#[cfg(feature = "quic-https")]
 use std::net::SocketAddr;
+#[cfg(feature = "quic-https")]
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+#[cfg(feature = "quic-https")]
 use quinn::crypto::rustls::QuicClientConfig;
 
+#[cfg(feature = "quic-https")]
 use crate::protocol::{read_line, Answer, Get, ALPN};
+use crate::rt::Bytes;
 use crate::tls::Trust;
 use crate::url::{RemoteUrl, Scheme};
 
@@ -19,6 +25,7 @@ use crate::url::{RemoteUrl, Scheme};
 pub const RECEIVE_WINDOW: u32 = 8 << 20;
 
 /// How long a connection attempt may take.
+#[cfg(feature = "quic-https")]
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// No byte for this long on an open fetch: the link is taken as dead.
@@ -57,12 +64,25 @@ impl std::fmt::Display for FetchError {
 /// The body of one fetch.
 #[derive(Debug)]
 pub enum Body {
+    #[cfg(feature = "quic-https")]
     Quic(quinn::RecvStream),
+    #[cfg(feature = "quic-https")]
     Http(reqwest::Response),
+    #[cfg(not(feature = "quic-https"))]
+    Plain(crate::plain_http::Body),
 }
 
 impl Body {
     /// The next bytes; `None` at the end of the body.
+    #[cfg(not(feature = "quic-https"))]
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
+        // A blocking read, bounded by the socket's read timeout.
+        let Self::Plain(body) = self;
+        Ok(body.chunk()?.map(Bytes::from))
+    }
+
+    /// The next bytes; `None` at the end of the body.
+    #[cfg(feature = "quic-https")]
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
         let next = async {
             match self {
@@ -92,8 +112,11 @@ impl Body {
 /// connection while it lives.
 pub struct Fetcher {
     url: RemoteUrl,
+    #[cfg(feature = "quic-https")]
     trust: Trust,
+    #[cfg(feature = "quic-https")]
     quic: Option<(quinn::Endpoint, Option<quinn::Connection>)>,
+    #[cfg(feature = "quic-https")]
     http: Option<reqwest::Client>,
 }
 
@@ -105,6 +128,48 @@ impl std::fmt::Debug for Fetcher {
     }
 }
 
+#[cfg(not(feature = "quic-https"))]
+impl Fetcher {
+    /// A fetcher of a plain `http://` URL (this build has no TLS, so
+    /// `trust` can only be the patch's signature).
+    pub fn new(url: RemoteUrl, _trust: Trust) -> Result<Self, FetchError> {
+        if url.scheme != Scheme::Http {
+            return Err(FetchError::Fatal(format!(
+                "{url}: this applypatch has no QUIC or TLS (the small build, as in an initramfs): fetch the patch over plain http:// with --trusted-key, or to a file first"
+            )));
+        }
+        Ok(Self { url })
+    }
+
+    /// Fetches the patch from byte `offset` up to `end` (exclusive) or its end.
+    pub async fn open(
+        &mut self,
+        offset: u64,
+        end: Option<u64>,
+        known: Option<&Head>,
+    ) -> Result<(Head, Body), FetchError> {
+        let tag = known.map(|h| h.tag.as_str());
+        let (resp, body) = crate::plain_http::get(&self.url, offset, end, tag)?;
+        let tag = resp.etag.clone().or(resp.last_modified.clone());
+        let head = http_head(
+            &self.url,
+            offset,
+            resp.status,
+            resp.content_length,
+            resp.content_range.as_deref(),
+            tag,
+        )
+        .map_err(|e| match (&e, &resp.location) {
+            (FetchError::Fatal(why), Some(to)) if (300..400).contains(&resp.status) => {
+                FetchError::Fatal(format!("{why} (to {to}): give that URL"))
+            }
+            _ => e,
+        })?;
+        Ok((head, Body::Plain(body)))
+    }
+}
+
+#[cfg(feature = "quic-https")]
 impl Fetcher {
     /// A fetcher of `url` trusting servers as `trust` says (ignored for
     /// `http://`, which has no TLS). Call inside a tokio runtime.
@@ -249,59 +314,73 @@ impl Fetcher {
                 FetchError::Fatal(why)
             }
         })?;
-        let status = resp.status();
         let header = |name: reqwest::header::HeaderName| {
             resp.headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let tag = header(reqwest::header::ETAG)
-            .or_else(|| header(reqwest::header::LAST_MODIFIED))
-            .unwrap_or_default();
-        let head = match status.as_u16() {
-            200 => Head {
-                len: resp.content_length(),
-                tag,
-                skip: offset,
-            },
-            206 => {
-                let range = header(reqwest::header::CONTENT_RANGE).unwrap_or_default();
-                let (start, total) = parse_content_range(&range).ok_or_else(|| {
-                    FetchError::Fatal(format!(
-                        "{}: the server's Content-Range {range:?} is not bytes START-END/TOTAL",
-                        self.url
-                    ))
-                })?;
-                if start != offset {
-                    return Err(FetchError::Fatal(format!(
-                        "{}: asked for bytes from {offset}, the server sent them from {start}",
-                        self.url
-                    )));
-                }
-                Head {
-                    len: Some(total),
-                    tag,
-                    skip: 0,
-                }
-            }
-            408 | 429 | 500..=599 => {
-                return Err(FetchError::Retry(format!(
-                    "{}: the server said {status}",
-                    self.url
-                )))
-            }
-            _ => {
-                return Err(FetchError::Fatal(format!(
-                    "{}: the server said {status}",
-                    self.url
-                )))
-            }
-        };
+        let tag = header(reqwest::header::ETAG).or_else(|| header(reqwest::header::LAST_MODIFIED));
+        let range = header(reqwest::header::CONTENT_RANGE);
+        let head = http_head(
+            &self.url,
+            offset,
+            resp.status().as_u16(),
+            resp.content_length(),
+            range.as_deref(),
+            tag,
+        )?;
         Ok((head, Body::Http(resp)))
     }
 }
 
+/// What an HTTP response's status and headers say about the file, for a
+/// request from byte `offset`: a 200 is the whole file (the bytes before
+/// `offset` are skipped), a 206 must start at `offset`; 408, 429 and 5xx
+/// may pass, any other status is final.
+fn http_head(
+    url: &RemoteUrl,
+    offset: u64,
+    status: u16,
+    content_length: Option<u64>,
+    content_range: Option<&str>,
+    tag: Option<String>,
+) -> Result<Head, FetchError> {
+    let tag = tag.unwrap_or_default();
+    match status {
+        200 => Ok(Head {
+            len: content_length,
+            tag,
+            skip: offset,
+        }),
+        206 => {
+            let range = content_range.unwrap_or_default();
+            let (start, total) = parse_content_range(range).ok_or_else(|| {
+                FetchError::Fatal(format!(
+                    "{url}: the server's Content-Range {range:?} is not bytes START-END/TOTAL"
+                ))
+            })?;
+            if start != offset {
+                return Err(FetchError::Fatal(format!(
+                    "{url}: asked for bytes from {offset}, the server sent them from {start}"
+                )));
+            }
+            Ok(Head {
+                len: Some(total),
+                tag,
+                skip: 0,
+            })
+        }
+        408 | 429 | 500..=599 => Err(FetchError::Retry(format!(
+            "{url}: the server said {status}"
+        ))),
+        _ => Err(FetchError::Fatal(format!(
+            "{url}: the server said {status}"
+        ))),
+    }
+}
+
+#[cfg(feature = "quic-https")]
 /// The TLS refusal (a certificate not trusted, a handshake refused)
 /// somewhere in an HTTP error's causes, if there is one.
 fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
@@ -316,6 +395,7 @@ fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     inner.or_else(|| e.source().and_then(tls_refusal))
 }
 
+#[cfg(feature = "quic-https")]
 /// An error with its causes, as one line: reqwest's own message alone
 /// ("error sending request") does not say what went wrong.
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -340,6 +420,7 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     Some((start.trim().parse().ok()?, total.trim().parse().ok()?))
 }
 
+#[cfg(feature = "quic-https")]
 /// A client endpoint on `bind` whose UDP socket may hold a whole receive
 /// window. With the system's default (about 200 KiB, a millisecond and a
 /// half at 1 Gbit/s), datagrams that arrive while the fetch thread is busy
@@ -364,6 +445,7 @@ fn client_endpoint(bind: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     )
 }
 
+#[cfg(feature = "quic-https")]
 /// The client's QUIC configuration: ALPN, trust, and windows sized for
 /// long fat links within the 16 MiB budget.
 fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, FetchError> {
@@ -385,6 +467,7 @@ fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, FetchError> {
     Ok(config)
 }
 
+#[cfg(feature = "quic-https")]
 /// A refused certificate or protocol is fatal; anything else may pass.
 fn connection_error(e: quinn::ConnectionError) -> FetchError {
     use quinn::ConnectionError as C;

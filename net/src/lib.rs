@@ -21,12 +21,16 @@
 #![forbid(unsafe_code)]
 
 pub mod fetch;
+pub mod plain_http;
+#[cfg(feature = "quic-https")]
 pub mod protocol;
 pub mod remote;
+mod rt;
+#[cfg(feature = "quic-https")]
 pub mod server;
 pub mod tls;
 pub mod url;
 
-pub use remote::{FetchStats, RemoteOptions, RemotePatch};
+pub use remote::{FetchStats, RemoteOptions, RemotePatch, VersionChanged};
 pub use tls::Trust;
 pub use url::RemoteUrl;

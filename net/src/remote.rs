@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
+// tokio's, or blocking stand-ins in the plain-HTTP build (see rt).
+use crate::rt::{mpsc, Bytes};
 
 use crate::fetch::{FetchError, Fetcher, Head};
 use crate::tls::Trust;
@@ -81,6 +81,42 @@ pub struct FetchStats {
     pub head: std::sync::Mutex<Option<Head>>,
 }
 
+/// The server now has another version of the file than the one a fetch
+/// began with, or than the one an earlier run's bytes came from: what was
+/// fetched cannot be continued and must be fetched again from byte 0. A
+/// [`RemotePatch`] read fails with an [`io::Error`] that holds this
+/// ([`VersionChanged::of`] finds it), so a caller can start over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionChanged {
+    pub url: String,
+    pub was: Head,
+    pub now: Head,
+}
+
+impl VersionChanged {
+    /// The version change inside `e`, if that is what `e` is.
+    pub fn of(e: &io::Error) -> Option<&Self> {
+        e.get_ref()?.downcast_ref::<Self>()
+    }
+}
+
+impl std::fmt::Display for VersionChanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = |h: &Head| h.len.map_or("?".into(), |l| l.to_string());
+        write!(
+            f,
+            "{} changed on the server (it was {} bytes, tag {:?}; now {} bytes, tag {:?})",
+            self.url,
+            len(&self.was),
+            self.was.tag,
+            len(&self.now),
+            self.now.tag
+        )
+    }
+}
+
+impl std::error::Error for VersionChanged {}
+
 /// A patch being fetched; read it like a file, in order.
 pub struct RemotePatch {
     queue: mpsc::Receiver<io::Result<Bytes>>,
@@ -115,9 +151,7 @@ impl RemotePatch {
         let (tx, rx) = mpsc::channel(QUEUE_BYTES / PIECE);
         let stats = Arc::new(FetchStats::default());
         let thread_stats = stats.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtime = crate::rt::runtime()?;
         std::thread::Builder::new()
             .name("anypatch-fetch".into())
             .spawn(move || {
@@ -211,12 +245,16 @@ async fn fetch_loop(
         let before = t.at;
         let why = match fetch_once(&mut fetcher, &mut t).await {
             Ok(()) => return, // done: dropping the sender ends the reader cleanly
-            Err(FetchError::Fatal(why)) => {
+            Err(Failed::Changed(c)) => {
+                let _ = t.tx.send(Err(io::Error::other(c))).await;
+                return;
+            }
+            Err(Failed::Fetch(FetchError::Fatal(why))) => {
                 let _ = t.tx.send(Err(fail(why))).await;
                 return;
             }
-            Err(FetchError::Retry(_)) if t.tx.is_closed() => return, // the reader went away
-            Err(FetchError::Retry(why)) => why,
+            Err(Failed::Fetch(FetchError::Retry(_))) if t.tx.is_closed() => return, // the reader went away
+            Err(Failed::Fetch(FetchError::Retry(why))) => why,
         };
         // Failures count in a row: an attempt that got bytes starts anew.
         failures = if t.at > before { 1 } else { failures + 1 };
@@ -240,12 +278,25 @@ async fn fetch_loop(
         ));
         t.stats.retries.fetch_add(1, Ordering::Relaxed);
         t.opts.totals.retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(wait).await;
+        crate::rt::sleep(wait).await;
+    }
+}
+
+/// Why one request ended early.
+enum Failed {
+    Fetch(FetchError),
+    /// Fatal too, but the caller may start over from byte 0.
+    Changed(VersionChanged),
+}
+
+impl From<FetchError> for Failed {
+    fn from(e: FetchError) -> Self {
+        Self::Fetch(e)
     }
 }
 
 /// One request from `t.at` to `t.end` or the end, handing bytes on as they come.
-async fn fetch_once(fetcher: &mut Fetcher, t: &mut Transfer) -> Result<(), FetchError> {
+async fn fetch_once(fetcher: &mut Fetcher, t: &mut Transfer) -> Result<(), Failed> {
     let Transfer {
         url,
         at,
@@ -259,6 +310,7 @@ async fn fetch_once(fetcher: &mut Fetcher, t: &mut Transfer) -> Result<(), Fetch
     let (head, mut body) = fetcher.open(*at, end, first.as_ref()).await?;
     if let Some(len) = head.len {
         stats.len.store(len, Ordering::Relaxed);
+        opts.totals.len.store(len, Ordering::Relaxed);
     }
     if let Ok(mut seen) = stats.head.lock() {
         seen.get_or_insert_with(|| head.clone());
@@ -266,13 +318,11 @@ async fn fetch_once(fetcher: &mut Fetcher, t: &mut Transfer) -> Result<(), Fetch
     match first {
         None => *first = Some(head.clone()),
         Some(was) if was.len != head.len || was.tag != head.tag => {
-            return Err(FetchError::Fatal(format!(
-                "{url} changed on the server while it was fetched (it was {} bytes, tag {:?}; now {} bytes, tag {:?}); run the command again",
-                was.len.map_or("?".into(), |l| l.to_string()),
-                was.tag,
-                head.len.map_or("?".into(), |l| l.to_string()),
-                head.tag
-            )));
+            return Err(Failed::Changed(VersionChanged {
+                url: url.to_string(),
+                was: was.clone(),
+                now: head,
+            }));
         }
         Some(_) => {}
     }
@@ -320,12 +370,13 @@ async fn fetch_once(fetcher: &mut Fetcher, t: &mut Transfer) -> Result<(), Fetch
         (None, end) => end,
     };
     match stop {
-        Some(stop) if *at < stop => Err(FetchError::Retry(format!(
-            "the body ended at byte {at} of {stop}"
-        ))),
+        Some(stop) if *at < stop => {
+            Err(FetchError::Retry(format!("the body ended at byte {at} of {stop}")).into())
+        }
         Some(stop) if *at > stop => Err(FetchError::Fatal(format!(
             "{url}: the server sent more than the {stop} bytes asked for"
-        ))),
+        ))
+        .into()),
         _ => Ok(()),
     }
 }

@@ -1,17 +1,29 @@
 //! TLS for both sides: the server's certificate, made on first start and
 //! kept; its fingerprint; and how a client decides to trust a server.
+//! Without the `quic-https` feature there is no TLS: only the fingerprint
+//! syntax and [`Trust`] remain, so that callers read the same flags.
 
+#[cfg(feature = "quic-https")]
 use std::fs;
+#[cfg(feature = "quic-https")]
 use std::io;
+#[cfg(feature = "quic-https")]
 use std::os::unix::fs::OpenOptionsExt;
+#[cfg(feature = "quic-https")]
 use std::path::Path;
+#[cfg(feature = "quic-https")]
 use std::sync::Arc;
 
+#[cfg(feature = "quic-https")]
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+#[cfg(feature = "quic-https")]
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+#[cfg(feature = "quic-https")]
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+#[cfg(feature = "quic-https")]
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+#[cfg(feature = "quic-https")]
 /// The crypto every side uses: rustls on *ring*. (rustls now prefers
 /// aws-lc-rs, for post-quantum key exchange; it needs cmake and a C
 /// toolchain to build, which the static initramfs build does not have.)
@@ -20,6 +32,7 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+#[cfg(feature = "quic-https")]
 /// A server's certificate and key.
 #[derive(Debug)]
 pub struct Identity {
@@ -27,6 +40,7 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
 }
 
+#[cfg(feature = "quic-https")]
 impl Identity {
     /// The certificate's fingerprint as users type it: `SHA256:` and 64
     /// lowercase hex digits.
@@ -35,6 +49,7 @@ impl Identity {
     }
 }
 
+#[cfg(feature = "quic-https")]
 /// `SHA256:` and the hex SHA-256 of a certificate (DER).
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
@@ -69,6 +84,7 @@ pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
         })
 }
 
+#[cfg(feature = "quic-https")]
 /// Loads the server identity kept in `dir`, or makes one (a self-signed
 /// certificate for `names`) and keeps it there, the key readable by its
 /// owner only.
@@ -93,6 +109,7 @@ pub fn load_or_make(dir: &Path, names: &[String]) -> io::Result<Identity> {
     })
 }
 
+#[cfg(feature = "quic-https")]
 /// Writes `bytes` to `path` whole or not at all, mode 0600.
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
@@ -115,12 +132,22 @@ pub enum Trust {
     Pinned([u8; 32]),
     /// A certificate chaining to the web's roots or to extra CA
     /// certificates (`--ca`), for the host name in the URL.
+    #[cfg(feature = "quic-https")]
     Roots(Arc<RootCertStore>),
     /// Any server: the patch's signature by a trusted key is what is
     /// trusted. The caller allows this only when it requires one.
     Signature,
 }
 
+#[cfg(not(feature = "quic-https"))]
+impl Trust {
+    /// Certificate authorities need TLS, which this build lacks.
+    pub fn roots(_ca_files: &[std::path::PathBuf]) -> Result<Self, String> {
+        Err("this applypatch has no QUIC or TLS (the small build, as in an initramfs): https:// and --ca are not available; fetch the patch over plain http:// with --trusted-key, or to a file first".into())
+    }
+}
+
+#[cfg(feature = "quic-https")]
 impl Trust {
     /// The web's roots plus the certificates in each PEM file of `ca_files`.
     pub fn roots(ca_files: &[std::path::PathBuf]) -> Result<Self, String> {
@@ -176,6 +203,7 @@ impl Trust {
     }
 }
 
+#[cfg(feature = "quic-https")]
 /// Accepts exactly one certificate, by its SHA-256 (or, with `any`, every
 /// certificate), and checks the handshake signatures as usual: the server
 /// must hold the certificate's key.
@@ -186,6 +214,7 @@ struct Pinned {
     any: bool,
 }
 
+#[cfg(feature = "quic-https")]
 impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
@@ -241,6 +270,7 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+#[cfg(feature = "quic-https")]
 #[cfg(test)]
 mod tests {
     use super::*;

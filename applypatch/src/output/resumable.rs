@@ -17,14 +17,14 @@ use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anypatch_apply::checkpoint::Checkpoint;
 use anypatch_apply::drive::{drive_checkpointed, Checkpoints};
 use anypatch_apply::{Applier, Config, ErrorClass, Progress, Summary};
 use anypatch_net::fetch::Head;
-use anypatch_net::RemotePatch;
-use anypatch_safe_output::{parent_dir, Owner};
+use anypatch_net::{RemotePatch, VersionChanged};
+use anypatch_safe_output::{parent_dir, signals, Owner};
 
 use super::{lock_existing, new_file_mode, NewFileSink, OutputTarget, Written};
 use crate::remote::Remote;
@@ -34,7 +34,7 @@ use crate::{io_err, DriveError, Policy};
 /// this, plus what was in flight (the network's 16 MiB of buffers).
 const EVERY: u64 = 4 << 20;
 
-const MAGIC: &str = "anypatch-resume 1";
+const MAGIC: &str = "anypatch-resume 2";
 
 /// What a checkpoint belongs to, and the checkpoint.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,17 +42,20 @@ struct Saved {
     url: String,
     head: Head,
     old: String,
+    /// The part file's device and inode ([`part_stamp`]).
+    part: String,
     checkpoint: Vec<u8>,
 }
 
 impl Saved {
     fn encode(&self) -> Vec<u8> {
         let mut v = format!(
-            "{MAGIC}\nurl {}\nlen {}\ntag {}\nold {}\n\n",
+            "{MAGIC}\nurl {}\nlen {}\ntag {}\nold {}\npart {}\n\n",
             self.url,
             self.head.len.map_or(String::new(), |l| l.to_string()),
             self.head.tag,
-            self.old
+            self.old,
+            self.part
         )
         .into_bytes();
         v.extend_from_slice(&self.checkpoint);
@@ -78,6 +81,7 @@ impl Saved {
         let len = field("len ")?;
         let tag = field("tag ")?;
         let old = field("old ")?;
+        let part = field("part ")?;
         Some(Self {
             url,
             head: Head {
@@ -90,6 +94,7 @@ impl Saved {
                 skip: 0,
             },
             old,
+            part,
             checkpoint: body[split + 2..].to_vec(),
         })
     }
@@ -111,7 +116,9 @@ fn old_stamp(m: &Metadata) -> String {
 }
 
 /// Writes the new image from `remote` to the regular file `new`,
-/// continuing a run that was stopped when it can.
+/// continuing a run that was stopped when it can. A patch that changed on
+/// the server since the part file was begun cannot be continued: what was
+/// written is dropped and the patch applied again from byte 0, once.
 pub(super) fn write_remote_file(
     old_file: &File,
     old_len: u64,
@@ -132,44 +139,150 @@ pub(super) fn write_remote_file(
         })?
         .to_string_lossy()
         .into_owned();
-    let part_path = dir.join(format!(".{name}.anypatch-part"));
-    let resume_path = dir.join(format!(".{name}.anypatch-part.resume"));
+    let paths = PartPaths {
+        part: dir.join(format!(".{name}.anypatch-part")),
+        resume: dir.join(format!(".{name}.anypatch-part.resume")),
+        dir,
+        new: new.to_path_buf(),
+    };
     let existing = fs::metadata(new).ok().filter(Metadata::is_file);
     let _held = existing.as_ref().map(|_| lock_existing(new)).transpose()?;
-    let mode = new_file_mode(old_meta);
-    let part = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(mode)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&part_path)
-        .map_err(io_err(format!("cannot open {}", part_path.display())))?;
-    // Two runs writing one part file would interleave: the second is refused.
-    rustix::fs::flock(&part, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-        |_| {
-            DriveError::Refused(format!(
-                "another applypatch is writing {} ({} is locked); wait for it to finish",
-                new.display(),
-                part_path.display()
-            ))
-        },
-    )?;
+    let part = open_part(&paths, new_file_mode(old_meta))?;
+    let _writing = Writing::start(&paths);
+    let mut restarted = false;
+    loop {
+        let result = write_part(
+            old_file,
+            old_len,
+            old_meta,
+            remote,
+            &paths,
+            &part,
+            policy,
+            on_progress,
+        );
+        match result {
+            Err(e) if !restarted && changed_on_server(&e).is_some() => {
+                let why = changed_on_server(&e).map(ToString::to_string);
+                let _ = writeln!(
+                    io::stderr(),
+                    "applypatch: {}; what was fetched of it cannot be continued: starting over from byte 0",
+                    why.unwrap_or_default()
+                );
+                let _ = fs::remove_file(&paths.resume);
+                restarted = true;
+            }
+            Err(e) => return Err(e),
+            Ok(summary) => return commit(&paths, &part, existing.as_ref(), summary),
+        }
+    }
+}
+
+/// Where a remote `-o` keeps its work.
+struct PartPaths {
+    /// NEW's directory.
+    dir: PathBuf,
+    new: PathBuf,
+    /// `.NAME.anypatch-part`: the new image as far as it was written.
+    part: PathBuf,
+    /// `.NAME.anypatch-part.resume`: the last checkpoint and what it belongs to.
+    resume: PathBuf,
+}
+
+/// The version change behind a failed read of the patch, if that is the failure.
+fn changed_on_server(e: &DriveError) -> Option<&VersionChanged> {
+    match e {
+        DriveError::Io { source, .. } => VersionChanged::of(source),
+        _ => None,
+    }
+}
+
+/// Opens and locks the part file. Two runs writing one part file would
+/// interleave, so a second one is refused. The lock is taken on what the
+/// path names after the lock is held: a run that just finished renamed the
+/// part file it locked to NEW, and that file must not be written again.
+fn open_part(paths: &PartPaths, mode: u32) -> Result<File, DriveError> {
+    use rustix::fs::{flock, FlockOperation};
+    let shown = paths.part.display();
+    for _ in 0..8 {
+        let part = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(mode)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&paths.part)
+            .map_err(io_err(format!("cannot open {shown}")))?;
+        stop_before_part_lock_for_tests();
+        match flock(&part, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(DriveError::Refused(format!(
+                    "another applypatch is writing {} ({shown} is locked); wait for it to finish. Nothing was written",
+                    paths.new.display(),
+                )))
+            }
+            Err(e) => {
+                return Err(DriveError::Io {
+                    action: format!("cannot lock {shown}"),
+                    source: e.into(),
+                })
+            }
+        }
+        let held = part
+            .metadata()
+            .map_err(io_err(format!("cannot stat {shown}")))?;
+        match fs::symlink_metadata(&paths.part) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(part),
+            _ => continue, // renamed or removed by the run that held it: open anew
+        }
+    }
+    Err(DriveError::Refused(format!(
+        "{shown} keeps being replaced while applypatch opens it; is another program writing {}?",
+        paths.new.display()
+    )))
+}
+
+/// The part file's identity: a checkpoint is only for the file it was
+/// taken in (a part file removed and made anew holds none of those bytes).
+fn part_stamp(m: &Metadata) -> String {
+    format!("{} {}", m.dev(), m.ino())
+}
+
+/// One pass at the part file: from the saved checkpoint when it belongs to
+/// this command, OLD and part file, else from byte 0.
+#[allow(clippy::too_many_arguments)]
+fn write_part(
+    old_file: &File,
+    old_len: u64,
+    old_meta: &Metadata,
+    remote: &Remote,
+    paths: &PartPaths,
+    part: &File,
+    policy: &Policy,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, DriveError> {
+    let resume_path = &paths.resume;
+    let shown = paths.part.display().to_string();
+    let part_meta = part
+        .metadata()
+        .map_err(io_err(format!("cannot stat {shown}")))?;
     let stamp = old_stamp(old_meta);
-    let saved = fs::read(&resume_path)
+    let part_id = part_stamp(&part_meta);
+    let saved = fs::read(resume_path)
         .ok()
         .and_then(|b| Saved::decode(&b))
-        .filter(|s| s.url == remote.url.text && s.old == stamp)
-        .and_then(|s| Some((Checkpoint::decode(&s.checkpoint).ok()?, s.head)));
-    let shown = part_path.display().to_string();
+        .filter(|s| s.url == remote.url.text && s.old == stamp && s.part == part_id)
+        .and_then(|s| Some((Checkpoint::decode(&s.checkpoint).ok()?, s.head)))
+        .filter(|(cp, _)| cp.new_pos <= part_meta.len());
     let head = Arc::new(Mutex::new(None));
-    let (mut applier, mut reader, sink_start) = match saved {
+    let (mut applier, reader, sink_start) = match saved {
         Some((cp, was)) if was.len.is_some() => {
             let len = was.len.expect("checked");
             part.set_len(cp.new_pos)
                 .map_err(io_err(format!("cannot resume {shown}")))?;
-            say_resuming(new, cp.resume_at, len);
+            say_resuming(&paths.new, cp.resume_at, len);
             let mut opts = remote.opts.clone();
             opts.expect = Some(was.clone());
             *head.lock().unwrap_or_else(|e| e.into_inner()) = Some(was);
@@ -180,30 +293,31 @@ pub(super) fn write_remote_file(
         _ => {
             part.set_len(0)
                 .map_err(io_err(format!("cannot write {shown}")))?;
-            let _ = fs::remove_file(&resume_path);
+            let _ = fs::remove_file(resume_path);
             let whole = std::iter::once(0..u64::MAX).collect();
             let reader = Ranges::new(remote, remote.opts.clone(), whole, head.clone());
             (Applier::new(Config::new(old_len)), reader, 0)
         }
     };
     let resumed = reader.resumed();
+    let mut reader = SlowForTests::new(reader);
     applier.require_signature(&policy.trusted_keys);
-    let mut sink = NewFileSink::resumed(&part, sink_start).named(shown.clone());
+    let mut sink = NewFileSink::resumed(part, sink_start).named(shown.clone());
     let url = remote.url.text.clone();
-    let part_for_save = &part;
     let mut save = |cp: Checkpoint| -> io::Result<()> {
         // What the server said: known once the first bytes came.
         let Some(head) = head.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return Ok(());
         };
-        part_for_save.sync_data()?;
+        part.sync_data()?;
         let saved = Saved {
             url: url.clone(),
             head,
             old: stamp.clone(),
+            part: part_id.clone(),
             checkpoint: cp.encode(),
         };
-        write_atomically(&resume_path, &saved.encode())?;
+        write_atomically(resume_path, &saved.encode())?;
         killed_after_checkpoint_for_tests();
         Ok(())
     };
@@ -219,49 +333,122 @@ pub(super) fn write_remote_file(
             save: &mut save,
         },
     );
-    let summary: Summary = match result {
-        Ok(s) => s,
+    match result {
+        Ok(summary) => Ok(Summary {
+            bytes_written: sink.written(),
+            ..summary
+        }),
         Err(e) => {
             let start_over = matches!(&e, DriveError::Apply(a)
                 if matches!(a.class(), ErrorClass::CorruptPatch | ErrorClass::WrongBase))
                 || (resumed && matches!(e, DriveError::Apply(_)));
             if start_over {
-                let _ = fs::remove_file(&resume_path);
-                let _ = fs::remove_file(&part_path);
+                let _ = fs::remove_file(resume_path);
+                let _ = fs::remove_file(&paths.part);
                 return Err(e);
+            }
+            if changed_on_server(&e).is_some() {
+                return Err(e); // the caller starts over or gives up
             }
             if !resume_path.exists() {
                 // No checkpoint yet: nothing a rerun could go on from.
-                let _ = fs::remove_file(&part_path);
-                return Err(e);
+                let _ = fs::remove_file(&paths.part);
+                return Err(note(e, &paths.new, false));
             }
-            return Err(keep_note(e, new));
+            Err(note(e, &paths.new, true))
         }
-    };
-    let written = sink.written();
+    }
+}
+
+/// Names the finished part file NEW. A signal that comes during this waits
+/// for it, and then finds the output in place (see [`on_signal`]).
+fn commit(
+    paths: &PartPaths,
+    part: &File,
+    existing: Option<&Metadata>,
+    summary: Summary,
+) -> Result<Written, DriveError> {
+    let shown = paths.part.display();
     part.set_len(summary.new_len)
         .and_then(|()| {
-            if let Some(m) = &existing {
-                let _ = Owner::of(m).restore(&part);
+            if let Some(m) = existing {
+                let _ = Owner::of(m).restore(part);
             }
             part.sync_all()
         })
         .map_err(io_err(format!("cannot flush {shown} to disk")))?;
-    fs::rename(&part_path, new).map_err(io_err(format!(
-        "cannot rename {shown} to {}",
-        new.display()
-    )))?;
-    let _ = fs::remove_file(&resume_path);
-    if let Ok(d) = File::open(&dir) {
+    {
+        let mut writing = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
+        fs::rename(&paths.part, &paths.new).map_err(io_err(format!(
+            "cannot rename {shown} to {}",
+            paths.new.display()
+        )))?;
+        signals::mark_committed();
+        *writing = None;
+    }
+    let _ = fs::remove_file(&paths.resume);
+    if let Ok(d) = File::open(&paths.dir) {
         let _ = d.sync_all();
     }
     Ok(Written {
-        summary: Summary {
-            bytes_written: written,
-            ..summary
-        },
-        target: OutputTarget::File(new.to_path_buf()),
+        summary,
+        target: OutputTarget::File(paths.new.clone()),
     })
+}
+
+/// The part file being written, for a signal handler: see [`on_signal`].
+static WRITING: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
+
+/// Marks a part file as being written while alive.
+struct Writing;
+
+impl Writing {
+    fn start(paths: &PartPaths) -> Self {
+        *WRITING.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((paths.part.clone(), paths.resume.clone()));
+        Self
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        *WRITING.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// For the signal handler, before it decides: holds off the rename of a
+/// finished part file until the process ends or the handler lets go, so a
+/// signal comes either before NEW is in place or after it is committed.
+pub(super) struct OnSignal(MutexGuard<'static, Option<(PathBuf, PathBuf)>>);
+
+/// See [`OnSignal`].
+pub(super) fn on_signal() -> OnSignal {
+    OnSignal(WRITING.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+impl OnSignal {
+    /// The process is about to end: a part file with a checkpoint is kept
+    /// for the same command to go on from; one without is removed. Holds
+    /// the lock for good, so nothing is renamed to NEW any more.
+    pub(super) fn stop(self) -> Vec<String> {
+        let notes = match &*self.0 {
+            Some((part, resume)) if resume.exists() => vec![format!(
+                "kept {} and its checkpoint {}: run the same command again to go on from there; nothing was written to the output",
+                part.display(),
+                resume.display()
+            )],
+            Some((part, _)) => {
+                let _ = fs::remove_file(part);
+                vec![format!(
+                    "removed {} (no checkpoint yet); nothing was written to the output",
+                    part.display()
+                )]
+            }
+            None => Vec::new(),
+        };
+        std::mem::forget(self);
+        notes
+    }
 }
 
 #[cfg(not(feature = "test-hooks"))]
@@ -286,6 +473,62 @@ fn killed_after_checkpoint_for_tests() {
     }
 }
 
+/// `ANYPATCH_TEST_STOP_BEFORE_PART_LOCK=1`: the process stops itself
+/// (SIGSTOP) between opening the part file and locking it, the first time,
+/// so a test can finish another run on the same NEW in that gap.
+#[cfg(feature = "test-hooks")]
+fn stop_before_part_lock_for_tests() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if std::env::var_os("ANYPATCH_TEST_STOP_BEFORE_PART_LOCK").is_some()
+        && !DONE.swap(true, Ordering::SeqCst)
+    {
+        let me = rustix::process::getpid();
+        let _ = rustix::process::kill_process(me, rustix::process::Signal::STOP);
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn stop_before_part_lock_for_tests() {}
+
+/// The patch reader, slowed to `ANYPATCH_TEST_APPLY_RATE` bytes a second
+/// with the `test-hooks` feature: an applier slower than the network, so a
+/// test sees what the network buffers hold when they are full.
+struct SlowForTests<R> {
+    inner: R,
+    #[cfg(feature = "test-hooks")]
+    rate: Option<(f64, std::time::Instant, u64)>,
+}
+
+impl<R: Read> SlowForTests<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            #[cfg(feature = "test-hooks")]
+            rate: std::env::var("ANYPATCH_TEST_APPLY_RATE")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|r| *r > 0.0)
+                .map(|r| (r, std::time::Instant::now(), 0)),
+        }
+    }
+}
+
+impl<R: Read> Read for SlowForTests<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(feature = "test-hooks")]
+        if let Some((rate, start, done)) = &mut self.rate {
+            let due = std::time::Duration::from_secs_f64(*done as f64 / *rate);
+            std::thread::sleep(due.saturating_sub(start.elapsed()));
+            let want = buf.len().min(64 << 10);
+            let n = self.inner.read(&mut buf[..want])?;
+            *done += n as u64;
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
 fn say_resuming(new: &Path, at: u64, len: u64) {
     let _ = writeln!(
         io::stderr(),
@@ -294,20 +537,26 @@ fn say_resuming(new: &Path, at: u64, len: u64) {
     );
 }
 
-/// A failed fetch keeps the part and the checkpoint: say how to go on.
-fn keep_note(e: DriveError, new: &Path) -> DriveError {
-    match e {
-        DriveError::Io { action, source } => DriveError::Io {
-            action,
-            source: io::Error::new(
-                source.kind(),
-                format!(
-                    "{source}; nothing was written to {}. Run the same command again to go on from the last checkpoint",
-                    new.display()
-                ),
-            ),
-        },
-        other => other,
+/// Says what became of a failed run and how to go on: with a checkpoint
+/// `kept`, the same command goes on from it; a full file system is named
+/// as the thing to fix first.
+fn note(e: DriveError, new: &Path, kept: bool) -> DriveError {
+    let DriveError::Io { action, source } = e else {
+        return e;
+    };
+    let full = source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error());
+    let mut text = format!("{source}; nothing was written to {}", new.display());
+    if full {
+        text.push_str(". The new image is written beside it first: free space on that file system");
+    }
+    if kept {
+        text.push_str(". Run the same command again to go on from the last checkpoint");
+    } else if full {
+        text.push_str(", then run the same command again");
+    }
+    DriveError::Io {
+        action,
+        source: io::Error::new(source.kind(), text),
     }
 }
 
@@ -412,6 +661,7 @@ mod tests {
                 skip: 0,
             },
             old: "1 2 3 4.5 6.7".into(),
+            part: "8 9".into(),
             checkpoint: vec![9, 8, 7, 0, 10, 10],
         };
         let bytes = s.encode();

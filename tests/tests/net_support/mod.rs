@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anypatch_tests::{bin, hex};
 
+pub mod http;
+
 /// Runs `cmd` to its end.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("binary runs")
