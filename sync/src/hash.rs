@@ -18,7 +18,8 @@ const AHEAD: u64 = 8;
 
 /// Hashes the first `len` bytes of `file` on `threads` threads (at least
 /// one) and calls `on_group(g, leaves)` for every group in order, with
-/// the values of its leaves. Returns the values of all leaves.
+/// the values of its leaves; `on_group` returning false stops the hashing
+/// (an error of kind `Interrupted`). Returns the values of all leaves.
 ///
 /// A short read (the file shrank under us) is an error, not a shorter
 /// tree: the tree must describe exactly `len` bytes.
@@ -26,7 +27,7 @@ pub fn hash_leaves(
     file: &File,
     len: u64,
     threads: usize,
-    mut on_group: impl FnMut(u64, &[Value]),
+    mut on_group: impl FnMut(u64, &[Value]) -> bool,
 ) -> io::Result<Vec<Value>> {
     let groups = group_count(len);
     let next = AtomicU64::new(0);
@@ -74,9 +75,16 @@ pub fn hash_leaves(
             let g = guard.handed;
             if let Some(values) = guard.ready.remove(&g) {
                 drop(guard);
-                on_group(g, &values);
+                let go_on = on_group(g, &values);
                 leaves.extend_from_slice(&values);
                 guard = lock(&done);
+                if !go_on {
+                    guard.error.get_or_insert(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "hashing stopped",
+                    ));
+                    break;
+                }
                 guard.handed += 1;
                 progressed.notify_all();
             } else {

@@ -71,6 +71,10 @@ pub enum SyncError {
     Sender(String),
     /// The old image could not be read.
     Io(std::io::Error),
+    /// The streams to or from the sender failed (a dropped link).
+    Link(std::io::Error),
+    /// The target could not be written.
+    Write(std::io::Error),
 }
 
 impl std::fmt::Display for SyncError {
@@ -78,6 +82,8 @@ impl std::fmt::Display for SyncError {
         match self {
             Self::Sender(s) => write!(f, "the sender cannot be followed: {s}"),
             Self::Io(e) => write!(f, "cannot read the old image: {e}"),
+            Self::Link(e) => write!(f, "the link to the sender broke: {e}"),
+            Self::Write(e) => write!(f, "cannot write the target: {e}"),
         }
     }
 }

@@ -120,6 +120,7 @@ fn hashing_a_file_gives_the_leaves_in_order_on_any_thread_count() {
                 values,
                 &want[g as usize * 16..(g as usize * 16 + values.len())]
             );
+            true
         })
         .expect("hash");
         assert_eq!(got, want, "{threads} threads");
@@ -132,7 +133,7 @@ fn a_file_shorter_than_its_stated_length_is_an_error() {
     let bytes = image(3 * GROUP, 2);
     let mut file = tempfile::tempfile().expect("temporary file");
     file.write_all(&bytes).expect("write");
-    let err = hash_leaves(&file, 3 * GROUP + 1, 2, |_, _| {}).expect_err("short file");
+    let err = hash_leaves(&file, 3 * GROUP + 1, 2, |_, _| true).expect_err("short file");
     assert!(
         err.to_string().contains("changed while it was hashed"),
         "{err}"

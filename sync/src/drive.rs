@@ -1,0 +1,333 @@
+//! Both sides of a session over byte streams, with threads: what a
+//! transport (QUIC streams, or anything that reads and writes bytes)
+//! needs to run a sync. The receiver hashes its image, reads both of the
+//! sender's streams and writes its target at once (spec/SYNC.md section 7).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::hash::hash_leaves;
+use crate::receiver::{Counts, Mode, Ready, Receiver, SyncError};
+use crate::sender::{AnswerError, Sender};
+use crate::tree::{leaf_range, Value};
+use crate::wire::{decode, Decoded, Message, BLOCK, FRAME_HEADER};
+
+/// What a receiver did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    pub new_len: u64,
+    /// Bytes of messages sent to the sender.
+    pub bytes_up: u64,
+    /// Bytes of messages received from it.
+    pub bytes_down: u64,
+    /// Bytes written to the target.
+    pub bytes_written: u64,
+    pub counts: Counts,
+}
+
+/// Where the result goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// Over the old image itself (opened for reading and writing): only
+    /// the blocks that differ are written.
+    InPlace(&'a File),
+    /// Into this empty file, whole, the old image staying as it is.
+    Copy(&'a File),
+}
+
+enum Event {
+    Own(u64, Vec<Value>),
+    OwnDone,
+    OwnFailed(io::Error),
+    Message(Message, usize),
+    Closed(io::Result<()>),
+}
+
+/// Runs the receiver's side: `old` is the old image (for
+/// [`Target::InPlace`], the target itself), `control_in` and `data_in`
+/// the sender's two streams, `control_out` the stream to it. Returns when
+/// the new image is whole and its BLAKE3 matched the sender's, with the
+/// target synced to disk.
+pub fn receive(
+    old: &File,
+    target: Target<'_>,
+    control_in: impl Read + Send + 'static,
+    data_in: impl Read + Send + 'static,
+    mut control_out: impl Write,
+    threads: usize,
+) -> Result<Received, SyncError> {
+    let old_len = old.metadata().map_err(SyncError::Io)?.len();
+    let mode = match target {
+        Target::InPlace(_) => Mode::InPlace,
+        Target::Copy(_) => Mode::Copy,
+    };
+    let mut receiver = Receiver::new(old, old_len, mode);
+    let mut done = Received::default();
+    let pause = AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel();
+
+    let result = std::thread::scope(|s| {
+        let own_tx = tx.clone();
+        let (pause, stop) = (&pause, &stop);
+        s.spawn(move || {
+            let r = hash_leaves(old, old_len, threads, |g, values| {
+                // A slow link: wait rather than hold more values.
+                while pause.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                !stop.load(Ordering::Relaxed) && own_tx.send(Event::Own(g, values.to_vec())).is_ok()
+            });
+            let _ = own_tx.send(match r {
+                Ok(_) => Event::OwnDone,
+                Err(e) => Event::OwnFailed(e),
+            });
+        });
+        // Not joined: a sender that keeps its streams open must not keep
+        // the receiver waiting once the image is whole (a reader ends when
+        // its stream does, or at its next message).
+        for stream in [
+            Box::new(control_in) as Box<dyn Read + Send>,
+            Box::new(data_in),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || read_messages(stream, &tx));
+        }
+        drop(tx);
+
+        let mut open_streams = 2;
+        // Once the link has failed, what already arrived is still taken and
+        // written (it is verified like the rest), then the failure is said.
+        let mut broken: Option<SyncError> = None;
+        let r = (|| loop {
+            let event = match broken.take() {
+                None => rx
+                    .recv()
+                    .map_err(|_| SyncError::Sender("every stream ended".into()))?,
+                Some(failure) => match rx.try_recv() {
+                    Ok(event) => {
+                        broken = Some(failure);
+                        event
+                    }
+                    Err(_) => return Err(failure),
+                },
+            };
+            match event {
+                Event::Own(g, values) => receiver.own_group(g, &values)?,
+                Event::OwnDone => receiver.own_done()?,
+                Event::OwnFailed(e) => return Err(SyncError::Io(e)),
+                Event::Message(m, n) => {
+                    done.bytes_down += n as u64;
+                    receiver.take(m)?;
+                }
+                Event::Closed(Err(e)) => {
+                    broken.get_or_insert(SyncError::Link(e));
+                }
+                Event::Closed(Ok(())) => {
+                    open_streams -= 1;
+                    if open_streams == 0 && !receiver.is_done() {
+                        broken.get_or_insert(SyncError::Sender(
+                            "it closed the session before the image was whole".into(),
+                        ));
+                    }
+                }
+            }
+            pause.store(!receiver.wants_own_groups(), Ordering::Relaxed);
+            let new_len = receiver.new_len().unwrap_or(0);
+            for ready in receiver.ready() {
+                done.bytes_written +=
+                    write_leaf(old, target, new_len, ready).map_err(SyncError::Write)?;
+            }
+            if broken.is_none() {
+                let sent = receiver.outgoing().iter().try_for_each(|m| {
+                    let bytes = m.encode();
+                    done.bytes_up += bytes.len() as u64;
+                    control_out.write_all(&bytes)
+                });
+                if let Err(e) = sent.and_then(|()| control_out.flush()) {
+                    broken = Some(SyncError::Link(e));
+                }
+            }
+            if receiver.is_done() {
+                done.new_len = new_len;
+                return Ok(());
+            }
+        })();
+        stop.store(true, Ordering::Relaxed);
+        drop(control_out);
+        r
+    });
+    result?;
+    let out = match target {
+        Target::InPlace(f) | Target::Copy(f) => f,
+    };
+    out.set_len(done.new_len).map_err(SyncError::Write)?;
+    out.sync_all().map_err(SyncError::Write)?;
+    done.counts = receiver.counts();
+    Ok(done)
+}
+
+/// Decodes messages from `stream` into `tx` until it ends.
+fn read_messages(mut stream: Box<dyn Read + Send>, tx: &mpsc::Sender<Event>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut chunk = vec![0; 1 << 16];
+    let end = loop {
+        // Whole messages first.
+        loop {
+            match decode(&buf) {
+                Ok(Decoded::Message(m, n)) => {
+                    buf.drain(..n);
+                    if tx.send(Event::Message(m, n)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Decoded::Need(_)) => break,
+                Err(e) => {
+                    let _ = tx.send(Event::Closed(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        e,
+                    ))));
+                    return;
+                }
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) if buf.is_empty() => break Ok(()),
+            Ok(0) => {
+                break Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the stream ended inside a message ({} of at least {FRAME_HEADER} bytes)",
+                        buf.len()
+                    ),
+                ))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = tx.send(Event::Closed(end));
+}
+
+/// Writes one leaf of the result; returns the bytes written.
+fn write_leaf(old: &File, target: Target<'_>, new_len: u64, ready: Ready) -> io::Result<u64> {
+    match (target, ready) {
+        (Target::InPlace(_), Ready::Unchanged { .. }) => Ok(0),
+        (Target::Copy(out), Ready::Unchanged { leaf }) => {
+            let r = leaf_range(new_len, leaf);
+            let mut bytes = vec![0; (r.end - r.start) as usize];
+            old.read_exact_at(&mut bytes, r.start)?;
+            out.write_all_at(&bytes, r.start)?;
+            Ok(bytes.len() as u64)
+        }
+        (Target::Copy(out), Ready::Changed { offset, bytes, .. }) => {
+            out.write_all_at(&bytes, offset)?;
+            Ok(bytes.len() as u64)
+        }
+        (Target::InPlace(t), Ready::Changed { offset, bytes, .. }) => {
+            // Only the blocks that differ from what is there now.
+            let mut now = vec![0; bytes.len()];
+            let have = (t.metadata()?.len().saturating_sub(offset) as usize).min(bytes.len());
+            t.read_exact_at(&mut now[..have], offset)?;
+            let mut written = 0;
+            for (i, (new, cur)) in bytes
+                .chunks(BLOCK as usize)
+                .zip(now.chunks(BLOCK as usize))
+                .enumerate()
+            {
+                let at = i * BLOCK as usize;
+                if at + new.len() > have || new != cur {
+                    t.write_all_at(new, offset + at as u64)?;
+                    written += new.len() as u64;
+                }
+            }
+            Ok(written)
+        }
+    }
+}
+
+/// What a sender did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// The receiver said it holds the whole new image.
+    pub finished: bool,
+}
+
+/// The image a sender serves, with what its tree says.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    pub file: &'a File,
+    pub len: u64,
+    /// The values of its leaves.
+    pub leaves: &'a [Value],
+    /// Its BLAKE3.
+    pub root: blake3::Hash,
+}
+
+/// Runs the sender's side over `image`, with block keys seeded by
+/// `seed`: reads requests from `control_in`, answers on `control_out`,
+/// and sends data on `data_out`. Returns when the receiver says it is
+/// done or goes away.
+pub fn send(
+    image: Served<'_>,
+    seed: u64,
+    mut control_in: impl Read,
+    mut control_out: impl Write,
+    mut data_out: impl Write,
+) -> io::Result<Sent> {
+    let mut sender = Sender::new(image.file, image.len, image.leaves, image.root, seed);
+    let mut sent = Sent::default();
+    for m in sender.start() {
+        let bytes = m.encode();
+        sent.bytes_down += bytes.len() as u64;
+        control_out.write_all(&bytes)?;
+    }
+    control_out.flush()?;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0; 1 << 16];
+    loop {
+        let (m, n) =
+            match decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
+                Decoded::Message(m, n) => (m, n),
+                Decoded::Need(_) => {
+                    let n = control_in.read(&mut chunk)?;
+                    if n == 0 {
+                        return Ok(sent);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    continue;
+                }
+            };
+        buf.drain(..n);
+        sent.bytes_up += n as u64;
+        let answers = match sender.answer(m) {
+            Ok(a) => a,
+            Err(AnswerError::Io(e)) => return Err(e),
+            Err(e @ AnswerError::Refused(_)) => {
+                let _ = control_out.write_all(&Message::Error(e.to_string()).encode());
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+            }
+        };
+        for a in answers {
+            let bytes = a.encode();
+            sent.bytes_down += bytes.len() as u64;
+            match a {
+                Message::Data { .. } => data_out.write_all(&bytes)?,
+                _ => control_out.write_all(&bytes)?,
+            }
+        }
+        control_out.flush()?;
+        data_out.flush()?;
+        if sender.finished().is_some() {
+            sent.finished = true;
+            return Ok(sent);
+        }
+    }
+}

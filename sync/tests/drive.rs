@@ -1,0 +1,191 @@
+//! Sessions over real byte streams (Unix socket pairs) and real files:
+//! both drivers, to a new file and in place, and a session cut off in the
+//! middle and run again (spec/SYNC.md section 8).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use anypatch_sync::drive::{receive, send, Received, Sent, Served, Target};
+use anypatch_sync::hash_leaves;
+use anypatch_sync::sender::image_root;
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn sparse_pair() -> (Vec<u8>, Vec<u8>) {
+    let old = noise(8 << 20, 1);
+    let mut new = old.clone();
+    for i in 0..20 {
+        let at = (i * 397 * 4096 + 1234) % (old.len() - 100);
+        new[at..at + 100].copy_from_slice(&noise(100, i as u64 + 10));
+    }
+    new.extend_from_slice(&noise(100_000, 3));
+    (old, new)
+}
+
+/// A stream that fails after `left` bytes, as a dropped link does.
+struct CutAfter<R> {
+    inner: R,
+    left: usize,
+}
+
+impl<R: Read> Read for CutAfter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "link dropped",
+            ));
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// One session from the new image at `new_path` to `old` (the target).
+fn session(
+    new_path: &Path,
+    old: &File,
+    target: Target<'_>,
+    cut_data_after: Option<usize>,
+) -> (Result<Received, String>, Sent) {
+    let image = File::open(new_path).expect("new image");
+    let len = image.metadata().expect("stat").len();
+    let leaves = hash_leaves(&image, len, 2, |_, _| true).expect("hash new");
+    let root = image_root(&image, len, &leaves).expect("root");
+    let (control_s, control_r) = UnixStream::pair().expect("pair");
+    let (mut data_s, data_r) = UnixStream::pair().expect("pair");
+    std::thread::scope(|s| {
+        let sender = s.spawn(move || {
+            let control_in = control_s.try_clone().expect("clone");
+            let served = Served {
+                file: &image,
+                len,
+                leaves: &leaves,
+                root,
+            };
+            let r = send(served, 7, control_in, &control_s, &mut data_s);
+            r.unwrap_or_default()
+        });
+        let control_in = control_r.try_clone().expect("clone");
+        let data_in: Box<dyn Read + Send> = match cut_data_after {
+            Some(left) => Box::new(CutAfter {
+                inner: data_r,
+                left,
+            }),
+            None => Box::new(data_r),
+        };
+        let r = receive(old, target, control_in, data_in, control_r, 2).map_err(|e| e.to_string());
+        (r, sender.join().expect("sender thread"))
+    })
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    File::create(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write");
+}
+
+#[test]
+fn a_sync_to_a_new_file_and_in_place_makes_the_new_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = sparse_pair();
+    let (old_p, new_p, out_p) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("out"),
+    );
+    write(&old_p, &old);
+    write(&new_p, &new);
+
+    let old_f = File::open(&old_p).expect("old");
+    let out = File::create(&out_p).expect("out");
+    let (r, sent) = session(&new_p, &old_f, Target::Copy(&out), None);
+    let r = r.expect("sync to a new file");
+    assert!(std::fs::read(&out_p).expect("read") == new);
+    assert!(sent.finished);
+    assert_eq!(r.bytes_written, new.len() as u64);
+    assert_eq!((r.bytes_up, r.bytes_down), (sent.bytes_up, sent.bytes_down));
+
+    let t = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&old_p)
+        .expect("target");
+    let (r, _) = session(&new_p, &t, Target::InPlace(&t), None);
+    let r = r.expect("sync in place");
+    assert!(std::fs::read(&old_p).expect("read") == new);
+    // Only the changed blocks (20 edits, some across two blocks) and the
+    // appended tail were written.
+    assert!(
+        r.bytes_written <= 40 * 4096 + 100_000 + 4096,
+        "wrote {}",
+        r.bytes_written
+    );
+    eprintln!("in place: {r:?}");
+}
+
+#[test]
+fn a_sync_cut_off_mid_way_is_finished_by_running_it_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = sparse_pair();
+    let (old_p, new_p) = (dir.path().join("old"), dir.path().join("new"));
+    write(&old_p, &old);
+    write(&new_p, &new);
+
+    // The whole session's bytes down, for comparison.
+    let full = {
+        let copy = dir.path().join("copy");
+        std::fs::copy(&old_p, &copy).expect("copy");
+        let t = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&copy)
+            .expect("target");
+        session(&new_p, &t, Target::InPlace(&t), None)
+            .0
+            .expect("full sync")
+            .bytes_down
+    };
+
+    let t = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&old_p)
+        .expect("target");
+    let (r, _) = session(&new_p, &t, Target::InPlace(&t), Some(60_000));
+    let e = r.expect_err("the link dropped");
+    eprintln!("first run: {e}");
+    assert!(e.contains("the link to the sender broke"), "{e}");
+    let now = std::fs::read(&old_p).expect("read");
+    assert!(
+        now != new && now != old,
+        "the first run should have written part of the image"
+    );
+
+    let (r, _) = session(&new_p, &t, Target::InPlace(&t), None);
+    let r = r.expect("the rerun finishes");
+    assert!(std::fs::read(&old_p).expect("read") == new);
+    assert!(
+        r.bytes_down < full,
+        "rerun {} bytes down, a whole sync {full}",
+        r.bytes_down
+    );
+    eprintln!(
+        "whole sync {full} bytes down, rerun after the cut {}",
+        r.bytes_down
+    );
+}
