@@ -2,6 +2,9 @@
 //! both drivers, to a new file and in place, and a session cut off in the
 //! middle and run again (spec/SYNC.md section 8).
 
+mod common;
+use common::noise;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -10,18 +13,6 @@ use std::path::Path;
 use anypatch_sync::drive::{receive, send, Received, Sent, Served, Target};
 use anypatch_sync::hash_leaves;
 use anypatch_sync::sender::image_root;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn sparse_pair() -> (Vec<u8>, Vec<u8>) {
     let old = noise(8 << 20, 1);

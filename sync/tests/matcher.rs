@@ -1,5 +1,8 @@
 //! What the receiver finds in its own image (spec/SYNC.md section 6).
 
+mod common;
+use common::noise;
+
 use anypatch_index::block::strong;
 use anypatch_sync::matcher::{Matcher, Source};
 use anypatch_sync::tree::{leaf_count, leaf_range, LEAF};
@@ -7,18 +10,6 @@ use anypatch_sync::wire::{BlockKey, BLOCK};
 use proptest::prelude::*;
 
 const SEED: u64 = 0x5eed;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// The keys the sender would send for leaf `leaf` of `new`.
 fn keys(new: &[u8], leaf: u64) -> Vec<BlockKey> {

@@ -10,8 +10,11 @@ use std::collections::VecDeque;
 use anypatch_sync::matcher::OldImage;
 use anypatch_sync::receiver::{Counts, Mode, Ready, Receiver, SyncError};
 use anypatch_sync::sender::{image_root, Sender};
-use anypatch_sync::tree::{leaf_count, leaf_range, leaf_value, Value, GROUP_LEAVES, LEAF};
+use anypatch_sync::tree::{leaf_range, GROUP_LEAVES, LEAF};
 use anypatch_sync::wire::{decode, Decoded, Message};
+
+mod common;
+use common::{leaves_of, noise};
 
 /// An image both read by the receiver and written by the test, as an
 /// in-place target is.
@@ -24,16 +27,6 @@ impl OldImage for Target {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.0.borrow().as_slice().read_at(buf, offset)
     }
-}
-
-fn leaves(bytes: &[u8]) -> Vec<Value> {
-    let len = bytes.len() as u64;
-    (0..leaf_count(len))
-        .map(|l| {
-            let r = leaf_range(len, l);
-            leaf_value(r.start, &bytes[r.start as usize..r.end as usize])
-        })
-        .collect()
 }
 
 /// Through the wire and back, counting bytes.
@@ -61,12 +54,12 @@ fn sync_with(
     mode: Mode,
     mut tamper: impl FnMut(Message) -> Message,
 ) -> Result<Outcome, SyncError> {
-    let new_leaves = leaves(new);
+    let new_leaves = leaves_of(new);
     let root = image_root(new, new.len() as u64, &new_leaves).expect("root");
     let mut sender = Sender::new(new, new.len() as u64, &new_leaves, root, 0xfeed);
 
     let target = Target(RefCell::new(old.to_vec()));
-    let own = leaves(old);
+    let own = leaves_of(old);
     let mut output = vec![0u8; 0];
     let mut receiver = Receiver::new(&target, old.len() as u64, mode);
     let (mut up, mut down) = (0, 0);
@@ -160,18 +153,6 @@ fn sync(old: &[u8], new: &[u8], mode: Mode) -> Outcome {
     let o = sync_with(old, new, mode, |m| m).unwrap_or_else(|e| panic!("{e}"));
     assert!(o.result == new, "{mode:?}: the result is not the new image");
     o
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// Old and new images of the corpus's shapes, 8 MiB.
@@ -293,13 +274,9 @@ fn moved_data_is_found_when_its_source_was_looked_at_first() {
     );
 }
 
-#[test]
-fn a_sender_whose_data_is_not_its_image_is_refused_after_one_retry() {
-    let pairs = pairs();
-    let (_, old, new) = &pairs[0];
-    // Flip a byte of every DATA: the first build fails, the whole leaf is
-    // asked again, that fails too, and the sync stops.
-    let e = sync_with(old, new, Mode::InPlace, |m| match m {
+/// A DATA message (noise is sent raw) with its first byte flipped.
+fn flip_data(m: Message) -> Message {
+    match m {
         Message::Data {
             offset,
             raw_len,
@@ -315,27 +292,24 @@ fn a_sender_whose_data_is_not_its_image_is_refused_after_one_retry() {
             }
         }
         m => m,
-    })
-    .expect_err("a lying sender");
+    }
+}
+
+#[test]
+fn a_sender_whose_data_is_not_its_image_is_refused_after_one_retry() {
+    let pairs = pairs();
+    let (_, old, new) = &pairs[0];
+    // Flip a byte of every DATA: the first build fails, the whole leaf is
+    // asked again, that fails too, and the sync stops.
+    let e = sync_with(old, new, Mode::InPlace, flip_data).expect_err("a lying sender");
     assert!(e.to_string().contains("do not match its own tree"), "{e}");
 
     // Only the first DATA is wrong: one retry, then an exact result.
     let mut first = true;
     let o = sync_with(old, new, Mode::Copy, |m| match m {
-        Message::Data {
-            offset,
-            raw_len,
-            codec: 0,
-            mut bytes,
-        } if first => {
+        Message::Data { .. } if first => {
             first = false;
-            bytes[0] ^= 1;
-            Message::Data {
-                offset,
-                raw_len,
-                codec: 0,
-                bytes,
-            }
+            flip_data(m)
         }
         m => m,
     })
@@ -428,7 +402,7 @@ fn unasked_or_malformed_answers_are_refused() {
 #[test]
 fn a_sender_refuses_what_its_image_does_not_have() {
     let new = noise(3 << 20, 2);
-    let l = leaves(&new);
+    let l = leaves_of(&new);
     let root = image_root(&new[..], new.len() as u64, &l).expect("root");
     let mut s = Sender::new(&new[..], new.len() as u64, &l, root, 1);
     use anypatch_sync::wire::Range;

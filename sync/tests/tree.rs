@@ -1,11 +1,13 @@
 //! The claims spec/SYNC.md section 3 makes about the hash tree.
 
+mod common;
+use common::leaves_of;
+
 use std::io::Write;
 
 use anypatch_sync::hash_leaves;
 use anypatch_sync::tree::{
-    differing, group_count, group_values, leaf_count, leaf_range, leaf_value, root, value16, Value,
-    GROUP, LEAF,
+    differing, group_count, group_values, leaf_value, root, value16, GROUP, LEAF,
 };
 use proptest::prelude::*;
 
@@ -13,16 +15,6 @@ use proptest::prelude::*;
 fn image(len: u64, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8 ^ seed)
-        .collect()
-}
-
-fn leaves_of(bytes: &[u8]) -> Vec<Value> {
-    let len = bytes.len() as u64;
-    (0..leaf_count(len))
-        .map(|l| {
-            let r = leaf_range(len, l);
-            leaf_value(r.start, &bytes[r.start as usize..r.end as usize])
-        })
         .collect()
 }
 
