@@ -193,6 +193,42 @@ fn data_shifted_by_any_number_of_bytes_is_found() {
 }
 
 #[test]
+fn data_shifted_across_zeros_that_line_up_in_both_files_is_found() {
+    // Noise with a zero run of 3 blocks every 40 KiB, one byte prepended:
+    // where the runs overlap in both files, whole zero blocks are unchanged
+    // at their offsets and cut the shifted data into pieces; the blocks
+    // shifted across each piece's start and end are still copies.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |s: &str| dir.path().join(s);
+    for bs in [4096usize, 1024] {
+        let mut old = noise(4 << 20, bs as u64);
+        for at in (10_000..old.len() - 3 * bs).step_by(40 << 10) {
+            old[at..at + 3 * bs].fill(0);
+        }
+        let mut new = vec![b'!'];
+        new.extend_from_slice(&old);
+        fs::write(p("old"), &old).expect("write");
+        fs::write(p("new"), &new).expect("write");
+        run(mkpatch()
+            .args(["index", "--no-cache", "--block-size", &bs.to_string()])
+            .arg(p("old"))
+            .arg("-o")
+            .arg(p("apidx")));
+        from_index(&p("apidx"), &p("new"), &p("patch"), &[]);
+        // Without it: a block of noise sent around each of the 102 runs.
+        let size = len(&p("patch"));
+        assert!(size < 8192, "blocks of {bs}: {size} bytes");
+        run(Command::new(bin("applypatch"))
+            .arg(p("old"))
+            .arg(p("patch"))
+            .arg("-o")
+            .arg(p("out")));
+        assert!(same_file(&p("out"), &p("new")));
+        fs::remove_file(p("out")).expect("rm");
+    }
+}
+
+#[test]
 fn the_patch_does_not_depend_on_the_thread_count() {
     let corpus = corpus_small();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -7,9 +7,12 @@
 //! weak key); a key that some old block has is confirmed by the strong
 //! hash of the window, and the window becomes a copy of that block, after
 //! which the search goes on past it. A window may reach up to a block past
-//! its piece's end (never past its span), so a block that straddles two
-//! pieces is still found; when joining, the next piece's spans are cut
-//! where that match ends. Pieces are independent work items joined in
+//! its piece's end, so a block that straddles two pieces is still found;
+//! when joining, the next piece's spans are cut where that match ends. The
+//! same holds at a run's end: the block shifted across it, into the
+//! unchanged or moved blocks after it (zeros that line up in both files
+//! end a run), is found, and the span after the run is cut where it ends.
+//! Pieces are independent work items joined in
 //! order, so the output does not depend on the thread count. Bytes left
 //! unmatched become changed spans, but for zero runs of at least
 //! [`ZERO_MIN`] bytes, which become zero spans again.
@@ -24,6 +27,7 @@
 //! or were replaced are not here to check the block's hash.
 
 use anypatch_index::block::Rolling;
+use anypatch_index::BlockHashes;
 
 use crate::exec::map_indexed;
 use crate::input::Input;
@@ -81,7 +85,9 @@ pub(crate) fn find_shifted(
     // copy ends where the piece starts, when known) of each piece. Regions
     // start on a block boundary, after unchanged or moved blocks.
     let mut pieces = Vec::new();
-    for &(start, end, first, _) in &regions {
+    let zero = BlockHashes::of(&vec![0u8; bs as usize], table.seed);
+    let mut backs = Vec::with_capacity(regions.len());
+    for &(start, end, first, count) in &regions {
         let before = first.checked_sub(1).map(|i| spans[i].class);
         let ends_at = match before {
             Some(Class::Same) => Some(start),
@@ -91,7 +97,25 @@ pub(crate) fn find_shifted(
         let mut prev = ends_at
             .filter(|e| e % bs == 0 && *e >= bs)
             .map(|e| e / bs - 1);
-        pieces.extend(cut(start, end).map(|(s, len)| (s, len, end, prev.take())));
+        // After zeros that line up in both files, windows start up to a
+        // block before the region: data shifted across its start is found
+        // too (the zeros' span is cut where the match starts).
+        let back = match (before, prev) {
+            (Some(Class::Same), Some(b)) if table.hashes(b) == Some(zero) => {
+                prev = None;
+                spans[first - 1].len.min(bs - 1)
+            }
+            _ => 0,
+        };
+        backs.push(back);
+        // Windows may reach up to a block past the region, into the span
+        // after it (unchanged or moved blocks, never searched): data
+        // shifted across the region's end, e.g. before zeros that line up
+        // in both files, is still found, and that span is cut where the
+        // match ends.
+        let next = spans.get(first + count).map_or(0, |s| s.len);
+        let limit = end + next.min(bs - 1);
+        pieces.extend(cut(start - back, end).map(|(s, len)| (s, len, limit, prev.take())));
     }
     if pieces.is_empty() {
         return Ok(spans);
@@ -101,8 +125,8 @@ pub(crate) fn find_shifted(
         pieces.len(),
         Vec::new,
         |buf: &mut Vec<u8>, i| {
-            let (start, len, end, prev) = pieces[i];
-            let n = (len + bs - 1).min(end - start) as usize;
+            let (start, len, limit, prev) = pieces[i];
+            let n = (len + bs - 1).min(limit - start) as usize;
             buf.resize(n, 0);
             new.read_exact_at(buf, start)?;
             Ok(piece(table, buf, start, len as usize, prev, in_place))
@@ -112,33 +136,65 @@ pub(crate) fn find_shifted(
 
     let mut out = Vec::with_capacity(spans.len() + found.iter().map(Vec::len).sum::<usize>());
     let mut found = found.into_iter();
-    let mut regions = regions.into_iter().peekable();
+    let mut regions = regions.into_iter().zip(backs).peekable();
     let mut i = 0;
+    // Bytes of the next span that a match past a region's end covers.
+    let mut over = 0;
+    // What the span before a region holds, and how much of it is left.
+    let mut last = (Class::Same, 0);
     while i < spans.len() {
-        let Some(&(at, end, _, count)) = regions.peek().filter(|r| r.2 == i) else {
-            push_span(&mut out, spans[i].class, spans[i].len);
+        let Some(&((at, end, _, count), back)) = regions.peek().filter(|r| r.0 .2 == i) else {
+            last = (spans[i].class, spans[i].len - over);
+            push_span(&mut out, spans[i].class, spans[i].len - over);
+            over = 0;
             i += 1;
             continue;
         };
         regions.next();
         i += count;
+        // The first piece starts `back` bytes before the region, in the
+        // span before it; what is left of that span is taken back and given
+        // again: as copies where the piece matched, else as it was.
+        let mut start = at - back;
+        let taken = back.min(last.1);
+        trim_last(&mut out, taken);
         // New offset up to which spans were emitted for this region.
-        let mut done = at;
-        let mut start = at;
+        let mut done = at - taken;
         while start < end {
             let piece = found.next().expect("one result per piece, in order");
             let mut skip = done - start;
+            let mut s_at = start;
             for s in piece {
                 let cut = skip.min(s.len);
                 skip -= cut;
-                push_span(&mut out, s.class, s.len - cut);
+                let from = s_at + cut;
+                s_at += s.len;
+                // Unmatched bytes before the region keep the span's class.
+                let before = at.saturating_sub(from).min(s.len - cut);
+                let class = match s.class {
+                    Class::Moved(_) => s.class,
+                    _ => last.0,
+                };
+                push_span(&mut out, class, before);
+                push_span(&mut out, s.class, s.len - cut - before);
                 done += s.len - cut;
             }
             start += PIECE.min(end - start);
         }
-        debug_assert_eq!(done, end, "a region's pieces tile it");
+        debug_assert!(done >= end, "a region's pieces tile it");
+        over = done - end;
     }
     Ok(out)
+}
+
+/// Takes `n` bytes off the end of `out` (whose last span holds them).
+fn trim_last(out: &mut Vec<Span>, n: u64) {
+    if let Some(last) = out.last_mut() {
+        last.len -= n.min(last.len);
+        if last.len == 0 {
+            out.pop();
+        }
+    }
 }
 
 /// Matches one piece: `bytes` start at new offset `start`; windows start in
