@@ -14,9 +14,9 @@
 //!    its BLAKE3, and a class for every block: the same as the old block at
 //!    its offset (strong hashes equal), zero, found elsewhere (weak key hit
 //!    confirmed by the strong hash), or changed. With [`Options::cache`],
-//!    what the scan computes about the new file is kept in the hash cache,
-//!    and a later scan of the unchanged file with the same seed reads
-//!    nothing (module `new_cache`).
+//!    the scan's result is kept in the hash cache, and a later patch from
+//!    the same index to the unchanged file does not scan it (module
+//!    `new_cache`).
 //! 3. **Shift** (parallel, module `shift`): a block-sized window rolls over
 //!    every byte offset of the changed regions; a weak hit confirmed by the
 //!    strong hash is a copy of that old block, so data shifted by any
@@ -83,7 +83,7 @@ pub fn make_patch_from_index(
             reason: "needs the old file, which a patch made from an index does not have".into(),
         });
     }
-    let (header, table) = read_table(index, trusted)?;
+    let (header, table, index_sum) = read_table(index, trusted)?;
     let threads = opts.effective_threads();
     let new = Input::open(new)?;
     let old = Input::absent()?;
@@ -97,7 +97,7 @@ pub fn make_patch_from_index(
     };
 
     let (scanned, cache_use) =
-        new_cache::scan(&new, &table, threads, opts.cache.as_ref(), progress)?;
+        new_cache::scan(&new, &table, &index_sum, threads, opts.cache.as_ref(), progress)?;
     let mut runs = scanned.runs;
     if opts.in_place {
         crate::make_in_place_safe(&mut runs);
@@ -168,11 +168,12 @@ pub fn make_patch_from_index(
 }
 
 /// Reads and checks the index at `path` (signed by one of `trusted`, when
-/// there are any) into the table the matcher uses.
+/// there are any) into the table the matcher uses; also returns its
+/// trailer (the BLAKE3 of its header and entries).
 fn read_table(
     path: &Path,
     trusted: &[[u8; 32]],
-) -> Result<(Header, table::BlockTable), ProduceError> {
+) -> Result<(Header, table::BlockTable, [u8; 32]), ProduceError> {
     let index_err = |source| ProduceError::Index {
         path: path.to_owned(),
         source,
@@ -208,5 +209,5 @@ fn read_table(
             signed: !verified.signers.is_empty(),
         });
     }
-    Ok((header, table))
+    Ok((header, table, verified.content_hash))
 }

@@ -145,18 +145,6 @@ impl BlockTable {
         prefer: Option<u64>,
         min_block: u64,
     ) -> Option<u64> {
-        self.find_with(weak, || block::strong(window, self.seed), prefer, min_block)
-    }
-
-    /// [`BlockTable::find`] for a window whose strong hash `strong` gives
-    /// (called only when some old block has the weak key).
-    pub fn find_with(
-        &self,
-        weak: u32,
-        strong: impl FnOnce() -> [u8; 16],
-        prefer: Option<u64>,
-        min_block: u64,
-    ) -> Option<u64> {
         if !self.may_have(weak) {
             return None;
         }
@@ -173,7 +161,7 @@ impl BlockTable {
             .filter(|&b| b >= min_block)
             .peekable();
         hits.peek()?;
-        let s = strong();
+        let s = block::strong(window, self.seed);
         let mut found = None;
         for b in hits {
             if self.strong[b as usize] == s {
