@@ -174,6 +174,22 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+/// The files of `fuzz/regressions/<target>/` (inputs a fuzz target once
+/// failed on), without the README and dotfiles, sorted.
+pub fn fuzz_regressions(target: &str) -> Vec<PathBuf> {
+    let dir = root().join("fuzz/regressions").join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            p.is_file() && !name.starts_with('.') && !name.ends_with(".md")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// A directory holding `make-corpus --scale small` pairs: made once, under
 /// the target directory, and reused by every test binary and later run
 /// until make-corpus changes.

@@ -42,6 +42,17 @@ fn from_index(index: &Path, new: &Path, out: &Path, extra: &[&str]) {
         .arg(out));
 }
 
+/// `applypatch OLD PATCH -o OUT` gives NEW; OUT is removed after.
+fn applies(old: &Path, patch: &Path, new: &Path, out: &Path, what: &str) {
+    run(Command::new(bin("applypatch"))
+        .arg(old)
+        .arg(patch)
+        .arg("-o")
+        .arg(out));
+    assert!(same_file(out, new), "{what}: -o made another file");
+    fs::remove_file(out).expect("rm");
+}
+
 fn len(p: &Path) -> u64 {
     fs::metadata(p).expect("stat").len()
 }
@@ -66,13 +77,7 @@ fn round_trip(dir: &Path, corpus: &Path, pair: &str) -> Sizes {
     let p = |s: &str| dir.join(format!("{pair}.{s}"));
     index(&old, &p("apidx"));
     from_index(&p("apidx"), &new, &p("patch"), &[]);
-    run(Command::new(bin("applypatch"))
-        .arg(&old)
-        .arg(p("patch"))
-        .arg("-o")
-        .arg(p("out")));
-    assert!(same_file(&p("out"), &new), "{pair}: -o made another file");
-    fs::remove_file(p("out")).expect("rm");
+    applies(&old, &p("patch"), &new, &p("out"), pair);
 
     // In place: on a copy of old, which becomes new.
     from_index(&p("apidx"), &new, &p("inplace"), &["--in-place"]);
@@ -182,13 +187,13 @@ fn data_shifted_by_any_number_of_bytes_is_found() {
             size < edited_block + insert as u64 + 2048,
             "at {at}, +{insert} -{delete}: {size} bytes"
         );
-        run(Command::new(bin("applypatch"))
-            .arg(p("old"))
-            .arg(p("patch"))
-            .arg("-o")
-            .arg(p("out")));
-        assert!(same_file(&p("out"), &p("new")));
-        fs::remove_file(p("out")).expect("rm");
+        applies(
+            &p("old"),
+            &p("patch"),
+            &p("new"),
+            &p("out"),
+            "a shifted pair",
+        );
     }
 }
 
@@ -223,13 +228,7 @@ fn real_pairs_round_trip_from_their_index() {
     for (what, old, new) in pairs {
         index(&old, &p("apidx"));
         from_index(&p("apidx"), &new, &p("patch"), &[]);
-        run(Command::new(bin("applypatch"))
-            .arg(&old)
-            .arg(p("patch"))
-            .arg("-o")
-            .arg(p("out")));
-        assert!(same_file(&p("out"), &new), "{what}: another file");
-        fs::remove_file(p("out")).expect("rm");
+        applies(&old, &p("patch"), &new, &p("out"), what);
         for f in ["sig", "rdiff"] {
             let _ = fs::remove_file(p(f));
         }
@@ -281,13 +280,13 @@ fn data_shifted_across_zeros_that_line_up_in_both_files_is_found() {
         // Without it: a block of noise sent around each of the 102 runs.
         let size = len(&p("patch"));
         assert!(size < 8192, "blocks of {bs}: {size} bytes");
-        run(Command::new(bin("applypatch"))
-            .arg(p("old"))
-            .arg(p("patch"))
-            .arg("-o")
-            .arg(p("out")));
-        assert!(same_file(&p("out"), &p("new")));
-        fs::remove_file(p("out")).expect("rm");
+        applies(
+            &p("old"),
+            &p("patch"),
+            &p("new"),
+            &p("out"),
+            "a shifted pair",
+        );
     }
 }
 

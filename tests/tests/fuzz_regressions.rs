@@ -11,17 +11,7 @@ use anypatch_tests::{hostile, root};
 
 /// The files of `fuzz/regressions/<target>/`, without the README and dotfiles.
 fn regressions(target: &str) -> Vec<PathBuf> {
-    let dir = root().join("fuzz/regressions").join(target);
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            p.is_file() && !name.starts_with('.') && !name.ends_with(".md")
-        })
-        .collect();
-    files.sort();
-    files
+    anypatch_tests::fuzz_regressions(target)
 }
 
 /// The seed corpus: every test vector's patch.

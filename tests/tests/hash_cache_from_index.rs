@@ -53,6 +53,16 @@ fn settle(path: &Path) {
     }
 }
 
+/// Sets `path`'s mtime to `t` (which also sets its ctime to now).
+fn set_mtime(path: &Path, t: SystemTime) {
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open")
+        .set_modified(t)
+        .expect("set mtime");
+}
+
 /// The one entry in the cache, and its inode.
 fn the_entry(cache: &Path) -> (PathBuf, u64) {
     let e: Vec<PathBuf> = fs::read_dir(cache)
@@ -145,12 +155,7 @@ fn a_touched_new_file_is_scanned_again() {
     from_index(Some(&cache), &index, &new, &p);
     let (_, first) = the_entry(&cache);
     // touch: another mtime (and ctime), same bytes.
-    fs::File::options()
-        .write(true)
-        .open(&new)
-        .expect("open")
-        .set_modified(SystemTime::now() - Duration::from_secs(3600))
-        .expect("touch");
+    set_mtime(&new, SystemTime::now() - Duration::from_secs(3600));
     settle(&new);
     let want = from_index(None, &index, &new, &p);
     assert!(from_index(Some(&cache), &index, &new, &p) == want);
@@ -195,12 +200,7 @@ fn a_new_file_whose_last_change_is_not_in_the_past_is_not_kept() {
     // An mtime an hour ahead: the file's last change is within the racy
     // margin of any stat taken in the next hour (a write later in the same
     // timestamp tick would not show), so no entry may be kept.
-    fs::File::options()
-        .write(true)
-        .open(&new)
-        .expect("open")
-        .set_modified(SystemTime::now() + Duration::from_secs(3600))
-        .expect("set mtime");
+    set_mtime(&new, SystemTime::now() + Duration::from_secs(3600));
     let cache = work.path().join("cache");
     let p = work.path().join("p");
     let want = from_index(None, &index, &new, &p);
@@ -208,12 +208,7 @@ fn a_new_file_whose_last_change_is_not_in_the_past_is_not_kept() {
     let entries = fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
     assert_eq!(entries, 0, "a racy state was kept");
     // Its last change an hour ago instead: kept.
-    fs::File::options()
-        .write(true)
-        .open(&new)
-        .expect("open")
-        .set_modified(SystemTime::now() - Duration::from_secs(3600))
-        .expect("set mtime");
+    set_mtime(&new, SystemTime::now() - Duration::from_secs(3600));
     settle(&new);
     assert!(from_index(Some(&cache), &index, &new, &p) == want);
     the_entry(&cache);

@@ -8,22 +8,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use anypatch_index::{read_index, Limits};
-use anypatch_tests::{hostile_index::check_index, root};
-
-/// The files of `fuzz/regressions/index/`, without the README and dotfiles.
-fn regressions() -> Vec<PathBuf> {
-    let dir = root().join("fuzz/regressions/index");
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            p.is_file() && !name.starts_with('.') && !name.ends_with(".md")
-        })
-        .collect();
-    files.sort();
-    files
-}
+use anypatch_tests::{fuzz_regressions, hostile_index::check_index, root};
 
 /// The index vectors, as `scripts/fuzz-soak` seeds the target with them:
 /// mode byte 0 (read as an index) and 1 (read as a pair).
@@ -48,7 +33,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn index_regressions_and_seeds() {
-    let mut inputs: Vec<(String, Vec<u8>)> = regressions()
+    let mut inputs: Vec<(String, Vec<u8>)> = fuzz_regressions("index")
         .into_iter()
         .map(|p| {
             let data = fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
