@@ -18,9 +18,13 @@ use crate::url::RemoteUrl;
 
 /// Piece size in the queue.
 const PIECE: usize = 64 << 10;
-/// Bytes the queue holds at most: with the QUIC receive window (8 MiB),
-/// the client's network buffers stay within 16 MiB.
-pub const QUEUE_BYTES: usize = 8 << 20;
+/// Bytes the queue holds at most. The QUIC receive window
+/// ([`crate::fetch::RECEIVE_WINDOW`], 8 MiB) is what buffers the link; the
+/// queue only hands bytes from the fetch thread to the reader. With quinn's
+/// receive buffer (up to 3 MiB: 32 batches of 64 datagrams) the client's
+/// network buffers stay within 16 MiB (tests/tests/net_hostile_memory.rs
+/// measures them).
+pub const QUEUE_BYTES: usize = 1 << 20;
 
 /// How a remote patch is fetched.
 #[derive(Clone)]
@@ -352,7 +356,10 @@ async fn fetch_once(fetcher: &mut Fetcher, t: &mut Transfer) -> Result<(), Faile
             chunk.truncate(end.saturating_sub(*at).min(chunk.len() as u64) as usize);
         }
         while !chunk.is_empty() {
-            let piece = chunk.split_to(chunk.len().min(PIECE));
+            // A copy: a slice of the chunk would keep the whole receive
+            // buffer it came in alive (a QUIC batch of datagrams, or HTTP's
+            // read buffer) while it waits in the queue.
+            let piece = Bytes::from(chunk.split_to(chunk.len().min(PIECE)).to_vec());
             let n = piece.len() as u64;
             if tx.send(Ok(piece)).await.is_err() {
                 return Ok(()); // the reader went away
