@@ -313,10 +313,10 @@ fn main() -> ExitCode {
 
 /// What a remote patch cost on the network: bytes received and retries.
 fn fetched(patch: &PatchSource) -> Option<(u64, u64)> {
-    use std::sync::atomic::Ordering::Relaxed;
     match patch {
         #[cfg(feature = "net")]
         PatchSource::Remote(r) => {
+            use std::sync::atomic::Ordering::Relaxed;
             let t = &r.opts.totals;
             Some((t.received.load(Relaxed), t.retries.load(Relaxed)))
         }
