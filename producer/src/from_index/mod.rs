@@ -96,8 +96,14 @@ pub fn make_patch_from_index(
         progress,
     };
 
-    let (scanned, cache_use) =
-        new_cache::scan(&new, &table, &index_sum, threads, opts.cache.as_ref(), progress)?;
+    let (scanned, cache_use) = new_cache::scan(
+        &new,
+        &table,
+        &index_sum,
+        threads,
+        opts.cache.as_ref(),
+        progress,
+    )?;
     let mut runs = scanned.runs;
     if opts.in_place {
         crate::make_in_place_safe(&mut runs);

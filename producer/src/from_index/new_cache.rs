@@ -85,10 +85,7 @@ fn decode(blob: &[u8], blocks: u64) -> Option<Scanned> {
         total = total.checked_add(n)?;
         push_run(&mut runs, class, n);
     }
-    (total == blocks).then_some(Scanned {
-        new_hash,
-        runs,
-    })
+    (total == blocks).then_some(Scanned { new_hash, runs })
 }
 
 /// Scans `new` against `table` (module `scan`), the index whose trailer is
