@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anypatch_tests::bin;
 use net_support::http::HttpServer;
-use net_support::{b3, noise, ok, run, signal, size, wait_for, Serve};
+use net_support::{b3, noise, ok, run, served, signal, size, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
@@ -64,52 +64,6 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// OLD (1 MiB) and NEW (`len` random bytes) in `dir`, and a patch between
-/// them served over QUIC.
-struct Served {
-    old: PathBuf,
-    new: PathBuf,
-    patch: PathBuf,
-    serve: Serve,
-    _dirs: [tempfile::TempDir; 2],
-}
-
-fn served(dir: &Path, len: usize, in_place: bool) -> Served {
-    let srv = tempfile::tempdir().expect("served");
-    let state = tempfile::tempdir().expect("state");
-    let old = dir.join("old.img");
-    let new = dir.join("new.img");
-    let old_len = if in_place { len } else { 1 << 20 };
-    std::fs::write(&old, noise(1, old_len)).expect("old");
-    std::fs::write(&new, noise(2, len)).expect("new");
-    let patch = srv.path().join("p.anyp");
-    let mut cmd = Command::new(bin("mkpatch"));
-    cmd.args(["-q", "--level", "fast"]);
-    if in_place {
-        cmd.arg("--in-place");
-    }
-    ok(cmd.arg(&old).arg(&new).arg("-o").arg(&patch));
-    let serve = Serve::start(srv.path(), state.path());
-    Served {
-        old,
-        new,
-        patch,
-        serve,
-        _dirs: [srv, state],
-    }
-}
-
-impl Served {
-    fn apply(&self, old: &Path, args: &[&std::ffi::OsStr]) -> Command {
-        let mut cmd = Command::new(bin("applypatch"));
-        cmd.arg(old)
-            .arg(self.serve.url("p.anyp"))
-            .args(args)
-            .args(["--server-cert", &self.serve.fingerprint]);
-        cmd
-    }
 }
 
 /// The part file does not fit: exit 1, the message names the file and

@@ -184,3 +184,49 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// OLD (1 MiB) and NEW (`len` random bytes) in `dir`, and a patch between
+/// them served over QUIC.
+pub struct Served {
+    pub old: std::path::PathBuf,
+    pub new: std::path::PathBuf,
+    pub patch: std::path::PathBuf,
+    pub serve: Serve,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+pub fn served(dir: &Path, len: usize, in_place: bool) -> Served {
+    let srv = tempfile::tempdir().expect("served");
+    let state = tempfile::tempdir().expect("state");
+    let old = dir.join("old.img");
+    let new = dir.join("new.img");
+    let old_len = if in_place { len } else { 1 << 20 };
+    std::fs::write(&old, noise(1, old_len)).expect("old");
+    std::fs::write(&new, noise(2, len)).expect("new");
+    let patch = srv.path().join("p.anyp");
+    let mut cmd = Command::new(bin("mkpatch"));
+    cmd.args(["-q", "--level", "fast"]);
+    if in_place {
+        cmd.arg("--in-place");
+    }
+    ok(cmd.arg(&old).arg(&new).arg("-o").arg(&patch));
+    let serve = Serve::start(srv.path(), state.path());
+    Served {
+        old,
+        new,
+        patch,
+        serve,
+        _dirs: [srv, state],
+    }
+}
+
+impl Served {
+    pub fn apply(&self, old: &Path, args: &[&std::ffi::OsStr]) -> Command {
+        let mut cmd = Command::new(bin("applypatch"));
+        cmd.arg(old)
+            .arg(self.serve.url("p.anyp"))
+            .args(args)
+            .args(["--server-cert", &self.serve.fingerprint]);
+        cmd
+    }
+}
