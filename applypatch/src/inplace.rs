@@ -207,8 +207,8 @@ fn seekable_patch(patch: &PatchSource) -> Result<&Path, DriveError> {
 
 /// The target, open for reading and writing and locked.
 #[derive(Debug)]
-struct Target {
-    file: File,
+pub(crate) struct Target {
+    pub(crate) file: File,
     path: PathBuf,
     canonical: PathBuf,
     id: TargetId,
@@ -219,7 +219,7 @@ struct Target {
 }
 
 impl Target {
-    fn open(path: &Path) -> Result<Self, DriveError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, DriveError> {
         let meta =
             std::fs::metadata(path).map_err(io_err(format!("cannot open {}", path.display())))?;
         let ft = meta.file_type();

@@ -13,6 +13,8 @@ pub mod output;
 pub mod progress;
 #[cfg(feature = "net")]
 pub mod remote;
+#[cfg(feature = "quic-https")]
+pub mod sync;
 
 pub use inplace::{apply_in_place, InPlaceOptions};
 pub use output::{apply_to_new_file, NewFileSink, OutputTarget, Written};
@@ -148,7 +150,7 @@ impl PatchSource {
 
 /// Opens OLD: a regular file or a block device (a FIFO, a directory or a
 /// character device is refused without blocking).
-fn open_old(path: &Path) -> Result<(File, u64), DriveError> {
+pub(crate) fn open_old(path: &Path) -> Result<(File, u64), DriveError> {
     let file = open_seekable_input(path)?;
     let len =
         file_len(&file).map_err(io_err(format!("cannot size old file {}", path.display())))?;

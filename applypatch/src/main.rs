@@ -49,6 +49,18 @@ const MAX_JOURNAL_BATCH: u64 = 0x40_0000;
     applypatch --trusted-key release.pub old.img p.bin -o new.img   accept only patches signed by this key
     curl ... | applypatch old.img - -o new.img
 
+LIVE SYNC (a URL of `mkpatch serve` naming an image, not a patch):
+    applypatch --in-place disk.img quic://host:4433/vm.img --server-cert SHA256:...
+                                             make disk.img that image, fetching only what
+                                             differs; killed or cut off, the same command goes on
+    applypatch disk.img quic://host:4433/vm.img -o new.img --server-cert SHA256:...
+                                             build it as a new file; disk.img is left as it is
+    Both sides hash their image as the session runs; only the parts whose hashes differ are
+    compared further, and data already in OLD (at any offset) is copied, not fetched. Every
+    64 KiB is checked against the server's tree before it is written, and the result's
+    BLAKE3 against the server's. The server must be trusted (--server-cert or --ca): there
+    is no signature. The hashes of OLD and of the result are cached (--no-cache to skip).
+
 OUTPUT (-o NEW):
     a new or existing regular file: written beside it as an unnamed temporary file (O_TMPFILE;
         where the file system lacks it, .NEW.XXXXXX.applypatch-tmp), sparse (all-zero 4 KiB
@@ -79,8 +91,8 @@ OLD, the patch or the output, which the object would damage: refused on stderr, 
     ok             true or false
     exit_code      the process's exit code
     mode           \"output\", \"check\" or \"in_place\" (absent for usage errors)
-    status         on success: \"applied\", \"verified\" (--check) or \"already_applied\" (--in-place
-                   on a target that already is the new image)
+    status         on success: \"applied\", \"verified\" (--check), \"synced\" (an image URL) or
+                   \"already_applied\" (--in-place on a target that already is the new image)
     output, output_kind, device_len    -o: the file written (symlink resolved), \"file\" or
                    \"block_device\", and a device's size in bytes
     target         --in-place: the image patched
@@ -89,6 +101,8 @@ OLD, the patch or the output, which the object would damage: refused on stderr, 
     bytes_zeroed   bytes of zero runs the patch declares; absent with --check
     fetched_bytes, fetch_retries   a patch URL: bytes received from the network (refetched
                    ones included) and how many times a fetch was retried
+    bytes_up, bytes_down, old_from_cache   a live sync: bytes of messages to and from the
+                   server, and whether OLD's hashes came from the cache (OLD was not read whole)
     seconds        wall time
     error_class    on failure: usage, io, refused, corrupt_patch, wrong_base, unsupported,
                    not_in_place, untrusted, interrupted
@@ -161,6 +175,14 @@ struct Cli {
     /// certificate authority (a PEM file) signed. Repeatable.
     #[arg(long, value_name = "PEMFILE")]
     ca: Vec<PathBuf>,
+    /// With an image URL (live sync): a file holding the token the server's
+    /// access file names for that image (its first line).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// With an image URL (live sync): hash OLD even if the hash cache
+    /// vouches for it, and keep nothing there.
+    #[arg(long)]
+    no_cache: bool,
     /// Print the result as one JSON object on stdout, errors included (see JSON).
     #[arg(long)]
     json: bool,
@@ -230,6 +252,17 @@ fn main() -> ExitCode {
         if let Err(e) = output::check_stdout(&cli.old, &patch, written) {
             say!("applypatch: {e}");
             return ExitCode::from(1);
+        }
+    }
+    // An image URL: a live sync rather than a patch.
+    #[cfg(feature = "quic-https")]
+    if let PatchSource::Remote(remote) = &patch {
+        match sync_cli::session(&cli, remote) {
+            Err(e) => return fail(&cli, &e),
+            Ok(Some((session, opts))) => {
+                return sync_cli::run(&cli, &patch, session, &opts, started)
+            }
+            Ok(None) => {} // a patch
         }
     }
     let mut meter = Meter::new(!cli.quiet && std::io::stderr().is_terminal(), &patch);
@@ -310,6 +343,9 @@ fn main() -> ExitCode {
         Err(e) => fail(&cli, &e),
     }
 }
+
+#[cfg(feature = "quic-https")]
+mod sync_cli;
 
 /// What a remote patch cost on the network: bytes received and retries.
 fn fetched(patch: &PatchSource) -> Option<(u64, u64)> {
@@ -630,6 +666,12 @@ struct JsonReport<'a> {
     fetched_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fetch_retries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_up: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_down: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_from_cache: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]

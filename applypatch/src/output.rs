@@ -415,6 +415,43 @@ fn write_file(
     policy: &Policy,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Written, DriveError> {
+    let (summary, written) = fill_new_file(new, old_meta, |f, shown, untouched| {
+        let mut reader = patch.open()?;
+        let mut applier = Applier::new(Config::new(old_len));
+        applier.require_signature(&policy.trusted_keys);
+        let mut sink = NewFileSink::new(f).named(shown.to_owned());
+        let summary = drive(
+            &mut applier,
+            &mut reader,
+            old_file,
+            &mut sink,
+            &mut |h| policy.check_header(h),
+            on_progress,
+        )
+        .map_err(|e| crate::blame_changed_old(e, old_file, old_meta, untouched))?;
+        Ok(((summary, sink.written()), summary.new_len))
+    })?;
+    Ok(Written {
+        summary: Summary {
+            bytes_written: written,
+            ..summary
+        },
+        target: OutputTarget::File(new.to_path_buf()),
+    })
+}
+
+/// Makes the regular file `new` (OLD's metadata `old_meta`) from what
+/// `fill` writes into a temporary file beside it: `fill` gets the file,
+/// its name for messages and a sentence saying NEW was not touched, and
+/// returns its result and the image's length. The file is then sized,
+/// given the replaced file's owner, fsynced and renamed over `new`;
+/// anything that fails before the rename leaves `new` as it was and
+/// removes the temporary file.
+pub fn fill_new_file<T>(
+    new: &Path,
+    old_meta: &Metadata,
+    fill: impl FnOnce(&File, &str, &str) -> Result<(T, u64), DriveError>,
+) -> Result<T, DriveError> {
     let dir = parent_dir(new);
     let Some(file_name) = new.file_name() else {
         return Err(DriveError::Refused(format!(
@@ -448,24 +485,10 @@ fn write_file(
         },
         other => other,
     };
-    let mut reader = patch.open()?;
-    let mut applier = Applier::new(Config::new(old_len));
-    applier.require_signature(&policy.trusted_keys);
-    let mut sink = NewFileSink::new(tmp.file()).named(tmp.describe());
-    let summary = drive(
-        &mut applier,
-        &mut reader,
-        old_file,
-        &mut sink,
-        &mut |h| policy.check_header(h),
-        on_progress,
-    )
-    .map_err(|e| crate::blame_changed_old(e, old_file, old_meta, &untouched))
-    .map_err(note)?;
-    let written = sink.written();
     let f = tmp.file();
     let shown = tmp.describe();
-    f.set_len(summary.new_len)
+    let (result, new_len) = fill(f, &shown, &untouched).map_err(note)?;
+    f.set_len(new_len)
         .map_err(io_err(format!("cannot size {shown}")))
         .map_err(note)?;
     if let Some(m) = &existing {
@@ -499,13 +522,7 @@ fn write_file(
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all(); // make the rename durable where the file system allows
     }
-    Ok(Written {
-        summary: Summary {
-            bytes_written: written,
-            ..summary
-        },
-        target: OutputTarget::File(new.to_path_buf()),
-    })
+    Ok(result)
 }
 
 /// Takes the same lock as `applypatch --in-place` on the existing file at

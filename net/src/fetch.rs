@@ -248,7 +248,7 @@ impl Fetcher {
     }
 
     /// The live connection, or a new one.
-    async fn quic_connection(&mut self) -> Result<quinn::Connection, FetchError> {
+    pub(crate) async fn quic_connection(&mut self) -> Result<quinn::Connection, FetchError> {
         if let Some((_, Some(conn))) = &self.quic {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());

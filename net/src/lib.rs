@@ -12,7 +12,9 @@
 //!   CA roots, or, for signed patches only, nothing);
 //! - [`protocol`]: the request and response lines on a QUIC stream;
 //! - [`server`]: the QUIC server;
+//! - [`access`]: who may sync (or fetch) which names;
 //! - [`fetch`]: one ranged fetch over QUIC or HTTP;
+//! - [`sync`]: live sync of an image over QUIC (spec/SYNC.md);
 //! - [`remote`]: the blocking reader that retries with backoff and goes on
 //!   from the byte it had reached, checking that the file did not change.
 //!
@@ -20,6 +22,8 @@
 //! checked it against the patch's hash chain; nothing is written before.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "quic-https")]
+pub mod access;
 pub mod fetch;
 pub mod plain_http;
 #[cfg(feature = "quic-https")]
@@ -28,6 +32,8 @@ pub mod remote;
 mod rt;
 #[cfg(feature = "quic-https")]
 pub mod server;
+#[cfg(feature = "quic-https")]
+pub mod sync;
 pub mod tls;
 pub mod url;
 

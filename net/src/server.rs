@@ -11,7 +11,11 @@ use std::time::Duration;
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use anypatch_hash_cache::Cache;
+
+use crate::access::{Access, Denied};
 use crate::protocol::{read_line, Answer, Get, ALPN};
+use crate::sync::{self, SyncRequest, Trees};
 use crate::tls::{provider, Identity};
 
 /// Bytes read from a file per send. With 1,000 clients, 64 MiB in all.
@@ -54,13 +58,37 @@ pub struct ServeOptions {
     /// The directory whose files are served (subdirectories included).
     pub dir: PathBuf,
     pub listen: SocketAddr,
+    /// Who may sync (or fetch) which names.
+    pub access: Access,
+    /// Where the trees of synced images are kept between runs.
+    pub cache: Option<Cache>,
+}
+
+impl ServeOptions {
+    /// `dir` on `listen`, open to everyone, without a cache.
+    pub fn new(dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            dir,
+            listen,
+            access: Access::open(),
+            cache: None,
+        }
+    }
 }
 
 /// A bound server, ready to [`Server::run`].
 #[derive(Debug)]
 pub struct Server {
     endpoint: quinn::Endpoint,
-    dir: Arc<PathBuf>,
+    shared: Arc<Shared>,
+}
+
+/// What every request's task reads.
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    access: Access,
+    trees: Trees,
 }
 
 impl Server {
@@ -102,7 +130,11 @@ impl Server {
         let endpoint = quinn::Endpoint::server(config, opts.listen)?;
         Ok(Self {
             endpoint,
-            dir: Arc::new(dir),
+            shared: Arc::new(Shared {
+                dir,
+                access: opts.access.clone(),
+                trees: Trees::new(opts.cache.clone()),
+            }),
         })
     }
 
@@ -114,13 +146,13 @@ impl Server {
     /// Serves until the endpoint is closed.
     pub async fn run(self) {
         while let Some(incoming) = self.endpoint.accept().await {
-            let dir = self.dir.clone();
+            let shared = self.shared.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else {
                     return; // a failed handshake: the client hears why
                 };
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    tokio::spawn(serve_stream(conn.clone(), send, recv, dir.clone()));
+                    tokio::spawn(serve_stream(conn.clone(), send, recv, shared.clone()));
                 }
             });
         }
@@ -132,14 +164,28 @@ async fn serve_stream(
     conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    dir: Arc<PathBuf>,
+    shared: Arc<Shared>,
 ) {
     let answer = match tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut recv)).await {
         Err(_) => Err(refuse(400, "no request line within 10 s")),
         Ok(Err(e)) => Err(refuse(400, &format!("unreadable request: {e}"))),
-        Ok(Ok(line)) => match Get::parse(&line) {
-            Err(e) => Err(refuse(400, &e)),
-            Ok(get) => open(&dir, &get).await,
+        // A sync of an image (spec/SYNC.md) on this stream.
+        Ok(Ok(line)) => match SyncRequest::parse(&line) {
+            Some(Ok(req)) => match open_image(&shared, &req).await {
+                Ok(image) => {
+                    let _ = sync::serve(conn, send, recv, image, &shared.trees).await;
+                    return;
+                }
+                Err(refusal) => Err(refusal),
+            },
+            Some(Err(e)) => Err(refuse(400, &e)),
+            None => match Get::parse(&line) {
+                Err(e) => Err(refuse(400, &e)),
+                Ok(get) => match shared.access.check(&get.name, None) {
+                    Err(denied) => Err(denial(&get.name, &denied)),
+                    Ok(()) => open(&shared.dir, &get).await,
+                },
+            },
         },
     };
     let (mut file, offset, stop, len, tag) = match answer {
@@ -186,6 +232,50 @@ async fn serve_stream(
     let _ = send.finish();
     // Keep the stream until the client has it all, or goes away.
     let _ = send.stopped().await;
+}
+
+/// The image a sync asks for, once the client may have it: its path,
+/// file, length and version tag.
+async fn open_image(
+    shared: &Shared,
+    req: &SyncRequest,
+) -> Result<(PathBuf, std::fs::File, u64, String), Answer> {
+    shared
+        .access
+        .check(&req.name, req.token.as_deref())
+        .map_err(|d| denial(&req.name, &d))?;
+    let get = Get {
+        offset: 0,
+        end: None,
+        name: req.name.clone(),
+    };
+    let (file, _, _, len, tag) = open(&shared.dir, &get).await?;
+    let path = shared.dir.join(&req.name);
+    let file = file.into_std().await;
+    let (file, patch) = tokio::task::spawn_blocking(move || {
+        let patch = sync::is_patch(&file);
+        (file, patch)
+    })
+    .await
+    .map_err(|e| refuse(500, &format!("cannot read {}: {e}", req.name)))?;
+    if patch {
+        return Err(refuse(
+            sync::IS_A_PATCH,
+            &format!("{} is a patch, not an image: fetch it", req.name),
+        ));
+    }
+    Ok((path, file, len, tag))
+}
+
+/// The answer to a client the access rules refuse.
+fn denial(name: &str, denied: &Denied) -> Answer {
+    match denied {
+        Denied::NotListed => refuse(403, &format!("{name} is not open to anyone here")),
+        Denied::BadToken => refuse(
+            403,
+            &format!("{name} needs its token: give the one its server's access file names for it (applypatch --token-file)"),
+        ),
+    }
 }
 
 fn refuse(code: u16, message: &str) -> Answer {

@@ -28,10 +28,7 @@ impl Running {
             .expect("runtime");
         let identity = load_or_make(state, &["localhost".into()]).expect("identity");
         let fingerprint = identity.fingerprint();
-        let opts = ServeOptions {
-            dir: dir.to_path_buf(),
-            listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
+        let opts = ServeOptions::new(dir.to_path_buf(), SocketAddr::from(([127, 0, 0, 1], port)));
         let server = runtime
             .block_on(async { Server::bind(&opts, identity) })
             .expect("bind");
@@ -202,4 +199,82 @@ fn a_file_changed_between_attempts_is_not_spliced() {
     let _again = Running::start(dir.path(), state.path(), port);
     let e = r.read_to_end(&mut got).expect_err("a changed file");
     assert!(e.to_string().contains("changed on the server"), "{e}");
+}
+
+/// Bytes that neither compress nor repeat.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn an_image_syncs_over_quic_in_place_and_to_a_new_file() {
+    use anypatch_net::sync::{SyncFailure, SyncSession};
+    use anypatch_sync::drive::{ReceiveOptions, Target};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let served = dir.path().join("served");
+    std::fs::create_dir(&served).expect("mkdir");
+    let old = noise(6 << 20, 1);
+    let mut new = old.clone();
+    for i in 0..12 {
+        let at = i * 500_000 + 77;
+        new[at..at + 300].copy_from_slice(&noise(300, 100 + i as u64));
+    }
+    new.splice(3_000_000..3_000_000, noise(777, 9));
+    std::fs::write(served.join("vm.img"), &new).expect("write new");
+    let server = Running::start(&served, &dir.path().join("state"), 0);
+    let opts = ReceiveOptions {
+        threads: 2,
+        cache: None,
+    };
+    let session = |name: &str| SyncSession::open(&server.url(name), server.pinned(), None);
+
+    // To a new file.
+    let old_path = dir.path().join("old.img");
+    std::fs::write(&old_path, &old).expect("write old");
+    let out_path = dir.path().join("out.img");
+    let old_file = std::fs::File::open(&old_path).expect("old");
+    let out = std::fs::File::create(&out_path).expect("out");
+    let s = session("vm.img").unwrap_or_else(|e| panic!("open: {e}"));
+    assert_eq!(s.len, new.len() as u64);
+    let r = s
+        .run(&old_file, Target::Copy(&out), &opts)
+        .unwrap_or_else(|e| panic!("sync to a new file: {e}"));
+    assert!(std::fs::read(&out_path).expect("read") == new);
+    // 12 changed places of 300 bytes (two blocks at most each) and the
+    // leaf of the insertion, shifted after it: found in the old image.
+    assert!(r.bytes_down < 12 * 2 * 4096 + 200_000, "{r:?}");
+
+    // In place.
+    let target = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&old_path)
+        .expect("target");
+    let r = session("vm.img")
+        .and_then(|s| s.run(&target, Target::InPlace(&target), &opts))
+        .unwrap_or_else(|e| panic!("sync in place: {e}"));
+    assert!(std::fs::read(&old_path).expect("read") == new);
+    // Only the changed blocks: those of the places changed before the
+    // insertion, and everything after it (shifted by 777 bytes).
+    let after = (new.len() - 3_000_000) as u64;
+    assert!(r.bytes_written <= after + 6 * 2 * 4096 + 4096, "{r:?}");
+
+    // A name that is not there is refused before anything is written.
+    let e = session("nope.img").expect_err("no such image");
+    assert!(e.to_string().contains("refused"), "{e}");
+
+    // A patch is fetched, not synced.
+    let mut patch = vec![0x89, 0x41, 0x4E, 0x59, 0x50, 0x54, 0x0D, 0x0A];
+    patch.extend(noise(5000, 3));
+    std::fs::write(served.join("a.patch"), &patch).expect("write patch");
+    assert!(matches!(session("a.patch"), Err(SyncFailure::IsPatch)));
 }

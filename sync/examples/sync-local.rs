@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use anypatch_sync::drive::{receive, send, Served, Target};
+use anypatch_sync::drive::{receive, send, ReceiveOptions, Served, Target};
 use anypatch_sync::hash_leaves;
 use anypatch_sync::sender::image_root;
 
@@ -70,7 +70,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             control_r.try_clone().expect("clone"),
             data_r,
             &control_r,
-            threads,
+            &ReceiveOptions {
+                threads,
+                cache: None,
+            },
         );
         (r, sender.join())
     });

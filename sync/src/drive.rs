@@ -10,14 +10,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::cache;
 use crate::hash::hash_leaves;
 use crate::receiver::{Counts, Mode, Ready, Receiver, SyncError};
 use crate::sender::{AnswerError, Sender};
-use crate::tree::{leaf_range, Value};
+use crate::tree::{leaf_range, Value, GROUP_LEAVES};
 use crate::wire::{decode, Decoded, Message, BLOCK, FRAME_HEADER};
 
+/// How a receiver runs.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiveOptions {
+    /// Threads hashing the old image.
+    pub threads: usize,
+    /// Where the old image's leaf values are looked up before hashing it,
+    /// and where the result's are kept (in place here; for
+    /// [`Target::Copy`] the caller keeps [`Received::leaves`] once the
+    /// file is in its place, as a rename changes its ctime).
+    pub cache: Option<anypatch_hash_cache::Cache>,
+}
+
 /// What a receiver did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Received {
     pub new_len: u64,
     /// Bytes of messages sent to the sender.
@@ -27,6 +40,11 @@ pub struct Received {
     /// Bytes written to the target.
     pub bytes_written: u64,
     pub counts: Counts,
+    /// The old image's leaf values came from the cache: it was not read
+    /// to be hashed.
+    pub old_from_cache: bool,
+    /// The new image's leaf values, when a cache was given.
+    pub leaves: Vec<Value>,
 }
 
 /// Where the result goes.
@@ -58,15 +76,30 @@ pub fn receive(
     control_in: impl Read + Send + 'static,
     data_in: impl Read + Send + 'static,
     mut control_out: impl Write,
-    threads: usize,
+    opts: &ReceiveOptions,
 ) -> Result<Received, SyncError> {
-    let old_len = old.metadata().map_err(SyncError::Io)?.len();
+    let old_len = image_len(old).map_err(SyncError::Io)?;
     let mode = match target {
         Target::InPlace(_) => Mode::InPlace,
         Target::Copy(_) => Mode::Copy,
     };
     let mut receiver = Receiver::new(old, old_len, mode);
     let mut done = Received::default();
+    // Stat before reading: the identity must be no younger than the bytes.
+    let old_id = match &opts.cache {
+        Some(_) => cache::identity(old).map_err(SyncError::Io)?,
+        None => None,
+    };
+    let cached = opts
+        .cache
+        .as_ref()
+        .zip(old_id.as_ref())
+        .and_then(|(c, id)| cache::lookup(c, id, old_len));
+    done.old_from_cache = cached.is_some();
+    if opts.cache.is_some() {
+        receiver.keep_leaf_values();
+    }
+    let threads = opts.threads.max(1);
     let pause = AtomicBool::new(false);
     let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel();
@@ -75,13 +108,23 @@ pub fn receive(
         let own_tx = tx.clone();
         let (pause, stop) = (&pause, &stop);
         s.spawn(move || {
-            let r = hash_leaves(old, old_len, threads, |g, values| {
+            let each_group = |g: u64, values: &[Value]| {
                 // A slow link: wait rather than hold more values.
                 while pause.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 !stop.load(Ordering::Relaxed) && own_tx.send(Event::Own(g, values.to_vec())).is_ok()
-            });
+            };
+            let r = match cached {
+                Some(values) => {
+                    let _ = values
+                        .chunks(GROUP_LEAVES)
+                        .zip(0..)
+                        .all(|(v, g)| each_group(g, v));
+                    Ok(())
+                }
+                None => hash_leaves(old, old_len, threads, each_group).map(drop),
+            };
             let _ = own_tx.send(match r {
                 Ok(_) => Event::OwnDone,
                 Err(e) => Event::OwnFailed(e),
@@ -139,8 +182,8 @@ pub fn receive(
             pause.store(!receiver.wants_own_groups(), Ordering::Relaxed);
             let new_len = receiver.new_len().unwrap_or(0);
             for ready in receiver.ready() {
-                done.bytes_written +=
-                    write_leaf(old, target, new_len, ready).map_err(SyncError::Write)?;
+                done.bytes_written += write_leaf(old, old_len, target, new_len, ready)
+                    .map_err(SyncError::Write)?;
             }
             if broken.is_none() {
                 let sent = receiver.outgoing().iter().try_for_each(|m| {
@@ -165,9 +208,22 @@ pub fn receive(
     let out = match target {
         Target::InPlace(f) | Target::Copy(f) => f,
     };
-    out.set_len(done.new_len).map_err(SyncError::Write)?;
+    // A device keeps its size: the image is its first `new_len` bytes. A
+    // file is sized only if it must be: truncating to the same size still
+    // changes its times, and so its identity for the cache.
+    let meta = out.metadata().map_err(SyncError::Write)?;
+    if meta.is_file() && meta.len() != done.new_len {
+        out.set_len(done.new_len).map_err(SyncError::Write)?;
+    }
     out.sync_all().map_err(SyncError::Write)?;
     done.counts = receiver.counts();
+    if let (Some(c), Some(leaves)) = (&opts.cache, receiver.leaf_values()) {
+        // Stat after the last write: the entry vouches for these bytes.
+        if let (Target::InPlace(f), Ok(Some(id))) = (target, cache::identity(out)) {
+            cache::store(c, f, &id, done.new_len, &leaves);
+        }
+        done.leaves = leaves;
+    }
     Ok(done)
 }
 
@@ -214,8 +270,29 @@ fn read_messages(mut stream: Box<dyn Read + Send>, tx: &mpsc::Sender<Event>) {
     let _ = tx.send(Event::Closed(end));
 }
 
-/// Writes one leaf of the result; returns the bytes written.
-fn write_leaf(old: &File, target: Target<'_>, new_len: u64, ready: Ready) -> io::Result<u64> {
+/// The length of an image: a regular file's size, a block device's by
+/// seeking to its end (its metadata says 0).
+pub fn image_len(file: &File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    let mut f = file;
+    let len = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(len)
+}
+
+/// Writes one leaf of the result; returns the bytes written. In place,
+/// the target was `old_len` bytes long before the session.
+fn write_leaf(
+    old: &File,
+    old_len: u64,
+    target: Target<'_>,
+    new_len: u64,
+    ready: Ready,
+) -> io::Result<u64> {
     match (target, ready) {
         (Target::InPlace(_), Ready::Unchanged { .. }) => Ok(0),
         (Target::Copy(out), Ready::Unchanged { leaf }) => {
@@ -232,7 +309,7 @@ fn write_leaf(old: &File, target: Target<'_>, new_len: u64, ready: Ready) -> io:
         (Target::InPlace(t), Ready::Changed { offset, bytes, .. }) => {
             // Only the blocks that differ from what is there now.
             let mut now = vec![0; bytes.len()];
-            let have = (t.metadata()?.len().saturating_sub(offset) as usize).min(bytes.len());
+            let have = (old_len.saturating_sub(offset) as usize).min(bytes.len());
             t.read_exact_at(&mut now[..have], offset)?;
             let mut written = 0;
             for (i, (new, cur)) in bytes

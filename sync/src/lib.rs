@@ -11,6 +11,7 @@
 //! not built yet (see the README's list of what is missing).
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod drive;
 pub mod hash;
 pub mod matcher;

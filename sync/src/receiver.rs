@@ -146,6 +146,9 @@ pub struct Receiver<'a, O: OldImage + ?Sized> {
     ready: Vec<Ready>,
     /// The bytes of a new image of one leaf, which its root is made of.
     small: Option<Vec<u8>>,
+    /// The values of the leaves handed out, when asked to keep them
+    /// ([`Receiver::keep_leaf_values`]).
+    handed: Option<Vec<Value>>,
     done: bool,
     counts: Counts,
 }
@@ -176,9 +179,22 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
             out: Vec::new(),
             ready: Vec::new(),
             small: None,
+            handed: None,
             done: false,
             counts: Counts::default(),
         }
+    }
+
+    /// Keeps the value of every leaf handed out (32 bytes per 64 KiB), so
+    /// that the result's tree can be cached ([`Receiver::leaf_values`]).
+    pub fn keep_leaf_values(&mut self) {
+        self.handed.get_or_insert_with(Vec::new);
+    }
+
+    /// The values of the new image's leaves, once the session is done and
+    /// [`Receiver::keep_leaf_values`] was called.
+    pub fn leaf_values(&mut self) -> Option<Vec<Value>> {
+        self.handed.take().filter(|_| self.done)
     }
 
     /// The next group of the old image was hashed: the values of its leaves.
@@ -543,6 +559,9 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
             }
             self.ready.push(ready);
             self.result.push(value);
+            if let Some(handed) = &mut self.handed {
+                handed.push(value);
+            }
             self.next += 1;
         }
         while self.own_base < self.next && self.own.pop_front().is_some() {

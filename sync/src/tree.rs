@@ -7,6 +7,8 @@
 //! [`root`] turns the leaf values back into the image's BLAKE3 without
 //! reading a byte again.
 
+/// The BLAKE3 of a whole image.
+pub use blake3::Hash;
 use blake3::hazmat::{
     left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };

@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use anypatch_sync::drive::{receive, send, Received, Sent, Served, Target};
+use anypatch_sync::drive::{receive, send, ReceiveOptions, Received, Sent, Served, Target};
 use anypatch_sync::hash_leaves;
 use anypatch_sync::sender::image_root;
 
@@ -79,7 +79,7 @@ fn session(
             }),
             None => Box::new(data_r),
         };
-        let r = receive(old, target, control_in, data_in, control_r, 2).map_err(|e| e.to_string());
+        let r = receive(old, target, control_in, data_in, control_r, &ReceiveOptions { threads: 2, cache: None }).map_err(|e| e.to_string());
         (r, sender.join().expect("sender thread"))
     })
 }

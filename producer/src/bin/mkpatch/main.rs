@@ -193,11 +193,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve the patches in DIR over QUIC until stopped, to `applypatch OLD
-    /// quic://HOST:PORT/NAME`. Read-only: clients can only fetch files of
-    /// DIR. On first start it makes a certificate and keeps it (see
-    /// --state-dir); it prints the certificate's fingerprint, which clients
-    /// pin with --server-cert.
+    /// Serve the patches and images in DIR over QUIC until stopped, to
+    /// `applypatch OLD quic://HOST:PORT/NAME`: a patch is fetched and
+    /// applied; an image (any file that is not a patch) is synced live, so
+    /// that OLD becomes it, fetching only what OLD lacks. Read-only: clients
+    /// can only read files of DIR. On first start it makes a certificate and
+    /// keeps it (see --state-dir); it prints the certificate's fingerprint,
+    /// which clients pin with --server-cert. Images' hash trees are kept in
+    /// the hash cache (see --cache), so an unchanged image is hashed once.
     Serve {
         /// The directory whose files are served (subdirectories included).
         #[arg(value_name = "DIR")]
@@ -209,6 +212,14 @@ enum Command {
         /// $XDG_STATE_HOME/anypatch/serve or ~/.local/state/anypatch/serve].
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Who may sync or fetch which names: lines of `NAME TOKEN`, where a
+        /// NAME ending in `*` matches every name it starts, and TOKEN `-`
+        /// opens the names to everyone. The first line that matches decides;
+        /// a name none matches is refused. Clients give their token with
+        /// `applypatch --token-file`. Without it, every file is open to any
+        /// client that can connect.
+        #[arg(long, value_name = "FILE")]
+        access: Option<PathBuf>,
     },
     /// Make an Ed25519 signing key: writes KEYFILE (secret, mode 0600) and
     /// KEYFILE with `.pub` in place of `.key` (or appended): the public key to
@@ -312,7 +323,14 @@ fn main() -> ExitCode {
             dir,
             listen,
             state_dir,
-        }) => serve::run_serve(dir, *listen, state_dir.as_deref()),
+            access,
+        }) => serve::run_serve(
+            dir,
+            *listen,
+            state_dir.as_deref(),
+            access.as_deref(),
+            cache_options(cli.cache.as_deref(), cli.no_cache),
+        ),
         Some(Command::Index(args)) => index::run_index(
             args,
             cache_options(cli.cache.as_deref(), cli.no_cache),

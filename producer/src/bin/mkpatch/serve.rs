@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
+use anypatch_hash_cache::Cache;
+use anypatch_net::access::Access;
 use anypatch_net::server::{ServeOptions, Server};
+use anypatch_producer::CacheOptions;
 use anypatch_net::tls::load_or_make;
 
 use crate::Failure;
@@ -34,7 +37,22 @@ pub(crate) fn run_serve(
     dir: &Path,
     listen: SocketAddr,
     state_dir: Option<&Path>,
+    access: Option<&Path>,
+    cache: Option<CacheOptions>,
 ) -> Result<(), Failure> {
+    let access = match access {
+        Some(path) => Access::load(path).map_err(|e| anyhow!(e))?,
+        None => Access::open(),
+    };
+    // Without a usable cache, images are hashed once per run of the server.
+    let cache = cache.and_then(|c| {
+        Cache::open(&c.dir)
+            .map(|cache| cache.with_max_bytes(c.max_bytes))
+            .map_err(|e| {
+                let _ = writeln!(io::stderr(), "mkpatch serve: not using the hash cache: {e}");
+            })
+            .ok()
+    });
     let state = state_dir.map_or_else(default_state_dir, Path::to_path_buf);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -55,8 +73,9 @@ pub(crate) fn run_serve(
         .build()
         .context("cannot start the server's runtime")?;
     let opts = ServeOptions {
-        dir: dir.to_path_buf(),
-        listen,
+        access,
+        cache,
+        ..ServeOptions::new(dir.to_path_buf(), listen)
     };
     let server = runtime
         .block_on(async { Server::bind(&opts, identity) })

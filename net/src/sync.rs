@@ -1,0 +1,376 @@
+//! Live sync of an image over QUIC (spec/SYNC.md section 4): the server's
+//! answer to `SYNC`, and the client. Both run `anypatch_sync::drive` on
+//! blocking threads over the QUIC streams: the control stream is the
+//! request's bidirectional stream, the data stream a unidirectional one the
+//! server opens.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anypatch_hash_cache::Cache;
+use anypatch_sync::drive::{receive, send, ReceiveOptions, Received, Served, Target};
+use anypatch_sync::receiver::SyncError;
+use anypatch_sync::Value;
+use tokio::runtime::Handle;
+use tokio::sync::OnceCell;
+
+use crate::fetch::{FetchError, Fetcher};
+use crate::protocol::{read_line, Answer};
+use crate::{RemoteUrl, Trust};
+
+/// A sync request: `SYNC 0 <name> [<token>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRequest {
+    pub name: String,
+    /// The client's token for this name, if it has one.
+    pub token: Option<String>,
+}
+
+impl SyncRequest {
+    /// The request line.
+    pub fn encode(&self) -> Vec<u8> {
+        match &self.token {
+            Some(t) => format!("SYNC 0 {} {t}\n", self.name),
+            None => format!("SYNC 0 {}\n", self.name),
+        }
+        .into_bytes()
+    }
+
+    /// The request a line is, if it is a `SYNC` line at all.
+    pub fn parse(line: &str) -> Option<Result<Self, String>> {
+        let rest = line.strip_prefix("SYNC ")?;
+        let mut words = rest.split(' ');
+        let usage = || Err("the request is not SYNC 0 <name> [<token>]".to_string());
+        Some(match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("0"), Some(name), token, None) if !name.is_empty() => Ok(Self {
+                name: name.to_owned(),
+                token: token.filter(|t| !t.is_empty()).map(str::to_owned),
+            }),
+            (Some(v), ..) if v != "0" => Err(format!(
+                "sync protocol version {v} is not known here (0 is): update applypatch or mkpatch"
+            )),
+            _ => usage(),
+        })
+    }
+}
+
+/// A QUIC receive stream read from a blocking thread.
+struct BlockingRecv(Handle, quinn::RecvStream);
+
+impl Read for BlockingRecv {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.0.block_on(self.1.read(buf)) {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Ok(0),
+            Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionReset, e)),
+        }
+    }
+}
+
+/// The data stream, accepted when first read: a stream the server opened
+/// is seen by the client only once its first byte arrives, which is after
+/// the client asked for something.
+struct DataStream {
+    handle: Handle,
+    conn: quinn::Connection,
+    stream: Option<quinn::RecvStream>,
+}
+
+impl Read for DataStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let stream = match &mut self.stream {
+            Some(s) => s,
+            None => {
+                let s = self
+                    .handle
+                    .block_on(self.conn.accept_uni())
+                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e))?;
+                self.stream.insert(s)
+            }
+        };
+        match self.handle.block_on(stream.read(buf)) {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Ok(0),
+            Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionReset, e)),
+        }
+    }
+}
+
+/// A QUIC send stream written from a blocking thread; finished when dropped.
+struct BlockingSend(Handle, quinn::SendStream);
+
+impl Write for BlockingSend {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .block_on(self.1.write_all(buf))
+            .map(|()| buf.len())
+            .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BlockingSend {
+    fn drop(&mut self) {
+        let _ = self.1.finish();
+    }
+}
+
+/// What a sender needs of an image before it can answer: its leaf values
+/// and BLAKE3.
+#[derive(Debug)]
+struct Tree {
+    leaves: Vec<Value>,
+    root: anypatch_sync::tree::Hash,
+}
+
+type Slot = Arc<OnceCell<Result<Arc<Tree>, String>>>;
+
+/// The trees of the images served, each computed once per version of its
+/// file and shared by every session that syncs it (16 receivers of one
+/// image hash it once); kept in the hash cache too, so that a restarted
+/// server does not hash an unchanged image again.
+#[derive(Debug)]
+pub(crate) struct Trees {
+    cache: Option<Cache>,
+    /// By path: the version's tag, and its tree once computed.
+    slots: Mutex<HashMap<PathBuf, (String, Slot)>>,
+}
+
+impl Trees {
+    pub(crate) fn new(cache: Option<Cache>) -> Self {
+        Self {
+            cache,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tree of the file at `path`, version `tag`.
+    async fn get(&self, path: &Path, tag: &str, file: &File, len: u64) -> Result<Arc<Tree>, String> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = slots
+                .entry(path.to_owned())
+                .or_insert_with(|| (tag.to_owned(), Slot::default()));
+            // A new version replaces the old one's tree.
+            if entry.0 != tag {
+                *entry = (tag.to_owned(), Slot::default());
+            }
+            entry.1.clone()
+        };
+        let file = file.try_clone().map_err(|e| e.to_string())?;
+        let cache = self.cache.clone();
+        slot.get_or_init(|| async move {
+            tokio::task::spawn_blocking(move || {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                anypatch_sync::cache::tree_of(&file, len, threads, cache.as_ref())
+                    .map(|(leaves, root)| Arc::new(Tree { leaves, root }))
+                    .map_err(|e| format!("cannot hash the image: {e}"))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("hashing the image failed: {e}")))
+        })
+        .await
+        .clone()
+    }
+}
+
+/// Whether `file` is a patch (it starts with the patch format's magic):
+/// a patch is fetched, not synced.
+pub(crate) fn is_patch(file: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 8];
+    file.read_exact_at(&mut magic, 0).is_ok() && magic == anypatch_format::MAGIC
+}
+
+/// Serves one sync of the image `file` (at `path`, version `tag`, `len`
+/// bytes) on a request's streams: answers `OK` once its tree is known,
+/// then runs the sender until the client is done or goes away.
+pub(crate) async fn serve(
+    conn: quinn::Connection,
+    mut control: quinn::SendStream,
+    recv: quinn::RecvStream,
+    (path, file, len, tag): (PathBuf, File, u64, String),
+    trees: &Trees,
+) -> io::Result<()> {
+    let tree = match trees.get(&path, &tag, &file, len).await {
+        Ok(t) => t,
+        Err(why) => {
+            let refusal = Answer::Err {
+                code: 500,
+                message: why,
+            };
+            control.write_all(&refusal.encode()).await?;
+            let _ = control.finish();
+            return Ok(());
+        }
+    };
+    control.write_all(&Answer::Ok { len, tag }.encode()).await?;
+    let data = conn.open_uni().await.map_err(io::Error::other)?;
+    let handle = Handle::current();
+    let seed = session_seed();
+    tokio::task::spawn_blocking(move || {
+        let served = Served {
+            file: &file,
+            len,
+            leaves: &tree.leaves,
+            root: tree.root,
+        };
+        send(
+            served,
+            seed,
+            BlockingRecv(handle.clone(), recv),
+            BlockingSend(handle.clone(), control),
+            BlockingSend(handle, data),
+        )
+    })
+    .await
+    .map_err(io::Error::other)?
+    .map(|_| ())
+}
+
+/// A seed drawn per session, so that no image can be made in advance to
+/// collide with its block keys.
+fn session_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // ring's system random source; the clock only if that fails.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        b = (t.as_nanos() as u64).to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Why a sync failed on the client.
+#[derive(Debug)]
+pub enum SyncFailure {
+    /// Connecting or asking failed; `Retry` ones may pass.
+    Fetch(FetchError),
+    /// The server says the name is a patch: fetch and apply it instead.
+    IsPatch,
+    /// The session failed.
+    Session(SyncError),
+}
+
+impl std::fmt::Display for SyncFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fetch(e) => write!(f, "{e}"),
+            Self::IsPatch => write!(f, "the name is a patch, not an image"),
+            Self::Session(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The answer code for a name that is a patch (spec/SYNC.md section 4).
+pub const IS_A_PATCH: u16 = 409;
+
+/// A client's sync of one image: connected and answered, ready to run.
+pub struct SyncSession {
+    rt: tokio::runtime::Runtime,
+    conn: quinn::Connection,
+    control: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// The new image's length, as the server announced it.
+    pub len: u64,
+    _fetcher: Fetcher,
+}
+
+impl std::fmt::Debug for SyncSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncSession")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncSession {
+    /// Asks the server at `url` to sync its image: [`SyncFailure::IsPatch`]
+    /// when the name is a patch (nothing else was sent or written).
+    pub fn open(url: &RemoteUrl, trust: Trust, token: Option<&str>) -> Result<Self, SyncFailure> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                SyncFailure::Fetch(FetchError::Fatal(format!(
+                    "cannot start the network runtime: {e}"
+                )))
+            })?;
+        let request = SyncRequest {
+            name: url.path.clone(),
+            token: token.map(str::to_owned),
+        };
+        let opened = rt.block_on(async {
+            let mut fetcher = Fetcher::new(url.clone(), trust).map_err(SyncFailure::Fetch)?;
+            let conn = fetcher
+                .quic_connection()
+                .await
+                .map_err(SyncFailure::Fetch)?;
+            let retry = |e: String| SyncFailure::Fetch(FetchError::Retry(e));
+            let (mut control, mut recv) = conn.open_bi().await.map_err(|e| retry(e.to_string()))?;
+            control
+                .write_all(&request.encode())
+                .await
+                .map_err(|e| retry(format!("the request failed: {e}")))?;
+            let line = read_line(&mut recv)
+                .await
+                .map_err(|e| retry(format!("no answer: {e}")))?;
+            match Answer::parse(&line).map_err(|e| SyncFailure::Fetch(FetchError::Fatal(e)))? {
+                Answer::Ok { len, .. } => Ok((fetcher, conn, control, recv, len)),
+                Answer::Err { code, .. } if code == IS_A_PATCH => Err(SyncFailure::IsPatch),
+                Answer::Err { code, message } if code >= 500 => {
+                    Err(retry(format!("the server failed: {message}")))
+                }
+                Answer::Err { message, .. } => Err(SyncFailure::Fetch(FetchError::Fatal(
+                    format!("{url} refused: {message}"),
+                ))),
+            }
+        });
+        let (fetcher, conn, control, recv, len) = opened?;
+        Ok(Self {
+            rt,
+            conn,
+            control,
+            recv,
+            len,
+            _fetcher: fetcher,
+        })
+    }
+
+    /// Syncs `old` into `target`. Blocks until the new image is whole and
+    /// its BLAKE3 matched the server's, or the session failed.
+    pub fn run(
+        self,
+        old: &File,
+        target: Target<'_>,
+        opts: &ReceiveOptions,
+    ) -> Result<Received, SyncFailure> {
+        let handle = self.rt.handle().clone();
+        let data = DataStream {
+            handle: handle.clone(),
+            conn: self.conn.clone(),
+            stream: None,
+        };
+        let r = receive(
+            old,
+            target,
+            BlockingRecv(handle.clone(), self.recv),
+            data,
+            BlockingSend(handle, self.control),
+            opts,
+        )
+        .map_err(SyncFailure::Session);
+        // Ends the readers still waiting on the streams (their reads fail
+        // at once on a closed connection), and lets the server see the
+        // session end now rather than at its idle timeout.
+        self.conn.close(0u32.into(), b"done");
+        r
+    }
+}
