@@ -204,6 +204,11 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
+    // Hidden, for packagers: `applypatch --generate-docs DIR` writes the man page and completions.
+    #[cfg(feature = "docs")]
+    if let Some(code) = anypatch_docgen::run_if_requested(<Cli as clap::CommandFactory>::command) {
+        return code;
+    }
     let started = Instant::now();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -20,6 +20,7 @@ use anypatch_apply::format::{
     Codec, Extent, Hash, Header, FEATURE_COMPACT_PAGES, FEATURE_DATA_HISTORY, FEATURE_OLD_PREFIX,
     FEATURE_PACKED_OPS, FLAG_IN_PLACE_SAFE,
 };
+use anypatch_apply::layout::map::{kind_of, Buckets, DATA, MOVED, UNCHANGED};
 use anypatch_apply::layout::{Mode, SegmentReport, Step, Walker};
 use anypatch_apply::{ApplyError, Signer};
 
@@ -107,6 +108,9 @@ pub struct Inspection {
     /// Whether the walk reached the end: the trailer's hash equals BLAKE3
     /// of every byte before it, and nothing follows.
     pub patch_hash_ok: bool,
+    /// The change map ([`inspect_mapped`]): each kind's bytes along the
+    /// new file, in as many buckets as asked for.
+    pub map: Option<Buckets>,
 }
 
 impl CodecCounts {
@@ -122,7 +126,7 @@ impl CodecCounts {
 }
 
 impl Inspection {
-    fn new(walker: &Walker) -> Option<Self> {
+    fn new(walker: &Walker, map_buckets: Option<usize>) -> Option<Self> {
         let (pre, header) = (walker.preamble()?, walker.header()?);
         Some(Self {
             major: pre.major,
@@ -142,6 +146,7 @@ impl Inspection {
             patch_len: 0,
             patch_hash: [0; 32],
             patch_hash_ok: false,
+            map: map_buckets.map(|n| Buckets::new(n, header.new_len)),
         })
     }
 
@@ -160,12 +165,16 @@ impl Inspection {
             .collect()
     }
 
-    fn extent(&mut self, extent: &Extent) {
-        let kind = match *extent {
-            Extent::Copy { delta: 0, .. } => &mut self.unchanged,
-            Extent::Copy { .. } => &mut self.moved,
-            Extent::Zero { .. } => &mut self.zero,
-            Extent::Data(_) => &mut self.data,
+    fn extent(&mut self, new_offset: u64, extent: &Extent) {
+        let kind = kind_of(extent);
+        if let Some(map) = &mut self.map {
+            map.add(new_offset, extent.len(), kind);
+        }
+        let kind = match kind {
+            UNCHANGED => &mut self.unchanged,
+            MOVED => &mut self.moved,
+            DATA => &mut self.data,
+            _ => &mut self.zero,
         };
         kind.extents += 1;
         kind.bytes = kind.bytes.saturating_add(extent.len());
@@ -232,6 +241,13 @@ impl std::error::Error for Refused {}
 /// problem an applier would refuse it for (see the crate docs for what
 /// needs the old file and is left to the applier).
 pub fn inspect(r: &mut dyn Read) -> Result<Inspection, Refused> {
+    inspect_mapped(r, None)
+}
+
+/// [`inspect`], and with `Some(n)` the change map in `n` buckets (clamped
+/// to 1..=[`anypatch_apply::layout::map::MAX_BUCKETS`]) in
+/// [`Inspection::map`]: the picture the page draws.
+pub fn inspect_mapped(r: &mut dyn Read, map_buckets: Option<usize>) -> Result<Inspection, Refused> {
     let mut walker = Walker::new(Mode::Full);
     let mut report: Option<Inspection> = None;
     let mut buf = vec![0u8; 1 << 20];
@@ -259,16 +275,16 @@ pub fn inspect(r: &mut dyn Read) -> Result<Inspection, Refused> {
                     Err(e) => return Err(fail(InspectError::Io(e), report)),
                 }
             }
-            Step::Header => report = Inspection::new(&walker),
+            Step::Header => report = Inspection::new(&walker, map_buckets),
             Step::Page { len, .. } => {
                 let r = report.as_mut().expect("pages follow the header");
                 r.pages += 1;
                 r.page_bytes += u64::from(len);
             }
-            Step::Extent { extent, .. } => report
+            Step::Extent { new_offset, extent } => report
                 .as_mut()
                 .expect("extents follow the header")
-                .extent(&extent),
+                .extent(new_offset, &extent),
             Step::Segment(s) => report
                 .as_mut()
                 .expect("segments follow the header")

@@ -34,7 +34,9 @@ fn makes_and_inspects() {
 
     let o = mkpatch(&[&old, &new, "-o", out, "-j", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(o.stderr.is_empty(), "stderr is not a TTY: stay quiet");
+    // Not a TTY: the summary line, without the progress line.
+    assert!(stderr(&o).starts_with("mkpatch: old "), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     let stdout = mkpatch(&[&old, &new, "-o", "-"]);
     assert_eq!(stdout.stdout, std::fs::read(out).expect("read"));
 

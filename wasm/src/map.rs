@@ -1,6 +1,8 @@
 //! The patch's layout, for the picture: walks the header and the page chain
 //! with the engine crate's layout reader and sorts every extent of the new
-//! file into four kinds, summed into a fixed number of buckets.
+//! file into four kinds, summed into a fixed number of buckets (the engine
+//! crate's [`anypatch_apply::layout::map`], which `mkpatch inspect --map`
+//! draws too).
 //!
 //! The reader ([`anypatch_apply::layout::Walker`] in its pages mode) is the
 //! one the engine and `mkpatch inspect` use: it checks each page against
@@ -17,86 +19,12 @@
 //!   its offset; it keeps what it wants and ignores the rest.
 #![forbid(unsafe_code)]
 
-use anypatch_apply::format::{Extent, Header, PreambleRepr};
+use anypatch_apply::format::{Header, PreambleRepr};
 use anypatch_apply::layout::{Mode, Step, Walker};
 
-/// Kind index: copied from the same offset of the old file (unchanged).
-pub const UNCHANGED: usize = 0;
-/// Kind index: copied from another offset of the old file (moved).
-pub const MOVED: usize = 1;
-/// Kind index: produced by a data segment (literal, delta or copy ops).
-pub const DATA: usize = 2;
-/// Kind index: zeros.
-pub const ZERO: usize = 3;
-/// Number of kinds.
-pub const KINDS: usize = 4;
-/// Most buckets a map may have (64 Ki buckets, 2 MiB of counters).
-pub const MAX_BUCKETS: usize = 0x1_0000;
-
-/// Bytes of each kind per bucket of the new file. Bucket `b` covers new
-/// offsets `ceil(b * new_len / n) .. ceil((b + 1) * new_len / n)`.
-#[derive(Debug, Clone)]
-pub struct Buckets {
-    new_len: u64,
-    bytes: Vec<[u64; KINDS]>,
-    /// Bytes of each kind in the whole new file.
-    pub totals: [u64; KINDS],
-    /// Extents of each kind.
-    pub counts: [u64; KINDS],
-}
-
-impl Buckets {
-    /// `n` buckets (clamped to 1..=[`MAX_BUCKETS`]) over a new file of `new_len` bytes.
-    pub fn new(n: usize, new_len: u64) -> Self {
-        Self {
-            new_len,
-            bytes: vec![[0; KINDS]; n.clamp(1, MAX_BUCKETS)],
-            totals: [0; KINDS],
-            counts: [0; KINDS],
-        }
-    }
-
-    fn start(&self, b: usize) -> u64 {
-        let n = self.bytes.len() as u128;
-        (b as u128 * u128::from(self.new_len)).div_ceil(n) as u64 // <= new_len
-    }
-
-    /// Counts `len` bytes of `kind` at new offset `at`.
-    pub fn add(&mut self, at: u64, len: u64, kind: usize) {
-        self.totals[kind] += len;
-        self.counts[kind] += 1;
-        let end = at.saturating_add(len).min(self.new_len);
-        if at >= end {
-            return;
-        }
-        let n = self.bytes.len();
-        let mut b = (u128::from(at) * n as u128 / u128::from(self.new_len)) as usize;
-        while b < n && self.start(b) < end {
-            let lo = self.start(b).max(at);
-            let hi = self.start(b + 1).min(end);
-            self.bytes[b][kind] += hi.saturating_sub(lo);
-            b += 1;
-        }
-    }
-
-    /// The counters, bucket by bucket, `KINDS` per bucket.
-    pub fn flat(&self) -> Vec<f64> {
-        self.bytes
-            .iter()
-            .flat_map(|k| k.iter().map(|&v| v as f64))
-            .collect()
-    }
-
-    /// Number of buckets.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Always false: there is at least one bucket.
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-}
+pub use anypatch_apply::layout::map::{
+    kind_of, Buckets, DATA, KINDS, MAX_BUCKETS, MOVED, UNCHANGED, ZERO,
+};
 
 /// Walks a patch's page chain. See the module docs.
 #[derive(Debug)]
@@ -189,14 +117,8 @@ impl Layout {
                     self.buckets = Some(Buckets::new(self.n_buckets, new_len));
                 }
                 Ok(Step::Extent { new_offset, extent }) => {
-                    let kind = match extent {
-                        Extent::Copy { delta: 0, .. } => UNCHANGED,
-                        Extent::Copy { .. } => MOVED,
-                        Extent::Zero { .. } => ZERO,
-                        Extent::Data(_) => DATA,
-                    };
                     if let Some(b) = self.buckets.as_mut() {
-                        b.add(new_offset, extent.len(), kind);
+                        b.add(new_offset, extent.len(), kind_of(&extent));
                     }
                 }
                 Ok(Step::Page { .. } | Step::Segment(_)) => {}
@@ -204,31 +126,5 @@ impl Layout {
                 Err(e) => self.error = Some(e.to_string()),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_split_extents_exactly() {
-        let mut b = Buckets::new(3, 10); // buckets 0..4, 4..7, 7..10
-        b.add(0, 5, UNCHANGED);
-        b.add(5, 5, DATA);
-        let flat = b.flat();
-        assert_eq!(flat[UNCHANGED], 4.0);
-        assert_eq!(flat[KINDS + UNCHANGED], 1.0);
-        assert_eq!(flat[KINDS + DATA], 2.0);
-        assert_eq!(flat[2 * KINDS + DATA], 3.0);
-        assert_eq!(b.totals, [5, 0, 5, 0]);
-    }
-
-    #[test]
-    fn more_buckets_than_bytes() {
-        let mut b = Buckets::new(8, 3);
-        b.add(0, 3, ZERO);
-        let sum: f64 = b.flat().iter().sum();
-        assert_eq!(sum, 3.0);
     }
 }

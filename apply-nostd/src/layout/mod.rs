@@ -10,6 +10,7 @@
 //! old bytes, and the new file's hash.
 
 pub(crate) mod frames;
+pub mod map;
 mod rules;
 mod sections;
 mod walker;

@@ -86,7 +86,9 @@ pub(crate) fn run_index(
     if let Some(path) = &args.sign {
         opts.signing_key = Some(read_secret_key(path)?);
     }
-    let show = !quiet && io::stderr().is_terminal() && !matches!(dest, Dest::Stderr);
+    // The summary goes to logs too; the progress line only to a terminal.
+    let summarize = !quiet && !matches!(dest, Dest::Stderr);
+    let show = summarize && io::stderr().is_terminal();
     let progress = progress_line(show);
     let start = Instant::now();
     let before = [Stamp::of("IMAGE", image)?];
@@ -108,9 +110,10 @@ pub(crate) fn run_index(
         (None, Dest::Stream(path)) => write_stream(path, &before, make)?,
         (None, Dest::File(path)) => write_file(path, &before, make)?,
     };
-    if show {
+    if summarize {
+        let clear = if show { "\r\x1b[2K" } else { "" };
         say!(
-            "\r\x1b[2K{}",
+            "{clear}{}",
             summary_line(&summary, start.elapsed().as_secs_f64())
         );
     }

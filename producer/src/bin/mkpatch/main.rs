@@ -6,7 +6,8 @@
 //! - [`write`]: the patch written to a stream, or whole or not at all to a file;
 //! - [`keygen`]: signing keys;
 //! - [`index`]: `mkpatch index`, and the keys `--from-index` trusts;
-//! - [`report`]: `mkpatch inspect`, as text or JSON.
+//! - [`report`]: `mkpatch inspect`, as text or JSON;
+//! - [`map`]: `mkpatch inspect --map`, the change map as SVG.
 
 use std::cell::Cell;
 use std::io::{self, IsTerminal, Write};
@@ -192,6 +193,13 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+
+        /// Also draw the change map into SVG, the picture the browser page
+        /// draws: what the patch copies unchanged, moves, changes and
+        /// zeros, along the new image. Written only for a patch that
+        /// checks out.
+        #[arg(long, value_name = "SVG")]
+        map: Option<PathBuf>,
     },
     /// Serve the patches and images in DIR over QUIC until stopped, to
     /// `applypatch OLD quic://HOST:PORT/NAME`: a patch is fetched and
@@ -257,6 +265,7 @@ mod dest;
 mod index;
 mod inputs;
 mod keygen;
+mod map;
 mod report;
 mod serve;
 mod write;
@@ -286,6 +295,10 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Hidden, for packagers: `mkpatch --generate-docs DIR` writes the man pages and completions.
+    if let Some(code) = anypatch_docgen::run_if_requested(<Cli as clap::CommandFactory>::command) {
+        return code;
+    }
     let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -317,7 +330,7 @@ fn main() -> ExitCode {
     };
     let json = matches!(cli.command, Some(Command::Inspect { json: true, .. }));
     let result = match &cli.command {
-        Some(Command::Inspect { patch, json }) => run_inspect(patch, *json),
+        Some(Command::Inspect { patch, json, map }) => run_inspect(patch, *json, map.as_deref()),
         Some(Command::Keygen { output }) => run_keygen(output, cli.quiet),
         Some(Command::Serve {
             dir,
@@ -502,8 +515,10 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
         opts.verify = false;
     }
     let trusted = index::trusted_keys(&cli.trusted_key)?;
-    // With `-o /dev/stderr` the patch is what goes to stderr.
-    let show = !cli.quiet && io::stderr().is_terminal() && !matches!(dest, Dest::Stderr);
+    // With `-o /dev/stderr` the patch is what goes to stderr: nothing else may.
+    let summarize = !cli.quiet && !matches!(dest, Dest::Stderr);
+    // The summary goes to logs too; the progress line only to a terminal.
+    let show = summarize && io::stderr().is_terminal();
     let start = Instant::now();
     let progress = progress_line(show);
 
@@ -525,12 +540,13 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
         Dest::Stream(path) => write_stream(path, &before, make)?,
         Dest::File(path) => write_file(path, &before, make)?,
     };
+    // The progress line is erased before anything else is printed.
+    let clear = if show { "\r\x1b[2K" } else { "" };
     for warning in &summary.cache.warnings {
-        let clear = if show { "\r\x1b[2K" } else { "" };
         say!("{clear}mkpatch: warning: {warning}");
     }
-    if show {
-        say!("\r\x1b[2K{}", summary_line(&summary, start.elapsed()));
+    if summarize {
+        say!("{clear}{}", summary_line(&summary, start.elapsed()));
     }
     Ok(())
 }

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context};
 use anypatch_format::{Hex, VERSION_MAJOR};
-use anypatch_inspect::{inspect, InspectError, Inspection, KindCount, Refused};
+use anypatch_inspect::{inspect_mapped, InspectError, Inspection, KindCount, Refused};
 use serde::Serialize;
 
 use crate::{is_dash, write_err, Failure};
 
-pub(crate) fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
+pub(crate) fn run_inspect(path: &Path, json: bool, map: Option<&Path>) -> Result<(), Failure> {
     let mut reader: Box<dyn Read> = if is_dash(path) {
         Box::new(io::stdin().lock())
     } else {
@@ -21,7 +21,8 @@ pub(crate) fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
     let mut reader = BufReader::with_capacity(1 << 20, &mut reader);
     // A patch refused after its header is read still gets its report, up
     // to where it was refused; the refusal is the verdict (exit 2).
-    let (report, verdict) = match inspect(&mut reader) {
+    let buckets = map.map(|_| crate::map::BUCKETS);
+    let (report, verdict) = match inspect_mapped(&mut reader, buckets) {
         Ok(report) => (report, None),
         Err(Refused {
             error: e @ InspectError::Io(_),
@@ -51,7 +52,7 @@ pub(crate) fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
         .and_then(|()| stdout.flush())
         .map_err(write_err)?;
     match verdict {
-        None => Ok(()),
+        None => write_map(map, &report),
         // The JSON object already carries the error; stderr gets it too.
         Some(why) if json => {
             say!("mkpatch: {why}");
@@ -59,6 +60,16 @@ pub(crate) fn run_inspect(path: &Path, json: bool) -> Result<(), Failure> {
         }
         Some(why) => Err(Failure::Corrupt(anyhow!(why))),
     }
+}
+
+/// `--map FILE`: the change map as SVG, for a patch that checked out.
+fn write_map(path: Option<&Path>, report: &Inspection) -> Result<(), Failure> {
+    let (Some(path), Some(map)) = (path, &report.map) else {
+        return Ok(());
+    };
+    std::fs::write(path, crate::map::svg(map, report.pages))
+        .with_context(|| format!("cannot write the map to {}", path.display()))?;
+    Ok(())
 }
 
 fn text_report(r: &Inspection) -> String {
