@@ -22,9 +22,8 @@
 use anypatch_apply::format::{Header, PreambleRepr};
 use anypatch_apply::layout::{Mode, Step, Walker};
 
-pub use anypatch_apply::layout::map::{
-    kind_of, Buckets, DATA, KINDS, MAX_BUCKETS, MOVED, UNCHANGED, ZERO,
-};
+use anypatch_apply::layout::map::kind_of;
+pub use anypatch_apply::layout::map::Buckets;
 
 /// Walks a patch's page chain. See the module docs.
 #[derive(Debug)]

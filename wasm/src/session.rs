@@ -403,7 +403,7 @@ async fn drive(mut applier: Applier, shared: Rc<RefCell<Shared>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::map::{DATA, KINDS, MOVED, UNCHANGED, ZERO};
+    use anypatch_apply::layout::map::{DATA, KINDS, MOVED, UNCHANGED, ZERO};
 
     const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors");
 
