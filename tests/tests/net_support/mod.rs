@@ -124,11 +124,23 @@ pub struct Serve {
 impl Serve {
     /// Serves `dir` on 127.0.0.1 with its certificate kept in `state`.
     pub fn start(dir: &Path, state: &Path) -> Self {
+        Self::start_with(dir, state, "127.0.0.1:0", &[])
+    }
+
+    /// Serves `dir` on `listen` (`127.0.0.1:0`: any free port; a fixed
+    /// port to restart on the same one) with `extra` flags, e.g. `--access FILE`.
+    pub fn start_with(
+        dir: &Path,
+        state: &Path,
+        listen: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> Self {
         let mut child = Command::new(bin("mkpatch"))
             .arg("serve")
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .args(["--listen", listen, "--state-dir"])
             .arg(state)
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("mkpatch serve starts");
@@ -150,6 +162,11 @@ impl Serve {
             fingerprint,
             _stdout: lines,
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A field of /proc/PID/status, in bytes (the kernel says kB).

@@ -1,0 +1,327 @@
+//! `applypatch OLD quic://HOST/NAME` where NAME is an image (a live sync,
+//! spec/SYNC.md) on loopback: every small corpus pair synced to `-o` and in
+//! place equals NEW and carries far less than NEW where little changed; a
+//! second run writes nothing; the access file's tokens; outputs that must be
+//! refused with nothing written; and the hash cache, which must not be
+//! believed once OLD changed behind its back.
+
+mod net_support;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anypatch_tests::{bin, corpus_pairs, corpus_small};
+use net_support::{b3, run, size, Serve};
+use serde_json::Value;
+
+/// A directory of images served by `mkpatch serve`, and a work directory
+/// with its own hash cache ($XDG_CACHE_HOME) for the client.
+struct Site {
+    serve: Serve,
+    served: tempfile::TempDir,
+    _state: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Site {
+    /// Serves the files `files` (name, source) with `access` as the access file, if any.
+    fn new(files: &[(&str, &Path)], access: Option<&str>) -> Self {
+        let served = tempfile::tempdir().expect("served");
+        let state = tempfile::tempdir().expect("state");
+        let work = tempfile::tempdir().expect("work");
+        for (name, from) in files {
+            let to = served.path().join(name);
+            if std::fs::hard_link(from, &to).is_err() {
+                std::fs::copy(from, &to).expect("copy a served file");
+            }
+        }
+        let mut extra: Vec<&OsStr> = Vec::new();
+        let access_path = work.path().join("access");
+        if let Some(text) = access {
+            std::fs::write(&access_path, text).expect("access file");
+            extra.push(OsStr::new("--access"));
+            extra.push(access_path.as_os_str());
+        }
+        let serve = Serve::start_with(served.path(), state.path(), "127.0.0.1:0", &extra);
+        Self {
+            serve,
+            served,
+            _state: state,
+            work,
+        }
+    }
+
+    /// A copy of `from` in the work directory, named `name`.
+    fn copy(&self, from: &Path, name: &str) -> PathBuf {
+        let to = self.work.path().join(name);
+        std::fs::copy(from, &to).expect("copy into the work dir");
+        to
+    }
+
+    /// `applypatch OLD quic://…/NAME --server-cert FP ARGS... --json`,
+    /// with the cache under the work directory.
+    fn sync(&self, old: &Path, name: &str, args: &[&OsStr]) -> Output {
+        let mut cmd = Command::new(bin("applypatch"));
+        cmd.env("XDG_CACHE_HOME", self.work.path().join("cache"))
+            .arg(old)
+            .arg(self.serve.url(name))
+            .args(["--server-cert", &self.serve.fingerprint, "--json"])
+            .args(args);
+        run(&mut cmd)
+    }
+}
+
+/// The JSON report of a run that must have succeeded.
+fn synced(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sync failed ({}): {text} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(j["ok"], true, "{j}");
+    assert_eq!(j["status"], "synced", "{j}");
+    j
+}
+
+fn num(j: &Value, field: &str) -> u64 {
+    j[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {field} in {j}"))
+}
+
+/// A run that must have been refused (exit 1); its message, stdout's JSON
+/// error and stderr together.
+fn refused(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "must be refused: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let j: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(j["ok"], false, "{j}");
+    format!("{} {}", j["error"], String::from_utf8_lossy(&out.stderr))
+}
+
+fn pair(name: &str) -> (PathBuf, PathBuf) {
+    let dir = corpus_small();
+    (
+        dir.join(format!("{name}.old")),
+        dir.join(format!("{name}.new")),
+    )
+}
+
+/// Pairs where most of NEW is in OLD at the same or another offset: the
+/// sync must carry a small share of NEW (here under 1/8).
+const FEW_CHANGES: [&str; 3] = ["sparse", "moved", "append"];
+
+#[test]
+fn every_corpus_pair_syncs_exactly_to_output_and_in_place() {
+    let pairs = corpus_pairs(corpus_small());
+    assert!(pairs.len() >= 7, "the small corpus has its pairs: {pairs:?}");
+    let news: Vec<(String, PathBuf)> = pairs
+        .iter()
+        .map(|p| (format!("{p}.img"), pair(p).1))
+        .collect();
+    let files: Vec<(&str, &Path)> = news
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
+    let site = Site::new(&files, None);
+    let no_cache = OsStr::new("--no-cache");
+    for name in &pairs {
+        let (old_src, new) = pair(name);
+        let want = b3(&new);
+        let new_len = size(&new);
+        let img = format!("{name}.img");
+
+        // To a new file: OLD stays as it was.
+        let old = site.copy(&old_src, &format!("{name}.old"));
+        let out_path = site.work.path().join(format!("{name}.out"));
+        let j = synced(&site.sync(
+            &old,
+            &img,
+            &[no_cache, OsStr::new("-o"), out_path.as_os_str()],
+        ));
+        assert_eq!(b3(&out_path), want, "{name}: -o equals NEW");
+        assert_eq!(b3(&old), b3(&old_src), "{name}: OLD untouched by -o");
+        assert_eq!(num(&j, "new_len"), new_len, "{name}: {j}");
+        assert_eq!(j["old_from_cache"], false, "{name}: --no-cache: {j}");
+        // Never more than all of NEW and its framing (1/16 more).
+        assert!(num(&j, "bytes_down") <= new_len + new_len / 16, "{name}: {j}");
+        if FEW_CHANGES.contains(&name.as_str()) {
+            assert!(num(&j, "bytes_down") < new_len / 8, "{name}: {j}");
+        }
+        eprintln!("{name} -o: {j}");
+        std::fs::remove_file(&out_path).expect("rm out");
+
+        // In place.
+        let j = synced(&site.sync(&old, &img, &[no_cache, OsStr::new("--in-place")]));
+        assert_eq!(b3(&old), want, "{name}: in place equals NEW");
+        assert_eq!(size(&old), new_len, "{name}: its length");
+        assert!(num(&j, "bytes_written") <= new_len, "{name}: {j}");
+        if FEW_CHANGES.contains(&name.as_str()) {
+            assert!(num(&j, "bytes_down") < new_len / 8, "{name}: {j}");
+        }
+        if name == "sparse" {
+            // 0.1% of blocks rewritten: only those are written.
+            assert!(num(&j, "bytes_written") < new_len / 16, "{name}: {j}");
+        }
+        eprintln!("{name} in place: {j}");
+
+        // Again, on a target that is NEW already: nothing to write.
+        let j = synced(&site.sync(&old, &img, &[no_cache, OsStr::new("--in-place")]));
+        assert_eq!(num(&j, "bytes_written"), 0, "{name}: a synced target: {j}");
+        assert!(num(&j, "bytes_down") < 64 << 10, "{name}: a synced target: {j}");
+        assert_eq!(b3(&old), want, "{name}: still NEW");
+        std::fs::remove_file(&old).expect("rm old");
+    }
+}
+
+#[test]
+fn tokens_in_the_access_file_guard_names() {
+    let (old_src, new) = pair("sparse");
+    let patch_dir = tempfile::tempdir().expect("patch dir");
+    let patch = patch_dir.path().join("secret.anyp");
+    net_support::ok(
+        Command::new(bin("mkpatch"))
+            .arg("-q")
+            .arg(&old_src)
+            .arg(&new)
+            .arg("-o")
+            .arg(&patch),
+    );
+    let site = Site::new(
+        &[
+            ("open.img", &new),
+            ("secret.img", &new),
+            ("secret.anyp", &patch),
+            ("unlisted.img", &new),
+        ],
+        Some("open.img -\nsecret* s3cret\n"),
+    );
+    let wrong = site.work.path().join("wrong");
+    let right = site.work.path().join("right");
+    std::fs::write(&wrong, "s3cre7\n").expect("token");
+    std::fs::write(&right, "s3cret\n").expect("token");
+    let old = site.copy(&old_src, "old");
+    let before = b3(&old);
+    let in_place = OsStr::new("--in-place");
+    let token = OsStr::new("--token-file");
+
+    let msg = refused(&site.sync(&old, "secret.img", &[in_place]));
+    assert!(msg.contains("token"), "no token: {msg}");
+    let msg = refused(&site.sync(&old, "secret.img", &[in_place, token, wrong.as_os_str()]));
+    assert!(msg.contains("token"), "a wrong token: {msg}");
+    assert_eq!(b3(&old), before, "nothing written when refused");
+    let msg = refused(&site.sync(&old, "unlisted.img", &[in_place, token, right.as_os_str()]));
+    assert!(msg.contains("not open"), "a name the file does not list: {msg}");
+    assert_eq!(b3(&old), before, "nothing written when refused");
+
+    // The patch under the guarded prefix, fetched (GET), not synced.
+    let out = site.work.path().join("from-patch");
+    let msg = refused(&site.sync(&old, "secret.anyp", &[OsStr::new("-o"), out.as_os_str()]));
+    assert!(msg.contains("token"), "a guarded patch: {msg}");
+    assert!(!out.exists(), "nothing written for a refused patch");
+
+    // The open name needs no token; the guarded one works with its token.
+    let copy = site.copy(&old_src, "old2");
+    synced(&site.sync(&copy, "open.img", &[in_place]));
+    assert_eq!(b3(&copy), b3(&new));
+    synced(&site.sync(&old, "secret.img", &[in_place, token, right.as_os_str()]));
+    assert_eq!(b3(&old), b3(&new), "the right token syncs");
+}
+
+#[test]
+fn outputs_and_urls_that_must_be_refused_write_nothing() {
+    let (old_src, new) = pair("sparse");
+    let site = Site::new(&[("new.img", &new)], None);
+    let old = site.copy(&old_src, "old");
+    let before = b3(&old);
+    let dash_o = OsStr::new("-o");
+
+    // -o naming OLD itself.
+    let msg = refused(&site.sync(&old, "new.img", &[dash_o, old.as_os_str()]));
+    assert!(msg.contains("old file itself"), "{msg}");
+    assert_eq!(b3(&old), before, "OLD untouched");
+
+    // -o a FIFO: refused before anything opens it for writing (which would block).
+    let fifo = site.work.path().join("fifo");
+    net_support::ok(Command::new("mkfifo").arg(&fifo));
+    let msg = refused(&site.sync(&old, "new.img", &[dash_o, fifo.as_os_str()]));
+    assert!(msg.contains("FIFO"), "{msg}");
+
+    // -o a directory: nothing made in it.
+    let dir = site.work.path().join("dir");
+    std::fs::create_dir(&dir).expect("dir");
+    let msg = refused(&site.sync(&old, "new.img", &[dash_o, dir.as_os_str()]));
+    assert!(msg.contains("directory"), "{msg}");
+    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0, "nothing in the directory");
+
+    // A name the server does not have.
+    let out = site.work.path().join("out");
+    let msg = refused(&site.sync(&old, "missing.img", &[dash_o, out.as_os_str()]));
+    assert!(msg.contains("missing.img"), "{msg}");
+    assert!(!out.exists(), "no output for a missing image");
+    let msg = refused(&site.sync(&old, "missing.img", &[OsStr::new("--in-place")]));
+    assert!(msg.contains("missing.img"), "{msg}");
+
+    // No way to trust the server: an image has no signature to check.
+    let mut cmd = Command::new(bin("applypatch"));
+    cmd.env("XDG_CACHE_HOME", site.work.path().join("cache"))
+        .arg("--in-place")
+        .arg("--json")
+        .arg(&old)
+        .arg(site.serve.url("new.img"));
+    let msg = refused(&run(&mut cmd));
+    assert!(msg.contains("--server-cert"), "{msg}");
+    assert_eq!(b3(&old), before, "OLD untouched");
+    let _ = &site.served;
+}
+
+/// Seconds and nanoseconds of a file's mtime, for `touch -d @S.N`.
+fn mtime(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).expect("stat");
+    format!("@{}.{:09}", m.mtime(), m.mtime_nsec())
+}
+
+#[test]
+fn the_hash_cache_is_used_and_not_believed_once_old_changed() {
+    let (old_src, new) = pair("sparse");
+    let site = Site::new(&[("new.img", &new)], None);
+    let old = site.copy(&old_src, "old");
+    let want = b3(&new);
+    let in_place = OsStr::new("--in-place");
+
+    synced(&site.sync(&old, "new.img", &[in_place]));
+    assert_eq!(b3(&old), want);
+    // The cache trusts a file's hashes only once its mtime is more than
+    // 2 s old (a write in the same tick would not change it).
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    // A second run hashes OLD's groups anyway, which stores them.
+    synced(&site.sync(&old, "new.img", &[in_place]));
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    let j = synced(&site.sync(&old, "new.img", &[in_place]));
+    assert_eq!(j["old_from_cache"], true, "a synced, unchanged OLD: {j}");
+    assert_eq!(num(&j, "bytes_written"), 0, "{j}");
+
+    // One byte changed, the mtime put back: the cache's hashes are stale.
+    let at = mtime(&old);
+    let mut bytes = std::fs::read(&old).expect("read");
+    let i = bytes.len() / 2 + 12345;
+    bytes[i] ^= 0x5a;
+    std::fs::write(&old, &bytes).expect("write");
+    net_support::ok(Command::new("touch").arg("-d").arg(&at).arg(&old));
+    assert_eq!(mtime(&old), at, "the mtime restored");
+    let j = synced(&site.sync(&old, "new.img", &[in_place]));
+    assert_eq!(j["old_from_cache"], false, "a changed OLD: {j}");
+    assert!(num(&j, "bytes_written") > 0, "the changed byte rewritten: {j}");
+    assert_eq!(b3(&old), want, "exactly NEW after a change the cache missed");
+}
