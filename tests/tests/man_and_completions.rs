@@ -256,7 +256,7 @@ fn install_puts_pages_and_completions_under_the_prefix() {
     assert!(o.status.success(), "scripts/install: {}", text(&o.stderr));
     let p = prefix.path();
     for prog in ["mkpatch", "applypatch"] {
-        let o = run(&mut Command::new(p.join("bin").join(prog)).arg("--version"));
+        let o = run(Command::new(p.join("bin").join(prog)).arg("--version"));
         assert!(text(&o.stdout).starts_with(prog), "{prog} --version");
         for file in [
             format!("share/bash-completion/completions/{prog}"),
