@@ -124,7 +124,10 @@ const FEW_CHANGES: [&str; 3] = ["sparse", "moved", "append"];
 #[test]
 fn every_corpus_pair_syncs_exactly_to_output_and_in_place() {
     let pairs = corpus_pairs(corpus_small());
-    assert!(pairs.len() >= 7, "the small corpus has its pairs: {pairs:?}");
+    assert!(
+        pairs.len() >= 7,
+        "the small corpus has its pairs: {pairs:?}"
+    );
     let news: Vec<(String, PathBuf)> = pairs
         .iter()
         .map(|p| (format!("{p}.img"), pair(p).1))
@@ -154,7 +157,10 @@ fn every_corpus_pair_syncs_exactly_to_output_and_in_place() {
         assert_eq!(num(&j, "new_len"), new_len, "{name}: {j}");
         assert_eq!(j["old_from_cache"], false, "{name}: --no-cache: {j}");
         // Never more than all of NEW and its framing (1/16 more).
-        assert!(num(&j, "bytes_down") <= new_len + new_len / 16, "{name}: {j}");
+        assert!(
+            num(&j, "bytes_down") <= new_len + new_len / 16,
+            "{name}: {j}"
+        );
         if FEW_CHANGES.contains(&name.as_str()) {
             assert!(num(&j, "bytes_down") < new_len / 8, "{name}: {j}");
         }
@@ -178,7 +184,10 @@ fn every_corpus_pair_syncs_exactly_to_output_and_in_place() {
         // Again, on a target that is NEW already: nothing to write.
         let j = synced(&site.sync(&old, &img, &[no_cache, OsStr::new("--in-place")]));
         assert_eq!(num(&j, "bytes_written"), 0, "{name}: a synced target: {j}");
-        assert!(num(&j, "bytes_down") < 64 << 10, "{name}: a synced target: {j}");
+        assert!(
+            num(&j, "bytes_down") < 64 << 10,
+            "{name}: a synced target: {j}"
+        );
         assert_eq!(b3(&old), want, "{name}: still NEW");
         std::fs::remove_file(&old).expect("rm old");
     }
@@ -221,7 +230,10 @@ fn tokens_in_the_access_file_guard_names() {
     assert!(msg.contains("token"), "a wrong token: {msg}");
     assert_eq!(b3(&old), before, "nothing written when refused");
     let msg = refused(&site.sync(&old, "unlisted.img", &[in_place, token, right.as_os_str()]));
-    assert!(msg.contains("not open"), "a name the file does not list: {msg}");
+    assert!(
+        msg.contains("not open"),
+        "a name the file does not list: {msg}"
+    );
     assert_eq!(b3(&old), before, "nothing written when refused");
 
     // The patch under the guarded prefix, fetched (GET), not synced.
@@ -262,7 +274,11 @@ fn outputs_and_urls_that_must_be_refused_write_nothing() {
     std::fs::create_dir(&dir).expect("dir");
     let msg = refused(&site.sync(&old, "new.img", &[dash_o, dir.as_os_str()]));
     assert!(msg.contains("directory"), "{msg}");
-    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0, "nothing in the directory");
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("dir").count(),
+        0,
+        "nothing in the directory"
+    );
 
     // A name the server does not have.
     let out = site.work.path().join("out");
@@ -322,6 +338,13 @@ fn the_hash_cache_is_used_and_not_believed_once_old_changed() {
     assert_eq!(mtime(&old), at, "the mtime restored");
     let j = synced(&site.sync(&old, "new.img", &[in_place]));
     assert_eq!(j["old_from_cache"], false, "a changed OLD: {j}");
-    assert!(num(&j, "bytes_written") > 0, "the changed byte rewritten: {j}");
-    assert_eq!(b3(&old), want, "exactly NEW after a change the cache missed");
+    assert!(
+        num(&j, "bytes_written") > 0,
+        "the changed byte rewritten: {j}"
+    );
+    assert_eq!(
+        b3(&old),
+        want,
+        "exactly NEW after a change the cache missed"
+    );
 }

@@ -129,12 +129,7 @@ impl Serve {
 
     /// Serves `dir` on `listen` (`127.0.0.1:0`: any free port; a fixed
     /// port to restart on the same one) with `extra` flags, e.g. `--access FILE`.
-    pub fn start_with(
-        dir: &Path,
-        state: &Path,
-        listen: &str,
-        extra: &[&std::ffi::OsStr],
-    ) -> Self {
+    pub fn start_with(dir: &Path, state: &Path, listen: &str, extra: &[&std::ffi::OsStr]) -> Self {
         let mut child = Command::new(bin("mkpatch"))
             .arg("serve")
             .arg(dir)
