@@ -37,7 +37,7 @@ use crate::input::{Input, Job};
 use crate::plan::{Part, Plan, SegmentPlan};
 use crate::raw_spool::{RawData, RawSpool};
 use crate::zeros::is_zero;
-use crate::zstd_frames::{zstd_frame, TRIAL_HASH_LOG};
+use crate::zstd_frames::{fitted_table_log, zstd_frame, TRIAL_HASH_LOG};
 use crate::{Phase, ProduceError, Progress};
 
 /// Rough memory one encoding worker uses besides zstd: the new and old
@@ -47,6 +47,16 @@ const BUFFERS_PER_WORKER: u64 = 4;
 /// many cores or a high level cannot push peak memory over 512 MiB.
 const ENCODE_MEMORY_BUDGET: u64 = 320 << 20;
 
+/// Sixteenths of a block's bytes that must equal the old bytes at its hint
+/// (or the same offset) for a delta op without trials: 12 keeps small edits
+/// as deltas (4 to 16 measured: 12 and 13 gave the smallest patches of the
+/// small corpus's `edits` pair, and of rustfmt, clippy-driver, cargo and a
+/// postgresql data.tar between two releases).
+const NEAR_MIN_EQUAL_NO_TRIALS: usize = 12;
+/// zstd level of a prefix frame without trials: searching the prefix costs
+/// most of the time, and level 3 made 3-5% smaller frames in 25% more CPU.
+/// Frames without a prefix (deltas, new data) keep the level's own.
+const NO_TRIALS_PREFIX_LEVEL: i32 = 1;
 /// Least literal bytes for which a segment tries old bytes as history:
 /// below it the frame is too small for the history to pay for its search.
 const PREFIX_MIN_LITERALS: usize = 512;
@@ -74,6 +84,11 @@ pub(crate) struct Settings {
     pub in_place: bool,
     /// Spool every data block for the data-history pass.
     pub history: bool,
+    /// Choose between codings by fast trial compressions. Off: a segment
+    /// with enough literal data always has old bytes as history, sized to
+    /// the segment, and its near matches are sent as literals for zstd to
+    /// find in them; one compression per segment.
+    pub trials: bool,
 }
 
 /// The spooled payloads and their manifest entries.
@@ -249,6 +264,18 @@ fn encode_segment(
     let mut safe = true;
     w.data.clear();
     let mut pos = seg.start;
+    // Bytes of literal ops per delta hint (without trials), for the prefix's place.
+    let mut votes: Vec<(i64, u64)> = Vec::new();
+    // Sixteenths of a block's bytes that must equal old ones for a delta
+    // op. Without trials and with a prefix, only nearly equal blocks (small
+    // edits, whose delta is mostly zeros) are deltas: the prefix holds the
+    // old bytes too, and in recompiled code zstd finds shifted pieces of
+    // them where a delta is noise.
+    let min_equal = if settings.trials || settings.prefix_len == 0 {
+        1
+    } else {
+        NEAR_MIN_EQUAL_NO_TRIALS
+    };
     for part in &seg.parts {
         match *part {
             Part::Copy { len, delta } => {
@@ -292,9 +319,9 @@ fn encode_segment(
                     // The hint or the same offset, whichever has more
                     // equal bytes: both are near matches to an edited block
                     // whose zero runs also match some far hint.
-                    let at_hint = similar(n, a, base, near).map(|o| (o, hint));
+                    let at_hint = similar(n, a, base, near, min_equal).map(|o| (o, hint));
                     let at_same = (hint != 0)
-                        .then(|| similar(n, a, seg.start, old_bytes).map(|o| (o, 0)))
+                        .then(|| similar(n, a, seg.start, old_bytes, min_equal).map(|o| (o, 0)))
                         .flatten();
                     let found = match (at_hint, at_same) {
                         (Some(h), Some(s)) if equal_bytes(n, h.0) <= equal_bytes(n, s.0) => Some(s),
@@ -316,6 +343,14 @@ fn encode_segment(
                         None => {
                             w.data.extend_from_slice(n);
                             push_op(&mut ops, Op::Literal { len: piece });
+                            if !settings.trials {
+                                // Where the prefix goes, as a delta op's
+                                // source would say.
+                                match votes.iter_mut().find(|(d, _)| *d == hint) {
+                                    Some((_, v)) => *v += u64::from(piece),
+                                    None => votes.push((hint, u64::from(piece))),
+                                }
+                            }
                         }
                     }
                     a = b;
@@ -327,14 +362,21 @@ fn encode_segment(
     let mut ops = tidy(&ops, &mut w.data, new_bytes, old_bytes);
     // The old bytes to try as history: centred where the ops read before
     // any of them become literals, and covering the segment plus slack.
-    let prefix_len = settings
-        .prefix_len
-        .min(seg.len.saturating_add(PREFIX_SLACK));
-    let window = (prefix_len as usize >= PREFIX_MIN_LEN)
-        .then(|| prefix_window(&ops, seg, old.len, prefix_len, settings.in_place))
+    // Without trials every segment with data has them, so a short segment
+    // (a small edit) gets a short prefix: its slack is its own length.
+    let slack = if settings.trials {
+        PREFIX_SLACK
+    } else {
+        seg.len.min(PREFIX_SLACK)
+    };
+    let prefix_len = settings.prefix_len.min(seg.len.saturating_add(slack));
+    let long_enough = !settings.trials || prefix_len as usize >= PREFIX_MIN_LEN;
+    let window = (prefix_len > 0 && long_enough)
+        .then(|| prefix_window(&ops, &votes, seg, old.len, prefix_len, settings.in_place))
         .flatten();
     let some_history = settings.history || window.is_some();
-    if some_history && ops.iter().any(|op| matches!(op, Op::Delta { .. })) {
+    let has_delta = ops.iter().any(|op| matches!(op, Op::Delta { .. }));
+    if some_history && has_delta && settings.trials {
         ops = literal_if_smaller(ops, &mut w.data, new_bytes, &mut w.trial)?;
     }
     let literals = literal_bytes(&ops);
@@ -380,8 +422,8 @@ fn encode_segment(
         // One frame at the level: with the old bytes as history when a fast
         // trial says they help, since each costs as much as the data.
         let (frame, codec, reads_from) = match prefix {
-            Some((lo, prefix)) if prefix_helps(prefix, &w.data)? => {
-                let block = prefix_block(seg.start, lo, prefix, settings.level, &w.data)?;
+            Some((lo, prefix)) if !settings.trials || prefix_helps(prefix, &w.data)? => {
+                let block = prefix_block(seg.start, lo, prefix, settings, &w.data)?;
                 (block, Codec::ZstdPrefix, lo)
             }
             _ => {
@@ -471,8 +513,11 @@ fn prefix_helps(prefix: &[u8], data: &[u8]) -> Result<bool, ProduceError> {
     const SAMPLE: usize = 1 << 20;
     let skip = data.len().saturating_sub(SAMPLE) / 2;
     let data = &data[skip..data.len() - skip];
-    let alone = zstd_frame(1, 0, &[], data)?.len();
-    Ok(8 * alone <= 7 * data.len() && zstd_frame(1, TRIAL_HASH_LOG, prefix, data)?.len() < alone)
+    let alone = zstd_frame(1, 0, 0, &[], data)?.len();
+    Ok(
+        8 * alone <= 7 * data.len()
+            && zstd_frame(1, TRIAL_HASH_LOG, 0, prefix, data)?.len() < alone,
+    )
 }
 
 /// Bytes of new data that `ops` send as literals.
@@ -527,8 +572,8 @@ fn copies_to_literals_if_smaller(
         for op in ops {
             op.emit(&mut emitted);
         }
-        let ops_len = zstd_frame(1, 0, &[], &emitted)?.len();
-        Ok(ops_len + zstd_frame(1, TRIAL_HASH_LOG, prefix, data)?.len())
+        let ops_len = zstd_frame(1, 0, 0, &[], &emitted)?.len();
+        Ok(ops_len + zstd_frame(1, TRIAL_HASH_LOG, 0, prefix, data)?.len())
     };
     if cost(&new_ops, &new_data)? < cost(&ops, data)? {
         *data = new_data;
@@ -628,17 +673,19 @@ impl Near<'_> {
 }
 
 /// The old range (offset, length) to use as history: `prefix_len` bytes
-/// centred on where the segment's copy and delta ops read most
-/// (the same offset when they read nothing), inside the old file and, for
-/// in-place patches, not before the segment.
+/// centred on where the segment's copy and delta ops, and the literal
+/// bytes in `votes` (per delta hint), read most (the same offset when they
+/// read nothing), inside the old file and, for in-place patches, not
+/// before the segment.
 fn prefix_window(
     ops: &[Op],
+    votes: &[(i64, u64)],
     seg: &SegmentPlan,
     old_len: u64,
     prefix_len: u32,
     in_place: bool,
 ) -> Option<(u64, u32)> {
-    let mut by_delta: Vec<(i64, u64)> = Vec::new();
+    let mut by_delta: Vec<(i64, u64)> = votes.to_vec();
     for op in ops {
         if let Op::Copy { len, delta } | Op::Delta { len, delta } = *op {
             match by_delta.iter_mut().find(|(d, _)| *d == delta) {
@@ -667,7 +714,7 @@ fn prefix_block(
     seg_start: u64,
     lo: u64,
     prefix: &[u8],
-    level: i32,
+    settings: Settings,
     data: &[u8],
 ) -> Result<Vec<u8>, ProduceError> {
     let mut block = Vec::with_capacity(16 + zstd_safe::compress_bound(data.len()));
@@ -676,17 +723,29 @@ fn prefix_block(
         len: prefix.len() as u32,
     }
     .emit(&mut block);
-    block.extend_from_slice(&zstd_frame(level, 0, prefix, data)?);
+    // Without trials (at zstd's fast levels), tables that reach the whole
+    // prefix; with them, the level's own (a higher level's search reaches).
+    let tables = if settings.trials {
+        0
+    } else {
+        fitted_table_log(prefix, data)
+    };
+    let level = if settings.trials {
+        settings.level
+    } else {
+        NO_TRIALS_PREFIX_LEVEL
+    };
+    block.extend_from_slice(&zstd_frame(level, tables, tables, prefix, data)?);
     Ok(block)
 }
 
 /// The old bytes for new bytes `n` at offset `a`, where `near[i]` is the
-/// old byte for new offset `base + i`, if they exist and at least 1/16 of
-/// them are equal.
-fn similar<'o>(n: &[u8], a: u64, base: u64, near: &'o [u8]) -> Option<&'o [u8]> {
+/// old byte for new offset `base + i`, if they exist and at least
+/// `sixteenths`/16 of them are equal.
+fn similar<'o>(n: &[u8], a: u64, base: u64, near: &'o [u8], sixteenths: usize) -> Option<&'o [u8]> {
     let ra = usize::try_from(a.checked_sub(base)?).ok()?;
     let o = near.get(ra..ra + n.len())?;
-    (16 * equal_bytes(n, o) >= n.len()).then_some(o)
+    (16 * equal_bytes(n, o) >= sixteenths * n.len()).then_some(o)
 }
 
 fn equal_bytes(a: &[u8], b: &[u8]) -> usize {

@@ -67,7 +67,7 @@ pub(crate) fn recode(
             // history helps at all. A frame that ignores its history is
             // still a valid codec 0x03 frame.
             let helps = !prefix.is_empty() && {
-                let trial = zstd_frame(1, TRIAL_HASH_LOG, prefix, data)?;
+                let trial = zstd_frame(1, TRIAL_HASH_LOG, 0, prefix, data)?;
                 8 * trial.len() <= 7 * data.len()
             };
             let (seg, _, _) = blocks[j];
@@ -143,7 +143,7 @@ pub(crate) fn recode(
 /// One zstd frame of `data` with `prefix` as its history (see
 /// [`zstd_frame`]), with the level's own hash table.
 fn compress(level: i32, prefix: &[u8], data: &[u8]) -> Result<Vec<u8>, ProduceError> {
-    zstd_frame(level, 0, prefix, data)
+    zstd_frame(level, 0, 0, prefix, data)
 }
 
 #[cfg(test)]

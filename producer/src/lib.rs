@@ -44,7 +44,7 @@
 //! - the old-block index: 16 bytes per 4 KiB old block (0.4% of the old
 //!   file, 8 MiB for a 2 GiB image);
 //! - the shift index: 8 bytes per 4 KiB old block plus a bitset of at most
-//!   1 byte per block (at most 16 MiB), 9 bytes per block in all (4.5 MiB
+//!   4 bytes per block (at most 16 MiB), 12 bytes per block in all (6 MiB
 //!   for a 2 GiB image). Its entries are collected during the scan, beside
 //!   the xxh3 index, so the peak is 24 bytes per old block plus the bitset;
 //! - the spans of the new file: 24 bytes per run of one kind (a shifted
@@ -106,10 +106,18 @@ pub use keys::SecretKey;
 /// The producer name written into every header.
 pub const PRODUCER: &str = concat!("anypatch-mkpatch ", env!("CARGO_PKG_VERSION"));
 
+/// `fast`'s segments: each has twice its length of old bytes as history,
+/// and zstd's tables for them stay smaller. 1 MiB took 10-25% less CPU
+/// than 4 MiB on real release archives and executables, for patches 0-2%
+/// larger; 512 KiB less again, but its extra segments made the corpus's
+/// incompressible `zeros` pair's patch larger.
+const FAST_SEGMENT_LEN: u32 = 1 << 20;
+
 /// A speed/size trade-off: what `mkpatch --level fast|default|best` picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
-    /// zstd level 3, small segments, no old-byte history: the least CPU.
+    /// zstd level 3, small segments, and the old bytes around each one as
+    /// zstd history without trials (see [`Options::trials`]): the least CPU.
     Fast,
     /// zstd level 9, changes up to 1 MiB apart share a segment, and new
     /// data is compressed with the old bytes around it as zstd history.
@@ -123,7 +131,7 @@ impl Level {
     /// The options this level sets; other fields keep their defaults.
     pub fn options(self) -> Options {
         let (level, merge_gap, prefix_len, min_copy) = match self {
-            Level::Fast => (3, 16 << 10, 0, 0),
+            Level::Fast => (3, 16 << 10, MAX_PREFIX_LEN, 0),
             Level::Default => (9, 1 << 20, MAX_PREFIX_LEN, 24),
             Level::Best => (19, MAX_SEGMENT_LEN, MAX_PREFIX_LEN, 24),
         };
@@ -134,6 +142,12 @@ impl Level {
             min_copy,
             data_history: self == Level::Best,
             verify: self == Level::Best,
+            trials: self != Level::Fast,
+            segment_len: if self == Level::Fast {
+                FAST_SEGMENT_LEN
+            } else {
+                MAX_SEGMENT_LEN
+            },
             ..Options::base()
         }
     }
@@ -167,7 +181,20 @@ pub struct Options {
     /// patch gets smaller. The segments' data then decode in order, not
     /// each on its own. Costs a second compression pass.
     pub data_history: bool,
-    /// Most new bytes one data segment produces, 1..=4 MiB (default 4 MiB).
+    /// Choose between codings by fast trial compressions (the default):
+    /// whether the old bytes help as history, and whether near matches are
+    /// smaller as bytewise deltas or as literals. Off ([`Level::Fast`]):
+    /// with `prefix_len` > 0 every segment with enough literal data has old
+    /// bytes as history (twice its length, centred on where its data came
+    /// from, at most `prefix_len`), only nearly equal blocks are bytewise
+    /// deltas, and that frame is made at zstd level 1 with tables sized to
+    /// reach the whole prefix: one compression per segment. The shift
+    /// matcher then looks up only a sample of the changed bytes (two
+    /// blocks of every 32, and two after each match), since zstd finds
+    /// shifted data in the prefix.
+    pub trials: bool,
+    /// Most new bytes one data segment produces, 1..=4 MiB (default 4 MiB;
+    /// 1 MiB at [`Level::Fast`]).
     /// Smaller values make more, smaller segments (useful in tests).
     pub segment_len: u32,
     /// Matching block size: a power of two in 512..=1 MiB (default 4096).
@@ -214,6 +241,7 @@ impl Options {
             prefix_len: MAX_PREFIX_LEN,
             min_copy: 24,
             data_history: false,
+            trials: true,
             segment_len: MAX_SEGMENT_LEN,
             block_size: 4096,
             spool_dir: None,
@@ -355,7 +383,10 @@ pub fn make_patch(
     let spans = spans::spans_of(&runs, new.len, opts.block_size);
     drop(runs);
     let shift_index = shift::ShiftIndex::build(scanned.shift_entries);
-    let spans = shift::find_shifted(job, &shift_index, spans, opts.in_place)?;
+    // Without trials, the encoder's prefixes find most shifted data: the
+    // matcher only samples, for copies of long runs and where the prefixes go.
+    let sample = (!opts.trials).then(|| shift::Sample::of_blocks(opts.block_size));
+    let spans = shift::find_shifted(job, &shift_index, spans, opts.in_place, sample)?;
     drop(shift_index);
     let spans = coalesce::join_copies(&old, &new, spans)?;
     let plan = plan::plan(&spans, opts.block_size, opts.segment_len, opts.merge_gap);
@@ -372,6 +403,7 @@ pub fn make_patch(
             min_copy: opts.min_copy,
             in_place: opts.in_place,
             history: opts.data_history,
+            trials: opts.trials,
         },
         spool_file()?,
         raw_spool,

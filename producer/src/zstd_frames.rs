@@ -15,12 +15,31 @@ pub(crate) const TRIAL_HASH_LOG: u32 = 22;
 /// format's `MAX_ZSTD_WINDOW`.
 const PREFIX_WINDOW_LOG: i32 = 22;
 
+/// Bounds of [`fitted_table_log`]: zstd's own at levels 1-5 for large
+/// inputs is 17, and 2^21 slots hold every fourth position of 8 MiB.
+const FITTED_TABLE_LOG: std::ops::RangeInclusive<u32> = 17..=21;
+
+/// A hash and chain table log for a frame of `data` with `prefix` as its
+/// history at levels 1-5: one slot per four positions of both. zstd's own
+/// tables at those levels hold only the most recent 128 Ki positions, so
+/// that matches in the far part of a long prefix are lost; tables for
+/// every position cost more to fill and clear than they find.
+pub(crate) fn fitted_table_log(prefix: &[u8], data: &[u8]) -> u32 {
+    let positions = (prefix.len() + data.len()).max(1) as u64;
+    let log = 64 - (positions - 1).leading_zeros();
+    log.saturating_sub(2)
+        .clamp(*FITTED_TABLE_LOG.start(), *FITTED_TABLE_LOG.end())
+}
+
 /// One zstd frame of `data` that declares its content size, has no checksum
 /// or dictionary id, stays within the format's window, and has `prefix` (if
-/// any) as its history. `hash_log` 0 keeps the level's hash table.
+/// any) as its history. `hash_log` 0 keeps the level's hash table;
+/// `chain_log` 0 keeps the level's chain table (the short-match table at
+/// levels 3-4).
 pub(crate) fn zstd_frame(
     level: i32,
     hash_log: u32,
+    chain_log: u32,
     prefix: &[u8],
     data: &[u8],
 ) -> Result<Vec<u8>, ProduceError> {
@@ -41,6 +60,10 @@ pub(crate) fn zstd_frame(
         cctx.set_parameter(CParameter::HashLog(hash_log))
             .map_err(err)?;
     }
+    if chain_log > 0 {
+        cctx.set_parameter(CParameter::ChainLog(chain_log))
+            .map_err(err)?;
+    }
     if !prefix.is_empty() {
         cctx.ref_prefix(prefix).map_err(err)?;
     }
@@ -57,7 +80,7 @@ mod tests {
     fn frames_declare_their_size_and_decode_against_the_prefix() {
         let prefix: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let data = prefix[50_000..120_000].to_vec();
-        let frame = zstd_frame(19, 0, &prefix, &data).expect("compress");
+        let frame = zstd_frame(19, 0, 0, &prefix, &data).expect("compress");
         assert!(frame.len() < 200, "history was not used: {}", frame.len());
         let mut dctx = zstd_safe::DCtx::create();
         dctx.ref_prefix(&prefix[..]).expect("prefix");

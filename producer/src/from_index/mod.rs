@@ -134,7 +134,8 @@ pub fn make_patch_from_index(
     // of their compression).
     let data = plan.segments.iter().map(|s| u64::from(s.len)).sum::<u64>();
     let long_segments = data >= HISTORY_MIN_MEAN * plan.segments.len() as u64;
-    let data_history = opts.data_history || (opts.prefix_len > 0 && long_segments);
+    // `fast` (no trials) keeps to one compression per segment.
+    let data_history = opts.data_history || (opts.prefix_len > 0 && opts.trials && long_segments);
     let raw_spool = data_history.then(spool_file).transpose()?;
     let mut encoded = encode::encode_all(
         job,
@@ -146,6 +147,7 @@ pub fn make_patch_from_index(
             min_copy: opts.min_copy,
             in_place: opts.in_place,
             history: data_history,
+            trials: opts.trials,
         },
         spool_file()?,
         raw_spool,
