@@ -24,7 +24,10 @@ pub(super) fn session(
         None => None,
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                DriveError::Refused(format!("cannot read the token file {}: {e}", path.display()))
+                DriveError::Refused(format!(
+                    "cannot read the token file {}: {e}",
+                    path.display()
+                ))
             })?;
             let token = text.lines().next().unwrap_or_default().trim().to_owned();
             if token.is_empty() || token.contains(char::is_whitespace) {

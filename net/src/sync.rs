@@ -44,16 +44,18 @@ impl SyncRequest {
         let rest = line.strip_prefix("SYNC ")?;
         let mut words = rest.split(' ');
         let usage = || Err("the request is not SYNC 0 <name> [<token>]".to_string());
-        Some(match (words.next(), words.next(), words.next(), words.next()) {
-            (Some("0"), Some(name), token, None) if !name.is_empty() => Ok(Self {
-                name: name.to_owned(),
-                token: token.filter(|t| !t.is_empty()).map(str::to_owned),
-            }),
-            (Some(v), ..) if v != "0" => Err(format!(
+        Some(
+            match (words.next(), words.next(), words.next(), words.next()) {
+                (Some("0"), Some(name), token, None) if !name.is_empty() => Ok(Self {
+                    name: name.to_owned(),
+                    token: token.filter(|t| !t.is_empty()).map(str::to_owned),
+                }),
+                (Some(v), ..) if v != "0" => Err(format!(
                 "sync protocol version {v} is not known here (0 is): update applypatch or mkpatch"
             )),
-            _ => usage(),
-        })
+                _ => usage(),
+            },
+        )
     }
 }
 
@@ -150,7 +152,13 @@ impl Trees {
     }
 
     /// The tree of the file at `path`, version `tag`.
-    async fn get(&self, path: &Path, tag: &str, file: &File, len: u64) -> Result<Arc<Tree>, String> {
+    async fn get(
+        &self,
+        path: &Path,
+        tag: &str,
+        file: &File,
+        len: u64,
+    ) -> Result<Arc<Tree>, String> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let entry = slots
@@ -328,9 +336,9 @@ impl SyncSession {
                 Answer::Err { code, message } if code >= 500 => {
                     Err(retry(format!("the server failed: {message}")))
                 }
-                Answer::Err { message, .. } => Err(SyncFailure::Fetch(FetchError::Fatal(
-                    format!("{url} refused: {message}"),
-                ))),
+                Answer::Err { message, .. } => Err(SyncFailure::Fetch(FetchError::Fatal(format!(
+                    "{url} refused: {message}"
+                )))),
             }
         });
         let (fetcher, conn, control, recv, len) = opened?;

@@ -182,8 +182,8 @@ pub fn receive(
             pause.store(!receiver.wants_own_groups(), Ordering::Relaxed);
             let new_len = receiver.new_len().unwrap_or(0);
             for ready in receiver.ready() {
-                done.bytes_written += write_leaf(old, old_len, target, new_len, ready)
-                    .map_err(SyncError::Write)?;
+                done.bytes_written +=
+                    write_leaf(old, old_len, target, new_len, ready).map_err(SyncError::Write)?;
             }
             if broken.is_none() {
                 let sent = receiver.outgoing().iter().try_for_each(|m| {

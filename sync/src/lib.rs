@@ -15,6 +15,7 @@ pub mod cache;
 pub mod drive;
 pub mod hash;
 pub mod matcher;
+pub mod packing;
 pub mod receiver;
 pub mod sender;
 pub mod tree;

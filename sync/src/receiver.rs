@@ -12,7 +12,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::matcher::{Matcher, OldImage, Source};
-use crate::sender::{CODEC_RAW, CODEC_ZSTD};
+use crate::packing::Unpacker;
+use crate::sender::{CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_STREAM};
 use crate::tree::{
     group_count, group_value, leaf_count, leaf_range, leaf_value, value16, RootBuilder, Value,
     GROUP_LEAVES, LEAF,
@@ -149,6 +150,8 @@ pub struct Receiver<'a, O: OldImage + ?Sized> {
     /// The values of the leaves handed out, when asked to keep them
     /// ([`Receiver::keep_leaf_values`]).
     handed: Option<Vec<Value>>,
+    /// The decoder of `DATA`'s zstd stream, made at its first message.
+    unpacker: Option<Unpacker>,
     done: bool,
     counts: Counts,
 }
@@ -180,6 +183,7 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
             ready: Vec::new(),
             small: None,
             handed: None,
+            unpacker: None,
             done: false,
             counts: Counts::default(),
         }
@@ -480,6 +484,17 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
         let dst = &mut build.bytes[at..at + raw_len as usize];
         match codec {
             CODEC_RAW if bytes.len() == dst.len() => dst.copy_from_slice(bytes),
+            CODEC_ZSTD_STREAM => {
+                let unpacker = match &mut self.unpacker {
+                    Some(u) => u,
+                    None => self
+                        .unpacker
+                        .insert(Unpacker::new().map_err(SyncError::Io)?),
+                };
+                unpacker
+                    .unpack(bytes, dst)
+                    .map_err(|e| SyncError::Sender(format!("its data at {offset}: {e}")))?;
+            }
             CODEC_ZSTD => {
                 let n = zstd::bulk::decompress_to_buffer(bytes, dst).map_err(|e| {
                     SyncError::Sender(format!("its data at {offset} does not decode: {e}"))

@@ -7,18 +7,17 @@
 use std::io;
 
 use crate::matcher::OldImage as Image;
+use crate::packing::Packer;
 use crate::tree::{
     group_count, group_values, leaf_count, leaf_range, root, value16, Value, GROUP_LEAVES, LEAF,
 };
 use crate::wire::{BlockKey, Message, Range, BLOCK};
 
-/// The zstd level of `DATA`: fast enough to keep up with a gigabit link
-/// on one core.
-const ZSTD_LEVEL: i32 = 3;
-
-/// Codec numbers of `DATA` (the patch format's).
+/// Codec numbers of `DATA`: raw and zstd are the patch format's; the
+/// stream is [`crate::packing`]'s.
 pub const CODEC_RAW: u8 = 0;
 pub const CODEC_ZSTD: u8 = 2;
+pub const CODEC_ZSTD_STREAM: u8 = 3;
 
 /// One session of the sender with one receiver.
 #[derive(Debug)]
@@ -29,6 +28,7 @@ pub struct Sender<'a, I: Image + ?Sized> {
     root: blake3::Hash,
     seed: u64,
     done: Option<[u8; 32]>,
+    packer: Option<Packer>,
 }
 
 impl<'a, I: Image + ?Sized> Sender<'a, I> {
@@ -45,6 +45,7 @@ impl<'a, I: Image + ?Sized> Sender<'a, I> {
             root,
             seed,
             done: None,
+            packer: None,
         }
     }
 
@@ -127,7 +128,7 @@ impl<'a, I: Image + ?Sized> Sender<'a, I> {
         Ok(Message::Keys { leaf, keys })
     }
 
-    fn data(&self, r: Range) -> Result<Message, AnswerError> {
+    fn data(&mut self, r: Range) -> Result<Message, AnswerError> {
         let end = r
             .offset
             .checked_add(r.len.into())
@@ -141,17 +142,15 @@ impl<'a, I: Image + ?Sized> Sender<'a, I> {
         }
         let mut raw = vec![0; r.len as usize];
         self.image.read_at(&mut raw, r.offset)?;
-        let packed = zstd::bulk::compress(&raw, ZSTD_LEVEL)?;
-        let (codec, bytes) = if packed.len() < raw.len() {
-            (CODEC_ZSTD, packed)
-        } else {
-            (CODEC_RAW, raw)
+        let packer = match &mut self.packer {
+            Some(p) => p,
+            None => self.packer.insert(Packer::new()?),
         };
         Ok(Message::Data {
             offset: r.offset,
             raw_len: r.len,
-            codec,
-            bytes,
+            codec: CODEC_ZSTD_STREAM,
+            bytes: packer.pack(&raw)?,
         })
     }
 }

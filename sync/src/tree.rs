@@ -7,11 +7,11 @@
 //! [`root`] turns the leaf values back into the image's BLAKE3 without
 //! reading a byte again.
 
-/// The BLAKE3 of a whole image.
-pub use blake3::Hash;
 use blake3::hazmat::{
     left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
+/// The BLAKE3 of a whole image.
+pub use blake3::Hash;
 
 /// Bytes in a leaf: a power of two multiple of BLAKE3's 1 KiB chunk, so a
 /// full leaf at a multiple of it is a complete subtree of any image.

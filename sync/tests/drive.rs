@@ -79,7 +79,18 @@ fn session(
             }),
             None => Box::new(data_r),
         };
-        let r = receive(old, target, control_in, data_in, control_r, &ReceiveOptions { threads: 2, cache: None }).map_err(|e| e.to_string());
+        let r = receive(
+            old,
+            target,
+            control_in,
+            data_in,
+            control_r,
+            &ReceiveOptions {
+                threads: 2,
+                cache: None,
+            },
+        )
+        .map_err(|e| e.to_string());
         (r, sender.join().expect("sender thread"))
     })
 }

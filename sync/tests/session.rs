@@ -274,24 +274,42 @@ fn moved_data_is_found_when_its_source_was_looked_at_first() {
     );
 }
 
-/// A DATA message (noise is sent raw) with its first byte flipped.
-fn flip_data(m: Message) -> Message {
-    match m {
-        Message::Data {
-            offset,
-            raw_len,
-            codec: 0,
-            mut bytes,
-        } => {
-            bytes[0] ^= 1;
+/// Rewrites DATA on its way: decodes the sender's zstd stream, lets
+/// `change` alter the raw bytes, and encodes them into a stream of its
+/// own, so that what the receiver gets decodes and only its content lies.
+struct Restream {
+    from: anypatch_sync::packing::Unpacker,
+    to: anypatch_sync::packing::Packer,
+}
+
+impl Restream {
+    fn new() -> Self {
+        Self {
+            from: anypatch_sync::packing::Unpacker::new().expect("unpacker"),
+            to: anypatch_sync::packing::Packer::new().expect("packer"),
+        }
+    }
+
+    fn data(&mut self, m: Message, change: impl FnOnce(&mut [u8])) -> Message {
+        match m {
             Message::Data {
                 offset,
                 raw_len,
-                codec: 0,
+                codec: 3,
                 bytes,
+            } => {
+                let mut raw = vec![0; raw_len as usize];
+                self.from.unpack(&bytes, &mut raw).expect("the sender's stream");
+                change(&mut raw);
+                Message::Data {
+                    offset,
+                    raw_len,
+                    codec: 3,
+                    bytes: self.to.pack(&raw).expect("pack"),
+                }
             }
+            m => m,
         }
-        m => m,
     }
 }
 
@@ -301,17 +319,22 @@ fn a_sender_whose_data_is_not_its_image_is_refused_after_one_retry() {
     let (_, old, new) = &pairs[0];
     // Flip a byte of every DATA: the first build fails, the whole leaf is
     // asked again, that fails too, and the sync stops.
-    let e = sync_with(old, new, Mode::InPlace, flip_data).expect_err("a lying sender");
+    let mut t = Restream::new();
+    let e = sync_with(old, new, Mode::InPlace, |m| t.data(m, |raw| raw[0] ^= 1))
+        .expect_err("a lying sender");
     assert!(e.to_string().contains("do not match its own tree"), "{e}");
 
     // Only the first DATA is wrong: one retry, then an exact result.
     let mut first = true;
-    let o = sync_with(old, new, Mode::Copy, |m| match m {
-        Message::Data { .. } if first => {
-            first = false;
-            flip_data(m)
-        }
-        m => m,
+    let mut t = Restream::new();
+    let o = sync_with(old, new, Mode::Copy, |m| {
+        let flip = first && matches!(m, Message::Data { .. });
+        first &= !flip;
+        t.data(m, |raw| {
+            if flip {
+                raw[0] ^= 1
+            }
+        })
     })
     .expect("one bad DATA is retried");
     assert_eq!(o.counts.leaves_retried, 1);

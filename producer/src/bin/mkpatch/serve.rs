@@ -9,8 +9,8 @@ use anyhow::{anyhow, Context};
 use anypatch_hash_cache::Cache;
 use anypatch_net::access::Access;
 use anypatch_net::server::{ServeOptions, Server};
-use anypatch_producer::CacheOptions;
 use anypatch_net::tls::load_or_make;
+use anypatch_producer::CacheOptions;
 
 use crate::Failure;
 
