@@ -141,7 +141,12 @@ mod tests {
         let first = p.pack(&block).expect("pack");
         let again = p.pack(&block).expect("pack");
         // The second copy is a reference to the first.
-        assert!(again.len() < first.len() / 4, "{} then {}", first.len(), again.len());
+        assert!(
+            again.len() < first.len() / 4,
+            "{} then {}",
+            first.len(),
+            again.len()
+        );
         for packed in [&first, &again] {
             let mut out = vec![0; block.len()];
             u.unpack(packed, &mut out).expect("unpack");

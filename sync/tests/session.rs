@@ -299,7 +299,9 @@ impl Restream {
                 bytes,
             } => {
                 let mut raw = vec![0; raw_len as usize];
-                self.from.unpack(&bytes, &mut raw).expect("the sender's stream");
+                self.from
+                    .unpack(&bytes, &mut raw)
+                    .expect("the sender's stream");
                 change(&mut raw);
                 Message::Data {
                     offset,
