@@ -72,6 +72,12 @@ fn session(
             r.unwrap_or_default()
         });
         let control_in = control_r.try_clone().expect("clone");
+        // Closes the receiver's ends once it returns, as a transport does:
+        // its detached readers hold clones, and the sender waits for EOF.
+        let closers = [
+            control_r.try_clone().expect("clone"),
+            data_r.try_clone().expect("clone"),
+        ];
         let data_in: Box<dyn Read + Send> = match cut_data_after {
             Some(left) => Box::new(CutAfter {
                 inner: data_r,
@@ -91,6 +97,9 @@ fn session(
             },
         )
         .map_err(|e| e.to_string());
+        for c in closers {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
         (r, sender.join().expect("sender thread"))
     })
 }
