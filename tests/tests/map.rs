@@ -148,3 +148,80 @@ fn map_svg_renders_each_kind_where_it_is() {
         .count();
     assert!(inked > 500, "no legend text: {inked} dark pixels");
 }
+
+/// `--map` is an output like `-o`: it is refused before anything is read
+/// when it would destroy the patch (by name, through a link, or as the file
+/// stdin reads), a key, a directory or a disk; a map through a link
+/// replaces the file the link points to, never the link.
+#[test]
+fn map_never_overwrites_its_patch_or_a_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (old, new) = pair(d);
+    let patch = d.join("p.bin");
+    let o = Command::new(bin("mkpatch"))
+        .args(["-q", &old, &new, "-o"])
+        .arg(&patch)
+        .output()
+        .expect("mkpatch");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = fs::read(&patch).expect("read the patch");
+    std::os::unix::fs::symlink("p.bin", d.join("link")).expect("symlink");
+    let key = d.join("release.pub");
+    let o = Command::new(bin("mkpatch"))
+        .args(["keygen", "-o"])
+        .arg(d.join("release.key"))
+        .output()
+        .expect("keygen");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let key_text = fs::read(&key).expect("keygen writes the .pub beside the key");
+
+    let inspect = |map: &Path, stdin_patch: bool| {
+        let mut c = Command::new(bin("mkpatch"));
+        c.args(["inspect", "-q", "--map"]).arg(map);
+        if stdin_patch {
+            c.arg("-")
+                .stdin(fs::File::open(&patch).expect("open the patch"));
+        } else {
+            c.arg(&patch);
+        }
+        c.output().expect("mkpatch inspect")
+    };
+    for (map, stdin_patch, says) in [
+        (patch.clone(), false, "is PATCH"),
+        (d.join("link"), false, "is PATCH"),
+        (patch.clone(), true, "is PATCH"),
+        (key.clone(), false, "public key"),
+        (d.to_path_buf(), false, "is a directory"),
+    ] {
+        let o = inspect(&map, stdin_patch);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "--map {} was accepted", map.display());
+        assert!(err.contains(says), "--map {}: {err}", map.display());
+        assert!(err.contains("--map"), "the refusal names the option: {err}");
+    }
+    assert_eq!(
+        fs::read(&patch).expect("read"),
+        bytes,
+        "the patch is intact"
+    );
+    assert_eq!(fs::read(&key).expect("read"), key_text, "the key is intact");
+
+    // Through a link to another file: that file gets the map, the link stays.
+    fs::write(d.join("old.svg"), "stale").expect("write");
+    std::os::unix::fs::symlink("old.svg", d.join("map-link")).expect("symlink");
+    let o = inspect(&d.join("map-link"), false);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(fs::symlink_metadata(d.join("map-link"))
+        .expect("the link")
+        .file_type()
+        .is_symlink());
+    let svg = fs::read_to_string(d.join("old.svg")).expect("the map");
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
+    let leftovers: Vec<_> = fs::read_dir(d)
+        .expect("list")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}

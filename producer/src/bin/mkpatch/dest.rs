@@ -1,4 +1,5 @@
-//! Where `-o` sends the patch, decided and refused before any work.
+//! Where `-o` sends the patch (or the index, or `--map` the change map),
+//! decided and refused before any work.
 
 use std::fs::{File, FileType};
 use std::io;
@@ -12,7 +13,38 @@ use anypatch_safe_output::{kind_name, parent_dir};
 
 use crate::{is_dash, Failure};
 
-/// Where the patch goes.
+/// Which output a path is given for, so that a refusal names the option
+/// and the thing that would have been written.
+#[derive(Clone, Copy)]
+pub(crate) struct Output {
+    /// The option that names it: `-o`, `--map`.
+    pub(crate) flag: &'static str,
+    /// What is written: "patch", "index", "map".
+    pub(crate) what: &'static str,
+    /// A file name to suggest.
+    pub(crate) example: &'static str,
+}
+
+/// `mkpatch OLD NEW -o PATCH`.
+pub(crate) const PATCH: Output = Output {
+    flag: "-o",
+    what: "patch",
+    example: "update.patch",
+};
+/// `mkpatch index IMAGE -o INDEX`.
+pub(crate) const INDEX: Output = Output {
+    flag: "-o",
+    what: "index",
+    example: "image.index",
+};
+/// `mkpatch inspect PATCH --map SVG`.
+pub(crate) const MAP: Output = Output {
+    flag: "--map",
+    what: "map",
+    example: "map.svg",
+};
+
+/// Where the output goes.
 pub(crate) enum Dest {
     /// Stdout: no `-o`, `-o -`, or a path to this process's descriptor 1
     /// (`/dev/stdout`, `/dev/fd/1`, `/proc/self/fd/1`).
@@ -35,14 +67,15 @@ const MAX_LINKS: usize = 40;
 /// something (renaming over a block device replaces the node, not the disk;
 /// renaming over a symlink replaces the link, and over `/dev/stdout` the
 /// system's link to every process's stdout).
-pub(crate) fn destination(out: Option<&Path>) -> Result<Dest, Failure> {
+pub(crate) fn destination(role: Output, out: Option<&Path>) -> Result<Dest, Failure> {
+    let Output { flag, what, .. } = role;
     use std::os::unix::ffi::OsStrExt;
     let Some(given) = out.filter(|p| !is_dash(p)) else {
         return Ok(Dest::Stdout);
     };
     if given.as_os_str().as_bytes().ends_with(b"/") {
         return Err(anyhow!(
-            "-o {} ends with `/`; give the patch a file name",
+            "{flag} {} ends with `/`; give the {what} a file name",
             given.display()
         )
         .into());
@@ -57,30 +90,34 @@ pub(crate) fn destination(out: Option<&Path>) -> Result<Dest, Failure> {
             format!("{} (a link to {})", given.display(), path.display())
         };
         if let Some((pid, fd)) = fd_entry(&path) {
-            return descriptor(&shown, &path, pid, fd);
+            return descriptor(role, &shown, &path, pid, fd);
         }
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let target = std::fs::read_link(&path)
-                    .with_context(|| format!("cannot read the link -o {shown}"))?;
+                    .with_context(|| format!("cannot read the link {flag} {shown}"))?;
                 // A relative target is relative to the link's directory;
                 // `join` keeps an absolute one as it is.
                 path = parent_dir(&path).join(target);
             }
-            Ok(meta) => return existing(&shown, &path, meta.file_type()),
+            Ok(meta) => return existing(role, &shown, &path, meta.file_type()),
             Err(e) if e.kind() == io::ErrorKind::NotFound && path != given => {
                 return Err(anyhow!(
-                    "-o {shown}: the link points to nothing; mkpatch writes through a link \
+                    "{flag} {shown}: the link points to nothing; mkpatch writes through a link \
                      only to a file that exists. Give the new file's own path, or create it first"
                 )
                 .into())
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return new_file(&shown, &path),
-            Err(e) => return Err(anyhow!(e).context(format!("cannot use -o {shown}")).into()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return new_file(flag, &shown, &path),
+            Err(e) => {
+                return Err(anyhow!(e)
+                    .context(format!("cannot use {flag} {shown}"))
+                    .into())
+            }
         }
     }
     Err(anyhow!(
-        "-o {}: more than {MAX_LINKS} symlinks in a row (a loop?); give the file's own path",
+        "{flag} {}: more than {MAX_LINKS} symlinks in a row (a loop?); give the file's own path",
         given.display()
     )
     .into())
@@ -92,14 +129,15 @@ pub(crate) fn destination(out: Option<&Path>) -> Result<Dest, Failure> {
 /// link itself. A pipe or character device elsewhere (`-o >(gzip > p.gz)`)
 /// is opened and written like a FIFO. Anything else is refused: opening it
 /// again would write from offset 0 whatever the descriptor's own offset.
-fn descriptor(shown: &str, path: &Path, pid: u32, fd: u32) -> Result<Dest, Failure> {
+fn descriptor(role: Output, shown: &str, path: &Path, pid: u32, fd: u32) -> Result<Dest, Failure> {
+    let flag = role.flag;
     if pid == std::process::id() {
         match fd {
             1 => return Ok(Dest::Stdout),
             2 => return Ok(Dest::Stderr),
             0 => {
                 return Err(anyhow!(
-                    "-o {shown} is mkpatch's stdin; give a file, or `-` for stdout"
+                    "{flag} {shown} is mkpatch's stdin; give a file, or `-` for stdout"
                 )
                 .into())
             }
@@ -107,13 +145,13 @@ fn descriptor(shown: &str, path: &Path, pid: u32, fd: u32) -> Result<Dest, Failu
         }
     }
     let kind = std::fs::metadata(path)
-        .with_context(|| format!("cannot use -o {shown}"))?
+        .with_context(|| format!("cannot use {flag} {shown}"))?
         .file_type();
     if kind.is_fifo() || kind.is_char_device() {
         return Ok(Dest::Stream(path.to_owned()));
     }
     Err(anyhow!(
-        "-o {shown} is open descriptor {fd} of process {pid}, a {}: mkpatch writes to a \
+        "{flag} {shown} is open descriptor {fd} of process {pid}, a {}: mkpatch writes to a \
          descriptor only when it is its stdout or stderr, or a pipe; give the file's own path",
         kind_name(kind)
     )
@@ -123,7 +161,12 @@ fn descriptor(shown: &str, path: &Path, pid: u32, fd: u32) -> Result<Dest, Failu
 /// `-o` names something that exists (a symlink resolved): a regular file is
 /// replaced when the patch is complete, a FIFO or character device written
 /// to, anything else refused.
-fn existing(shown: &str, path: &Path, kind: FileType) -> Result<Dest, Failure> {
+fn existing(role: Output, shown: &str, path: &Path, kind: FileType) -> Result<Dest, Failure> {
+    let Output {
+        flag,
+        what,
+        example,
+    } = role;
     if kind.is_file() {
         return Ok(Dest::File(path.to_owned()));
     }
@@ -132,38 +175,38 @@ fn existing(shown: &str, path: &Path, kind: FileType) -> Result<Dest, Failure> {
     }
     let why = if kind.is_dir() {
         format!(
-            "is a directory; name the patch file, e.g. -o {}",
-            path.join("update.patch").display()
+            "is a directory; name the {what} file, e.g. {flag} {}",
+            path.join(example).display()
         )
-    } else if kind.is_block_device() {
+    } else if kind.is_block_device() && what == "patch" {
         "is a block device, and a patch is not a disk image: write the patch to a \
          file (-o update.patch); `applypatch OLD update.patch -o NEW` writes images"
             .into()
     } else {
-        format!("is a {}; give the patch a file name", kind_name(kind))
+        format!("is a {}; give the {what} a file name", kind_name(kind))
     };
-    Err(anyhow!("-o {shown} {why}").into())
+    Err(anyhow!("{flag} {shown} {why}").into())
 }
 
 /// `-o` names a file that does not exist yet: its directory must.
-fn new_file(shown: &str, path: &Path) -> Result<Dest, Failure> {
+fn new_file(flag: &str, shown: &str, path: &Path) -> Result<Dest, Failure> {
     let dir = parent_dir(path);
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => Ok(Dest::File(path.to_owned())),
         Ok(m) => Err(anyhow!(
-            "-o {shown}: {} is a {}, not a directory",
+            "{flag} {shown}: {} is a {}, not a directory",
             dir.display(),
             kind_name(m.file_type())
         )
         .into()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(anyhow!(
-            "-o {shown}: the directory {} does not exist; create it first",
+            "{flag} {shown}: the directory {} does not exist; create it first",
             dir.display()
         )
         .into()),
         Err(e) => Err(anyhow!(e)
             .context(format!(
-                "-o {shown}: cannot use directory {}",
+                "{flag} {shown}: cannot use directory {}",
                 dir.display()
             ))
             .into()),
@@ -173,7 +216,8 @@ fn new_file(shown: &str, path: &Path) -> Result<Dest, Failure> {
 /// Refuses an `-o` file that holds an anypatch key: `-o release.pub` for
 /// `-o release.patch` is one slip of tab completion, and the key would be
 /// gone without a word.
-pub(crate) fn refuse_key_file(dest: &Dest) -> Result<(), Failure> {
+pub(crate) fn refuse_key_file(role: Output, dest: &Dest) -> Result<(), Failure> {
+    let Output { flag, what, .. } = role;
     let Dest::File(path) = dest else {
         return Ok(());
     };
@@ -185,7 +229,7 @@ pub(crate) fn refuse_key_file(dest: &Dest) -> Result<(), Failure> {
     for (kind, name) in [(KeyKind::Public, "public"), (KeyKind::Secret, "secret")] {
         if parse_key_file(&text, kind).is_ok() {
             return Err(anyhow!(
-                "-o {} holds an anypatch {name} key; writing the patch there would destroy it: \
+                "{flag} {} holds an anypatch {name} key; writing the {what} there would destroy it: \
                  choose another output (or remove the key file first if it is no longer needed)",
                 path.display()
             )
@@ -199,12 +243,18 @@ pub(crate) fn refuse_key_file(dest: &Dest) -> Result<(), Failure> {
 /// it would destroy. Same device and inode, so a symlink or a hard link to
 /// an input counts as that input, and so does stdout opened on one
 /// (`mkpatch a b >> a`).
-pub(crate) fn refuse_output_is_input(dest: &Dest, inputs: &[(&str, &Path)]) -> Result<(), Failure> {
+pub(crate) fn refuse_output_is_input(
+    role: Output,
+    dest: &Dest,
+    inputs: &[(&str, &Path)],
+) -> Result<(), Failure> {
     use std::os::fd::AsFd;
+    let Output { flag, what, .. } = role;
     let (shown, out) = match dest {
-        Dest::File(path) | Dest::Stream(path) => {
-            (format!("-o {}", path.display()), std::fs::metadata(path))
-        }
+        Dest::File(path) | Dest::Stream(path) => (
+            format!("{flag} {}", path.display()),
+            std::fs::metadata(path),
+        ),
         Dest::Stdout => (
             "stdout".to_owned(),
             io::stdout()
@@ -227,13 +277,13 @@ pub(crate) fn refuse_output_is_input(dest: &Dest, inputs: &[(&str, &Path)]) -> R
     // Followed through loop devices: a file that backs a loop device given
     // as an input holds that input's bytes under another name.
     let out_stores = stores(&o);
-    for (what, path) in inputs {
+    for (input, path) in inputs {
         let Ok(i) = std::fs::metadata(path) else {
             continue;
         };
         if let Some(why) = shared(&stores(&i), &out_stores) {
             return Err(anyhow!(
-                "{shown} is {what} {} ({why}); writing the patch there would destroy it: \
+                "{shown} is {input} {} ({why}); writing the {what} there would destroy it: \
                  choose another output",
                 path.display()
             )

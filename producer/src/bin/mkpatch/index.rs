@@ -14,7 +14,7 @@ use anypatch_producer::{
 use anypatch_safe_output::human_bytes;
 use clap::Args;
 
-use crate::dest::{destination, refuse_key_file, refuse_output_is_input, Dest};
+use crate::dest::{destination, refuse_key_file, refuse_output_is_input, Dest, INDEX};
 use crate::inputs::{check_input, unchanged, Stamp};
 use crate::keygen::read_secret_key;
 use crate::write::{write_direct, write_file, write_stream};
@@ -68,14 +68,14 @@ pub(crate) fn run_index(
         )
         .into());
     }
-    let dest = destination(args.output.as_deref())?;
+    let dest = destination(INDEX, args.output.as_deref())?;
     check_input("IMAGE", image)?;
     let mut inputs = vec![("IMAGE", image.as_path())];
     if let Some(key) = &args.sign {
         inputs.push(("the --sign key file", key.as_path()));
     }
-    refuse_output_is_input(&dest, &inputs)?;
-    refuse_key_file(&dest)?;
+    refuse_output_is_input(INDEX, &dest, &inputs)?;
+    refuse_key_file(INDEX, &dest)?;
     let mut opts = IndexOptions {
         threads: args.threads.map_or(0, |n| n as usize),
         block_size: args.block_size,
@@ -105,10 +105,10 @@ pub(crate) fn run_index(
     };
     let summary = match (unchanged_file, &dest) {
         (Some(summary), _) => summary,
-        (None, Dest::Stdout) => write_direct(io::stdout().lock(), "stdout", &before, make)?,
-        (None, Dest::Stderr) => write_direct(io::stderr().lock(), "stderr", &before, make)?,
-        (None, Dest::Stream(path)) => write_stream(path, &before, make)?,
-        (None, Dest::File(path)) => write_file(path, &before, make)?,
+        (None, Dest::Stdout) => write_direct(INDEX, io::stdout().lock(), "stdout", &before, make)?,
+        (None, Dest::Stderr) => write_direct(INDEX, io::stderr().lock(), "stderr", &before, make)?,
+        (None, Dest::Stream(path)) => write_stream(INDEX, path, &before, make)?,
+        (None, Dest::File(path)) => write_file(INDEX, path, &before, make)?,
     };
     if summarize {
         let clear = if show { "\r\x1b[2K" } else { "" };

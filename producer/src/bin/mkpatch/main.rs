@@ -270,7 +270,7 @@ mod report;
 mod serve;
 mod write;
 
-use dest::{destination, refuse_key_file, refuse_output_is_input, Dest};
+use dest::{destination, refuse_key_file, refuse_output_is_input, Dest, PATCH};
 use inputs::{check_input, Stamp};
 use keygen::{read_secret_key, run_keygen};
 use report::{run_inspect, InspectJson};
@@ -473,15 +473,15 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
         }
     }
     // Everything that can be refused is refused here, before any work.
-    let dest = destination(cli.output.as_deref())?;
+    let dest = destination(PATCH, cli.output.as_deref())?;
     check_input(old_name, old)?;
     check_input("NEW", new)?;
     let mut inputs = vec![(old_name, old.as_path()), ("NEW", new.as_path())];
     if let Some(key) = &cli.sign {
         inputs.push(("the --sign key file", key.as_path()));
     }
-    refuse_output_is_input(&dest, &inputs)?;
-    refuse_key_file(&dest)?;
+    refuse_output_is_input(PATCH, &dest, &inputs)?;
+    refuse_key_file(PATCH, &dest)?;
     let base = match cli.level {
         LevelArg::Named(level) => level.options(),
         LevelArg::Zstd(n) => Options {
@@ -535,10 +535,10 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
         }
     };
     let summary = match &dest {
-        Dest::Stdout => write_direct(io::stdout().lock(), "stdout", &before, make)?,
-        Dest::Stderr => write_direct(io::stderr().lock(), "stderr", &before, make)?,
-        Dest::Stream(path) => write_stream(path, &before, make)?,
-        Dest::File(path) => write_file(path, &before, make)?,
+        Dest::Stdout => write_direct(PATCH, io::stdout().lock(), "stdout", &before, make)?,
+        Dest::Stderr => write_direct(PATCH, io::stderr().lock(), "stderr", &before, make)?,
+        Dest::Stream(path) => write_stream(PATCH, path, &before, make)?,
+        Dest::File(path) => write_file(PATCH, path, &before, make)?,
     };
     // The progress line is erased before anything else is printed.
     let clear = if show { "\r\x1b[2K" } else { "" };

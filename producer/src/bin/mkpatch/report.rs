@@ -7,11 +7,37 @@ use std::path::Path;
 use anyhow::{anyhow, Context};
 use anypatch_format::{Hex, VERSION_MAJOR};
 use anypatch_inspect::{inspect_mapped, InspectError, Inspection, KindCount, Refused};
+use anypatch_producer::ProduceError;
 use serde::Serialize;
 
+use crate::dest::{destination, refuse_key_file, refuse_output_is_input, Dest, MAP};
+use crate::inputs::Stamp;
+use crate::write::{write_direct, write_file, write_stream};
 use crate::{is_dash, write_err, Failure};
 
 pub(crate) fn run_inspect(path: &Path, json: bool, map: Option<&Path>) -> Result<(), Failure> {
+    // The map's output is refused before anything is read, by the rules of
+    // `-o`: never the patch itself (through a link or stdin too), a key, a
+    // directory or a disk.
+    let map_dest = match map {
+        Some(out) => {
+            let dest = destination(MAP, Some(out))?;
+            let patch = if is_dash(path) {
+                Path::new("/dev/stdin")
+            } else {
+                path
+            };
+            refuse_output_is_input(MAP, &dest, &[("PATCH", patch)])?;
+            refuse_key_file(MAP, &dest)?;
+            Some(dest)
+        }
+        None => None,
+    };
+    let before = if is_dash(path) {
+        Vec::new()
+    } else {
+        vec![Stamp::of("PATCH", path)?]
+    };
     let mut reader: Box<dyn Read> = if is_dash(path) {
         Box::new(io::stdin().lock())
     } else {
@@ -52,7 +78,7 @@ pub(crate) fn run_inspect(path: &Path, json: bool, map: Option<&Path>) -> Result
         .and_then(|()| stdout.flush())
         .map_err(write_err)?;
     match verdict {
-        None => write_map(map, &report),
+        None => write_map(map_dest.as_ref(), &before, &report),
         // The JSON object already carries the error; stderr gets it too.
         Some(why) if json => {
             say!("mkpatch: {why}");
@@ -62,14 +88,23 @@ pub(crate) fn run_inspect(path: &Path, json: bool, map: Option<&Path>) -> Result
     }
 }
 
-/// `--map FILE`: the change map as SVG, for a patch that checked out.
-fn write_map(path: Option<&Path>, report: &Inspection) -> Result<(), Failure> {
-    let (Some(path), Some(map)) = (path, &report.map) else {
+/// `--map FILE`: the change map as SVG, for a patch that checked out,
+/// written as `-o` writes a patch (a file appears whole or not at all).
+fn write_map(dest: Option<&Dest>, before: &[Stamp], report: &Inspection) -> Result<(), Failure> {
+    let (Some(dest), Some(map)) = (dest, &report.map) else {
         return Ok(());
     };
-    std::fs::write(path, crate::map::svg(map, report.pages))
-        .with_context(|| format!("cannot write the map to {}", path.display()))?;
-    Ok(())
+    let svg = crate::map::svg(map, report.pages);
+    let make = |out: &mut dyn Write, _spool| {
+        out.write_all(svg.as_bytes())
+            .map_err(|source| ProduceError::Write { source })
+    };
+    match dest {
+        Dest::Stdout => write_direct(MAP, io::stdout().lock(), "stdout", before, make),
+        Dest::Stderr => write_direct(MAP, io::stderr().lock(), "stderr", before, make),
+        Dest::Stream(path) => write_stream(MAP, path, before, make),
+        Dest::File(path) => write_file(MAP, path, before, make),
+    }
 }
 
 fn text_report(r: &Inspection) -> String {

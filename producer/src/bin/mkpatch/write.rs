@@ -1,7 +1,7 @@
-//! Writing the patch (or an index): to stdout, stderr or a stream as it
-//! comes, or to a file that appears whole or not at all. What is written
-//! comes from a maker closure, so `mkpatch`, `mkpatch --from-index` and
-//! `mkpatch index` share every rule here.
+//! Writing the patch (or an index, or a change map): to stdout, stderr or
+//! a stream as it comes, or to a file that appears whole or not at all.
+//! What is written comes from a maker closure, so `mkpatch`, `mkpatch
+//! --from-index`, `mkpatch index` and `inspect --map` share every rule here.
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
@@ -14,12 +14,14 @@ use anypatch_producer::ProduceError;
 use anypatch_safe_output::{kind_name, parent_dir, signals, CommitError, CreateError};
 use anypatch_safe_output::{Owner, TempFile, TempOptions};
 
+use crate::dest::Output;
 use crate::inputs::{unchanged, Stamp};
 use crate::{produce, Failure};
 
 /// Writes the patch to a stream (`name`: stdout, stderr, or a FIFO's path)
 /// as it comes, and checks afterwards that the inputs did not change meanwhile.
 pub(crate) fn write_direct<T>(
+    role: Output,
     stream: impl Write + IsTerminal,
     name: &str,
     before: &[Stamp],
@@ -27,7 +29,9 @@ pub(crate) fn write_direct<T>(
 ) -> Result<T, Failure> {
     if stream.is_terminal() {
         return Err(anyhow!(
-            "refusing to write a binary patch to a terminal ({name}); use -o FILE or redirect {name}"
+            "refusing to write the {} to a terminal ({name}); use {} FILE or redirect {name}",
+            role.what,
+            role.flag
         )
         .into());
     }
@@ -46,6 +50,7 @@ pub(crate) fn write_direct<T>(
 /// stdout: there is no file to rename into place, and a reader that stops
 /// early gets an incomplete patch.
 pub(crate) fn write_stream<T>(
+    role: Output,
     path: &Path,
     before: &[Stamp],
     make: impl FnOnce(&mut dyn Write, Option<PathBuf>) -> Result<T, ProduceError>,
@@ -62,7 +67,8 @@ pub(crate) fn write_stream<T>(
         .file_type();
     if !kind.is_fifo() && !kind.is_char_device() {
         return Err(anyhow!(
-            "-o {} was replaced by a {} while mkpatch opened it; run mkpatch again",
+            "{} {} was replaced by a {} while mkpatch opened it; run mkpatch again",
+            role.flag,
             path.display(),
             kind_name(kind)
         )
@@ -70,13 +76,15 @@ pub(crate) fn write_stream<T>(
     }
     if file.is_terminal() {
         return Err(anyhow!(
-            "refusing to write a binary patch to the terminal {}; use -o FILE",
-            path.display()
+            "refusing to write the {} to the terminal {}; use {} FILE",
+            role.what,
+            path.display(),
+            role.flag
         )
         .into());
     }
     let name = path.display().to_string();
-    write_direct(file, &name, before, make)
+    write_direct(role, file, &name, before, make)
 }
 
 /// Writes the patch to a file in `path`'s directory that has no name yet
@@ -89,6 +97,7 @@ pub(crate) fn write_stream<T>(
 /// and mode; a new one gets 0666 less the umask.
 /// `make` gets the output and the directory for its spool files.
 pub(crate) fn write_file<T>(
+    role: Output,
     path: &Path,
     before: &[Stamp],
     make: impl FnOnce(&mut dyn Write, Option<PathBuf>) -> Result<T, ProduceError>,
@@ -96,8 +105,8 @@ pub(crate) fn write_file<T>(
     let dir = parent_dir(path);
     let name = path
         .file_name()
-        .ok_or_else(|| anyhow!("-o {} does not name a file", path.display()))?;
-    cleanup_on_signals()?;
+        .ok_or_else(|| anyhow!("{} {} does not name a file", role.flag, path.display()))?;
+    cleanup_on_signals(role.what)?;
     let keep = std::fs::metadata(path)
         .ok()
         .filter(std::fs::Metadata::is_file)
@@ -136,7 +145,7 @@ pub(crate) fn write_file<T>(
     // Dropping `temp` on an error removes the patch it holds.
     unchanged(before, "nothing was written")?;
     if let Some(owner) = keep {
-        keep_owner_and_mode(temp.file(), path, &owner)?;
+        keep_owner_and_mode(role, temp.file(), path, &owner)?;
     }
     temp.file()
         .sync_all()
@@ -146,17 +155,20 @@ pub(crate) fn write_file<T>(
     // or a link that appeared meanwhile would destroy it.
     temp.commit(name).map_err(|e| match e {
         CommitError::NotRegular(kind) => anyhow!(
-            "-o {} became a {} while mkpatch ran; the patch was not written",
+            "{} {} became a {} while mkpatch ran; the {} was not written",
+            role.flag,
             path.display(),
-            kind_name(kind)
+            kind_name(kind),
+            role.what
         ),
         CommitError::DirMoved => anyhow!(
-            "the directory {} was moved or replaced while mkpatch ran; the patch was not \
+            "the directory {} was moved or replaced while mkpatch ran; the {} was not \
              written. Run mkpatch again",
-            dir.display()
+            dir.display(),
+            role.what
         ),
         CommitError::Link(e) | CommitError::Rename(e) => {
-            anyhow!(e).context(format!("cannot name the patch {}", path.display()))
+            anyhow!(e).context(format!("cannot name the {} {}", role.what, path.display()))
         }
     })?;
     // Make the name durable too; failing here loses nothing already written.
@@ -166,20 +178,21 @@ pub(crate) fn write_file<T>(
     Ok(summary)
 }
 
-/// Gives the new patch the owner and mode of the file it replaces, as an
+/// Gives the new output the owner and mode of the file it replaces, as an
 /// editor saving a file does. Root can always; another user can only when
 /// the file was theirs, and is warned otherwise.
-fn keep_owner_and_mode(file: &File, path: &Path, was: &Owner) -> Result<(), Failure> {
+fn keep_owner_and_mode(role: Output, file: &File, path: &Path, was: &Owner) -> Result<(), Failure> {
     use std::os::unix::fs::MetadataExt;
     let done = was.restore(file);
     if let Err(e) = done.owner {
         let (uid, gid) = file.metadata().map_or((0, 0), |m| (m.uid(), m.gid()));
         say!(
-            "mkpatch: warning: {} was owned by {}:{}; the new patch is owned by {uid}:{gid} \
+            "mkpatch: warning: {} was owned by {}:{}; the new {} is owned by {uid}:{gid} \
              ({e})",
             path.display(),
             was.uid,
             was.gid,
+            role.what,
         );
     }
     done.mode
@@ -190,11 +203,11 @@ fn keep_owner_and_mode(file: &File, path: &Path, was: &Owner) -> Result<(), Fail
 /// Installs, once, the handler that on SIGINT, SIGTERM or SIGHUP removes
 /// the pending named temporary file and exits with status 128 + the signal
 /// number, as a shell reports a process the signal ended; the exit comes
-/// even when the patch was just named. Without it the default action would
+/// even when the output (`what`) was just named. Without it the default action would
 /// end the process and leave the temporary file behind. A signal ignored
 /// when mkpatch started (`nohup` ignores SIGHUP) stays ignored.
-fn cleanup_on_signals() -> Result<(), Failure> {
-    signals::on_signals(|signal| {
+fn cleanup_on_signals(what: &'static str) -> Result<(), Failure> {
+    signals::on_signals(move |signal| {
         // Waits for a commit under way: the output is never left half-renamed.
         let committed = matches!(signals::interrupted(), signals::Interruption::Finished);
         let name = match signal {
@@ -204,9 +217,9 @@ fn cleanup_on_signals() -> Result<(), Failure> {
         };
         // Said, so a run that ends silently is never taken for a success.
         if committed {
-            say!("mkpatch: interrupted by {name} just after the patch was complete and in place");
+            say!("mkpatch: interrupted by {name} just after the {what} was complete and in place");
         } else {
-            say!("mkpatch: interrupted by {name}; no patch was written");
+            say!("mkpatch: interrupted by {name}; no {what} was written");
         }
         std::process::exit(128 + signal);
     })
