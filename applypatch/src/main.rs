@@ -175,8 +175,9 @@ struct Cli {
     /// certificate authority (a PEM file) signed. Repeatable.
     #[arg(long, value_name = "PEMFILE")]
     ca: Vec<PathBuf>,
-    /// With an image URL (live sync): a file holding the token the server's
-    /// access file names for that image (its first line).
+    /// With a URL: a file holding the token the server's access file names
+    /// for that image or patch (its first line; keep it chmod 600). Sent on
+    /// quic://, as Authorization: Bearer on https://; refused for http://.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// With an image URL (live sync): hash OLD even if the hash cache
@@ -375,6 +376,7 @@ fn patch_source(cli: &Cli) -> Result<PatchSource, DriveError> {
             server_cert: cli.server_cert.as_deref(),
             ca: &cli.ca,
             signed: !cli.trusted_key.is_empty(),
+            token_file: cli.token_file.as_deref(),
         };
         let remote = anypatch_applypatch::remote::Remote::new(&arg, &flags)?;
         return Ok(PatchSource::Remote(Box::new(remote)));
@@ -391,6 +393,11 @@ fn patch_source(cli: &Cli) -> Result<PatchSource, DriveError> {
     if cli.server_cert.is_some() || !cli.ca.is_empty() {
         return Err(DriveError::Refused(format!(
             "--server-cert and --ca are for a patch URL (quic://, https://); {arg} is a local patch"
+        )));
+    }
+    if cli.token_file.is_some() {
+        return Err(DriveError::Refused(format!(
+            "--token-file is for a URL (quic://, https://); {arg} is a local patch"
         )));
     }
     Ok(PatchSource::parse(&cli.patch))

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anypatch_net::tls::parse_fingerprint;
 use anypatch_net::url::Scheme;
-use anypatch_net::{RemoteOptions, RemotePatch, RemoteUrl, Trust, VersionChanged};
+use anypatch_net::{RemoteOptions, RemotePatch, RemoteUrl, Token, Trust, VersionChanged};
 
 use crate::{io_err, DriveError, PatchSource};
 
@@ -32,6 +32,9 @@ pub struct TrustFlags<'a> {
     pub ca: &'a [PathBuf],
     /// `--trusted-key` was given: the patch must be signed by one of them.
     pub signed: bool,
+    /// `--token-file`: the file holding the token the server's access file
+    /// names for the patch or image.
+    pub token_file: Option<&'a Path>,
 }
 
 impl Remote {
@@ -58,10 +61,20 @@ impl Remote {
             }
             _ => Trust::roots(flags.ca).map_err(DriveError::Refused)?,
         };
-        Ok(Self {
-            url,
-            opts: RemoteOptions::new(trust),
-        })
+        let mut opts = RemoteOptions::new(trust);
+        if let Some(path) = flags.token_file {
+            if url.scheme == Scheme::Http {
+                return Err(DriveError::Refused(format!(
+                    "{url}: a token is never sent over plain http:// (anyone on the way could read it); use https:// (sent as Authorization: Bearer) or quic://"
+                )));
+            }
+            let (token, warning) = Token::read_file(path).map_err(DriveError::Refused)?;
+            if let Some(w) = warning {
+                let _ = writeln!(io::stderr(), "applypatch: {w}");
+            }
+            opts.token = Some(token);
+        }
+        Ok(Self { url, opts })
     }
 
     /// Starts fetching the patch from byte `offset`.

@@ -16,7 +16,7 @@ use std::path::Path;
 use anypatch_hash_cache::Cache;
 use anypatch_net::sync::{SyncFailure, SyncSession};
 use anypatch_net::url::Scheme;
-use anypatch_net::Trust;
+use anypatch_net::{Token, Trust};
 use anypatch_sync::drive::{ReceiveOptions, Received, Target};
 use anypatch_sync::receiver::SyncError;
 
@@ -29,7 +29,7 @@ use crate::{io_err, DriveError, PatchSource};
 #[derive(Debug, Clone, Default)]
 pub struct SyncOptions {
     /// The token the server's access file names for the image, if any.
-    pub token: Option<String>,
+    pub token: Option<Token>,
     /// Threads hashing OLD (0: all cores).
     pub threads: usize,
     /// Where images' trees are kept between runs (`None`: `--no-cache`).
@@ -57,7 +57,7 @@ pub fn open(remote: &Remote, opts: &SyncOptions) -> Result<Option<SyncSession>, 
         return Ok(None);
     }
     let trust = remote.opts.trust.clone();
-    match SyncSession::open(&remote.url, trust.clone(), opts.token.as_deref()) {
+    match SyncSession::open(&remote.url, trust.clone(), opts.token.as_ref().map(Token::expose)) {
         Ok(_) if matches!(trust, Trust::Signature) => Err(DriveError::Refused(format!(
             "{} is an image, not a patch: a live sync has no signature to check, so the server itself must be trusted: give --server-cert SHA256:... (the fingerprint `mkpatch serve` prints) or --ca FILE",
             remote.url

@@ -20,25 +20,8 @@ pub(super) fn session(
     cli: &Cli,
     remote: &Remote,
 ) -> Result<Option<(SyncSession, SyncOptions)>, DriveError> {
-    let token = match &cli.token_file {
-        None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                DriveError::Refused(format!(
-                    "cannot read the token file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let token = text.lines().next().unwrap_or_default().trim().to_owned();
-            if token.is_empty() || token.contains(char::is_whitespace) {
-                return Err(DriveError::Refused(format!(
-                    "the token file {} must hold the token on its first line, without spaces",
-                    path.display()
-                )));
-            }
-            Some(token)
-        }
-    };
+    // Read, checked and warned about with the URL (remote::Remote::new).
+    let token = remote.opts.token.clone();
     let cache = if cli.no_cache {
         None
     } else {

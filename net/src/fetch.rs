@@ -13,9 +13,10 @@ use std::time::Duration;
 use quinn::crypto::rustls::QuicClientConfig;
 
 #[cfg(feature = "quic-https")]
-use crate::protocol::{read_line, Answer, Get, ALPN};
+use crate::protocol::{read_line, Answer, Auth, Get, ALPN};
 use crate::rt::Bytes;
 use crate::tls::Trust;
+use crate::token::Token;
 use crate::url::{RemoteUrl, Scheme};
 
 /// Per stream and per connection, the bytes a QUIC server may send ahead
@@ -118,6 +119,8 @@ pub struct Fetcher {
     quic: Option<(quinn::Endpoint, Option<quinn::Connection>)>,
     #[cfg(feature = "quic-https")]
     http: Option<reqwest::Client>,
+    #[cfg(feature = "quic-https")]
+    token: Option<Token>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -139,6 +142,18 @@ impl Fetcher {
             )));
         }
         Ok(Self { url })
+    }
+
+    /// Refuses a token: this build fetches plain `http://` only, where the
+    /// token would cross the network in the clear.
+    pub fn with_token(self, token: Option<Token>) -> Result<Self, FetchError> {
+        match token {
+            None => Ok(self),
+            Some(_) => Err(FetchError::Fatal(format!(
+                "{}: a token is never sent over plain http:// (anyone on the way could read it); use https:// or quic://",
+                self.url
+            ))),
+        }
     }
 
     /// Fetches the patch from byte `offset` up to `end` (exclusive) or its end.
@@ -191,7 +206,22 @@ impl Fetcher {
             trust,
             quic: None,
             http,
+            token: None,
         })
+    }
+
+    /// Sends `token` with every request: on an `AUTH` line before the
+    /// request over QUIC, as `Authorization: Bearer` over HTTPS. Refused
+    /// for plain `http://`, where anyone on the way could read it.
+    pub fn with_token(mut self, token: Option<Token>) -> Result<Self, FetchError> {
+        if token.is_some() && self.url.scheme == Scheme::Http {
+            return Err(FetchError::Fatal(format!(
+                "{}: a token is never sent over plain http:// (anyone on the way could read it); use https:// or quic://",
+                self.url
+            )));
+        }
+        self.token = token;
+        Ok(self)
     }
 
     /// Fetches the patch from byte `offset` up to `end` (exclusive) or its end.
@@ -220,7 +250,12 @@ impl Fetcher {
             name: self.url.path.clone(),
         };
         let retry = |e: std::io::Error| FetchError::Retry(format!("the request failed: {e}"));
-        send.write_all(&get.encode())
+        let mut request = match &self.token {
+            Some(t) => Auth::encode(t),
+            None => Vec::new(),
+        };
+        request.extend_from_slice(&get.encode());
+        send.write_all(&request)
             .await
             .map_err(|e| retry(e.into()))?;
         let _ = send.finish();
@@ -291,6 +326,15 @@ impl Fetcher {
     ) -> Result<(Head, Body), FetchError> {
         let client = self.http.as_ref().expect("made for http URLs");
         let mut req = client.get(&self.url.text);
+        if let Some(t) = &self.token {
+            // reqwest drops it on a redirect to another host.
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(
+                    |_| FetchError::Fatal("the token is not a valid HTTP header value".into()),
+                )?;
+            value.set_sensitive(true);
+            req = req.header(reqwest::header::AUTHORIZATION, value);
+        }
         if offset > 0 || end.is_some() {
             let last = end.map_or(String::new(), |e| e.saturating_sub(1).to_string());
             req = req.header(reqwest::header::RANGE, format!("bytes={offset}-{last}"));

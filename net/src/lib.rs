@@ -13,6 +13,7 @@
 //! - [`protocol`]: the request and response lines on a QUIC stream;
 //! - [`server`]: the QUIC server;
 //! - [`access`]: who may sync (or fetch) which names;
+//! - [`token`]: a client's access token, read from a file, never shown;
 //! - [`fetch`]: one ranged fetch over QUIC or HTTP;
 //! - [`sync`]: live sync of an image over QUIC (spec/SYNC.md);
 //! - [`remote`]: the blocking reader that retries with backoff and goes on
@@ -35,8 +36,10 @@ pub mod server;
 #[cfg(feature = "quic-https")]
 pub mod sync;
 pub mod tls;
+pub mod token;
 pub mod url;
 
 pub use remote::{FetchStats, RemoteOptions, RemotePatch, VersionChanged};
 pub use tls::Trust;
+pub use token::Token;
 pub use url::RemoteUrl;

@@ -7,6 +7,10 @@
 //! GET <start>-[<end>] <name>\n
 //! ```
 //!
+//! A client with a token (`applypatch --token-file`) sends it on a line of
+//! its own first, `AUTH <token>\n`; the request line follows. The server's
+//! access file decides with it, as for `SYNC`, and never echoes it.
+//!
 //! `name` is a path relative to the served directory (UTF-8, no newline);
 //! `start` and `end` decimal byte offsets (no `end`: to the end of the
 //! file). The server answers with one line, then, on success, the file's
@@ -25,6 +29,8 @@
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::token::Token;
 
 /// The ALPN protocol name of this protocol, version 1.
 pub const ALPN: &[u8] = b"anypatch/1";
@@ -75,6 +81,23 @@ impl Get {
             end,
             name: name.to_owned(),
         })
+    }
+}
+
+/// The line that carries a client's token before its request.
+#[derive(Debug, Clone, Copy)]
+pub struct Auth;
+
+impl Auth {
+    /// `AUTH <token>\n`.
+    pub fn encode(token: &Token) -> Vec<u8> {
+        format!("AUTH {}\n", token.expose()).into_bytes()
+    }
+
+    /// The token a line gives, if it is an `AUTH` line at all.
+    pub fn parse(line: &str) -> Option<Result<Token, String>> {
+        line.strip_prefix("AUTH ")
+            .map(|t| Token::new(t).map_err(|why| format!("the AUTH line is refused: {why}")))
     }
 }
 
@@ -183,6 +206,14 @@ mod tests {
         ] {
             assert!(Get::parse(bad).is_err(), "{bad}");
         }
+        let t = Token::new("s3cret").expect("token");
+        let line = String::from_utf8(Auth::encode(&t)).expect("utf-8");
+        assert_eq!(Auth::parse(line.trim_end_matches('\n')), Some(Ok(t)));
+        assert_eq!(Auth::parse("GET 0- a"), None);
+        let e = Auth::parse("AUTH two words")
+            .expect("an AUTH line")
+            .expect_err("spaces");
+        assert!(!e.contains("two words"), "{e}");
         for bad in ["OK", "OK 1", "OK x t", "ERR", "HELLO"] {
             assert!(Answer::parse(bad).is_err(), "{bad}");
         }

@@ -14,6 +14,7 @@ use crate::rt::{mpsc, Bytes};
 
 use crate::fetch::{FetchError, Fetcher, Head};
 use crate::tls::Trust;
+use crate::token::Token;
 use crate::url::RemoteUrl;
 
 /// Piece size in the queue.
@@ -43,6 +44,9 @@ pub struct RemoteOptions {
     /// Counts over every fetch made with these options (and their clones):
     /// what a command fetched in all, retries included.
     pub totals: Arc<FetchStats>,
+    /// The token the server's access file names for the patch, if any:
+    /// sent on `AUTH` over QUIC, as `Authorization: Bearer` over HTTPS.
+    pub token: Option<Token>,
 }
 
 impl std::fmt::Debug for RemoteOptions {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for RemoteOptions {
         f.debug_struct("RemoteOptions")
             .field("trust", &self.trust)
             .field("retries", &self.retries)
+            .field("token", &self.token)
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +71,7 @@ impl RemoteOptions {
             notice: Arc::new(|s| eprintln!("{s}")),
             expect: None,
             totals: Arc::default(),
+            token: None,
         }
     }
 }
@@ -228,7 +234,9 @@ async fn fetch_loop(
     stats: Arc<FetchStats>,
 ) {
     let fail = |why: String| io::Error::other(why);
-    let mut fetcher = match Fetcher::new(url.clone(), opts.trust.clone()) {
+    let fetcher = Fetcher::new(url.clone(), opts.trust.clone())
+        .and_then(|f| f.with_token(opts.token.clone()));
+    let mut fetcher = match fetcher {
         Ok(f) => f,
         Err(e) => {
             let _ = tx.send(Err(fail(e.to_string()))).await;

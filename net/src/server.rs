@@ -14,9 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use anypatch_hash_cache::Cache;
 
 use crate::access::{Access, Denied};
-use crate::protocol::{read_line, Answer, Get, ALPN};
+use crate::protocol::{read_line, Answer, Auth, Get, ALPN};
 use crate::sync::{self, SyncRequest, Trees};
 use crate::tls::{provider, Identity};
+use crate::token::Token;
 
 /// Bytes read from a file per send. With 1,000 clients, 64 MiB in all.
 const CHUNK: usize = 64 << 10;
@@ -166,22 +167,34 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
 ) {
-    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut recv)).await {
+    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, request(&mut recv)).await {
         Err(_) => Err(refuse(400, "no request line within 10 s")),
-        Ok(Err(e)) => Err(refuse(400, &format!("unreadable request: {e}"))),
+        Ok(Err(refusal)) => Err(refusal),
         // A sync of an image (spec/SYNC.md) on this stream.
-        Ok(Ok(line)) => match SyncRequest::parse(&line) {
-            Some(Ok(req)) => match open_image(&shared, &req).await {
-                Ok(image) => {
-                    let _ = sync::serve(conn, send, recv, image, &shared.trees).await;
-                    return;
+        Ok(Ok((token, line))) => match SyncRequest::parse(&line) {
+            Some(Ok(req)) => {
+                // A token on the SYNC line or on an AUTH line before it.
+                let req = SyncRequest {
+                    token: req
+                        .token
+                        .or_else(|| token.as_ref().map(|t| t.expose().to_owned())),
+                    ..req
+                };
+                match open_image(&shared, &req).await {
+                    Ok(image) => {
+                        let _ = sync::serve(conn, send, recv, image, &shared.trees).await;
+                        return;
+                    }
+                    Err(refusal) => Err(refusal),
                 }
-                Err(refusal) => Err(refusal),
-            },
+            }
             Some(Err(e)) => Err(refuse(400, &e)),
             None => match Get::parse(&line) {
                 Err(e) => Err(refuse(400, &e)),
-                Ok(get) => match shared.access.check(&get.name, None) {
+                Ok(get) => match shared
+                    .access
+                    .check(&get.name, token.as_ref().map(Token::expose))
+                {
                     Err(denied) => Err(denial(&get.name, &denied)),
                     Ok(()) => open(&shared.dir, &get).await,
                 },
@@ -232,6 +245,20 @@ async fn serve_stream(
     let _ = send.finish();
     // Keep the stream until the client has it all, or goes away.
     let _ = send.stopped().await;
+}
+
+/// The request line, and the token an `AUTH` line before it gave.
+async fn request(recv: &mut quinn::RecvStream) -> Result<(Option<Token>, String), Answer> {
+    let unreadable = |e: std::io::Error| refuse(400, &format!("unreadable request: {e}"));
+    let line = read_line(recv).await.map_err(unreadable)?;
+    match Auth::parse(&line) {
+        None => Ok((None, line)),
+        Some(Err(why)) => Err(refuse(400, &why)),
+        Some(Ok(token)) => {
+            let line = read_line(recv).await.map_err(unreadable)?;
+            Ok((Some(token), line))
+        }
+    }
 }
 
 /// The image a sync asks for, once the client may have it: its path,

@@ -4,7 +4,8 @@
 //! every small corpus pair; a server not trusted; a transfer broken mid-way
 //! (the worker killed) that goes on with a Range request, and, from a
 //! server that ignores Range, from the start again; a corrupt patch; plain
-//! http:// only for a patch signed by a `--trusted-key`.
+//! http:// only for a patch signed by a `--trusted-key`; a server that
+//! wants a token (`--token-file`, sent as `Authorization: Bearer`).
 
 mod net_support;
 
@@ -87,6 +88,8 @@ struct Site {
     /// `limit_rate`, bytes a second per request: a transfer lasts long
     /// enough to be broken mid-way.
     rate: Option<u32>,
+    /// Every request without `Authorization: Bearer <this>` gets 403.
+    bearer: Option<&'static str>,
 }
 
 /// One line of the access log.
@@ -143,6 +146,10 @@ impl Nginx {
             .rate
             .map(|r| format!("limit_rate {r};"))
             .unwrap_or_default();
+        let bearer = site
+            .bearer
+            .map(|t| format!("if ($http_authorization != \"Bearer {t}\") {{ return 403; }}"))
+            .unwrap_or_default();
         let conf = format!(
             "daemon off;
 master_process on;
@@ -165,6 +172,7 @@ http {{
   root {};
   {ranges}
   {rate}
+  {bearer}
  }}
 }}
 ",
@@ -406,6 +414,7 @@ fn broken_transfer(ignore_ranges: bool) -> (String, Vec<Logged>, u64) {
             tls: true,
             ignore_ranges,
             rate: Some(1 << 20),
+            ..Site::default()
         },
     );
     let target = work.path().join("t.img");
@@ -591,4 +600,74 @@ fn plain_http_needs_a_patch_signed_by_a_trusted_key() {
     }
     // The refused plain fetch never reached the server; the others did.
     assert_eq!(nginx.log().len(), 3, "{:?}", nginx.log());
+}
+
+#[test]
+fn a_token_file_is_sent_as_a_bearer_token_over_https() {
+    use std::os::unix::fs::PermissionsExt;
+    let corpus = corpus_small();
+    let pki = Pki::new();
+    let served = tempfile::tempdir().expect("served");
+    let work = tempfile::tempdir().expect("work");
+    let (old, new) = (corpus.join("sparse.old"), corpus.join("sparse.new"));
+    ok(Command::new(bin("mkpatch"))
+        .arg("-q")
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(served.path().join("p.anyp")));
+    let nginx = Nginx::start(
+        served.path(),
+        &pki,
+        Site {
+            tls: true,
+            bearer: Some("Be4rer-t0ken"),
+            ..Site::default()
+        },
+    );
+    let token = |name: &str, text: &str| {
+        let path = work.path().join(name);
+        std::fs::write(&path, text).expect("token file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        path
+    };
+    let (right, wrong) = (
+        token("right", "Be4rer-t0ken\n"),
+        token("wrong", "Be4rer-t0keN\n"),
+    );
+    let out = work.path().join("out");
+    let fetch = |token: Option<&Path>| {
+        let mut cmd = applypatch();
+        cmd.arg(&old)
+            .arg(nginx.url("p.anyp"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--ca")
+            .arg(pki.ca());
+        if let Some(t) = token {
+            cmd.arg("--token-file").arg(t);
+        }
+        run(&mut cmd)
+    };
+    for (what, t) in [("no token", None), ("a wrong token", Some(wrong.as_path()))] {
+        let r = fetch(t);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains("403"), "{what}: {err}");
+        assert!(!err.contains("t0ke"), "{what}: the token shown: {err}");
+        assert!(!out.exists(), "{what}: the output was written");
+    }
+    let r = fetch(Some(&right));
+    assert!(r.status.success(), "the right token: {r:?}");
+    assert!(
+        !String::from_utf8_lossy(&r.stderr).contains("t0ke"),
+        "{r:?}"
+    );
+    assert_eq!(b3(&out), b3(&new));
+    let log = nginx.log();
+    assert_eq!(
+        log.iter().map(|l| l.status).collect::<Vec<_>>(),
+        [403, 403, 200],
+        "{log:?}"
+    );
 }

@@ -219,6 +219,10 @@ fn tokens_in_the_access_file_guard_names() {
     let right = site.work.path().join("right");
     std::fs::write(&wrong, "s3cre7\n").expect("token");
     std::fs::write(&right, "s3cret\n").expect("token");
+    for f in [&wrong, &right] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     let old = site.copy(&old_src, "old");
     let before = b3(&old);
     let in_place = OsStr::new("--in-place");
@@ -236,18 +240,118 @@ fn tokens_in_the_access_file_guard_names() {
     );
     assert_eq!(b3(&old), before, "nothing written when refused");
 
-    // The patch under the guarded prefix, fetched (GET), not synced.
+    // The patch under the guarded prefix, fetched (GET), not synced: the
+    // same rules, the token sent on an AUTH line before the GET.
     let out = site.work.path().join("from-patch");
-    let msg = refused(&site.sync(&old, "secret.anyp", &[OsStr::new("-o"), out.as_os_str()]));
+    let dash_o = OsStr::new("-o");
+    let msg = refused(&site.sync(&old, "secret.anyp", &[dash_o, out.as_os_str()]));
     assert!(msg.contains("token"), "a guarded patch: {msg}");
     assert!(!out.exists(), "nothing written for a refused patch");
+    let msg = refused(&site.sync(
+        &old,
+        "secret.anyp",
+        &[dash_o, out.as_os_str(), token, wrong.as_os_str()],
+    ));
+    assert!(
+        msg.contains("token"),
+        "a guarded patch, a wrong token: {msg}"
+    );
+    assert!(!out.exists(), "nothing written for a refused patch");
+    let got = site.sync(
+        &old,
+        "secret.anyp",
+        &[dash_o, out.as_os_str(), token, right.as_os_str()],
+    );
+    assert!(got.status.success(), "the right token fetches: {got:?}");
+    assert_eq!(b3(&out), b3(&new), "the guarded patch applied");
+    // Also in place (the patch is spooled, then applied).
+    let spooled = site.copy(&old_src, "spooled");
+    let got = site.sync(
+        &spooled,
+        "secret.anyp",
+        &[OsStr::new("--in-place"), token, right.as_os_str()],
+    );
+    assert!(got.status.success(), "the right token fetches: {got:?}");
+    assert_eq!(b3(&spooled), b3(&new), "the guarded patch applied in place");
 
     // The open name needs no token; the guarded one works with its token.
     let copy = site.copy(&old_src, "old2");
     synced(&site.sync(&copy, "open.img", &[in_place]));
     assert_eq!(b3(&copy), b3(&new));
-    synced(&site.sync(&old, "secret.img", &[in_place, token, right.as_os_str()]));
+    let got = site.sync(&old, "secret.img", &[in_place, token, right.as_os_str()]);
+    synced(&got);
     assert_eq!(b3(&old), b3(&new), "the right token syncs");
+    assert!(
+        !String::from_utf8_lossy(&got.stderr).contains("warning"),
+        "a token file only its owner reads: no warning: {got:?}"
+    );
+}
+
+/// A token file others can read is warned about; a token never shows in
+/// what applypatch prints; a token is refused where it would cross the
+/// network in the clear, or where there is no network at all.
+#[test]
+fn tokens_are_kept_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let (old_src, new) = pair("sparse");
+    let site = Site::new(&[("secret.img", &new)], Some("secret* Tok-5ecret\n"));
+    let old = site.copy(&old_src, "old");
+    let right = site.work.path().join("right");
+    std::fs::write(&right, "Tok-5ecret\n").expect("token");
+    std::fs::set_permissions(&right, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let wrong = site.work.path().join("wrong");
+    std::fs::write(&wrong, "Tok-5ecreX\n").expect("token");
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let token = OsStr::new("--token-file");
+    let in_place = OsStr::new("--in-place");
+    let shows = |out: &Output| {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        all.contains("5ecre")
+    };
+
+    let got = site.sync(&old, "secret.img", &[in_place, token, wrong.as_os_str()]);
+    refused(&got);
+    assert!(!shows(&got), "a wrong token is not shown: {got:?}");
+    let got = site.sync(&old, "secret.img", &[in_place, token, right.as_os_str()]);
+    synced(&got);
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert!(
+        err.contains("warning") && err.contains("0644") && err.contains("chmod 600"),
+        "a token file others can read: {err}"
+    );
+    assert!(!shows(&got), "the token is not shown: {got:?}");
+    assert_eq!(b3(&old), b3(&new));
+
+    // Plain http://: refused before anything is sent.
+    let out = site.work.path().join("out");
+    let mut cmd = Command::new(bin("applypatch"));
+    cmd.arg("--json")
+        .arg(&old)
+        .arg("http://127.0.0.1:9/p.anyp")
+        .args(["--trusted-key", "k.pub"])
+        .arg(token)
+        .arg(&right)
+        .arg("-o")
+        .arg(&out);
+    let msg = refused(&run(&mut cmd));
+    assert!(msg.contains("https://"), "{msg}");
+    assert!(!out.exists());
+    // A local patch: a token means nothing there.
+    let mut cmd = Command::new(bin("applypatch"));
+    cmd.arg("--json")
+        .arg(&old)
+        .arg(&new)
+        .arg(token)
+        .arg(&right)
+        .arg("-o")
+        .arg(&out);
+    let msg = refused(&run(&mut cmd));
+    assert!(msg.contains("--token-file is for a URL"), "{msg}");
+    assert!(!out.exists());
 }
 
 #[test]

@@ -31,6 +31,24 @@ fn default_state_dir() -> PathBuf {
         )
 }
 
+/// Warns when other users may read the access file: its tokens would let
+/// them fetch what they guard (as ssh warns about keys).
+fn warn_if_others_read(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        let _ = writeln!(
+            io::stderr(),
+            "mkpatch serve: warning: the access file {} can be read by other users (mode {mode:04o}), who could then use its tokens; fix it with: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+}
+
 /// Serves `dir` on `listen` until killed. Prints where it listens and the
 /// certificate's fingerprint (for `applypatch --server-cert`) on stdout.
 pub(crate) fn run_serve(
@@ -41,7 +59,11 @@ pub(crate) fn run_serve(
     cache: Option<CacheOptions>,
 ) -> Result<(), Failure> {
     let access = match access {
-        Some(path) => Access::load(path).map_err(|e| anyhow!(e))?,
+        Some(path) => {
+            let access = Access::load(path).map_err(|e| anyhow!(e))?;
+            warn_if_others_read(path);
+            access
+        }
         None => Access::open(),
     };
     // Without a usable cache, images are hashed once per run of the server.
