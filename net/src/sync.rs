@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anypatch_hash_cache::Cache;
-use anypatch_sync::drive::{receive, send, ReceiveOptions, Received, Served, Target};
+use anypatch_sync::drive::{measure, receive, send, Measured, ReceiveOptions, Received, Target};
+use anypatch_sync::growing::GrowingTree;
 use anypatch_sync::receiver::SyncError;
-use anypatch_sync::Value;
 use tokio::runtime::Handle;
-use tokio::sync::OnceCell;
 
 use crate::fetch::{FetchError, Fetcher};
 use crate::protocol::{read_line, Answer};
@@ -122,25 +121,17 @@ impl Drop for BlockingSend {
     }
 }
 
-/// What a sender needs of an image before it can answer: its leaf values
-/// and BLAKE3.
-#[derive(Debug)]
-struct Tree {
-    leaves: Vec<Value>,
-    root: anypatch_sync::tree::Hash,
-}
-
-type Slot = Arc<OnceCell<Result<Arc<Tree>, String>>>;
-
 /// The trees of the images served, each computed once per version of its
-/// file and shared by every session that syncs it (16 receivers of one
-/// image hash it once); kept in the hash cache too, so that a restarted
-/// server does not hash an unchanged image again.
+/// file and shared by every session that syncs it: sessions that start
+/// while it is being hashed send its groups as the one hashing pass gives
+/// them (16 receivers of one image hash it once), sessions that start
+/// later have it whole at once. Kept in the hash cache too, so that a
+/// restarted server does not hash an unchanged image again.
 #[derive(Debug)]
 pub(crate) struct Trees {
     cache: Option<Cache>,
-    /// By path: the version's tag, and its tree once computed.
-    slots: Mutex<HashMap<PathBuf, (String, Slot)>>,
+    /// By path: the version's tag, and its tree.
+    slots: Mutex<HashMap<PathBuf, (String, Arc<GrowingTree>)>>,
 }
 
 impl Trees {
@@ -151,39 +142,29 @@ impl Trees {
         }
     }
 
-    /// The tree of the file at `path`, version `tag`.
-    async fn get(
-        &self,
-        path: &Path,
-        tag: &str,
-        file: &File,
-        len: u64,
-    ) -> Result<Arc<Tree>, String> {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = slots
-                .entry(path.to_owned())
-                .or_insert_with(|| (tag.to_owned(), Slot::default()));
+    /// The tree of the file at `path`, version `tag`: hashing starts (on
+    /// its own threads) when no session asked for this version before, or
+    /// when its last hashing failed.
+    fn get(&self, path: &Path, tag: &str, file: &File, len: u64) -> io::Result<Arc<GrowingTree>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, tree)) = slots.get(path) {
             // A new version replaces the old one's tree.
-            if entry.0 != tag {
-                *entry = (tag.to_owned(), Slot::default());
+            if t == tag && !tree.failed() {
+                return Ok(tree.clone());
             }
-            entry.1.clone()
-        };
-        let file = file.try_clone().map_err(|e| e.to_string())?;
+        }
+        let tree = GrowingTree::new(len);
+        let file = file.try_clone()?;
         let cache = self.cache.clone();
-        slot.get_or_init(|| async move {
-            tokio::task::spawn_blocking(move || {
+        let filling = tree.clone();
+        std::thread::Builder::new()
+            .name("anypatch-hash".into())
+            .spawn(move || {
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                anypatch_sync::cache::tree_of(&file, len, threads, cache.as_ref())
-                    .map(|(leaves, root)| Arc::new(Tree { leaves, root }))
-                    .map_err(|e| format!("cannot hash the image: {e}"))
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("hashing the image failed: {e}")))
-        })
-        .await
-        .clone()
+                filling.fill(&file, threads, cache.as_ref());
+            })?;
+        slots.insert(path.to_owned(), (tag.to_owned(), tree.clone()));
+        Ok(tree)
     }
 }
 
@@ -196,8 +177,9 @@ pub(crate) fn is_patch(file: &File) -> bool {
 }
 
 /// Serves one sync of the image `file` (at `path`, version `tag`, `len`
-/// bytes) on a request's streams: answers `OK` once its tree is known,
-/// then runs the sender until the client is done or goes away.
+/// bytes) on a request's streams: answers `OK` at once, then runs the
+/// sender, which sends the image's tree as it is hashed, until the client
+/// is done or goes away.
 pub(crate) async fn serve(
     conn: quinn::Connection,
     mut control: quinn::SendStream,
@@ -205,12 +187,12 @@ pub(crate) async fn serve(
     (path, file, len, tag): (PathBuf, File, u64, String),
     trees: &Trees,
 ) -> io::Result<()> {
-    let tree = match trees.get(&path, &tag, &file, len).await {
+    let tree = match trees.get(&path, &tag, &file, len) {
         Ok(t) => t,
         Err(why) => {
             let refusal = Answer::Err {
                 code: 500,
-                message: why,
+                message: format!("cannot hash the image: {why}"),
             };
             control.write_all(&refusal.encode()).await?;
             let _ = control.finish();
@@ -222,14 +204,9 @@ pub(crate) async fn serve(
     let handle = Handle::current();
     let seed = session_seed();
     tokio::task::spawn_blocking(move || {
-        let served = Served {
-            file: &file,
-            len,
-            leaves: &tree.leaves,
-            root: tree.root,
-        };
         send(
-            served,
+            &file,
+            &tree,
             seed,
             BlockingRecv(handle.clone(), recv),
             BlockingSend(handle.clone(), control),
@@ -361,6 +338,7 @@ impl SyncSession {
         opts: &ReceiveOptions,
     ) -> Result<Received, SyncFailure> {
         let handle = self.rt.handle().clone();
+        let conn = self.conn.clone();
         let data = DataStream {
             handle: handle.clone(),
             conn: self.conn.clone(),
@@ -375,10 +353,37 @@ impl SyncSession {
             opts,
         )
         .map_err(SyncFailure::Session);
-        // Ends the readers still waiting on the streams (their reads fail
-        // at once on a closed connection), and lets the server see the
-        // session end now rather than at its idle timeout.
-        self.conn.close(0u32.into(), b"done");
+        close(&conn);
         r
     }
+
+    /// A dry run of [`SyncSession::run`] for `old` in place
+    /// (`applypatch --check`): what a sync would send each way and how
+    /// long it would take; nothing is written.
+    pub fn measure(self, old: &File, opts: &ReceiveOptions) -> Result<Measured, SyncFailure> {
+        let handle = self.rt.handle().clone();
+        let conn = self.conn.clone();
+        let data = DataStream {
+            handle: handle.clone(),
+            conn: self.conn.clone(),
+            stream: None,
+        };
+        let r = measure(
+            old,
+            BlockingRecv(handle.clone(), self.recv),
+            data,
+            BlockingSend(handle, self.control),
+            opts,
+        )
+        .map_err(SyncFailure::Session);
+        close(&conn);
+        r
+    }
+}
+
+fn close(conn: &quinn::Connection) {
+    // Ends the readers still waiting on the streams (their reads fail
+    // at once on a closed connection), and lets the server see the
+    // session end now rather than at its idle timeout.
+    conn.close(0u32.into(), b"done");
 }

@@ -8,7 +8,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use anypatch_sync::drive::{receive, send, ReceiveOptions, Served, Target};
+use anypatch_sync::drive::{receive, send, ReceiveOptions, Target};
+use anypatch_sync::growing::GrowingTree;
 use anypatch_sync::hash_leaves;
 use anypatch_sync::sender::image_root;
 
@@ -28,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let leaves = hash_leaves(&image, len, threads, |_, _| true)?;
     let root = image_root(&image, len, &leaves)?;
+    let tree = GrowingTree::whole(len, leaves, root);
     eprintln!(
         "sender's tree: {:.3} s (kept by a server between syncs)",
         t0.elapsed().as_secs_f64()
@@ -50,14 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t1 = Instant::now();
     let (received, sent) = std::thread::scope(|s| {
         let sender = s.spawn(|| {
-            let served = Served {
-                file: &image,
-                len,
-                leaves: &leaves,
-                root,
-            };
             send(
-                served,
+                &image,
+                &tree,
                 rand_seed(),
                 control_s.try_clone()?,
                 &control_s,
@@ -73,6 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &ReceiveOptions {
                 threads,
                 cache: None,
+                ..ReceiveOptions::default()
             },
         );
         (r, sender.join())

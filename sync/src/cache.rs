@@ -67,33 +67,3 @@ fn params(len: u64) -> Vec<u8> {
 pub fn identity(file: &File) -> io::Result<Option<FileId>> {
     FileId::of(file)
 }
-
-/// The leaf values and BLAKE3 of a whole image, from `cache` when it
-/// vouches for them, else hashed on `threads` threads (and kept there).
-/// What a sender needs before it can answer.
-pub fn tree_of(
-    file: &File,
-    len: u64,
-    threads: usize,
-    cache: Option<&Cache>,
-) -> io::Result<(Vec<Value>, blake3::Hash)> {
-    let id = match cache {
-        Some(_) => identity(file)?,
-        None => None,
-    };
-    let cached = cache
-        .zip(id.as_ref())
-        .and_then(|(c, id)| lookup(c, id, len));
-    let leaves = match cached {
-        Some(leaves) => leaves,
-        None => {
-            let leaves = crate::hash_leaves(file, len, threads, |_, _| true)?;
-            if let (Some(c), Some(id)) = (cache, &id) {
-                store(c, file, id, len, &leaves);
-            }
-            leaves
-        }
-    };
-    let root = crate::sender::image_root(file, len, &leaves)?;
-    Ok((leaves, root))
-}

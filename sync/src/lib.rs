@@ -7,15 +7,19 @@
 //! side can compare while it hashes; and the messages of a session, with a
 //! decoder that refuses what is malformed or oversized ([`wire`]); and
 //! what the receiver finds in its own image for a leaf that differs
-//! ([`matcher`]). The protocol and the two sides are
-//! not built yet (see the README's list of what is missing).
+//! ([`matcher`]); both sides of a session as state machines
+//! ([`sender`], [`receiver`]) and the drivers that run them over byte
+//! streams ([`drive`]), the sender streaming its tree as it is hashed
+//! ([`growing`]).
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod drive;
+pub mod growing;
 pub mod hash;
 pub mod matcher;
 pub mod packing;
+pub mod progress;
 pub mod receiver;
 pub mod sender;
 pub mod tree;

@@ -63,6 +63,9 @@ pub struct Counts {
     pub blocks_wanted: u64,
     /// Leaves whose first build did not match and were asked whole.
     pub leaves_retried: u64,
+    /// A dry run: the bytes the `DATA` of the wanted blocks would have
+    /// taken on the data stream, headers included.
+    pub data_bytes_measured: u64,
 }
 
 /// Why a session failed on the receiver's side.
@@ -105,7 +108,6 @@ fn broke<T>(s: impl Into<String>) -> Result<T, SyncError> {
 #[derive(Debug, Clone, Copy)]
 struct NewImage {
     len: u64,
-    root: [u8; 32],
 }
 
 /// A leaf whose bytes are being put together.
@@ -131,6 +133,11 @@ pub struct Receiver<'a, O: OldImage + ?Sized> {
     own_groups: u64,
     own_done: bool,
     new: Option<NewImage>,
+    /// The new image's BLAKE3, which the sender sends after its groups.
+    their_root: Option<[u8; 32]>,
+    /// A dry run: the wanted blocks are measured, not fetched, and
+    /// nothing is handed out to be written.
+    dry_run: bool,
     matcher: Option<Matcher>,
     theirs: Vec<Value16>,
     compared: u64,
@@ -168,6 +175,8 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
             own_groups: 0,
             own_done: false,
             new: None,
+            their_root: None,
+            dry_run: false,
             matcher: None,
             theirs: Vec::new(),
             compared: 0,
@@ -187,6 +196,14 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
             done: false,
             counts: Counts::default(),
         }
+    }
+
+    /// Makes this session a dry run (`applypatch --check`): it compares and
+    /// matches as a sync would, but asks the sender what the wanted blocks
+    /// would take (`MEASURE`) instead of taking them, hands nothing out to
+    /// be written, and ends without a root to check (none was built).
+    pub fn dry_run(&mut self) {
+        self.dry_run = true;
     }
 
     /// Keeps the value of every leaf handed out (32 bytes per 64 KiB), so
@@ -257,7 +274,6 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
         match m {
             Message::Image {
                 len,
-                root,
                 leaf_log2,
                 group_leaves,
                 key_seed,
@@ -273,7 +289,7 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
                         LEAF.trailing_zeros()
                     ));
                 }
-                self.new = Some(NewImage { len, root });
+                self.new = Some(NewImage { len });
                 self.matcher = Some(Matcher::new(key_seed));
             }
             Message::Groups { first, values } => {
@@ -291,6 +307,25 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
                     ));
                 }
                 self.theirs.extend(values);
+            }
+            Message::Root { root } => {
+                let new = self.image()?;
+                if self.their_root.is_some() {
+                    return broke("it sent its root twice");
+                }
+                if (self.theirs.len() as u64) < group_count(new.len) {
+                    return broke(format!(
+                        "it sent its root after {} of {} groups (the root comes last)",
+                        self.theirs.len(),
+                        group_count(new.len)
+                    ));
+                }
+                self.their_root = Some(root);
+            }
+            Message::Measured(items) if self.dry_run => {
+                for m in items {
+                    self.measured(m)?;
+                }
             }
             Message::Leaves { group, values } => self.their_leaves_of(group.into(), &values)?,
             Message::Keys { leaf, keys } => {
@@ -359,7 +394,8 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
         }
         self.ask_keys();
         self.hand_out();
-        if self.next == leaf_count(new.len) && !self.done && self.compared == groups {
+        let whole = self.next == leaf_count(new.len) && self.compared == groups;
+        if whole && !self.done && (self.their_root.is_some() || self.dry_run) {
             self.finish(new)?;
         }
         Ok(())
@@ -459,7 +495,11 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
         }
         build.asked = wanted.iter().map(|w| (w.offset, w.len)).collect();
         if !wanted.is_empty() {
-            self.out.push(Message::WantData(wanted));
+            self.out.push(if self.dry_run {
+                Message::Measure(wanted)
+            } else {
+                Message::WantData(wanted)
+            });
         }
         self.building.insert(leaf, build);
         self.try_finish_leaf(leaf)
@@ -515,6 +555,32 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
         self.try_finish_leaf(leaf)
     }
 
+    /// A dry run: the size `DATA` would have had for a range asked.
+    fn measured(&mut self, m: crate::wire::Measure) -> Result<(), SyncError> {
+        let (offset, len) = (m.range.offset, m.range.len);
+        let leaf = offset / LEAF;
+        let asked = self
+            .building
+            .get_mut(&leaf)
+            .is_some_and(|b| b.asked.remove(&offset) == Some(len));
+        if !asked {
+            return broke(format!(
+                "a size for {len} bytes at {offset}, which were not asked"
+            ));
+        }
+        // A `DATA` message: the frame's header, offset, raw_len and codec.
+        self.counts.data_bytes_measured +=
+            crate::wire::FRAME_HEADER as u64 + 13 + u64::from(m.packed);
+        if self.building.get(&leaf).is_some_and(|b| b.asked.is_empty()) {
+            // Its bytes were not fetched: nothing of it is checked or written.
+            self.building.remove(&leaf);
+            self.their_leaves.remove(&leaf);
+            self.verdicts
+                .insert(leaf, (Ready::Unchanged { leaf }, [0; 32]));
+        }
+        Ok(())
+    }
+
     /// A leaf whose bytes are all there is checked against the sender's
     /// value: kept if it matches, asked whole once if not.
     fn try_finish_leaf(&mut self, leaf: u64) -> Result<(), SyncError> {
@@ -522,6 +588,15 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
             return Ok(());
         };
         if !build.asked.is_empty() {
+            return Ok(());
+        }
+        if self.dry_run {
+            // Every block was found in the old image: a dry run does not
+            // check it (a real sync would, and might ask it whole).
+            self.building.remove(&leaf);
+            self.their_leaves.remove(&leaf);
+            self.verdicts
+                .insert(leaf, (Ready::Unchanged { leaf }, [0; 32]));
             return Ok(());
         }
         let leaf_at = leaf * LEAF;
@@ -572,7 +647,9 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
                     self.small = Some(bytes.clone());
                 }
             }
-            self.ready.push(ready);
+            if !self.dry_run {
+                self.ready.push(ready);
+            }
             self.result.push(value);
             if let Some(handed) = &mut self.handed {
                 handed.push(value);
@@ -586,12 +663,17 @@ impl<'a, O: OldImage + ?Sized> Receiver<'a, O> {
 
     /// Every leaf is out: their root must be the sender's BLAKE3.
     fn finish(&mut self, new: NewImage) -> Result<(), SyncError> {
+        if self.dry_run {
+            self.out.push(Message::Done { root: [0; 32] });
+            self.done = true;
+            return Ok(());
+        }
         let ours = match self.result.finish() {
             Some(h) => *h.as_bytes(),
             // One leaf or none: the root is the hash of its bytes.
             None => *blake3::hash(&self.small_image(new.len)?).as_bytes(),
         };
-        if ours != new.root {
+        if Some(ours) != self.their_root {
             return broke("the image built, leaf by leaf as it announced, does not have the BLAKE3 it announced");
         }
         self.out.push(Message::Done { root: ours });

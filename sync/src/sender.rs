@@ -9,9 +9,9 @@ use std::io;
 use crate::matcher::OldImage as Image;
 use crate::packing::Packer;
 use crate::tree::{
-    group_count, group_values, leaf_count, leaf_range, root, value16, Value, GROUP_LEAVES, LEAF,
+    group_count, group_value, leaf_count, leaf_range, root, value16, Value, GROUP_LEAVES, LEAF,
 };
-use crate::wire::{BlockKey, Message, Range, BLOCK};
+use crate::wire::{BlockKey, Measure, Message, Range, BLOCK, MAX_PAYLOAD};
 
 /// Codec numbers of `DATA`: raw and zstd are the patch format's; the
 /// stream is [`crate::packing`]'s.
@@ -20,59 +20,99 @@ pub const CODEC_ZSTD: u8 = 2;
 pub const CODEC_ZSTD_STREAM: u8 = 3;
 
 /// One session of the sender with one receiver.
+///
+/// The sender need not have hashed its image to start: [`Sender::hashed`]
+/// takes its leaves' values as they are computed and gives the `GROUPS`
+/// they complete, so the receiver compares while the sender still hashes;
+/// [`Sender::tree_done`] gives `ROOT`, which comes last. A request is
+/// answered from what is hashed so far: a receiver asks only about groups
+/// it was sent.
 #[derive(Debug)]
 pub struct Sender<'a, I: Image + ?Sized> {
     image: &'a I,
     len: u64,
-    leaves: &'a [Value],
-    root: blake3::Hash,
+    /// The wire values of the leaves of the groups sent so far.
+    leaves: Vec<[u8; 16]>,
+    /// The values of the leaves of the group being hashed, not yet whole.
+    partial: Vec<Value>,
+    groups_sent: u64,
+    root_sent: bool,
     seed: u64,
     done: Option<[u8; 32]>,
     packer: Option<Packer>,
 }
 
 impl<'a, I: Image + ?Sized> Sender<'a, I> {
-    /// A session over `image` of `len` bytes whose leaves' values are
-    /// `leaves` and whose BLAKE3 is `root`; block keys use `seed` (drawn
-    /// at random per session, so an image cannot be made to collide with
-    /// it in advance).
-    pub fn new(image: &'a I, len: u64, leaves: &'a [Value], root: blake3::Hash, seed: u64) -> Self {
-        debug_assert_eq!(leaves.len() as u64, leaf_count(len));
+    /// A session over `image` of `len` bytes; block keys use `seed`
+    /// (drawn at random per session, so an image cannot be made to collide
+    /// with it in advance).
+    pub fn new(image: &'a I, len: u64, seed: u64) -> Self {
         Self {
             image,
             len,
-            leaves,
-            root,
+            leaves: Vec::new(),
+            partial: Vec::new(),
+            groups_sent: 0,
+            root_sent: false,
             seed,
             done: None,
             packer: None,
         }
     }
 
-    /// The messages that open the session: the image, then its groups.
+    /// The message that opens the session: the image's length and the
+    /// tree's shape.
     pub fn start(&self) -> Vec<Message> {
-        let mut out = vec![Message::Image {
+        vec![Message::Image {
             len: self.len,
-            root: *self.root.as_bytes(),
             leaf_log2: LEAF.trailing_zeros() as u8,
             group_leaves: GROUP_LEAVES as u8,
             key_seed: self.seed,
-        }];
-        let groups: Vec<[u8; 16]> = group_values(self.len, self.leaves)
-            .iter()
-            .map(value16)
-            .collect();
-        for (i, chunk) in groups
-            .chunks(crate::wire::MAX_GROUPS_PER_MESSAGE)
-            .enumerate()
-        {
-            let first = (i * crate::wire::MAX_GROUPS_PER_MESSAGE) as u32;
+        }]
+    }
+
+    /// The values of the image's next leaves, in order (as its hashing
+    /// gives them): the `GROUPS` they complete. Values past the image's
+    /// last leaf are ignored.
+    pub fn hashed(&mut self, values: &[Value]) -> Vec<Message> {
+        let total = leaf_count(self.len);
+        let room = total.saturating_sub(self.leaves.len() as u64 + self.partial.len() as u64);
+        let values = &values[..values.len().min(room as usize)];
+        let mut groups = Vec::new();
+        for &v in values {
+            self.partial.push(v);
+            let whole = self.partial.len() == GROUP_LEAVES
+                || self.leaves.len() as u64 + self.partial.len() as u64 == total;
+            if whole {
+                let g = self.groups_sent + groups.len() as u64;
+                if let Some(value) = group_value(self.len, g, &self.partial) {
+                    groups.push(value16(&value));
+                }
+                self.leaves
+                    .extend(self.partial.drain(..).map(|v| value16(&v)));
+            }
+        }
+        let mut out = Vec::new();
+        for chunk in groups.chunks(crate::wire::MAX_GROUPS_PER_MESSAGE) {
             out.push(Message::Groups {
-                first,
+                first: self.groups_sent as u32,
                 values: chunk.to_vec(),
             });
+            self.groups_sent += chunk.len() as u64;
         }
         out
+    }
+
+    /// The image is hashed whole and its BLAKE3 is `root`: `ROOT`, once
+    /// every group was given (else nothing: the tree is not whole).
+    pub fn tree_done(&mut self, root: blake3::Hash) -> Vec<Message> {
+        if self.root_sent || self.groups_sent != group_count(self.len) {
+            return vec![];
+        }
+        self.root_sent = true;
+        vec![Message::Root {
+            root: *root.as_bytes(),
+        }]
     }
 
     /// The root the receiver said it reached, once it said it is done.
@@ -86,6 +126,20 @@ impl<'a, I: Image + ?Sized> Sender<'a, I> {
             Message::WantLeaves(groups) => groups.into_iter().map(|g| self.leaves_of(g)).collect(),
             Message::WantKeys(leaves) => leaves.into_iter().map(|l| self.keys_of(l)).collect(),
             Message::WantData(ranges) => ranges.into_iter().map(|r| self.data(r)).collect(),
+            Message::Measure(ranges) => {
+                let sizes = ranges
+                    .into_iter()
+                    .map(|r| match self.data(r)? {
+                        Message::Data { bytes, .. } => Ok(Measure {
+                            range: r,
+                            packed: bytes.len() as u32,
+                        }),
+                        _ => Err(refused("a range that gave no data".into())),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(vec![Message::Measured(sizes)])
+            }
+            Message::Probe { len } => Ok(fill(len)),
             Message::Done { root } => {
                 self.done = Some(root);
                 Ok(vec![])
@@ -97,9 +151,10 @@ impl<'a, I: Image + ?Sized> Sender<'a, I> {
     }
 
     fn leaves_of(&self, group: u32) -> Result<Message, AnswerError> {
-        if u64::from(group) >= group_count(self.len) {
+        if u64::from(group) >= self.groups_sent {
             return Err(refused(format!(
-                "group {group} asked; the image has {}",
+                "group {group} asked; {} of the image's {} groups were sent",
+                self.groups_sent,
                 group_count(self.len)
             )));
         }
@@ -107,7 +162,7 @@ impl<'a, I: Image + ?Sized> Sender<'a, I> {
         let end = (first + GROUP_LEAVES).min(self.leaves.len());
         Ok(Message::Leaves {
             group,
-            values: self.leaves[first..end].iter().map(value16).collect(),
+            values: self.leaves[first..end].to_vec(),
         })
     }
 
@@ -153,6 +208,24 @@ impl<'a, I: Image + ?Sized> Sender<'a, I> {
             bytes: packer.pack(&raw)?,
         })
     }
+}
+
+/// Filler bytes for a `PROBE`, on the data stream: bytes that look random
+/// (no link compresses them), in messages of at most 1 MiB.
+fn fill(len: u32) -> Vec<Message> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(len);
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    bytes
+        .chunks((MAX_PAYLOAD - 64) as usize)
+        .map(|c| Message::Fill(c.to_vec()))
+        .collect()
 }
 
 /// Why the sender ends a session.

@@ -34,11 +34,10 @@ pub type Value16 = [u8; 16];
 /// One message of either direction.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Message {
-    /// Down: the new image's length and BLAKE3, the tree's shape, and the
-    /// seed of the block keys this session sends.
+    /// Down: the new image's length, the tree's shape, and the seed of the
+    /// block keys this session sends. Its BLAKE3 comes last, in `Root`.
     Image {
         len: u64,
-        root: [u8; 32],
         leaf_log2: u8,
         group_leaves: u8,
         key_seed: u64,
@@ -59,15 +58,39 @@ pub enum Message {
     },
     /// Down: the sender ends the session; a sentence for the user.
     Error(String),
+    /// Down, after the last `Groups`: the new image's BLAKE3.
+    Root { root: [u8; 32] },
+    /// Down: what the ranges of one `Measure` would take as `Data`, in its
+    /// order: their compressed sizes.
+    Measured(Vec<Measure>),
+    /// Down (data stream): filler bytes answering `Probe`, to time the link.
+    Fill(Vec<u8>),
     /// Up: send `Leaves` for these groups.
     WantLeaves(Vec<u32>),
     /// Up: send `Keys` for these leaves.
     WantKeys(Vec<u32>),
     /// Up: send `Data` for these ranges of the new image.
     WantData(Vec<Range>),
-    /// Up: the receiver is done; the root it computed.
+    /// Up: the receiver is done; the root it computed (zeros after a dry
+    /// run, which builds nothing).
     Done { root: [u8; 32] },
+    /// Up (a dry run): say what these ranges would take, do not send them.
+    Measure(Vec<Range>),
+    /// Up (a dry run): send this many filler bytes on the data stream.
+    Probe { len: u32 },
 }
+
+/// A range that a `Measure` asked, and the bytes its `Data` would carry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Measure {
+    pub range: Range,
+    /// The compressed bytes of its `Data` message's payload after the header.
+    pub packed: u32,
+}
+
+/// Most filler bytes one `Probe` may ask (the time of a few MiB on the
+/// link is enough to estimate its rate).
+pub const MAX_PROBE: u32 = 16 << 20;
 
 /// The keys of one block, as `spec/INDEX.md` section 3.2 defines them
 /// (XXH3-128 with the session's seed).
@@ -88,10 +111,15 @@ mod kind {
     pub const KEYS: u8 = 0x04;
     pub const DATA: u8 = 0x05;
     pub const ERROR: u8 = 0x06;
+    pub const ROOT: u8 = 0x07;
+    pub const MEASURED: u8 = 0x08;
+    pub const FILL: u8 = 0x09;
     pub const WANT_LEAVES: u8 = 0x11;
     pub const WANT_KEYS: u8 = 0x12;
     pub const WANT_DATA: u8 = 0x13;
     pub const DONE: u8 = 0x14;
+    pub const MEASURE: u8 = 0x15;
+    pub const PROBE: u8 = 0x16;
 }
 
 /// Why a message was refused.
@@ -126,13 +154,11 @@ impl Message {
         let k = match self {
             Self::Image {
                 len,
-                root,
                 leaf_log2,
                 group_leaves,
                 key_seed,
             } => {
                 p.extend_from_slice(&len.to_le_bytes());
-                p.extend_from_slice(root);
                 p.push(*leaf_log2);
                 p.push(*group_leaves);
                 p.extend_from_slice(&key_seed.to_le_bytes());
@@ -179,12 +205,36 @@ impl Message {
                     kind::WANT_KEYS
                 }
             }
-            Self::WantData(ranges) => {
+            Self::WantData(ranges) | Self::Measure(ranges) => {
                 for r in ranges {
                     p.extend_from_slice(&r.offset.to_le_bytes());
                     p.extend_from_slice(&r.len.to_le_bytes());
                 }
-                kind::WANT_DATA
+                if matches!(self, Self::WantData(_)) {
+                    kind::WANT_DATA
+                } else {
+                    kind::MEASURE
+                }
+            }
+            Self::Root { root } => {
+                p.extend_from_slice(root);
+                kind::ROOT
+            }
+            Self::Measured(items) => {
+                for m in items {
+                    p.extend_from_slice(&m.range.offset.to_le_bytes());
+                    p.extend_from_slice(&m.range.len.to_le_bytes());
+                    p.extend_from_slice(&m.packed.to_le_bytes());
+                }
+                kind::MEASURED
+            }
+            Self::Fill(bytes) => {
+                p.extend_from_slice(bytes);
+                kind::FILL
+            }
+            Self::Probe { len } => {
+                p.extend_from_slice(&len.to_le_bytes());
+                kind::PROBE
             }
             Self::Done { root } => {
                 p.extend_from_slice(root);
@@ -223,7 +273,6 @@ fn parse(k: u8, p: &[u8]) -> Result<Message, WireError> {
         kind::IMAGE => {
             let m = Message::Image {
                 len: r.u64()?,
-                root: r.array()?,
                 leaf_log2: r.u8()?,
                 group_leaves: r.u8()?,
                 key_seed: r.u64()?,
@@ -261,16 +310,34 @@ fn parse(k: u8, p: &[u8]) -> Result<Message, WireError> {
         kind::WANT_KEYS => {
             Message::WantKeys(r.items("WANT_KEYS", MAX_REQUEST_ITEMS, Reader::u32)?)
         }
-        kind::WANT_DATA => Message::WantData(r.items("WANT_DATA", MAX_REQUEST_ITEMS, |r| {
-            Ok(Range {
-                offset: r.u64()?,
-                len: r.u32()?,
-            })
-        })?),
+        kind::WANT_DATA => {
+            Message::WantData(r.items("WANT_DATA", MAX_REQUEST_ITEMS, Reader::range)?)
+        }
+        kind::MEASURE => Message::Measure(r.items("MEASURE", MAX_REQUEST_ITEMS, Reader::range)?),
         kind::DONE => {
             let m = Message::Done { root: r.array()? };
             r.end("DONE")?;
             m
+        }
+        kind::ROOT => {
+            let m = Message::Root { root: r.array()? };
+            r.end("ROOT")?;
+            m
+        }
+        kind::MEASURED => Message::Measured(r.items("MEASURED", MAX_REQUEST_ITEMS, |r| {
+            Ok(Measure {
+                range: r.range()?,
+                packed: r.u32()?,
+            })
+        })?),
+        kind::FILL => Message::Fill(r.rest().to_vec()),
+        kind::PROBE => {
+            let len = r.u32()?;
+            r.end("PROBE")?;
+            if len > MAX_PROBE {
+                return refuse(format!("a PROBE of {len} bytes (at most {MAX_PROBE})"));
+            }
+            Message::Probe { len }
         }
         other => return refuse(format!("an unknown message kind 0x{other:02x}")),
     };
@@ -302,6 +369,12 @@ impl Reader<'_> {
     }
     fn u64(&mut self) -> Result<u64, WireError> {
         self.array().map(u64::from_le_bytes)
+    }
+    fn range(&mut self) -> Result<Range, WireError> {
+        Ok(Range {
+            offset: self.u64()?,
+            len: self.u32()?,
+        })
     }
     fn rest(&mut self) -> &[u8] {
         std::mem::take(&mut self.0)
@@ -370,6 +443,11 @@ impl fmt::Debug for Message {
             Self::WantKeys(v) => write!(f, "WantKeys({v:?})"),
             Self::WantData(v) => write!(f, "WantData({v:?})"),
             Self::Done { .. } => write!(f, "Done"),
+            Self::Root { .. } => write!(f, "Root"),
+            Self::Measure(v) => write!(f, "Measure({v:?})"),
+            Self::Measured(v) => write!(f, "Measured({} ranges)", v.len()),
+            Self::Fill(b) => write!(f, "Fill({} bytes)", b.len()),
+            Self::Probe { len } => write!(f, "Probe({len})"),
         }
     }
 }

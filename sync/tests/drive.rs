@@ -10,7 +10,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use anypatch_sync::drive::{receive, send, ReceiveOptions, Received, Sent, Served, Target};
+use anypatch_sync::drive::{receive, send, ReceiveOptions, Received, Sent, Target};
+use anypatch_sync::growing::GrowingTree;
 use anypatch_sync::hash_leaves;
 use anypatch_sync::sender::image_root;
 
@@ -57,18 +58,13 @@ fn session(
     let len = image.metadata().expect("stat").len();
     let leaves = hash_leaves(&image, len, 2, |_, _| true).expect("hash new");
     let root = image_root(&image, len, &leaves).expect("root");
+    let tree = GrowingTree::whole(len, leaves, root);
     let (control_s, control_r) = UnixStream::pair().expect("pair");
     let (mut data_s, data_r) = UnixStream::pair().expect("pair");
     std::thread::scope(|s| {
         let sender = s.spawn(move || {
             let control_in = control_s.try_clone().expect("clone");
-            let served = Served {
-                file: &image,
-                len,
-                leaves: &leaves,
-                root,
-            };
-            let r = send(served, 7, control_in, &control_s, &mut data_s);
+            let r = send(&image, &tree, 7, control_in, &control_s, &mut data_s);
             r.unwrap_or_default()
         });
         let control_in = control_r.try_clone().expect("clone");
@@ -94,6 +90,7 @@ fn session(
             &ReceiveOptions {
                 threads: 2,
                 cache: None,
+                ..ReceiveOptions::default()
             },
         )
         .map_err(|e| e.to_string());
@@ -199,4 +196,109 @@ fn a_sync_cut_off_mid_way_is_finished_by_running_it_again() {
         "whole sync {full} bytes down, rerun after the cut {}",
         r.bytes_down
     );
+}
+
+/// A data stream that says when its first bytes go out.
+struct Signal<W> {
+    inner: W,
+    first: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl<W: Write> Write for Signal<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(tx) = self.first.take() {
+            let _ = tx.send(());
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn the_sender_answers_while_it_still_hashes_and_sends_its_root_last() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The change is in the first of eight groups.
+    let old = noise(8 << 20, 5);
+    let mut new = old.clone();
+    new[5000..9000].copy_from_slice(&noise(4000, 6));
+    let (old_p, new_p) = (dir.path().join("old"), dir.path().join("new"));
+    write(&old_p, &old);
+    write(&new_p, &new);
+    let image = File::open(&new_p).expect("new");
+    let len = new.len() as u64;
+    let leaves = hash_leaves(&image, len, 1, |_, _| true).expect("hash new");
+    let root = image_root(&image, len, &leaves).expect("root");
+    // The test is the sender's hashing: it gives the first group only.
+    let tree = GrowingTree::new(len);
+    tree.grow(&leaves[..16]);
+
+    let (control_s, control_r) = UnixStream::pair().expect("pair");
+    let (data_s, data_r) = UnixStream::pair().expect("pair");
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let target = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&old_p)
+        .expect("target");
+    std::thread::scope(|s| {
+        let (image, tree) = (&image, &tree);
+        let sender = s.spawn(move || {
+            let data = Signal {
+                inner: data_s,
+                first: Some(first_tx),
+            };
+            send(
+                image,
+                tree,
+                9,
+                control_s.try_clone().expect("clone"),
+                &control_s,
+                data,
+            )
+        });
+        let closers = [
+            control_r.try_clone().expect("clone"),
+            data_r.try_clone().expect("clone"),
+        ];
+        let target = &target;
+        let receiver = s.spawn(move || {
+            let r = receive(
+                target,
+                Target::InPlace(target),
+                control_r.try_clone().expect("clone"),
+                data_r,
+                control_r,
+                &ReceiveOptions {
+                    threads: 2,
+                    cache: None,
+                    ..ReceiveOptions::default()
+                },
+            );
+            for c in closers {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+            r
+        });
+        // The changed blocks come while 7 of 8 groups are not hashed (a
+        // bound on a hang, not a timing: it waits for an event).
+        first_rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("DATA before the sender's tree was whole");
+        assert!(tree.finished().is_none());
+        assert!(!receiver.is_finished(), "done without the root");
+        tree.grow(&leaves[16..]);
+        tree.end(Ok(root));
+        let r = receiver.join().expect("receiver").expect("the sync");
+        let sent = sender.join().expect("sender").expect("the sender");
+        assert!(sent.finished);
+        assert!(sent.answered_while_hashing > 0, "{sent:?}");
+        assert!(
+            r.counts.blocks_wanted > 0 && r.counts.blocks_wanted <= 3,
+            "{r:?}"
+        );
+    });
+    assert!(std::fs::read(&old_p).expect("read") == new);
 }

@@ -45,6 +45,9 @@ struct Outcome {
     up: u64,
     down: u64,
     counts: Counts,
+    /// Answers (leaves, keys, data) the receiver had taken before the
+    /// sender's root arrived: it compared while the sender still hashed.
+    answers_before_root: u64,
 }
 
 /// `tamper` may change each message the sender sends.
@@ -56,7 +59,12 @@ fn sync_with(
 ) -> Result<Outcome, SyncError> {
     let new_leaves = leaves_of(new);
     let root = image_root(new, new.len() as u64, &new_leaves).expect("root");
-    let mut sender = Sender::new(new, new.len() as u64, &new_leaves, root, 0xfeed);
+    let mut sender = Sender::new(new, new.len() as u64, 0xfeed);
+    // The sender hashes its image a group per round, as the receiver does.
+    let mut sender_groups = new_leaves.chunks(GROUP_LEAVES);
+    let mut root_sent = false;
+    let mut answers_before_root = 0;
+    let mut root_taken = false;
 
     let target = Target(RefCell::new(old.to_vec()));
     let own = leaves_of(old);
@@ -68,6 +76,15 @@ fn sync_with(
     let mut own_finished = false;
 
     for _round in 0..100_000 {
+        // The sender hashes one more group, and sends its root after the last.
+        match sender_groups.next() {
+            Some(values) => to_receiver.extend(sender.hashed(values)),
+            None if !root_sent => {
+                root_sent = true;
+                to_receiver.extend(sender.tree_done(root));
+            }
+            None => {}
+        }
         // The receiver hashes one more group of its image per round.
         match own_groups.next() {
             Some((g, values)) => receiver.own_group(g as u64, values)?,
@@ -80,7 +97,13 @@ fn sync_with(
         // A few messages down.
         for _ in 0..3 {
             if let Some(m) = to_receiver.pop_front() {
+                let answer = matches!(
+                    m,
+                    Message::Leaves { .. } | Message::Keys { .. } | Message::Data { .. }
+                );
+                root_taken |= matches!(m, Message::Root { .. });
                 receiver.take(wire(tamper(m), &mut down))?;
+                answers_before_root += u64::from(answer && !root_taken);
             }
         }
         // Everything the receiver has to say goes up and is answered.
@@ -114,6 +137,7 @@ fn sync_with(
                 up,
                 down,
                 counts,
+                answers_before_root,
             });
         }
     }
@@ -347,22 +371,12 @@ fn a_sender_whose_data_is_not_its_image_is_refused_after_one_retry() {
 fn a_sender_that_announces_another_root_is_refused() {
     let pairs = pairs();
     let (_, old, new) = &pairs[0];
+    // Every group and leaf it sends is its image's; only the root, sent
+    // last, is another: the image built from its groups does not have it.
     let e = sync_with(old, new, Mode::Copy, |m| match m {
-        Message::Image {
-            len,
-            mut root,
-            leaf_log2,
-            group_leaves,
-            key_seed,
-        } => {
+        Message::Root { mut root } => {
             root[0] ^= 1;
-            Message::Image {
-                len,
-                root,
-                leaf_log2,
-                group_leaves,
-                key_seed,
-            }
+            Message::Root { root }
         }
         m => m,
     })
@@ -372,6 +386,84 @@ fn a_sender_that_announces_another_root_is_refused() {
             .contains("does not have the BLAKE3 it announced"),
         "{e}"
     );
+}
+
+#[test]
+fn the_receiver_compares_and_is_answered_while_the_sender_still_hashes() {
+    // 8 MiB whose second and seventh MiB changed: the receiver asks about
+    // the second group as soon as both sides hashed it, long before the
+    // sender has hashed its last group and sent its root.
+    let old = noise(8 << 20, 11);
+    let mut new = old.clone();
+    new[(1 << 20) + 100..(1 << 20) + 5000].fill(1);
+    new[(6 << 20) + 7..(6 << 20) + 9].fill(2);
+    let o = sync(&old, &new, Mode::InPlace);
+    assert!(o.result == new);
+    assert!(
+        o.answers_before_root > 0,
+        "no answer came before the root: {:?}",
+        o.counts
+    );
+}
+
+#[test]
+fn a_receiver_ends_only_with_the_root_which_comes_last() {
+    // Both images equal: every leaf is settled by the groups alone.
+    let image = noise(3 << 20, 4);
+    let leaves = leaves_of(&image);
+    let len = image.len() as u64;
+    let root = image_root(&image[..], len, &leaves).expect("root");
+    let mut sender = Sender::new(&image[..], len, 5);
+    let mut receiver = Receiver::new(&image[..], len, Mode::InPlace);
+    let mut down: Vec<Message> = sender.start();
+    // No root before every group was given.
+    assert!(sender.tree_done(root).is_empty());
+    down.extend(sender.hashed(&leaves));
+    for (g, values) in leaves.chunks(GROUP_LEAVES).enumerate() {
+        receiver.own_group(g as u64, values).expect("own group");
+    }
+    receiver.own_done().expect("own done");
+    // A root before the groups it covers is refused.
+    let mut early = Receiver::new(&image[..], len, Mode::InPlace);
+    early.take(down[0].clone()).expect("image");
+    let e = early
+        .take(Message::Root {
+            root: *root.as_bytes(),
+        })
+        .expect_err("an early root");
+    assert!(e.to_string().contains("the root comes last"), "{e}");
+
+    for m in down {
+        receiver.take(m).expect("groups");
+    }
+    assert_eq!(receiver.ready().len(), 48, "every leaf settled");
+    assert!(!receiver.is_done(), "done without the sender's root");
+    // A root that is not the one of the groups sent ends the session.
+    let mut liar = Receiver::new(&image[..], len, Mode::InPlace);
+    let mut lying = Sender::new(&image[..], len, 5);
+    let mut msgs = lying.start();
+    msgs.extend(lying.hashed(&leaves));
+    for m in msgs {
+        liar.take(m).expect("groups");
+    }
+    for (g, values) in leaves.chunks(GROUP_LEAVES).enumerate() {
+        liar.own_group(g as u64, values).expect("own group");
+    }
+    let mut other = *root.as_bytes();
+    other[31] ^= 0x80;
+    let e = liar
+        .take(Message::Root { root: other })
+        .expect_err("a lying root");
+    assert!(e.to_string().contains("BLAKE3 it announced"), "{e}");
+
+    for m in sender.tree_done(root) {
+        receiver.take(m).expect("root");
+    }
+    assert!(receiver.is_done());
+    assert!(matches!(
+        receiver.outgoing().last(),
+        Some(Message::Done { root: r }) if r == root.as_bytes()
+    ));
 }
 
 /// A change made to the sender's messages on their way.
@@ -403,9 +495,13 @@ fn unasked_or_malformed_answers_are_refused() {
         (
             "more groups",
             Box::new(|m| match m {
-                Message::Groups { first, mut values } => {
+                // One group too many after the last.
+                Message::Groups {
+                    first: 2,
+                    mut values,
+                } => {
                     values.push([0; 16]);
-                    Message::Groups { first, values }
+                    Message::Groups { first: 2, values }
                 }
                 m => m,
             }),
@@ -429,12 +525,26 @@ fn a_sender_refuses_what_its_image_does_not_have() {
     let new = noise(3 << 20, 2);
     let l = leaves_of(&new);
     let root = image_root(&new[..], new.len() as u64, &l).expect("root");
-    let mut s = Sender::new(&new[..], new.len() as u64, &l, root, 1);
+    let mut s = Sender::new(&new[..], new.len() as u64, 1);
     use anypatch_sync::wire::Range;
+    // Before it hashed a group, it does not answer about it.
+    s.hashed(&l[..GROUP_LEAVES]);
+    let e = s
+        .answer(Message::WantLeaves(vec![1]))
+        .expect_err("not sent");
+    assert!(
+        e.to_string()
+            .contains("group 1 asked; 1 of the image's 3 groups were sent"),
+        "{e}"
+    );
+    s.answer(Message::WantLeaves(vec![0]))
+        .expect("group 0 was sent");
+    s.hashed(&l[GROUP_LEAVES..]);
+    assert_eq!(s.tree_done(root).len(), 1);
     for (m, want) in [
         (
             Message::WantLeaves(vec![3]),
-            "group 3 asked; the image has 3",
+            "group 3 asked; 3 of the image's 3 groups were sent",
         ),
         (
             Message::WantKeys(vec![48]),

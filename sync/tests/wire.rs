@@ -2,14 +2,13 @@
 //! refuses what spec/SYNC.md section 5 does not allow, without panicking
 //! and without waiting for more than the limit.
 
-use anypatch_sync::wire::{decode, BlockKey, Decoded, Message, Range, MAX_PAYLOAD};
+use anypatch_sync::wire::{decode, BlockKey, Decoded, Measure, Message, Range, MAX_PAYLOAD};
 use proptest::prelude::*;
 
 fn all_kinds() -> Vec<Message> {
     vec![
         Message::Image {
             len: 1 << 31,
-            root: [7; 32],
             leaf_log2: 16,
             group_leaves: 16,
             key_seed: 99,
@@ -53,6 +52,21 @@ fn all_kinds() -> Vec<Message> {
             Range { offset: 0, len: 1 },
         ]),
         Message::Done { root: [0xab; 32] },
+        Message::Root { root: [7; 32] },
+        Message::Measure(vec![Range {
+            offset: 65536,
+            len: 4096,
+        }]),
+        Message::Measured(vec![Measure {
+            range: Range {
+                offset: 65536,
+                len: 4096,
+            },
+            packed: 1234,
+        }]),
+        Message::Measured(vec![]),
+        Message::Fill(vec![5; 300]),
+        Message::Probe { len: 1 << 20 },
     ]
 }
 
@@ -104,8 +118,14 @@ fn an_oversized_length_is_refused_before_the_payload_arrives() {
 
 #[test]
 fn malformed_payloads_are_refused_with_what_was_wrong() {
-    assert!(refused(&frame(0x01, &[0; 51])).contains("too many"));
-    assert!(refused(&frame(0x01, &[0; 49])).contains("inside"));
+    assert!(refused(&frame(0x01, &[0; 19])).contains("too many"));
+    assert!(refused(&frame(0x01, &[0; 17])).contains("inside"));
+    assert!(refused(&frame(0x07, &[0; 33])).contains("ROOT has 1 bytes too many"));
+    assert!(refused(&frame(0x07, &[0; 31])).contains("inside"));
+    assert!(refused(&frame(0x08, &[0; 15])).contains("MEASURED ends inside"));
+    assert!(refused(&frame(0x15, &[0; 4097 * 12])).contains("more than 4096"));
+    assert!(refused(&frame(0x16, &(17u32 << 20).to_le_bytes())).contains("PROBE of"));
+    assert!(refused(&frame(0x16, &[0; 5])).contains("too many"));
     assert!(refused(&frame(0x02, &[0; 4 + 17])).contains("GROUPS ends inside an item"));
     assert!(refused(&frame(0x03, &[0; 4 + 17 * 16])).contains("more than 16"));
     assert!(refused(&frame(0x04, &[0; 4 + 17 * 20])).contains("more than 16"));
