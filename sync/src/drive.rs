@@ -606,7 +606,7 @@ pub fn send(
         }
         event = rx.try_recv().ok();
         // Nothing waiting, or enough answers held: send them.
-        if event.is_none() || out.len() >= 64 {
+        if event.is_none() || out.len() >= 64 || sender.finished().is_some() {
             out.extend(sender.hashed(&std::mem::take(&mut hashed)));
             for a in out.drain(..) {
                 let bytes = a.encode();

@@ -302,3 +302,93 @@ fn the_sender_answers_while_it_still_hashes_and_sends_its_root_last() {
     });
     assert!(std::fs::read(&old_p).expect("read") == new);
 }
+
+#[test]
+fn a_dry_run_writes_nothing_and_tells_what_a_sync_carries() {
+    use anypatch_sync::drive::measure;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = sparse_pair();
+    let (old_p, new_p) = (dir.path().join("old"), dir.path().join("new"));
+    write(&old_p, &old);
+    write(&new_p, &new);
+    let mtime = std::fs::metadata(&old_p)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+
+    let image = File::open(&new_p).expect("new");
+    let len = new.len() as u64;
+    let leaves = hash_leaves(&image, len, 1, |_, _| true).expect("hash new");
+    let root = image_root(&image, len, &leaves).expect("root");
+    let tree = GrowingTree::whole(len, leaves, root);
+    let (control_s, control_r) = UnixStream::pair().expect("pair");
+    let (mut data_s, data_r) = UnixStream::pair().expect("pair");
+    // Read only: a dry run that tried to write would fail.
+    let old_f = File::open(&old_p).expect("old");
+    let (m, sent) = std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let control_in = control_s.try_clone().expect("clone");
+            send(&image, &tree, 7, control_in, &control_s, &mut data_s)
+        });
+        let closers = [
+            control_r.try_clone().expect("clone"),
+            data_r.try_clone().expect("clone"),
+        ];
+        let m = measure(
+            &old_f,
+            control_r.try_clone().expect("clone"),
+            data_r,
+            control_r,
+            &ReceiveOptions {
+                threads: 2,
+                ..Default::default()
+            },
+        );
+        for c in closers {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        (m, sender.join().expect("sender"))
+    });
+    let m = m.expect("the dry run");
+    assert!(sent.expect("sender").finished);
+    assert!(std::fs::read(&old_p).expect("read") == old, "OLD changed");
+    assert_eq!(
+        std::fs::metadata(&old_p)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        mtime
+    );
+    // The probe's filler came, and was timed.
+    assert!(m.probe_bytes >= 256 << 10 && m.probe_secs > 0.0, "{m:?}");
+
+    // A real sync of a copy: the dry run's figures are its figures.
+    let copy = dir.path().join("copy");
+    std::fs::copy(&old_p, &copy).expect("copy");
+    let t = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&copy)
+        .expect("target");
+    let r = session(&new_p, &t, Target::InPlace(&t), None)
+        .0
+        .expect("the sync");
+    assert_eq!(m.new_len, r.new_len);
+    assert_eq!(m.counts.blocks_wanted, r.counts.blocks_wanted);
+    assert_eq!(m.counts.blocks_found, r.counts.blocks_found);
+    // Up: the same requests, but for the DONE (the same size) and the
+    // seed-dependent nothing; down: within 2% (the same data compressed
+    // in the same stream; KEYS are the same size whatever the seed).
+    let near = |a: u64, b: u64| a.abs_diff(b) * 50 <= b;
+    assert!(
+        near(m.bytes_up, r.bytes_up),
+        "up {} vs {}",
+        m.bytes_up,
+        r.bytes_up
+    );
+    assert!(
+        near(m.bytes_down, r.bytes_down),
+        "down {} vs {}",
+        m.bytes_down,
+        r.bytes_down
+    );
+    eprintln!("dry run {m:?}\nsync {r:?}");
+}
