@@ -25,7 +25,9 @@
 //!    segments; shifted matches become copy extents, or copy ops when short.
 //! 5. **Encode** (parallel, bounded): builds each segment's ops and data,
 //!    compresses with zstd, and spools the payloads, in order, to a temporary
-//!    file.
+//!    file. With [`Options::prefix_search`], a sparse content-defined index
+//!    of the whole old file (read again for it, module `anchors`) first says
+//!    where each segment's old-byte history should be.
 //! 6. **History** (`best`, parallel): codes every data block again with the
 //!    data blocks before it as zstd history (module `history`, format 1.3),
 //!    and keeps that pass when the patch gets smaller.
@@ -51,7 +53,11 @@
 //!   match, a zero run, or changed bytes);
 //! - 16 bytes per changed new block (its xxh3 and number) until matched;
 //! - the plan: about 50 bytes per extent;
-//! - 32 bytes per MiB of each file for the BLAKE3 tree.
+//! - 32 bytes per MiB of each file for the BLAKE3 tree;
+//! - with [`Options::prefix_search`] (`fast`), the anchor index (module
+//!   `anchors`): 16 bytes per anchor, about one per 256 bytes of a small
+//!   old file and at most about a million (16 MiB) for any size, plus a
+//!   directory of 2 bytes per anchor.
 //!
 //! Scanning uses two 64 KiB buffers per thread; shift matching 1 MiB of new
 //! bytes and at most 64 KiB of old bytes per thread. Encoding keeps at most
@@ -65,6 +71,7 @@
 //! changed.
 #![forbid(unsafe_code)]
 
+mod anchors;
 mod cached;
 mod coalesce;
 mod encode;
@@ -116,8 +123,9 @@ const FAST_SEGMENT_LEN: u32 = 1 << 20;
 /// A speed/size trade-off: what `mkpatch --level fast|default|best` picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
-    /// zstd level 3, small segments, and the old bytes around each one as
-    /// zstd history without trials (see [`Options::trials`]): the least CPU.
+    /// zstd level 3, small segments, and the old bytes each one most
+    /// resembles as zstd history ([`Options::prefix_search`]), without
+    /// trials (see [`Options::trials`]): the least CPU.
     Fast,
     /// zstd level 9, changes up to 1 MiB apart share a segment, and new
     /// data is compressed with the old bytes around it as zstd history.
@@ -143,6 +151,7 @@ impl Level {
             data_history: self == Level::Best,
             verify: self == Level::Best,
             trials: self != Level::Fast,
+            prefix_search: self == Level::Fast,
             segment_len: if self == Level::Fast {
                 FAST_SEGMENT_LEN
             } else {
@@ -193,6 +202,13 @@ pub struct Options {
     /// blocks of every 32, and two after each match), since zstd finds
     /// shifted data in the prefix.
     pub trials: bool,
+    /// Place each segment's old-byte history (`prefix_len`) where a sparse
+    /// index of the whole old file (one content-defined anchor in 256 or
+    /// more bytes, at most 16 MiB) finds most of its literal bytes, when
+    /// that is elsewhere than the matches around it say: data that moved
+    /// far, such as a file rewritten to another place in a disk image.
+    /// Costs a second read of the old file.
+    pub prefix_search: bool,
     /// Most new bytes one data segment produces, 1..=4 MiB (default 4 MiB;
     /// 1 MiB at [`Level::Fast`]).
     /// Smaller values make more, smaller segments (useful in tests).
@@ -242,6 +258,7 @@ impl Options {
             min_copy: 24,
             data_history: false,
             trials: true,
+            prefix_search: false,
             segment_len: MAX_SEGMENT_LEN,
             block_size: 4096,
             spool_dir: None,
@@ -394,6 +411,9 @@ pub fn make_patch(
 
     let spool_file = || spool_file(opts.spool_dir.as_deref());
     let raw_spool = opts.data_history.then(spool_file).transpose()?;
+    let anchors = (opts.prefix_search && opts.prefix_len > 0)
+        .then(|| anchors::Anchors::build(&old, threads))
+        .transpose()?;
     let mut encoded = encode::encode_all(
         job,
         &plan,
@@ -407,6 +427,7 @@ pub fn make_patch(
         },
         spool_file()?,
         raw_spool,
+        anchors.as_ref(),
     )?;
     if let Some(raw) = encoded.raw.take() {
         encoded = history::recode(

@@ -3,8 +3,10 @@
 //! its old self, at offsets that drift, so neither block matching nor the
 //! shift matcher finds it; `fast` codes it with the old bytes around it as
 //! zstd history, as `zstd --patch-from` does. Also: the shift matcher's
-//! sampling at `fast` still finds data shifted by many small insertions,
-//! and `fast` makes the same bytes for any thread count.
+//! sampling at `fast` still finds data shifted by many small insertions;
+//! `fast` finds recompiled code whose old self lies far away (a sparse
+//! index of the whole old file places the history); and `fast` makes the
+//! same bytes for any thread count.
 
 use std::fs;
 
@@ -59,6 +61,23 @@ fn recompiled_pair() -> (Vec<u8>, Vec<u8>) {
     (old, new)
 }
 
+/// Old: 6 MiB of other data, then a 1.5 MiB "library"; new: that library
+/// recompiled (one byte of every 100 changed, so equal runs are too short
+/// for the shift matcher's 128 bytes but hold 64-byte anchors) at offset 0,
+/// where the old file holds the other data: as an upgraded file written to
+/// another place of a disk image.
+fn moved_far_pair() -> (Vec<u8>, Vec<u8>) {
+    let mut old = noise(4, 6 << 20);
+    let lib = noise(5, 3 << 19);
+    old.extend_from_slice(&lib);
+    let new = lib
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if i % 100 == 50 { b ^ 0x5A } else { b })
+        .collect();
+    (old, new)
+}
+
 /// Noise with zero runs (as in images and archives), one byte prepended,
 /// then insertions and deletions of 1 to 100 bytes every 40,000 bytes: the
 /// corpus's `shift` pair, 4 MiB long.
@@ -104,6 +123,36 @@ fn fast_codes_recompiled_code_against_the_old_bytes() {
 }
 
 #[test]
+fn fast_finds_the_history_of_code_that_moved_far() {
+    let (old, new) = moved_far_pair();
+    let (patch, summary) = produce(&old, &new, &Level::Fast.options());
+    check_applies(&old, &new, &patch);
+    assert!(
+        summary.changed_bytes > new.len() as u64 * 9 / 10,
+        "{summary:?}"
+    );
+    // With the old library as history only the changed bytes and the
+    // matches cost; the history the matches around the data pointed at
+    // (the same offset) holds nothing like it.
+    assert!(
+        patch.len() < new.len() / 8,
+        "fast: {} bytes for {} new bytes",
+        patch.len(),
+        new.len()
+    );
+    let without = Options {
+        prefix_search: false,
+        ..Level::Fast.options()
+    };
+    let (plain, _) = produce(&old, &new, &without);
+    assert!(
+        plain.len() > new.len() / 2,
+        "without the search the history is elsewhere: {} bytes",
+        plain.len()
+    );
+}
+
+#[test]
 fn fast_finds_data_shifted_by_many_insertions() {
     let (old, new, inserted) = inserts_pair();
     let (patch, summary) = produce(&old, &new, &Level::Fast.options());
@@ -127,7 +176,8 @@ fn fast_finds_data_shifted_by_many_insertions() {
 fn fast_makes_the_same_bytes_for_any_thread_count() {
     let (old, new) = recompiled_pair();
     let (old2, new2, _) = inserts_pair();
-    for (old, new) in [(&old, &new), (&old2, &new2)] {
+    let (old3, new3) = moved_far_pair();
+    for (old, new) in [(&old, &new), (&old2, &new2), (&old3, &new3)] {
         let patches: Vec<Vec<u8>> = [1, 2, 5]
             .into_iter()
             .map(|threads| {

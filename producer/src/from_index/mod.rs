@@ -151,6 +151,7 @@ pub fn make_patch_from_index(
         },
         spool_file()?,
         raw_spool,
+        None,
     )?;
     if let Some(raw) = encoded.raw.take() {
         encoded = history::recode(encoded, raw, opts.level, threads, spool_file()?, progress)?;

@@ -116,7 +116,9 @@ struct Cli {
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
 
-    /// Speed against size: `fast` (zstd 3, no old-byte history), `default`
+    /// Speed against size: `fast` (1 MiB segments, each compressed once with
+    /// the old bytes it most resembles as history, found by a sparse index
+    /// of the whole old file), `default`
     /// (zstd 9, changes up to 1 MiB apart share a segment, new data
     /// compressed against the old bytes around it) or `best` (zstd 19,
     /// changes up to 4 MiB apart share a segment, and, when smaller, the
