@@ -102,7 +102,8 @@ OLD, the patch or the output, which the object would damage: refused on stderr, 
     fetched_bytes, fetch_retries   a patch URL: bytes received from the network (refetched
                    ones included) and how many times a fetch was retried
     bytes_up, bytes_down, old_from_cache   a live sync: bytes of messages to and from the
-                   server, and whether OLD's hashes came from the cache (OLD was not read whole)
+                   server, and whether OLD's hashes came from the cache (OLD was not read whole); a
+                   failed sync has bytes_up, bytes_down, bytes_written and seconds so far
     seconds        wall time
     error_class    on failure: usage, io, refused, corrupt_patch, wrong_base, unsupported,
                    not_in_place, untrusted, interrupted

@@ -2,6 +2,8 @@
 //! check and the new image are, and for a patch fetched over the network,
 //! the bytes fetched of the patch, the network's rate, and the time left.
 //! Nothing is drawn unless stderr is a terminal (the caller decides).
+//! A live sync has its own line ([`SyncMeter`]), drawn by a thread of its
+//! own from the session's counters.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -189,6 +191,110 @@ fn eta(p: Progress, f: Fetched) -> Option<u64> {
     Some(fetch.max(apply.unwrap_or(fetch)).round() as u64)
 }
 
+/// The line of a live sync, redrawn every [`REDRAW`] by a thread of its
+/// own from the session's counters until [`SyncMeter::stop`].
+#[cfg(feature = "quic-https")]
+#[derive(Debug)]
+pub struct SyncMeter {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(feature = "quic-https")]
+impl SyncMeter {
+    /// Starts drawing what `progress` says on stderr.
+    pub fn start(progress: std::sync::Arc<anypatch_sync::progress::SyncProgress>) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("anypatch-progress".into())
+            .spawn(move || {
+                let mut samples = VecDeque::new();
+                // Drawn at once, then every REDRAW until told to stop.
+                loop {
+                    let line = sync_sample(&mut samples, Instant::now(), progress.now());
+                    let _ = write!(std::io::stderr(), "\r\x1b[Kapplypatch: {line}");
+                    if !matches!(
+                        stopped.recv_timeout(REDRAW),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    ) {
+                        return;
+                    }
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+
+    /// Stops drawing and erases the line.
+    pub fn stop(mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+        }
+    }
+}
+
+/// The counters `now` with a sample kept for the rates; the line to draw.
+#[cfg(feature = "quic-https")]
+fn sync_sample(
+    samples: &mut VecDeque<(Instant, anypatch_sync::progress::Snapshot)>,
+    at: Instant,
+    now: anypatch_sync::progress::Snapshot,
+) -> String {
+    samples.push_back((at, now));
+    while samples
+        .front()
+        .is_some_and(|(t, _)| at.duration_since(*t) > RATE_WINDOW)
+    {
+        samples.pop_front();
+    }
+    let (down_rate, settle_rate) = match samples.front() {
+        Some(&(t, then)) if at > t => {
+            let secs = at.duration_since(t).as_secs_f64();
+            (
+                now.down.saturating_sub(then.down) as f64 / secs,
+                now.settled.saturating_sub(then.settled) as f64 / secs,
+            )
+        }
+        _ => (0.0, 0.0),
+    };
+    sync_line(now, down_rate, settle_rate)
+}
+
+/// `hashed 512/1024 MiB, compared 300/1024 MiB, received 12.3 MiB at
+/// 4.1 MiB/s, written 10.2 MiB, ETA 0:05`: the old image hashed, the new
+/// one settled (compared, and fetched where it differs), the network, the
+/// writes, and the time left at the rate the new image settles now.
+#[cfg(feature = "quic-https")]
+fn sync_line(s: anypatch_sync::progress::Snapshot, down_rate: f64, settle_rate: f64) -> String {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let new_len = match s.new_len {
+        0 => "?".to_string(),
+        n => format!("{:.0}", mib(n)),
+    };
+    let left = s.new_len.saturating_sub(s.settled);
+    let eta = match (s.new_len, left) {
+        (0, _) => "ETA ?".to_string(),
+        (_, 0) => "ETA 0:00".to_string(),
+        _ if settle_rate >= 1.0 => {
+            let secs = (left as f64 / settle_rate).round() as u64;
+            format!("ETA {}:{:02}", secs / 60, secs % 60)
+        }
+        _ => "ETA ?".to_string(),
+    };
+    format!(
+        "hashed {:.0}/{:.0} MiB, compared {:.0}/{new_len} MiB, received {:.1} MiB at {:.1} MiB/s, sent {:.1} MiB, written {:.1} MiB, {eta}",
+        mib(s.hashed),
+        mib(s.old_len),
+        mib(s.settled),
+        mib(s.down),
+        mib(down_rate as u64),
+        mib(s.up),
+        mib(s.written),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +330,42 @@ mod tests {
         assert!(remote_line(p, stalled).ends_with("ETA ?"));
         let unknown = Fetched { len: 0, ..f };
         assert!(remote_line(p, unknown).starts_with("fetched 12.0 MiB, "));
+    }
+
+    #[cfg(feature = "quic-https")]
+    #[test]
+    fn the_sync_line_says_hashed_compared_received_written_and_time_left() {
+        use anypatch_sync::progress::Snapshot;
+        let s = Snapshot {
+            old_len: 1024 << 20,
+            hashed: 512 << 20,
+            new_len: 1024 << 20,
+            settled: 1000 << 20,
+            down: 12 << 20,
+            up: 1 << 20,
+            written: 10 << 20,
+        };
+        assert_eq!(
+            sync_line(s, 4.0 * 1048576.0, 8.0 * 1048576.0),
+            "hashed 512/1024 MiB, compared 1000/1024 MiB, received 12.0 MiB at 4.0 MiB/s, sent 1.0 MiB, written 10.0 MiB, ETA 0:03"
+        );
+        assert!(sync_line(s, 0.0, 0.0).ends_with("ETA ?"));
+        let unknown = Snapshot { new_len: 0, ..s };
+        assert!(sync_line(unknown, 1.0, 1.0).contains("compared 1000/? MiB"));
+        assert!(sync_line(unknown, 1.0, 1.0).ends_with("ETA ?"));
+        // Rates over the recent past, from the samples kept.
+        let mut samples = VecDeque::new();
+        let t0 = Instant::now();
+        sync_sample(
+            &mut samples,
+            t0,
+            Snapshot {
+                down: 0,
+                settled: 0,
+                ..s
+            },
+        );
+        let line = sync_sample(&mut samples, t0 + Duration::from_secs(2), s);
+        assert!(line.contains("received 12.0 MiB at 6.0 MiB/s"), "{line}");
     }
 }

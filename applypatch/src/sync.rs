@@ -34,6 +34,8 @@ pub struct SyncOptions {
     pub threads: usize,
     /// Where images' trees are kept between runs (`None`: `--no-cache`).
     pub cache: Option<Cache>,
+    /// The session's counters, for a progress line.
+    pub progress: std::sync::Arc<anypatch_sync::progress::SyncProgress>,
 }
 
 impl SyncOptions {
@@ -45,6 +47,7 @@ impl SyncOptions {
         ReceiveOptions {
             threads,
             cache: self.cache.clone(),
+            progress: self.progress.clone(),
         }
     }
 }
@@ -53,7 +56,9 @@ impl SyncOptions {
 /// `Ok(None)` when the name is a patch (then nothing was done, and the
 /// patch is fetched as usual); `Ok(Some(session))` ready to run.
 pub fn open(remote: &Remote, opts: &SyncOptions) -> Result<Option<SyncSession>, DriveError> {
-    if remote.url.scheme != Scheme::Quic {
+    // The SYNC line takes a name without spaces (a space would split it
+    // into a name and a token): such a name is fetched as a patch.
+    if remote.url.scheme != Scheme::Quic || remote.url.path.contains(' ') {
         return Ok(None);
     }
     let trust = remote.opts.trust.clone();

@@ -13,7 +13,9 @@ use anypatch_net::sync::SyncSession;
 use anypatch_safe_output::human_bytes;
 use anypatch_sync::drive::Received;
 
-use super::{fail, Cli, JsonReport};
+use anypatch_applypatch::progress::SyncMeter;
+
+use super::{classify, fail, Cli, JsonReport};
 
 /// The sync the URL asks for, if its name is an image (`None`: a patch).
 pub(super) fn session(
@@ -32,6 +34,7 @@ pub(super) fn session(
         token,
         threads: 0,
         cache,
+        progress: Default::default(),
     };
     Ok(sync::open(remote, &opts)?.map(|s| (s, opts)))
 }
@@ -54,13 +57,15 @@ pub(super) fn run(
     }
     let show = !cli.quiet && std::io::stderr().is_terminal();
     if show {
-        let _ = eprint_line(&format!(
+        say(&format!(
             "applypatch: syncing {} ({}) from {}",
             cli.old.display(),
             human_bytes(session.len),
             cli.patch.display()
         ));
     }
+    stop_mid_sync_for_tests(&opts.progress);
+    let meter = show.then(|| SyncMeter::start(opts.progress.clone()));
     let result = if cli.in_place {
         sync::sync_in_place(&cli.old, session, opts)
     } else {
@@ -70,15 +75,43 @@ pub(super) fn run(
             .expect("clap requires -o without --check/--in-place");
         sync::sync_to_new_file(&cli.old, out, patch, session, opts)
     };
+    if let Some(m) = meter {
+        m.stop();
+    }
     match result {
         Ok(r) => report(cli, &r, started),
-        Err(e) => fail(cli, &e),
+        Err(e) => failed(cli, &e, opts, started),
     }
 }
 
-fn eprint_line(s: &str) -> std::io::Result<()> {
+/// A failed sync: the error as any other, and with `--json` what the
+/// session had done by then (bytes each way, written, the time it took).
+fn failed(cli: &Cli, e: &DriveError, opts: &SyncOptions, started: Instant) -> ExitCode {
+    if !cli.json {
+        return fail(cli, e);
+    }
+    say(&format!("applypatch: {e}"));
+    let (code, class) = classify(e);
+    let now = opts.progress.now();
+    let message = e.to_string();
+    let _ = JsonReport {
+        mode: Some(cli.mode()),
+        bytes_written: Some(now.written),
+        bytes_up: Some(now.up),
+        bytes_down: Some(now.down),
+        seconds: Some(JsonReport::seconds(started.elapsed())),
+        error_class: Some(class),
+        error: Some(&message),
+        ..JsonReport::new(false, code)
+    }
+    .print(); // the exit code already says it failed
+    ExitCode::from(code)
+}
+
+/// A line on stderr; one that cannot be written changes nothing.
+fn say(s: &str) {
     use std::io::Write;
-    writeln!(std::io::stderr(), "{s}")
+    let _ = writeln!(std::io::stderr(), "{s}");
 }
 
 /// The summary on stderr, or the JSON object on stdout.
@@ -106,7 +139,7 @@ fn report(cli: &Cli, r: &Received, started: Instant) -> ExitCode {
             ..JsonReport::new(true, 0)
         };
         if let Err(e) = j.print() {
-            let _ = eprint_line(&format!(
+            say(&format!(
                 "applypatch: {} was synced, but the result cannot be written to stdout: {e}",
                 target.display()
             ));
@@ -114,7 +147,7 @@ fn report(cli: &Cli, r: &Received, started: Instant) -> ExitCode {
         }
     } else if !cli.quiet {
         let c = r.counts;
-        let _ = eprint_line(&format!(
+        say(&format!(
             "applypatch: synced {} ({}) in {:.2} s: {} down, {} up, {} written; {} of {} MiB groups differed, {} blocks found in OLD, {} fetched{}",
             target.display(),
             human_bytes(r.new_len),
@@ -130,4 +163,30 @@ fn report(cli: &Cli, r: &Received, started: Instant) -> ExitCode {
         ));
     }
     ExitCode::SUCCESS
+}
+
+/// Test hook: with `ANYPATCH_TEST_SYNC_STOP_AT=BYTES`, the process stops
+/// itself (SIGSTOP) once that many bytes of the new image are settled, so
+/// a test can signal it mid-sync, or start another run while this one
+/// holds its lock. Nothing happens otherwise, and nothing at all without
+/// the `test-hooks` feature.
+#[cfg(not(feature = "test-hooks"))]
+fn stop_mid_sync_for_tests(_: &std::sync::Arc<anypatch_sync::progress::SyncProgress>) {}
+
+#[cfg(feature = "test-hooks")]
+fn stop_mid_sync_for_tests(progress: &std::sync::Arc<anypatch_sync::progress::SyncProgress>) {
+    let Some(at) = std::env::var("ANYPATCH_TEST_SYNC_STOP_AT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let progress = progress.clone();
+    std::thread::spawn(move || {
+        while progress.now().settled < at {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let me = rustix::process::getpid();
+        let _ = rustix::process::kill_process(me, rustix::process::Signal::STOP);
+    });
 }

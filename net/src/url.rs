@@ -80,6 +80,12 @@ impl RemoteUrl {
         if path.is_empty() {
             return Err(bad("no patch name after the host"));
         }
+        // A newline would end the request line early and name another file.
+        if path.chars().any(char::is_control) {
+            return Err(bad(
+                "the name has a control character (a newline, a tab, ...)",
+            ));
+        }
         Ok(Self {
             scheme,
             host: host.to_owned(),
@@ -144,6 +150,8 @@ mod tests {
             "quic://host:99999/p",
             "quic://u@host/p",
             "quic://[::1/p",
+            "quic://host/a\nGET 0- b",
+            "quic://host/a\tb",
         ] {
             assert!(RemoteUrl::parse(bad).is_err(), "{bad}");
         }

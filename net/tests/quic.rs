@@ -234,6 +234,7 @@ fn an_image_syncs_over_quic_in_place_and_to_a_new_file() {
     let opts = ReceiveOptions {
         threads: 2,
         cache: None,
+        ..ReceiveOptions::default()
     };
     let session = |name: &str| SyncSession::open(&server.url(name), server.pinned(), None);
 

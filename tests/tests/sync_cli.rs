@@ -3,7 +3,11 @@
 //! place equals NEW and carries far less than NEW where little changed; a
 //! second run writes nothing; the access file's tokens; outputs that must be
 //! refused with nothing written; and the hash cache, which must not be
-//! believed once OLD changed behind its back.
+//! believed once OLD changed behind its back. Then what a user sees (the
+//! progress line on a terminal only, the JSON summary) and what a hostile
+//! or unlucky user does: signals mid-sync, two runs on one target, a full
+//! disk, a symlink to OLD, a block device, names that try to leave the
+//! served directory, a wrong certificate, a host that does not answer.
 
 mod net_support;
 
@@ -40,6 +44,11 @@ impl Site {
         let access_path = work.path().join("access");
         if let Some(text) = access {
             std::fs::write(&access_path, text).expect("access file");
+            std::fs::set_permissions(
+                &access_path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("chmod");
             extra.push(OsStr::new("--access"));
             extra.push(access_path.as_os_str());
         }
@@ -62,13 +71,18 @@ impl Site {
     /// `applypatch OLD quic://…/NAME --server-cert FP ARGS... --json`,
     /// with the cache under the work directory.
     fn sync(&self, old: &Path, name: &str, args: &[&OsStr]) -> Output {
+        run(&mut self.command(old, name, args))
+    }
+
+    /// The command [`Site::sync`] runs.
+    fn command(&self, old: &Path, name: &str, args: &[&OsStr]) -> Command {
         let mut cmd = Command::new(bin("applypatch"));
         cmd.env("XDG_CACHE_HOME", self.work.path().join("cache"))
             .arg(old)
             .arg(self.serve.url(name))
             .args(["--server-cert", &self.serve.fingerprint, "--json"])
             .args(args);
-        run(&mut cmd)
+        cmd
     }
 }
 
@@ -451,4 +465,396 @@ fn the_hash_cache_is_used_and_not_believed_once_old_changed() {
         want,
         "exactly NEW after a change the cache missed"
     );
+}
+
+/// `sh -c` quoting.
+fn quote(s: &OsStr) -> String {
+    format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"))
+}
+
+/// Runs `cmd` with its stderr on a pseudo-terminal (`script`), stdout to
+/// `stdout` when given; returns what the terminal showed.
+fn on_tty(cmd: &Command, stdout: Option<&Path>) -> (Option<i32>, String) {
+    let mut line: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), quote(v))))
+        .collect();
+    line.insert(0, "env".into());
+    line.push(quote(cmd.get_program()));
+    line.extend(cmd.get_args().map(quote));
+    if let Some(out) = stdout {
+        line.push(format!(">{}", quote(out.as_os_str())));
+    }
+    let out = run(Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .stdin(std::process::Stdio::null()));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn progress_shows_on_a_terminal_only_and_json_stays_json() {
+    let (old_src, new) = pair("sparse");
+    let site = Site::new(&[("new.img", &new)], None);
+    let in_place = OsStr::new("--in-place");
+    let no_cache = OsStr::new("--no-cache");
+    let progress = |shown: &str| {
+        ["hashed ", "compared ", "received ", "written ", "ETA"]
+            .iter()
+            .all(|w| shown.contains(w))
+    };
+
+    // A terminal, the summary on it: the progress line is drawn.
+    let old = site.copy(&old_src, "old");
+    let cmd = site.command(&old, "new.img", &[in_place, no_cache]);
+    let mut plain = Command::new(bin("applypatch"));
+    plain
+        .env("XDG_CACHE_HOME", site.work.path().join("cache"))
+        .arg(&old)
+        .arg(site.serve.url("new.img"))
+        .args(["--server-cert", &site.serve.fingerprint])
+        .args([in_place, no_cache]);
+    let (code, shown) = on_tty(&plain, None);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(progress(&shown), "no progress line on a terminal: {shown}");
+    assert!(shown.contains("applypatch: synced"), "{shown}");
+    assert_eq!(b3(&old), b3(&new));
+
+    // A terminal with --json, stdout to a file: progress on the terminal,
+    // and stdout exactly one JSON object.
+    site.copy(&old_src, "old");
+    let json = site.work.path().join("out.json");
+    let (code, shown) = on_tty(&cmd, Some(&json));
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(progress(&shown), "no progress line with --json: {shown}");
+    let text = std::fs::read_to_string(&json).expect("json");
+    let j: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(j["status"], "synced", "{j}");
+    for field in [
+        "bytes_up",
+        "bytes_down",
+        "bytes_written",
+        "seconds",
+        "new_len",
+    ] {
+        assert!(j[field].is_number(), "{field} in {j}");
+    }
+
+    // -q on a terminal: nothing drawn.
+    let old = site.copy(&old_src, "old");
+    plain.arg("-q");
+    let (code, shown) = on_tty(&plain, None);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(!shown.contains("hashed "), "-q drew progress: {shown}");
+    assert_eq!(b3(&old), b3(&new));
+
+    // stderr a file (a pipe here): no progress, no terminal codes.
+    let old = site.copy(&old_src, "old");
+    let out = site.sync(&old, "new.img", &[in_place, no_cache]);
+    synced(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("hashed ") && !err.contains('\x1b'), "{err}");
+}
+
+/// A site serving one 24 MiB image whose every block differs from OLD, so
+/// that a sync takes many steps; the old image's bytes.
+fn changed_site() -> (Site, PathBuf, PathBuf) {
+    let src = tempfile::tempdir().expect("src");
+    let (old, new) = (src.path().join("old"), src.path().join("new"));
+    std::fs::write(&old, net_support::noise(11, 24 << 20)).expect("old");
+    std::fs::write(&new, net_support::noise(12, 24 << 20)).expect("new");
+    let site = Site::new(&[("new.img", &new)], None);
+    let old_src = site.copy(&old, "old.src");
+    let new_src = site.copy(&new, "new.src");
+    (site, old_src, new_src)
+}
+
+/// Whether process `pid` is stopped.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+/// Starts `cmd`, which stops itself once 8 MiB of the new image are
+/// settled (the test hook), and waits until it has.
+fn start_stopped(mut cmd: Command) -> std::process::Child {
+    use std::process::Stdio;
+    let child = cmd
+        .env("ANYPATCH_TEST_SYNC_STOP_AT", (8u64 << 20).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("applypatch starts");
+    let pid = child.id();
+    net_support::wait_for(
+        std::time::Duration::from_secs(120),
+        "the sync to stop itself mid-way",
+        || stopped(pid),
+    );
+    child
+}
+
+/// Files in `dir` other than `keep`.
+fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !keep.contains(&n.as_str()))
+        .collect()
+}
+
+#[test]
+fn signals_mid_sync_leave_old_new_or_what_the_same_command_finishes() {
+    use std::os::unix::process::ExitStatusExt;
+    let (site, old_src, new) = changed_site();
+    let want = b3(&new);
+    let in_place = OsStr::new("--in-place");
+    let no_cache = OsStr::new("--no-cache");
+    let dash_o = OsStr::new("-o");
+    let out = site.work.path().join("out.img");
+    for (sig, number) in [("INT", 2), ("TERM", 15)] {
+        // In place: killed mid-way (the default action: the image is a mix
+        // of verified leaves); the same command finishes it, fetching less.
+        let old = site.copy(&old_src, "old");
+        let child = start_stopped(site.command(&old, "new.img", &[in_place, no_cache]));
+        net_support::signal(child.id(), sig);
+        net_support::signal(child.id(), "CONT");
+        let r = child.wait_with_output().expect("wait");
+        assert_eq!(r.status.signal(), Some(number), "SIG{sig} in place: {r:?}");
+        assert_ne!(b3(&old), want, "SIG{sig}: stopped before the end");
+        let j = synced(&site.sync(&old, "new.img", &[in_place, no_cache]));
+        assert_eq!(b3(&old), want, "SIG{sig}: the rerun finishes the job");
+        assert!(
+            num(&j, "bytes_down") < (24 << 20) - (4 << 20),
+            "SIG{sig}: the rerun fetched what was written again: {j}"
+        );
+
+        // To -o over an existing file: 128 + the signal, the JSON says so,
+        // the existing file is as it was and no temporary file is left.
+        std::fs::write(&out, b"an older output").expect("out");
+        let child =
+            start_stopped(site.command(&old_src, "new.img", &[dash_o, out.as_os_str(), no_cache]));
+        net_support::signal(child.id(), sig);
+        net_support::signal(child.id(), "CONT");
+        let r = child.wait_with_output().expect("wait");
+        assert_eq!(r.status.code(), Some(128 + number), "SIG{sig} -o: {r:?}");
+        let text = String::from_utf8_lossy(&r.stdout);
+        let j: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(j["error_class"], "interrupted", "{j}");
+        assert_eq!(j["signal"], format!("SIG{sig}"), "{j}");
+        assert_eq!(std::fs::read(&out).expect("out"), b"an older output");
+        assert_eq!(
+            others(
+                site.work.path(),
+                &["old", "old.src", "new.src", "out.img", "access", "cache"]
+            ),
+            Vec::<String>::new(),
+            "SIG{sig}: a temporary file left behind"
+        );
+        synced(&site.sync(&old_src, "new.img", &[dash_o, out.as_os_str(), no_cache]));
+        assert_eq!(b3(&out), want, "SIG{sig}: the same command writes NEW");
+    }
+}
+
+#[test]
+fn a_second_sync_of_the_same_target_is_refused_by_the_lock() {
+    let (site, old_src, new) = changed_site();
+    let in_place = OsStr::new("--in-place");
+    let no_cache = OsStr::new("--no-cache");
+    let old = site.copy(&old_src, "old");
+    let first = start_stopped(site.command(&old, "new.img", &[in_place, no_cache]));
+    let msg = refused(&site.sync(&old, "new.img", &[in_place, no_cache]));
+    assert!(
+        msg.contains("locked by another run") && msg.contains(&first.id().to_string()),
+        "the second run names the first: {msg}"
+    );
+    net_support::signal(first.id(), "CONT");
+    let r = first.wait_with_output().expect("wait");
+    synced(&r);
+    assert_eq!(b3(&old), b3(&new), "the first run finished undisturbed");
+}
+
+#[test]
+fn a_full_disk_for_o_leaves_nothing_behind() {
+    let (site, old_src, _new) = changed_site();
+    let small = site.work.path().join("small");
+    std::fs::create_dir(&small).expect("mount point");
+    let json = site.work.path().join("full.json");
+    let listing = site.work.path().join("full.ls");
+    let cmd = site.command(
+        &old_src,
+        "new.img",
+        &[OsStr::new("-o"), small.join("new.img").as_os_str()],
+    );
+    let mut line: Vec<String> = vec!["env".into()];
+    line.extend(
+        cmd.get_envs()
+            .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), quote(v)))),
+    );
+    line.push(quote(cmd.get_program()));
+    line.extend(cmd.get_args().map(quote));
+    // A 4 MiB file system in a mount namespace of its own.
+    let script = format!(
+        "mount -t tmpfs -o size=4m tmpfs {d} && {{ {} >{j}; echo $? >{j}.code; ls -A {d} >{l}; }}",
+        line.join(" "),
+        d = quote(small.as_os_str()),
+        j = quote(json.as_os_str()),
+        l = quote(listing.as_os_str()),
+    );
+    let r = run(Command::new("unshare").args(["-m", "sh", "-c", &script]));
+    assert!(r.status.success(), "{r:?}");
+    let code = std::fs::read_to_string(format!("{}.code", json.display())).expect("code");
+    assert_eq!(code.trim(), "1", "{r:?}");
+    let text = std::fs::read_to_string(&json).expect("json");
+    let j: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(j["error_class"], "io", "{j}");
+    let error = j["error"].as_str().unwrap_or_default();
+    assert!(error.contains("No space left"), "{j}");
+    assert!(error.contains("nothing was created"), "{j}");
+    assert!(
+        j["bytes_down"].is_number() && j["seconds"].is_number(),
+        "what it did: {j}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&listing).expect("ls"),
+        "",
+        "left on the full disk"
+    );
+}
+
+#[test]
+fn an_output_that_is_a_symlink_to_old_is_refused() {
+    let (old_src, new) = pair("sparse");
+    let site = Site::new(&[("new.img", &new)], None);
+    let old = site.copy(&old_src, "old");
+    let link = site.work.path().join("link");
+    std::os::unix::fs::symlink(&old, &link).expect("symlink");
+    let msg = refused(&site.sync(&old, "new.img", &[OsStr::new("-o"), link.as_os_str()]));
+    assert!(msg.contains("old file itself"), "{msg}");
+    assert_eq!(b3(&old), b3(&old_src), "OLD untouched");
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_block_device_is_synced_in_place() {
+    let (old_src, new) = pair("sparse");
+    let site = Site::new(&[("new.img", &new)], None);
+    let backing = site.copy(&old_src, "backing");
+    let out = net_support::ok(Command::new("losetup").args(["-f", "--show"]).arg(&backing));
+    let dev = Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let j = synced(&site.sync(Path::new(&dev.0), "new.img", &[OsStr::new("--in-place")]));
+    assert_eq!(num(&j, "new_len"), size(&new), "{j}");
+    drop(dev);
+    // The device is the file's first bytes: NEW, and OLD's length kept.
+    let bytes = std::fs::read(&backing).expect("backing");
+    let new_bytes = std::fs::read(&new).expect("new");
+    assert_eq!(
+        &bytes[..new_bytes.len()],
+        &new_bytes[..],
+        "the device holds NEW"
+    );
+}
+
+#[test]
+fn names_never_leave_the_served_directory() {
+    let (old_src, new) = pair("sparse");
+    let site = Site::new(&[("new.img", &new)], None);
+    // Outside the served directory, and links to it and inside it.
+    let outside = site.work.path().join("outside.img");
+    std::fs::copy(&new, &outside).expect("outside");
+    std::os::unix::fs::symlink(&outside, site.served.path().join("out-link.img")).expect("link");
+    std::os::unix::fs::symlink("new.img", site.served.path().join("in-link.img")).expect("link");
+    std::fs::create_dir(site.served.path().join("sub")).expect("sub");
+    let old = site.copy(&old_src, "old");
+    let before = b3(&old);
+    let served = site
+        .served
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    for name in [
+        "../work-outside.img".to_string(),
+        format!("../{served}/new.img"),
+        format!("sub/../../{served}/new.img"),
+        "/etc/passwd".into(),
+        format!("{}", outside.display()),
+        "./new.img".into(),
+        "out-link.img".into(),
+        "sub".into(),
+    ] {
+        for args in [
+            &[OsStr::new("--in-place")][..],
+            &[OsStr::new("-o"), site.work.path().join("o").as_os_str()][..],
+        ] {
+            let msg = refused(&site.sync(&old, &name, args));
+            assert!(
+                msg.contains("without '..'")
+                    || msg.contains("no file")
+                    || msg.contains("not a regular file"),
+                "{name}: {msg}"
+            );
+            assert_eq!(b3(&old), before, "{name}: OLD untouched");
+            assert!(!site.work.path().join("o").exists(), "{name}: an output");
+        }
+    }
+    // A link that stays inside is served.
+    synced(&site.sync(&old, "in-link.img", &[OsStr::new("--in-place")]));
+    assert_eq!(b3(&old), b3(&new));
+}
+
+#[test]
+fn a_wrong_certificate_or_a_silent_host_fails_clearly() {
+    let (old_src, new) = pair("sparse");
+    let site = Site::new(&[("new.img", &new)], None);
+    let old = site.copy(&old_src, "old");
+    let before = b3(&old);
+    // One hex digit of the pinned fingerprint changed.
+    let fp = &site.serve.fingerprint;
+    let last = fp.chars().last().expect("a fingerprint");
+    let wrong = format!(
+        "{}{}",
+        &fp[..fp.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    );
+    let mut cmd = Command::new(bin("applypatch"));
+    cmd.env("XDG_CACHE_HOME", site.work.path().join("cache"))
+        .args(["--in-place", "--json"])
+        .arg(&old)
+        .arg(site.serve.url("new.img"))
+        .args(["--server-cert", &wrong]);
+    let msg = refused(&run(&mut cmd));
+    assert!(msg.contains("not trusted"), "{msg}");
+    assert_eq!(b3(&old), before);
+
+    // A port where nothing answers: refused once the connection attempt
+    // times out (10 s), not retried forever.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP port");
+    let port = silent.local_addr().expect("addr").port();
+    let mut cmd = Command::new(bin("applypatch"));
+    cmd.env("XDG_CACHE_HOME", site.work.path().join("cache"))
+        .args(["--in-place", "--json"])
+        .arg(&old)
+        .arg(format!("quic://127.0.0.1:{port}/new.img"))
+        .args(["--server-cert", fp]);
+    let msg = refused(&run(&mut cmd));
+    assert!(msg.contains("did not answer within 10 s"), "{msg}");
+    assert_eq!(b3(&old), before);
 }
