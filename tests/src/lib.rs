@@ -156,6 +156,7 @@ pub fn bin(name: &str) -> PathBuf {
         if release {
             cmd.arg("--release");
         }
+        without_test_package_env(&mut cmd);
         let status = cmd.status().expect("cargo runs");
         assert!(status.success(), "building mkpatch and applypatch failed");
     });
@@ -165,6 +166,31 @@ pub fn bin(name: &str) -> PathBuf {
         "release"
     };
     target_dir().join(profile).join(name)
+}
+
+/// Removes from `cmd`'s environment the variables cargo gives a running
+/// test about its own package (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, ...), for
+/// a command that runs cargo (directly or through a script). ring's build
+/// script asks to rerun when they change, so passing them on made every
+/// such build and every top-level one rebuild ring in turn, a minute or
+/// more each time.
+pub fn without_test_package_env(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR`, or `target` in the repository.

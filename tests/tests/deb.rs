@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use anypatch_tests::root;
+use anypatch_tests::{root, without_test_package_env};
 
 /// The cached base system, and what it was made with (a different recipe
 /// makes it again).
@@ -95,6 +95,7 @@ fn base() -> PathBuf {
 /// scripts/build-deb into `out`: the two .deb paths.
 fn build_debs(out: &Path) -> Vec<PathBuf> {
     let mut cmd = Command::new("bash");
+    without_test_package_env(&mut cmd);
     cmd.arg(root().join("scripts/build-deb")).arg(out);
     if let Some(dir) = std::env::var_os("ANYPATCH_DEB_TARGET_DIR") {
         cmd.env("CARGO_TARGET_DIR", dir);

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use anypatch_tests::root;
+use anypatch_tests::{root, without_test_package_env};
 
 const MODULES_D: &str = "/usr/lib/dracut/modules.d";
 
@@ -35,7 +35,8 @@ fn text(bytes: &[u8]) -> String {
 fn static_applypatch() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let out = run(Command::new("bash").arg(root().join("scripts/build-static")));
+        let out = run(without_test_package_env(&mut Command::new("bash"))
+            .arg(root().join("scripts/build-static")));
         let said = text(&out.stdout);
         assert!(
             out.status.success(),

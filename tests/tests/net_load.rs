@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anypatch_tests::root;
+use anypatch_tests::{root, without_test_package_env};
 use net_support::{noise_pair, Serve};
 
 const CLIENTS: usize = 1000;
@@ -25,7 +25,7 @@ fn quic_load() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
+            let status = without_test_package_env(&mut Command::new(env!("CARGO")))
                 .current_dir(root())
                 .args(["build", "-q", "--release", "-p", "anypatch-net"])
                 .args(["--example", "quic-load"])

@@ -15,14 +15,14 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use anypatch_tests::{bin, root};
+use anypatch_tests::{bin, root, without_test_package_env};
 use net_support::{b3, noise, ok, run};
 
 /// The static binary, built once by scripts/build-static (as the boot test does).
 fn static_applypatch() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let out = Command::new("bash")
+        let out = without_test_package_env(&mut Command::new("bash"))
             .arg(root().join("scripts/build-static"))
             .output()
             .expect("scripts/build-static runs");
