@@ -86,7 +86,7 @@ SIZES (--max-new-size):
     TB, PB are powers of 1000. Case does not matter.
 
 JSON (--json): stdout is exactly one object, errors included (none only when the process is
-killed: SIGKILL, or a signal during --in-place, which the next run resumes; or when stdout is
+killed: SIGKILL, or a signal during --in-place with a patch, which the next run resumes; or when stdout is
 OLD, the patch or the output, which the object would damage: refused on stderr, exit 1):
     ok             true or false
     exit_code      the process's exit code
@@ -119,7 +119,8 @@ EXIT CODES:
     4  the patch needs a newer applypatch (format version or feature)
     5  the patch cannot be applied in place; use -o
     6  the patch is not signed by a trusted key (--trusted-key)
-    129, 130, 143  stopped by SIGHUP, SIGINT, SIGTERM (128 + signal number) during -o or --check;
+    129, 130, 143  stopped by SIGHUP, SIGINT, SIGTERM (128 + signal number) during -o, --check
+       or a live sync in place (the same command goes on from there);
        the temporary file is removed first, an existing NEW is left as it was. A signal that
        comes once NEW is in place changes nothing; one ignored at start (nohup) stays ignored"
 )]

@@ -64,6 +64,17 @@ pub(super) fn run(
             cli.patch.display()
         ));
     }
+    if cli.in_place {
+        if let Err(e) = exit_on_signals_in_place(cli, opts, started) {
+            return fail(
+                cli,
+                &DriveError::Io {
+                    action: "cannot set up signal handling".into(),
+                    source: e,
+                },
+            );
+        }
+    }
     stop_mid_sync_for_tests(&opts.progress);
     let meter = show.then(|| SyncMeter::start(opts.progress.clone()));
     let result = if cli.in_place {
@@ -106,6 +117,56 @@ fn failed(cli: &Cli, e: &DriveError, opts: &SyncOptions, started: Instant) -> Ex
     }
     .print(); // the exit code already says it failed
     ExitCode::from(code)
+}
+
+/// In place, a signal ends the sync at once (what was written is whole
+/// verified leaves but the one being written, which the next run finds by
+/// its hash): with 128 + the signal's number, saying so, and with `--json`
+/// what was done by then. (-o has its handler from the start, which
+/// removes the temporary file.)
+fn exit_on_signals_in_place(
+    cli: &Cli,
+    opts: &SyncOptions,
+    started: Instant,
+) -> std::io::Result<()> {
+    use anypatch_safe_output::signals;
+    let (json, mode) = (cli.json, cli.mode());
+    let target = cli.old.display().to_string();
+    let progress = opts.progress.clone();
+    signals::on_signals(move |signo| {
+        let name = match signo {
+            signals::SIGINT => "SIGINT",
+            signals::SIGTERM => "SIGTERM",
+            _ => "SIGHUP",
+        };
+        let message = format!(
+            "interrupted by {name}; what was synced of {target} is kept and verified: run the same command again to go on"
+        );
+        let clear = if std::io::stderr().is_terminal() {
+            "\r\x1b[K"
+        } else {
+            ""
+        };
+        say(&format!("{clear}applypatch: {message}"));
+        let code = u8::try_from(128 + signo).unwrap_or(u8::MAX);
+        if json {
+            let now = progress.now();
+            let _ = JsonReport {
+                mode: Some(mode),
+                target: Some(target.as_str().into()),
+                bytes_written: Some(now.written),
+                bytes_up: Some(now.up),
+                bytes_down: Some(now.down),
+                seconds: Some(JsonReport::seconds(started.elapsed())),
+                error_class: Some("interrupted"),
+                signal: Some(name),
+                error: Some(&message),
+                ..JsonReport::new(false, code)
+            }
+            .print(); // the exit code already says what happened
+        }
+        std::process::exit(code.into());
+    })
 }
 
 /// A line on stderr; one that cannot be written changes nothing.

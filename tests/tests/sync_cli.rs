@@ -613,7 +613,6 @@ fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
 
 #[test]
 fn signals_mid_sync_leave_old_new_or_what_the_same_command_finishes() {
-    use std::os::unix::process::ExitStatusExt;
     let (site, old_src, new) = changed_site();
     let want = b3(&new);
     let in_place = OsStr::new("--in-place");
@@ -621,14 +620,27 @@ fn signals_mid_sync_leave_old_new_or_what_the_same_command_finishes() {
     let dash_o = OsStr::new("-o");
     let out = site.work.path().join("out.img");
     for (sig, number) in [("INT", 2), ("TERM", 15)] {
-        // In place: killed mid-way (the default action: the image is a mix
-        // of verified leaves); the same command finishes it, fetching less.
+        // In place: stopped mid-way (the image a mix of verified leaves),
+        // saying so; the same command finishes it, fetching less.
         let old = site.copy(&old_src, "old");
         let child = start_stopped(site.command(&old, "new.img", &[in_place, no_cache]));
         net_support::signal(child.id(), sig);
         net_support::signal(child.id(), "CONT");
         let r = child.wait_with_output().expect("wait");
-        assert_eq!(r.status.signal(), Some(number), "SIG{sig} in place: {r:?}");
+        assert_eq!(
+            r.status.code(),
+            Some(128 + number),
+            "SIG{sig} in place: {r:?}"
+        );
+        let text = String::from_utf8_lossy(&r.stdout);
+        let j: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(j["error_class"], "interrupted", "{j}");
+        assert_eq!(j["signal"], format!("SIG{sig}"), "{j}");
+        assert!(num(&j, "bytes_down") > 0, "what it did by then: {j}");
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("run the same command again"),
+            "{r:?}"
+        );
         assert_ne!(b3(&old), want, "SIG{sig}: stopped before the end");
         let j = synced(&site.sync(&old, "new.img", &[in_place, no_cache]));
         assert_eq!(b3(&old), want, "SIG{sig}: the rerun finishes the job");
