@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io;
 
-use anypatch_index::block::{strong, Rolling};
+use anypatch_index::block::{strong, weak};
 
 use crate::tree::{leaf_range, LEAF};
 use crate::wire::{BlockKey, BLOCK};
@@ -65,7 +65,19 @@ pub struct Matcher {
     min_source: u64,
     /// Full old blocks looked at so far, by strong hash.
     seen: HashMap<[u8; 16], u64>,
+    /// The weak keys of every block-sized window starting in the last few
+    /// old leaves searched: a leaf's window overlaps its neighbours', and
+    /// differing leaves come in runs, so each old byte is rolled over once
+    /// rather than three times.
+    /// (leaf, first offset in it keyed, keys by offset in the leaf).
+    weak_keys: std::collections::VecDeque<(u64, usize, Vec<u32>)>,
 }
+
+/// Old leaves whose weak keys are kept (256 KiB each).
+const WEAK_LEAVES: usize = 4;
+
+/// Adler-32's modulus (spec/INDEX.md section 3.2).
+const MOD: u32 = 65521;
 
 /// How many old blocks [`Matcher`] remembers for moved data: 256 MiB of
 /// differing old image, in a table of about 3 MiB.
@@ -78,6 +90,7 @@ impl Matcher {
             seed,
             min_source: 0,
             seen: HashMap::new(),
+            weak_keys: std::collections::VecDeque::new(),
         }
     }
 
@@ -154,8 +167,9 @@ impl Matcher {
                     break;
                 }
                 self.search(
-                    &window[r.bytes.clone()],
-                    start + r.bytes.start as u64,
+                    &window,
+                    start,
+                    r.bytes.clone(),
                     keys,
                     &mut pending,
                     &mut sources,
@@ -165,18 +179,20 @@ impl Matcher {
         Ok(sources)
     }
 
-    /// Keys every block-sized window of `window` (old bytes from `start`)
-    /// and takes the first whose strong hash confirms a pending block.
+    /// Keys every block-sized window of `window[within]` (`window` is old
+    /// bytes from `start`) and takes the first whose strong hash confirms a
+    /// pending block.
     fn search(
-        &self,
+        &mut self,
         window: &[u8],
         start: u64,
+        within: std::ops::Range<usize>,
         keys: &[BlockKey],
         pending: &mut HashMap<u32, Vec<usize>>,
         sources: &mut [Source],
     ) {
         let b = BLOCK as usize;
-        if window.len() < b {
+        if within.len() < b {
             return;
         }
         // Most positions match no pending key: a 64 Kibit filter answers
@@ -186,33 +202,108 @@ impl Matcher {
         for &v in pending.keys() {
             filter[slot(v) >> 6] |= 1 << (slot(v) & 63);
         }
-        let mut rolling = Rolling::new(&window[..b]);
-        for p in 0..=window.len() - b {
-            if p > 0 {
-                rolling.roll(window[p - 1], window[p - 1 + b]);
-            }
-            let v = rolling.value();
-            if filter[slot(v) >> 6] & (1 << (slot(v) & 63)) == 0 {
-                continue;
-            }
-            let Some(waiting) = pending.get_mut(&v) else {
-                continue;
+        // Positions, old leaf by old leaf: each leaf's keys are computed
+        // once and kept for the next leaves' searches.
+        let last = within.end - b;
+        let seed = self.seed;
+        let mut p = within.start;
+        while p <= last {
+            let abs = start + p as u64;
+            let leaf = abs / LEAF;
+            let seg_end = (((leaf + 1) * LEAF - start) as usize - 1).min(last);
+            let Some(weak_keys) = self.weak_keys_of(leaf, window, start) else {
+                return;
             };
-            let hash = strong(&window[p..p + b], self.seed);
-            waiting.retain(|&i| {
-                let hit = keys[i].strong == hash;
-                if hit {
-                    sources[i] = Source::Old(start + p as u64);
+            let from = (abs - leaf * LEAF) as usize;
+            for (i, &v) in weak_keys[from..=from + (seg_end - p)].iter().enumerate() {
+                if filter[slot(v) >> 6] & (1 << (slot(v) & 63)) == 0 {
+                    continue;
                 }
-                !hit
-            });
-            if waiting.is_empty() {
-                pending.remove(&v);
-                if pending.is_empty() {
-                    return;
+                let Some(waiting) = pending.get_mut(&v) else {
+                    continue;
+                };
+                let at = p + i;
+                let hash = strong(&window[at..at + b], seed);
+                waiting.retain(|&k| {
+                    let hit = keys[k].strong == hash;
+                    if hit {
+                        sources[k] = Source::Old(start + at as u64);
+                    }
+                    !hit
+                });
+                if waiting.is_empty() {
+                    pending.remove(&v);
+                    if pending.is_empty() {
+                        return;
+                    }
                 }
+            }
+            p = seg_end + 1;
+        }
+    }
+
+    /// The weak keys of the block-sized windows that start in old leaf
+    /// `leaf` and end inside `window` (old bytes from `start`), kept for
+    /// the next searches. A window is never read twice: the last
+    /// [`WEAK_LEAVES`] leaves' keys are kept, and a leaf the writer may
+    /// have rewritten since is below the matcher's `min_source`, so never
+    /// searched again.
+    fn weak_keys_of(&mut self, leaf: u64, window: &[u8], start: u64) -> Option<&[u32]> {
+        let b = BLOCK as usize;
+        let lo = (leaf * LEAF).max(start);
+        let from = (lo - start) as usize;
+        // Windows that start in the leaf and end in the window.
+        let to = (((leaf + 1) * LEAF).saturating_sub(start) as usize)
+            .min(window.len().checked_sub(b)? + 1);
+        if from >= to {
+            return None;
+        }
+        let offset = (lo - leaf * LEAF) as usize;
+        let need = offset + (to - from);
+        // A leaf first seen from its middle (the window's start) is keyed
+        // from there; one seen to where a window ended, up to there, and
+        // extended when a later window reaches further.
+        let kept = self
+            .weak_keys
+            .iter()
+            .position(|(l, valid, k)| *l == leaf && *valid <= offset && k.len() >= offset);
+        let at = match kept {
+            Some(i) => i,
+            None => {
+                if let Some(i) = self.weak_keys.iter().position(|(l, ..)| *l == leaf) {
+                    self.weak_keys.remove(i);
+                }
+                if self.weak_keys.len() == WEAK_LEAVES {
+                    self.weak_keys.pop_front();
+                }
+                self.weak_keys.push_back((leaf, offset, vec![0; offset]));
+                self.weak_keys.len() - 1
+            }
+        };
+        let keys = &mut self.weak_keys[at].2;
+        if keys.len() < need {
+            // Adler-32 rolled on from the first window not keyed, with a
+            // table for the byte that leaves.
+            let first = (leaf * LEAF + keys.len() as u64 - start) as usize;
+            let sub: Vec<u32> = (0..256u32)
+                .map(|out| ((b as u32 % MOD) * out + 1) % MOD)
+                .collect();
+            let v = weak(&window[first..first + b]);
+            let (mut a, mut bb) = (v & 0xFFFF, v >> 16);
+            keys.reserve(to - first);
+            keys.push(v);
+            for q in first + 1..to {
+                let (out, inp) = (u32::from(window[q - 1]), u32::from(window[q - 1 + b]));
+                a += MOD - out + inp;
+                a -= if a >= MOD { MOD } else { 0 };
+                a -= if a >= MOD { MOD } else { 0 };
+                bb += a + MOD - sub[out as usize];
+                bb -= if bb >= MOD { MOD } else { 0 };
+                bb -= if bb >= MOD { MOD } else { 0 };
+                keys.push(bb << 16 | a);
             }
         }
+        Some(&self.weak_keys[at].2)
     }
 
     /// Remembers the full, block-aligned old blocks of `window` for moved
