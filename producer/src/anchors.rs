@@ -13,7 +13,8 @@
 //! the [`WINDOW`] bytes that end there, never on where reading started. The
 //! index keeps every old anchor's hash and position (16 bytes each), with
 //! `bits` chosen so that there are about [`TARGET_ENTRIES`] at most (16 MiB
-//! whatever the file's size). A segment hashes its literal bytes the same
+//! whatever the file's size; each 1 MiB chunk keeps at most twice its
+//! expected share, so data made of anchors cannot grow it further). A segment hashes its literal bytes the same
 //! way, looks its anchors up, and votes for the old range that holds most
 //! of their matches ([`Anchors::best_window`]).
 
@@ -38,6 +39,13 @@ const MAX_SAME_KEY: usize = 4;
 /// them made the patch 0.5% smaller for about 8% more CPU.
 const SAMPLE_EVERY: usize = 64 << 10;
 const SAMPLE_TAKE: usize = 16 << 10;
+/// Most old anchors kept per chunk, in multiples of the number expected
+/// (`CHUNK >> bits`): data made to be all anchors cannot grow the index
+/// past twice its usual size (32 MiB).
+const CHUNK_CAP_FACTOR: usize = 2;
+/// Most matches one segment collects: far more than real data gives
+/// (about a thousand), and 1 MiB of them.
+const MAX_HITS: usize = 1 << 16;
 
 /// Per-byte random values of the gear hash (splitmix64 of the byte).
 const GEAR: [u64; 256] = gear_table();
@@ -78,6 +86,21 @@ fn each_anchor(bytes: &[u8], from: usize, bits: u32, mut found: impl FnMut(usize
     }
 }
 
+/// Sorts one chunk's anchors and keeps at most `cap` of them, and of a key
+/// seen more than [`MAX_SAME_KEY`] times (never used, see `lookup`) one
+/// more than that, which keeps it unused.
+fn thin(out: &mut Vec<(u64, u64)>, cap: usize) {
+    out.sort_unstable();
+    let mut kept = 0;
+    for i in 0..out.len() {
+        if !(kept > MAX_SAME_KEY && out[kept - MAX_SAME_KEY - 1].0 == out[i].0) {
+            out[kept] = out[i];
+            kept += 1;
+        }
+    }
+    out.truncate(kept.min(cap));
+}
+
 /// The old file's anchors, sorted by key then position.
 #[derive(Debug)]
 pub(crate) struct Anchors {
@@ -108,10 +131,14 @@ impl Anchors {
                 let start = i as u64 * CHUNK;
                 let lo = start.saturating_sub(WINDOW as u64 - 1);
                 let n = old.read_clamped(buf, lo, (start + CHUNK - lo) as usize)?;
+                let cap = CHUNK_CAP_FACTOR * (CHUNK >> bits) as usize;
                 let mut out = Vec::new();
                 each_anchor(&buf[..n], 0, bits, |at, key| {
-                    out.push((key, lo + at as u64));
+                    if out.len() < 4 * cap {
+                        out.push((key, lo + at as u64));
+                    }
                 });
+                thin(&mut out, cap);
                 Ok(out)
             },
             &|_| {},
@@ -170,7 +197,7 @@ impl Anchors {
         let from = lo.saturating_sub(WINDOW - 1);
         let end = (hi + WINDOW - 1).min(new.len());
         each_anchor(&new[from..end], lo - from, self.bits, |at, key| {
-            if from + at >= hi {
+            if from + at >= hi || out.len() >= MAX_HITS {
                 return;
             }
             let slot = self.slot(key);
@@ -238,6 +265,18 @@ mod tests {
             .copied()
             .collect();
         assert_eq!(part, tail);
+    }
+
+    #[test]
+    fn chunks_keep_few_of_a_common_key_and_at_most_their_cap() {
+        let mut out: Vec<(u64, u64)> = (0..100).map(|i| (7, i)).collect();
+        out.push((3, 1));
+        thin(&mut out, 1000);
+        assert_eq!(out.len(), 1 + MAX_SAME_KEY + 1);
+        assert_eq!(out[0], (3, 1));
+        let mut out: Vec<(u64, u64)> = (0..100).map(|i| (i, i)).collect();
+        thin(&mut out, 10);
+        assert_eq!(out, (0..10).map(|i| (i, i)).collect::<Vec<_>>());
     }
 
     #[test]

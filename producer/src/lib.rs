@@ -56,8 +56,10 @@
 //! - 32 bytes per MiB of each file for the BLAKE3 tree;
 //! - with [`Options::prefix_search`] (`fast`), the anchor index (module
 //!   `anchors`): 16 bytes per anchor, about one per 256 bytes of a small
-//!   old file and at most about a million (16 MiB) for any size, plus a
-//!   directory of 2 bytes per anchor.
+//!   old file and about a million (16 MiB) at most on real data, never
+//!   over twice that (data made of anchors is thinned per 1 MiB), plus a
+//!   directory of 2 bytes per anchor; per encoding worker at most 64 Ki
+//!   matches (1.5 MiB).
 //!
 //! Scanning uses two 64 KiB buffers per thread; shift matching 1 MiB of new
 //! bytes and at most 64 KiB of old bytes per thread. Encoding keeps at most
