@@ -91,7 +91,8 @@ OLD, the patch or the output, which the object would damage: refused on stderr, 
     ok             true or false
     exit_code      the process's exit code
     mode           \"output\", \"check\" or \"in_place\" (absent for usage errors)
-    status         on success: \"applied\", \"verified\" (--check), \"synced\" (an image URL) or
+    status         on success: \"applied\", \"verified\" (--check), \"synced\" (an image URL),
+                   \"checked\" (--check with an image URL: a dry run, nothing written) or
                    \"already_applied\" (--in-place on a target that already is the new image)
     output, output_kind, device_len    -o: the file written (symlink resolved), \"file\" or
                    \"block_device\", and a device's size in bytes
@@ -105,6 +106,8 @@ OLD, the patch or the output, which the object would damage: refused on stderr, 
                    server, and whether OLD's hashes came from the cache (OLD was not read whole); a
                    failed sync has bytes_up, bytes_down, bytes_written and seconds so far
     seconds        wall time
+    estimated_seconds  --check with an image URL: the estimated time of the sync, whose
+                   bytes_up and bytes_down are what the sync would carry
     error_class    on failure: usage, io, refused, corrupt_patch, wrong_base, unsupported,
                    not_in_place, untrusted, interrupted
     error          on failure, and message on already_applied: the sentence also on stderr
@@ -690,6 +693,8 @@ struct JsonReport<'a> {
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estimated_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_class: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]

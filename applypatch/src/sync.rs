@@ -86,6 +86,20 @@ pub fn sync_in_place(
         .map_err(|e| failure(e, &old.display().to_string()))
 }
 
+/// A dry run (`--check`): what a sync of `old` in place would send each
+/// way and how long it would take. OLD is opened read-only: nothing is
+/// written.
+pub fn check(
+    old: &Path,
+    session: SyncSession,
+    opts: &SyncOptions,
+) -> Result<anypatch_sync::drive::Measured, DriveError> {
+    let (old_file, _) = crate::open_old(old)?;
+    session
+        .measure(&old_file, &opts.receive())
+        .map_err(|e| failure(e, &old.display().to_string()))
+}
+
 /// Syncs into the new file `new`, OLD staying as it is. `patch` is the
 /// URL, so that the checks on the output are those of `-o`.
 pub fn sync_to_new_file(

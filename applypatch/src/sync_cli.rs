@@ -48,12 +48,7 @@ pub(super) fn run(
     started: Instant,
 ) -> ExitCode {
     if cli.check {
-        return fail(
-            cli,
-            &DriveError::Refused(
-                "--check with an image URL (a dry run of a live sync) is not built yet; see the README".into(),
-            ),
-        );
+        return check(cli, session, opts, started);
     }
     let show = !cli.quiet && std::io::stderr().is_terminal();
     if show {
@@ -250,4 +245,50 @@ fn stop_mid_sync_for_tests(progress: &std::sync::Arc<anypatch_sync::progress::Sy
         let me = rustix::process::getpid();
         let _ = rustix::process::kill_process(me, rustix::process::Signal::STOP);
     });
+}
+
+/// `--check`: a dry run; prints what a sync would carry and an estimate of
+/// its time.
+fn check(cli: &Cli, session: SyncSession, opts: &SyncOptions, started: Instant) -> ExitCode {
+    let m = match sync::check(&cli.old, session, opts) {
+        Ok(m) => m,
+        Err(e) => return fail(cli, &e),
+    };
+    let estimate = m.estimated_secs();
+    if cli.json {
+        let j = JsonReport {
+            mode: Some(cli.mode()),
+            status: Some("checked"),
+            new_len: Some(m.new_len),
+            bytes_written: Some(0),
+            bytes_up: Some(m.bytes_up),
+            bytes_down: Some(m.bytes_down),
+            seconds: Some(JsonReport::seconds(started.elapsed())),
+            estimated_seconds: Some((estimate * 1000.0).round() / 1000.0),
+            ..JsonReport::new(true, 0)
+        };
+        return match j.print() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        };
+    }
+    if !cli.quiet {
+        let c = m.counts;
+        let rate = m
+            .rate()
+            .map_or_else(|| "?".into(), |r| format!("{}/s", human_bytes(r as u64)));
+        say(&format!(
+            "applypatch: a sync of {} ({}) would take about {estimate:.1} s: {} down ({} of data), {} up; {} of {} MiB groups differ, {} blocks found in OLD, {} to fetch (link measured at {rate}); nothing was written",
+            cli.old.display(),
+            human_bytes(m.new_len),
+            human_bytes(m.bytes_down),
+            human_bytes(m.data_bytes),
+            human_bytes(m.bytes_up),
+            c.groups_differing,
+            m.new_len.div_ceil(1 << 20),
+            c.blocks_found,
+            c.blocks_wanted,
+        ));
+    }
+    ExitCode::SUCCESS
 }

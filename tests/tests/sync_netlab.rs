@@ -279,3 +279,68 @@ fn link_down_mid_sync_then_rerun() {
         bench.to_client() - before
     );
 }
+
+#[test]
+fn a_dry_run_across_the_link_writes_nothing_and_tells_what_the_sync_then_carries() {
+    let bench = Bench::new("sync_check");
+    let mtime = || {
+        std::fs::metadata(&bench.target)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    };
+    let before = mtime();
+    let out = wait(
+        bench
+            .lab
+            .client_cmd(bin("applypatch").to_str().expect("utf-8 path"))
+            .env("XDG_CACHE_HOME", bench.work.path().join("cache"))
+            .args(["--check", "--json"])
+            .arg(&bench.target)
+            .arg(format!("quic://{}:{PORT}/new.img", bench.lab.server_addr()))
+            .args(["--server-cert", &bench.fingerprint])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("applypatch starts"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(check["status"], "checked", "{check}");
+    assert_eq!(check["bytes_written"], 0, "{check}");
+    assert_eq!(
+        b3(&bench.target),
+        bench.old_b3,
+        "the dry run changed the target"
+    );
+    assert_eq!(mtime(), before, "the dry run touched the target");
+    // OLD and NEW share nothing: the sync would carry all of NEW, and at
+    // the lab's rate that takes at least about this long (half of it as a
+    // margin for the shaper's burst).
+    let link_secs = IMAGE as f64 * 8.0 / (RATE_MBIT * 1e6);
+    let estimate = check["estimated_seconds"].as_f64().expect("an estimate");
+    assert!(
+        estimate >= link_secs / 2.0,
+        "{estimate} s for {link_secs} s of link"
+    );
+
+    let j = synced(&wait(bench.sync()));
+    assert_exact(&bench, "the sync after the dry run");
+    let (would, did) = (bytes_down(&check), bytes_down(&j));
+    eprintln!("dry run: {check}\nsync: {j}");
+    assert!(
+        would.abs_diff(did) * 50 <= did,
+        "the dry run said {would} bytes down, the sync carried {did}"
+    );
+    // Up, the same requests; how many go in one message depends on when
+    // the answers arrive, so the frames' headers differ a little.
+    let up = |j: &Value| j["bytes_up"].as_u64().expect("bytes_up");
+    assert!(
+        up(&check).abs_diff(up(&j)) * 10 <= up(&j),
+        "up: {check} vs {j}"
+    );
+}
