@@ -147,6 +147,12 @@ for f in /usr/share/zsh/vendor-completions/_mkpatch /usr/share/zsh/vendor-comple
          /usr/share/doc/anypatch-applypatch/examples/initramfs-tools/scripts/local-premount/anypatch; do
     [ -s "$f" ] || { echo "missing $f" >&2; exit 1; }
 done
+# Both licences, in the Debian copyright format.
+for pkg in anypatch-applypatch anypatch-mkpatch; do
+    grep -q '^License: MIT$' /usr/share/doc/$pkg/copyright &&
+        grep -q '^License: Apache-2.0$' /usr/share/doc/$pkg/copyright ||
+        { echo "the copyright file of $pkg lacks a licence" >&2; exit 1; }
+done
 echo "CHECK hook: $(stat -c %a /usr/share/initramfs-tools/hooks/anypatch) $(stat -c %a /usr/lib/dracut/modules.d/90anypatch/module-setup.sh)"
 
 # A real round trip: 4 MiB, a few changed ranges.
