@@ -56,9 +56,7 @@ impl SyncOptions {
 /// `Ok(None)` when the name is a patch (then nothing was done, and the
 /// patch is fetched as usual); `Ok(Some(session))` ready to run.
 pub fn open(remote: &Remote, opts: &SyncOptions) -> Result<Option<SyncSession>, DriveError> {
-    // The SYNC line takes a name without spaces (a space would split it
-    // into a name and a token): such a name is fetched as a patch.
-    if remote.url.scheme != Scheme::Quic || remote.url.path.contains(' ') {
+    if remote.url.scheme != Scheme::Quic {
         return Ok(None);
     }
     let trust = remote.opts.trust.clone();

@@ -173,11 +173,9 @@ async fn serve_stream(
         // A sync of an image (spec/SYNC.md) on this stream.
         Ok(Ok((token, line))) => match SyncRequest::parse(&line) {
             Some(Ok(req)) => {
-                // A token on the SYNC line or on an AUTH line before it.
+                // The token comes on the AUTH line before the SYNC line.
                 let req = SyncRequest {
-                    token: req
-                        .token
-                        .or_else(|| token.as_ref().map(|t| t.expose().to_owned())),
+                    token: token.as_ref().map(|t| t.expose().to_owned()),
                     ..req
                 };
                 match open_image(&shared, &req).await {

@@ -20,7 +20,9 @@ use crate::fetch::{FetchError, Fetcher};
 use crate::protocol::{read_line, Answer};
 use crate::{RemoteUrl, Trust};
 
-/// A sync request: `SYNC 0 <name> [<token>]`.
+/// A sync request: `SYNC 0 <name>`, the name being the rest of the line
+/// (it may hold spaces, as a `GET`'s does), after an `AUTH <token>` line
+/// when the client has a token for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncRequest {
     pub name: String,
@@ -29,32 +31,29 @@ pub struct SyncRequest {
 }
 
 impl SyncRequest {
-    /// The request line.
+    /// The request: its `AUTH` line if it has a token, then its `SYNC` line.
     pub fn encode(&self) -> Vec<u8> {
-        match &self.token {
-            Some(t) => format!("SYNC 0 {} {t}\n", self.name),
-            None => format!("SYNC 0 {}\n", self.name),
-        }
-        .into_bytes()
+        let auth = match &self.token {
+            Some(t) => format!("AUTH {t}\n"),
+            None => String::new(),
+        };
+        format!("{auth}SYNC 0 {}\n", self.name).into_bytes()
     }
 
-    /// The request a line is, if it is a `SYNC` line at all.
+    /// The request a `SYNC` line is, if it is one at all; its token comes
+    /// from the `AUTH` line before it.
     pub fn parse(line: &str) -> Option<Result<Self, String>> {
         let rest = line.strip_prefix("SYNC ")?;
-        let mut words = rest.split(' ');
-        let usage = || Err("the request is not SYNC 0 <name> [<token>]".to_string());
-        Some(
-            match (words.next(), words.next(), words.next(), words.next()) {
-                (Some("0"), Some(name), token, None) if !name.is_empty() => Ok(Self {
-                    name: name.to_owned(),
-                    token: token.filter(|t| !t.is_empty()).map(str::to_owned),
-                }),
-                (Some(v), ..) if v != "0" => Err(format!(
+        Some(match rest.split_once(' ') {
+            Some(("0", name)) if !name.is_empty() => Ok(Self {
+                name: name.to_owned(),
+                token: None,
+            }),
+            Some((v, _)) if v != "0" => Err(format!(
                 "sync protocol version {v} is not known here (0 is): update applypatch or mkpatch"
             )),
-                _ => usage(),
-            },
-        )
+            _ => Err("the request is not SYNC 0 <name>".to_string()),
+        })
     }
 }
 
@@ -386,4 +385,38 @@ fn close(conn: &quinn::Connection) {
     // at once on a closed connection), and lets the server see the
     // session end now rather than at its idle timeout.
     conn.close(0u32.into(), b"done");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncRequest;
+
+    #[test]
+    fn a_request_carries_names_with_spaces_and_its_token_on_an_auth_line() {
+        let req = SyncRequest {
+            name: "my vm.img".into(),
+            token: Some("s3cret".into()),
+        };
+        let wire = String::from_utf8(req.encode()).expect("text");
+        assert_eq!(wire, "AUTH s3cret\nSYNC 0 my vm.img\n");
+        let line = wire.lines().nth(1).expect("the SYNC line");
+        let back = SyncRequest::parse(line)
+            .expect("a SYNC line")
+            .expect("valid");
+        assert_eq!(back.name, "my vm.img");
+        assert_eq!(back.token, None, "the token is the AUTH line's");
+    }
+
+    #[test]
+    fn malformed_sync_lines_are_refused() {
+        assert_eq!(SyncRequest::parse("GET 0- a"), None);
+        for bad in ["SYNC ", "SYNC 0", "SYNC 0 ", "SYNC x"] {
+            assert!(
+                matches!(SyncRequest::parse(bad), Some(Err(_))),
+                "{bad:?} was accepted"
+            );
+        }
+        let e = SyncRequest::parse("SYNC 1 a").expect("a SYNC line");
+        assert!(e.expect_err("version 1").contains("version 1"));
+    }
 }

@@ -207,6 +207,36 @@ fn every_corpus_pair_syncs_exactly_to_output_and_in_place() {
     }
 }
 
+/// The SYNC line's name is the rest of the line: an image whose name has
+/// a space syncs (it was once read as a name and a token), also behind a
+/// token, which goes on the AUTH line before it.
+#[test]
+fn an_image_whose_name_has_a_space_syncs() {
+    let (old_src, new) = pair("sparse");
+    let site = Site::new(
+        &[("my vm.img", &new), ("guarded vm.img", &new)],
+        Some("my* -\nguarded* s3cret\n"),
+    );
+    let right = site.work.path().join("right");
+    std::fs::write(&right, "s3cret\n").expect("token");
+    std::fs::set_permissions(&right, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    for (name, extra) in [
+        ("my vm.img", Vec::new()),
+        (
+            "guarded vm.img",
+            vec![OsStr::new("--token-file"), right.as_os_str()],
+        ),
+    ] {
+        let old = site.copy(&old_src, "old");
+        let mut args = vec![OsStr::new("--in-place")];
+        args.extend(extra);
+        let j = synced(&site.sync(&old, name, &args));
+        assert!(num(&j, "bytes_written") > 0, "{name}: {j}");
+        assert_eq!(b3(&old), b3(&new), "{name}: the result is NEW");
+    }
+}
+
 #[test]
 fn tokens_in_the_access_file_guard_names() {
     let (old_src, new) = pair("sparse");
