@@ -336,46 +336,35 @@ impl SyncSession {
         target: Target<'_>,
         opts: &ReceiveOptions,
     ) -> Result<Received, SyncFailure> {
-        let handle = self.rt.handle().clone();
-        let conn = self.conn.clone();
-        let data = DataStream {
-            handle: handle.clone(),
-            conn: self.conn.clone(),
-            stream: None,
-        };
-        let r = receive(
-            old,
-            target,
-            BlockingRecv(handle.clone(), self.recv),
-            data,
-            BlockingSend(handle, self.control),
-            opts,
-        )
-        .map_err(SyncFailure::Session);
-        close(&conn);
-        r
+        self.over_streams(|recv, data, control| receive(old, target, recv, data, control, opts))
     }
 
     /// A dry run of [`SyncSession::run`] for `old` in place
     /// (`applypatch --check`): what a sync would send each way and how
     /// long it would take; nothing is written.
     pub fn measure(self, old: &File, opts: &ReceiveOptions) -> Result<Measured, SyncFailure> {
+        self.over_streams(|recv, data, control| measure(old, recv, data, control, opts))
+    }
+
+    /// Runs a receiving side over the session's streams, read and written
+    /// from this blocking thread, and closes the connection after it.
+    fn over_streams<T>(
+        self,
+        side: impl FnOnce(BlockingRecv, DataStream, BlockingSend) -> Result<T, SyncError>,
+    ) -> Result<T, SyncFailure> {
         let handle = self.rt.handle().clone();
-        let conn = self.conn.clone();
         let data = DataStream {
             handle: handle.clone(),
             conn: self.conn.clone(),
             stream: None,
         };
-        let r = measure(
-            old,
+        let r = side(
             BlockingRecv(handle.clone(), self.recv),
             data,
             BlockingSend(handle, self.control),
-            opts,
         )
         .map_err(SyncFailure::Session);
-        close(&conn);
+        close(&self.conn);
         r
     }
 }
