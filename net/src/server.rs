@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,9 @@ use crate::protocol::{read_line, Answer, Auth, Get, ALPN};
 use crate::sync::{self, SyncRequest, Trees};
 use crate::tls::{provider, Identity};
 use crate::token::Token;
+
+mod beneath;
+use beneath::Root;
 
 /// Bytes read from a file per send. With 1,000 clients, 64 MiB in all.
 const CHUNK: usize = 64 << 10;
@@ -88,6 +91,8 @@ pub struct Server {
 #[derive(Debug)]
 struct Shared {
     dir: PathBuf,
+    /// The same directory, held open: every name is opened beneath it.
+    root: Arc<Root>,
     access: Access,
     trees: Trees,
 }
@@ -108,6 +113,9 @@ impl Server {
                 opts.dir.display()
             )));
         }
+        let root = Root::open(&dir).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot serve {}: {e}", dir.display()))
+        })?;
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(std::io::Error::other)?
@@ -133,6 +141,7 @@ impl Server {
             endpoint,
             shared: Arc::new(Shared {
                 dir,
+                root: Arc::new(root),
                 access: opts.access.clone(),
                 trees: Trees::new(opts.cache.clone()),
             }),
@@ -194,7 +203,7 @@ async fn serve_stream(
                     .check(&get.name, token.as_ref().map(Token::expose))
                 {
                     Err(denied) => Err(denial(&get.name, &denied)),
-                    Ok(()) => open(&shared.dir, &get).await,
+                    Ok(()) => open(&shared.root, &get).await,
                 },
             },
         },
@@ -274,7 +283,7 @@ async fn open_image(
         end: None,
         name: req.name.clone(),
     };
-    let (file, _, _, len, tag) = open(&shared.dir, &get).await?;
+    let (file, _, _, len, tag) = open(&shared.root, &get).await?;
     let path = shared.dir.join(&req.name);
     let file = file.into_std().await;
     let (file, patch) = tokio::task::spawn_blocking(move || {
@@ -310,10 +319,14 @@ fn refuse(code: u16, message: &str) -> Answer {
     }
 }
 
-/// Opens the file a request names, inside the served directory, at its
-/// offset: the file, the offset, where to stop, its length and its tag.
-async fn open(dir: &Path, get: &Get) -> Result<(tokio::fs::File, u64, u64, u64, String), Answer> {
-    let rel = Path::new(&get.name);
+/// Opens the file a request names, beneath the served directory (see
+/// [`beneath`]), at its offset: the file, the offset, where to stop, its
+/// length and its tag.
+async fn open(
+    root: &Arc<Root>,
+    get: &Get,
+) -> Result<(tokio::fs::File, u64, u64, u64, String), Answer> {
+    let rel = PathBuf::from(&get.name);
     if get.name.contains('\0') || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(refuse(
             400,
@@ -321,14 +334,12 @@ async fn open(dir: &Path, get: &Get) -> Result<(tokio::fs::File, u64, u64, u64, 
         ));
     }
     let not_found = || refuse(404, &format!("no file {} is served here", get.name));
-    let path = dir.join(rel).canonicalize().map_err(|_| not_found())?;
-    // A symbolic link must not lead out of the served directory.
-    if !path.starts_with(dir) {
-        return Err(not_found());
-    }
-    let file = tokio::fs::File::open(&path)
+    let root = root.clone();
+    let file = tokio::task::spawn_blocking(move || root.open_file(&rel))
         .await
+        .map_err(|e| refuse(500, &format!("cannot open {}: {e}", get.name)))?
         .map_err(|_| not_found())?;
+    let file = tokio::fs::File::from_std(file);
     let meta = file.metadata().await.map_err(|_| not_found())?;
     if !meta.is_file() {
         return Err(refuse(403, &format!("{} is not a regular file", get.name)));

@@ -279,3 +279,80 @@ fn an_image_syncs_over_quic_in_place_and_to_a_new_file() {
     std::fs::write(served.join("a.patch"), &patch).expect("write patch");
     assert!(matches!(session("a.patch"), Err(SyncFailure::IsPatch)));
 }
+
+/// What one `GET` of `name` on `fetcher`'s connection gives: the bytes, or
+/// the server's refusal.
+async fn get_once(
+    fetcher: &mut anypatch_net::fetch::Fetcher,
+) -> Result<Vec<u8>, anypatch_net::fetch::FetchError> {
+    let (_, mut body) = fetcher.open(0, None, None).await?;
+    let mut got = Vec::new();
+    while let Some(chunk) = body.chunk().await? {
+        got.extend_from_slice(&chunk);
+    }
+    Ok(got)
+}
+
+/// A served directory that others may write to: `sub` is swapped, again
+/// and again and atomically (`RENAME_EXCHANGE`), with a link to a
+/// directory outside, while a client asks for `sub/x` thousands of times.
+/// A server that checks the path and then opens it serves the outside
+/// file whenever the swap falls between the two; opened beneath the
+/// directory in one step, every answer is the inside file or a refusal.
+#[test]
+fn a_directory_swapped_for_a_link_during_requests_never_leads_out() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let top = tempfile::tempdir().expect("dir");
+    let (served, outside) = (top.path().join("served"), top.path().join("outside"));
+    std::fs::create_dir_all(served.join("sub")).expect("sub");
+    std::fs::create_dir(&outside).expect("outside");
+    std::fs::write(served.join("sub/x"), b"inside").expect("inside");
+    std::fs::write(outside.join("x"), b"SECRET").expect("outside");
+    std::os::unix::fs::symlink(&outside, served.join("flip")).expect("link");
+    let server = Running::start(&served, &top.path().join("state"), 0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let swapper = {
+        let (stop, swaps) = (stop.clone(), swaps.clone());
+        let (a, b) = (served.join("sub"), served.join("flip"));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                renameat_with(CWD, &a, CWD, &b, RenameFlags::EXCHANGE).expect("exchange");
+                swaps.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (mut inside, mut refused, mut leaked) = (0u32, 0u32, 0u32);
+    rt.block_on(async {
+        let mut fetcher = anypatch_net::fetch::Fetcher::new(server.url("sub/x"), server.pinned())
+            .expect("fetcher");
+        for _ in 0..3000 {
+            match get_once(&mut fetcher).await {
+                Ok(b) if b == b"inside" => inside += 1,
+                Ok(b) if b == b"SECRET" => leaked += 1,
+                Ok(b) => panic!("unexpected bytes {b:?}"),
+                Err(e) if e.to_string().contains("no file sub/x") => refused += 1,
+                Err(e) => panic!("unexpected failure: {e}"),
+            }
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().expect("swapper");
+    assert_eq!(
+        leaked, 0,
+        "the outside file was served {leaked} times ({inside} inside, {refused} refused)"
+    );
+    // The swap really raced the requests: both outcomes happened.
+    assert!(
+        inside > 0 && refused > 0,
+        "{inside} inside, {refused} refused, {} swaps",
+        swaps.load(Ordering::Relaxed)
+    );
+}
