@@ -90,6 +90,38 @@ fn a_block_moved_from_a_leaf_looked_at_before_is_found_unless_forbidden() {
 }
 
 #[test]
+fn fresh_leaves_are_not_all_searched_and_a_shift_after_them_is_still_found() {
+    // 40 leaves of fresh data, then the old image from leaf 40 shifted by
+    // a deletion of 100 bytes (as a file system's new files, then an edit).
+    let leaves = 80;
+    let old = noise(leaves * LEAF as usize, 11);
+    let fresh = 40;
+    let mut new = noise(fresh * LEAF as usize, 12);
+    new.extend_from_slice(&old[fresh * LEAF as usize + 100..]);
+    let mut m = Matcher::new(SEED);
+    for leaf in 0..fresh as u64 {
+        assert_eq!(found(&plan(&mut m, &old, &new, leaf)), 0, "leaf {leaf}");
+    }
+    // Every one of them searched would be 40 x 192 KiB of positions.
+    let full = fresh as u64 * 3 * LEAF;
+    assert!(
+        m.positions_tested() < full / 3,
+        "{} positions tested in fresh data (all: {full})",
+        m.positions_tested()
+    );
+    // The shift is found within 17 leaves, and in every full leaf after.
+    let first = (fresh as u64..leaf_count(new.len() as u64))
+        .find(|&leaf| found(&plan(&mut m, &old, &new, leaf)) == 16)
+        .expect("the shift is found");
+    assert!(first <= fresh as u64 + 16, "found from leaf {first}");
+    for leaf in first + 1..leaf_count(new.len() as u64) - 1 {
+        let sources = plan(&mut m, &old, &new, leaf);
+        assert_eq!(found(&sources), 16, "leaf {leaf}");
+        assert_eq!(sources[0], Source::Old(leaf * LEAF + 100));
+    }
+}
+
+#[test]
 fn the_short_last_block_is_found_only_where_it_was() {
     let old = noise(LEAF as usize + 1000, 6);
     let new = old.clone();
