@@ -88,6 +88,13 @@ fn remote_peak(s: &Served, out: &Path, rate: f64) -> u64 {
     peak_of(child)
 }
 
+/// The median of three measurements.
+fn median3(mut measure: impl FnMut() -> u64) -> u64 {
+    let mut v = [measure(), measure(), measure()];
+    v.sort_unstable();
+    v[1]
+}
+
 /// The README's bound: the client holds the engine's memory plus at most
 /// 16 MiB of network buffers. Measured as what a remote run's peak RSS
 /// adds to a local run's of the same patch, on a 32 MiB patch whose
@@ -106,27 +113,29 @@ fn network_buffers_stay_within_16_mib() {
     let tiny = served(&tiny_dir, 1 << 20, false);
     let out = work.path().join("out.img");
     let rate = 20e6;
-    // The least of three runs: the allocator and how datagrams batch move
-    // a single peak by a MiB or two; buffers that the design holds show in
-    // every run.
-    let remote_big = (0..3)
+    // The least of five runs: glibc's heap fragments differently from run
+    // to run (with a fixed mmap threshold, MALLOC_MMAP_THRESHOLD_=32768,
+    // the spread of 3 MiB goes away), so one run's peak can sit 3 MiB above
+    // the buffers the design holds, which show in every run. The smaller
+    // runs vary less; each is the median of three.
+    let remote_big = (0..5)
         .map(|_| {
             let peak = remote_peak(&big, &out, rate);
             assert_eq!(b3(&out), b3(&big.new));
             peak
         })
         .min()
-        .expect("three runs");
-    let local_big = local_peak(&big.old, &big.patch, &out, 2.0 * rate);
+        .expect("five runs");
+    let local_big = median3(|| local_peak(&big.old, &big.patch, &out, 2.0 * rate));
     assert_eq!(b3(&out), b3(&big.new));
-    let remote_tiny = remote_peak(&tiny, &out, 2e6);
-    let local_tiny = local_peak(&tiny.old, &tiny.patch, &out, 2e6);
+    let remote_tiny = median3(|| remote_peak(&tiny, &out, 2e6));
+    let local_tiny = median3(|| local_peak(&tiny.old, &tiny.patch, &out, 2e6));
     assert_eq!(b3(&out), b3(&tiny.new));
     let fixed = remote_tiny.saturating_sub(local_tiny);
     let buffers = remote_big.saturating_sub(local_big).saturating_sub(fixed);
     let mib = |b: u64| b as f64 / MIB as f64;
     eprintln!(
-        "peak RSS: 32 MiB patch {:.1} MiB remote (least of 3), {:.1} MiB local; 1 MiB patch {:.1} MiB remote, {:.1} MiB local; network buffers {:.1} MiB (bound 16)",
+        "peak RSS: 32 MiB patch {:.1} MiB remote (least of 5), {:.1} MiB local; 1 MiB patch {:.1} MiB remote, {:.1} MiB local (medians of 3); network buffers {:.1} MiB (bound 16)",
         mib(remote_big),
         mib(local_big),
         mib(remote_tiny),
