@@ -62,6 +62,7 @@ impl Remote {
             _ => Trust::roots(flags.ca).map_err(DriveError::Refused)?,
         };
         let mut opts = RemoteOptions::new(trust);
+        retries_for_tests(&mut opts);
         if let Some(path) = flags.token_file {
             if url.scheme == Scheme::Http {
                 return Err(DriveError::Refused(format!(
@@ -347,4 +348,20 @@ pub fn download_path(target: &Path, state: Option<&Path>) -> PathBuf {
 pub fn remove_download(spool: &Path) {
     let _ = fs::remove_file(spool);
     let _ = fs::remove_file(tag_path(spool));
+}
+
+/// Test hook: with `ANYPATCH_TEST_RETRIES=N`, N retries in a row instead
+/// of 12, so that a test of a server that stays away gives up in seconds,
+/// not minutes. Nothing at all without the `test-hooks` feature.
+#[cfg(not(feature = "test-hooks"))]
+fn retries_for_tests(_: &mut RemoteOptions) {}
+
+#[cfg(feature = "test-hooks")]
+fn retries_for_tests(opts: &mut RemoteOptions) {
+    if let Some(n) = std::env::var("ANYPATCH_TEST_RETRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.retries = n;
+    }
 }

@@ -14,6 +14,8 @@ use std::fs::File;
 use std::path::Path;
 
 use anypatch_hash_cache::Cache;
+use anypatch_net::fetch::FetchError;
+use anypatch_net::remote::with_retries;
 use anypatch_net::sync::{SyncFailure, SyncSession};
 use anypatch_net::url::Scheme;
 use anypatch_net::{Token, Trust};
@@ -60,7 +62,20 @@ pub fn open(remote: &Remote, opts: &SyncOptions) -> Result<Option<SyncSession>, 
         return Ok(None);
     }
     let trust = remote.opts.trust.clone();
-    match SyncSession::open(&remote.url, trust.clone(), opts.token.as_ref().map(Token::expose)) {
+    let token = opts.token.as_ref().map(Token::expose);
+    // A server briefly down or restarting is tried again as a fetch is
+    // (same backoff, same notices); a refusal is final at once.
+    let opened = with_retries(
+        &remote.url,
+        &remote.opts,
+        || SyncSession::open(&remote.url, trust.clone(), token),
+        |e| match e {
+            SyncFailure::Fetch(FetchError::Retry(why)) => Some(why.clone()),
+            _ => None,
+        },
+        |why| SyncFailure::Fetch(FetchError::Fatal(why)),
+    );
+    match opened {
         Ok(_) if matches!(trust, Trust::Signature) => Err(DriveError::Refused(format!(
             "{} is an image, not a patch: a live sync has no signature to check, so the server itself must be trusted: give --server-cert SHA256:... (the fingerprint `mkpatch serve` prints) or --ca FILE",
             remote.url

@@ -252,7 +252,7 @@ async fn fetch_loop(
         stats,
         opts,
     };
-    let mut failures = 0u32;
+    let mut backoff = Backoff::default();
     loop {
         let before = t.at;
         let why = match fetch_once(&mut fetcher, &mut t).await {
@@ -269,28 +269,116 @@ async fn fetch_loop(
             Err(Failed::Fetch(FetchError::Retry(why))) => why,
         };
         // Failures count in a row: an attempt that got bytes starts anew.
-        failures = if t.at > before { 1 } else { failures + 1 };
-        let (url, at, retries) = (&t.url, t.at, t.opts.retries);
-        if failures > retries {
-            let _ =
-                t.tx.send(Err(fail(format!(
-                    "{url}: gave up after {failures} attempts in a row; last: {why}"
-                ))))
-                .await;
-            return;
+        if t.at > before {
+            backoff.progressed();
         }
-        let wait = t
-            .opts
-            .backoff
-            .saturating_mul(1 << (failures - 1).min(16))
-            .min(t.opts.max_backoff);
-        (t.opts.notice)(&format!(
-            "{url}: {why}; at byte {at}, retrying in {:.1} s ({failures} of {retries})",
-            wait.as_secs_f64(),
-        ));
+        let wait = match backoff.failed(&t.opts) {
+            Ok(wait) => wait,
+            Err(given_up) => {
+                let _ = t.tx.send(Err(fail(given_up.message(&t.url, &why)))).await;
+                return;
+            }
+        };
+        (t.opts.notice)(&backoff.notice(&t.url, &why, Some(t.at), wait, &t.opts));
         t.stats.retries.fetch_add(1, Ordering::Relaxed);
         t.opts.totals.retries.fetch_add(1, Ordering::Relaxed);
         crate::rt::sleep(wait).await;
+    }
+}
+
+/// Failed attempts in a row, and the wait before the next one: the rule
+/// of every retry, a patch's fetch and the opening of a sync alike.
+/// [`RemoteOptions::backoff`] doubled after each failure up to
+/// [`RemoteOptions::max_backoff`], given up after
+/// [`RemoteOptions::retries`] failures in a row.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+/// The attempts made when a [`Backoff`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GaveUp(pub u32);
+
+impl GaveUp {
+    /// What to tell the user, after `why`, the last failure.
+    pub fn message(self, url: &RemoteUrl, why: &str) -> String {
+        format!(
+            "{url}: gave up after {} attempts in a row; last: {why}",
+            self.0
+        )
+    }
+}
+
+impl Backoff {
+    /// An attempt got somewhere: the next failure is the first in a row.
+    pub fn progressed(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Counts a failed attempt: how long to wait before the next, or
+    /// [`GaveUp`] once `opts.retries` failures came in a row.
+    pub fn failed(&mut self, opts: &RemoteOptions) -> Result<Duration, GaveUp> {
+        self.failures += 1;
+        if self.failures > opts.retries {
+            return Err(GaveUp(self.failures));
+        }
+        Ok(opts
+            .backoff
+            .saturating_mul(1 << (self.failures - 1).min(16))
+            .min(opts.max_backoff))
+    }
+
+    /// The notice of a retry after the failure `why`: at byte `at` of a
+    /// fetch, if it is one.
+    pub fn notice(
+        &self,
+        url: &RemoteUrl,
+        why: &str,
+        at: Option<u64>,
+        wait: Duration,
+        opts: &RemoteOptions,
+    ) -> String {
+        let at = at.map_or(String::new(), |at| format!(" at byte {at},"));
+        format!(
+            "{url}: {why};{at} retrying in {:.1} s ({} of {})",
+            wait.as_secs_f64(),
+            self.failures,
+            opts.retries
+        )
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for a reason `retryable` does
+/// not name (a refusal, a wrong certificate), or fails `opts.retries` times
+/// in a row ([`Backoff`]); between attempts it waits, counts a retry in
+/// `opts.totals` and says so through `opts.notice`, as a fetch does.
+/// `gave_up` makes the error for the last case from its message. Blocks
+/// the calling thread while it waits.
+pub fn with_retries<T, E>(
+    url: &RemoteUrl,
+    opts: &RemoteOptions,
+    mut attempt: impl FnMut() -> Result<T, E>,
+    retryable: impl Fn(&E) -> Option<String>,
+    gave_up: impl FnOnce(String) -> E,
+) -> Result<T, E> {
+    let mut backoff = Backoff::default();
+    loop {
+        let e = match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let Some(why) = retryable(&e) else {
+            return Err(e);
+        };
+        match backoff.failed(opts) {
+            Err(given_up) => return Err(gave_up(given_up.message(url, &why))),
+            Ok(wait) => {
+                (opts.notice)(&backoff.notice(url, &why, None, wait, opts));
+                opts.totals.retries.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(wait);
+            }
+        }
     }
 }
 
@@ -393,5 +481,108 @@ async fn fetch_once(fetcher: &mut Fetcher, t: &mut Transfer) -> Result<(), Faile
         ))
         .into()),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn opts(notes: &Arc<Mutex<Vec<String>>>) -> RemoteOptions {
+        let sink = notes.clone();
+        let mut o = RemoteOptions::new(Trust::Signature);
+        o.backoff = Duration::from_millis(1);
+        o.max_backoff = Duration::from_millis(4);
+        o.retries = 3;
+        o.notice = Arc::new(move |s| sink.lock().expect("notes").push(s.to_owned()));
+        o
+    }
+
+    #[test]
+    fn waits_double_up_to_the_cap_and_progress_starts_the_count_anew() {
+        let o = RemoteOptions::new(Trust::Signature);
+        let mut b = Backoff::default();
+        let waits: Vec<_> = (0..12).map(|_| b.failed(&o).expect("within 12")).collect();
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(
+            ms,
+            [250, 500, 1000, 2000, 4000, 8000, 8000, 8000, 8000, 8000, 8000, 8000]
+        );
+        assert_eq!(b.failed(&o), Err(GaveUp(13)));
+        b.progressed();
+        assert_eq!(b.failed(&o), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn with_retries_retries_what_may_pass_and_nothing_else() {
+        let url = RemoteUrl::parse("quic://h/x").expect("url");
+        let retry = |e: &FetchError| match e {
+            FetchError::Retry(w) => Some(w.clone()),
+            FetchError::Fatal(_) => None,
+        };
+        // Two failures that may pass, then success: two notices.
+        let notes = Arc::default();
+        let o = opts(&notes);
+        let mut n = 0;
+        let r = with_retries(
+            &url,
+            &o,
+            || {
+                n += 1;
+                if n < 3 {
+                    Err(FetchError::Retry("down".into()))
+                } else {
+                    Ok(n)
+                }
+            },
+            retry,
+            FetchError::Fatal,
+        );
+        assert_eq!(r, Ok(3));
+        let seen = notes.lock().expect("notes").clone();
+        assert_eq!(
+            seen,
+            [
+                "quic://h/x: down; retrying in 0.0 s (1 of 3)",
+                "quic://h/x: down; retrying in 0.0 s (2 of 3)"
+            ]
+        );
+        assert_eq!(o.totals.retries.load(Ordering::Relaxed), 2);
+        // A refusal: once, no notice.
+        let notes = Arc::default();
+        let o = opts(&notes);
+        let mut n = 0;
+        let r: Result<(), _> = with_retries(
+            &url,
+            &o,
+            || {
+                n += 1;
+                Err(FetchError::Fatal("refused".into()))
+            },
+            retry,
+            FetchError::Fatal,
+        );
+        assert_eq!((r, n), (Err(FetchError::Fatal("refused".into())), 1));
+        assert!(notes.lock().expect("notes").is_empty());
+        // Down for good: retries + 1 attempts, then the give-up message.
+        let mut n = 0;
+        let r: Result<(), _> = with_retries(
+            &url,
+            &o,
+            || {
+                n += 1;
+                Err(FetchError::Retry("down".into()))
+            },
+            retry,
+            FetchError::Fatal,
+        );
+        assert_eq!(n, 4);
+        assert_eq!(
+            r,
+            Err(FetchError::Fatal(
+                "quic://h/x: gave up after 4 attempts in a row; last: down".into()
+            ))
+        );
     }
 }

@@ -886,17 +886,127 @@ fn a_wrong_certificate_or_a_silent_host_fails_clearly() {
     assert!(msg.contains("not trusted"), "{msg}");
     assert_eq!(b3(&old), before);
 
-    // A port where nothing answers: refused once the connection attempt
-    // times out (10 s), not retried forever.
+    // A port where nothing answers: retried as a fetch is, and given up
+    // after the retries in a row (one here, through the test hook; 12 and
+    // about three minutes otherwise), not retried forever.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP port");
     let port = silent.local_addr().expect("addr").port();
     let mut cmd = Command::new(bin("applypatch"));
     cmd.env("XDG_CACHE_HOME", site.work.path().join("cache"))
+        .env("ANYPATCH_TEST_RETRIES", "1")
         .args(["--in-place", "--json"])
         .arg(&old)
         .arg(format!("quic://127.0.0.1:{port}/new.img"))
         .args(["--server-cert", fp]);
     let msg = refused(&run(&mut cmd));
-    assert!(msg.contains("did not answer within 10 s"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "127.0.0.1:{port} did not answer within 10 s; retrying in 0.2 s (1 of 1)"
+        )) && msg.contains(&format!(
+            "gave up after 2 attempts in a row; last: 127.0.0.1:{port} did not answer within 10 s"
+        )),
+        "{msg}"
+    );
     assert_eq!(b3(&old), before);
+}
+
+/// Lines a child writes on stderr, gathered as they come by a thread.
+fn gather_stderr(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::BufRead;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    let err = child.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let mut s = sink.lock().expect("stderr");
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    seen
+}
+
+#[test]
+fn a_server_that_is_not_up_yet_is_retried_and_refusals_are_not() {
+    use std::process::Stdio;
+    let (old_src, new) = pair("sparse");
+    let served = tempfile::tempdir().expect("served");
+    let state = tempfile::tempdir().expect("state");
+    let work = tempfile::tempdir().expect("work");
+    std::fs::copy(&new, served.path().join("new.img")).expect("served image");
+    let old = work.path().join("old");
+    std::fs::copy(&old_src, &old).expect("old");
+    // A first run of the server makes its certificate and finds a port.
+    let first = Serve::start(served.path(), state.path());
+    let (port, fp) = (first.port, first.fingerprint.clone());
+    drop(first);
+    // The port held by a socket that never answers until the server comes.
+    let silent = std::net::UdpSocket::bind(("127.0.0.1", port)).expect("the port again");
+    let out = work.path().join("out");
+    let mut client = Command::new(bin("applypatch"))
+        .env("XDG_CACHE_HOME", work.path().join("cache"))
+        .arg(&old)
+        .arg(format!("quic://127.0.0.1:{port}/new.img"))
+        .args(["--server-cert", &fp, "--json", "-o"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("applypatch starts");
+    let stderr = gather_stderr(&mut client);
+    net_support::wait_for(
+        std::time::Duration::from_secs(60),
+        "the client to say it retries (or to end)",
+        || {
+            stderr.lock().expect("stderr").contains("retrying in")
+                || client.try_wait().ok().flatten().is_some()
+        },
+    );
+    drop(silent);
+    let _server = Serve::start_with(
+        served.path(),
+        state.path(),
+        &format!("127.0.0.1:{port}"),
+        &[],
+    );
+    let r = client.wait_with_output().expect("wait");
+    let said = stderr.lock().expect("stderr").clone();
+    let j = synced(&Output {
+        stderr: said.clone().into_bytes(),
+        ..r
+    });
+    assert!(
+        said.contains(&format!(
+            "quic://127.0.0.1:{port}/new.img: 127.0.0.1:{port} did not answer within 10 s; retrying in 0.2 s (1 of 12)"
+        )),
+        "the notice a fetch gives: {said}"
+    );
+    assert_eq!(b3(&out), b3(&new), "{j}");
+
+    // Refusals are final at once: a wrong certificate, no such name, and a
+    // name its token guards.
+    let site = Site::new(&[("new.img", &new)], Some("new.img secret-token\n"));
+    let fp = &site.serve.fingerprint;
+    let last = fp.chars().last().expect("a fingerprint");
+    let wrong = format!(
+        "{}{}",
+        &fp[..fp.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    );
+    for (name, cert, why) in [
+        ("new.img", wrong.as_str(), "not trusted"),
+        ("missing.img", fp.as_str(), "not open to anyone"),
+        ("new.img", fp.as_str(), "needs its token"),
+    ] {
+        let mut cmd = Command::new(bin("applypatch"));
+        cmd.env("XDG_CACHE_HOME", site.work.path().join("cache"))
+            .args(["--in-place", "--json"])
+            .arg(&old)
+            .arg(site.serve.url(name))
+            .args(["--server-cert", cert]);
+        let r = run(&mut cmd);
+        let msg = refused(&r);
+        assert!(msg.contains(why), "{name}: {msg}");
+        assert!(!msg.contains("retrying"), "{name} was retried: {msg}");
+    }
 }
