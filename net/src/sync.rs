@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anypatch_hash_cache::Cache;
@@ -126,30 +126,61 @@ impl Drop for BlockingSend {
 /// them (16 receivers of one image hash it once), sessions that start
 /// later have it whole at once. Kept in the hash cache too, so that a
 /// restarted server does not hash an unchanged image again.
+///
+/// Keyed by the file, not its name: two names of one file (a link) share
+/// one tree and one hashing pass.
 #[derive(Debug)]
 pub(crate) struct Trees {
     cache: Option<Cache>,
-    /// By path: the version's tag, and its tree.
-    slots: Mutex<HashMap<PathBuf, (String, Arc<GrowingTree>)>>,
+    /// By file (device, inode): its version and its tree.
+    slots: Mutex<HashMap<(u64, u64), Slot>>,
+    /// Sessions served so far, to tell which slot was used last.
+    uses: std::sync::atomic::AtomicU64,
 }
+
+/// One file's tree.
+#[derive(Debug)]
+struct Slot {
+    version: Version,
+    tree: Arc<GrowingTree>,
+    /// When it was last asked for (in [`Trees::uses`]).
+    used: u64,
+}
+
+/// What says a file is still the one that was hashed, as the hash cache
+/// has it: its size, mtime and ctime (a write, even with the mtime set
+/// back, changes the ctime).
+type Version = (u64, i64, i64, i64, i64);
+
+/// Trees kept for files no session is syncing: the least recently asked
+/// for beyond these go (the hash cache still holds them).
+const IDLE_TREES: usize = 16;
 
 impl Trees {
     pub(crate) fn new(cache: Option<Cache>) -> Self {
         Self {
             cache,
             slots: Mutex::new(HashMap::new()),
+            uses: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// The tree of the file at `path`, version `tag`: hashing starts (on
-    /// its own threads) when no session asked for this version before, or
-    /// when its last hashing failed.
-    fn get(&self, path: &Path, tag: &str, file: &File, len: u64) -> io::Result<Arc<GrowingTree>> {
+    /// The tree of `file` (`len` bytes) as it is now: hashing starts (on
+    /// its own threads) when no session asked for this version of this
+    /// file before, under any of its names, or when its last hashing
+    /// failed.
+    fn get(&self, file: &File, len: u64) -> io::Result<Arc<GrowingTree>> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        let key = (m.dev(), m.ino());
+        let version = (len, m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+        let used = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((t, tree)) = slots.get(path) {
+        if let Some(slot) = slots.get_mut(&key) {
             // A new version replaces the old one's tree.
-            if t == tag && !tree.failed() {
-                return Ok(tree.clone());
+            if slot.version == version && !slot.tree.failed() {
+                slot.used = used;
+                return Ok(slot.tree.clone());
             }
         }
         let tree = GrowingTree::new(len);
@@ -162,8 +193,33 @@ impl Trees {
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
                 filling.fill(&file, threads, cache.as_ref());
             })?;
-        slots.insert(path.to_owned(), (tag.to_owned(), tree.clone()));
+        slots.insert(
+            key,
+            Slot {
+                version,
+                tree: tree.clone(),
+                used,
+            },
+        );
+        forget_idle(&mut slots);
         Ok(tree)
+    }
+}
+
+/// Drops the least recently asked for trees no session holds, beyond
+/// [`IDLE_TREES`]: a file replaced by a new one (a new inode) leaves its
+/// old tree behind, which nothing would ask for again.
+fn forget_idle(slots: &mut HashMap<(u64, u64), Slot>) {
+    let mut idle: Vec<((u64, u64), u64)> = slots
+        .iter()
+        .filter(|(_, s)| Arc::strong_count(&s.tree) == 1)
+        .map(|(k, s)| (*k, s.used))
+        .collect();
+    if idle.len() > IDLE_TREES {
+        idle.sort_by_key(|&(_, used)| used);
+        for (k, _) in &idle[..idle.len() - IDLE_TREES] {
+            slots.remove(k);
+        }
     }
 }
 
@@ -183,10 +239,10 @@ pub(crate) async fn serve(
     conn: quinn::Connection,
     mut control: quinn::SendStream,
     recv: quinn::RecvStream,
-    (path, file, len, tag): (PathBuf, File, u64, String),
+    (_path, file, len, tag): (PathBuf, File, u64, String),
     trees: &Trees,
 ) -> io::Result<()> {
-    let tree = match trees.get(&path, &tag, &file, len) {
+    let tree = match trees.get(&file, len) {
         Ok(t) => t,
         Err(why) => {
             let refusal = Answer::Err {
@@ -378,7 +434,86 @@ fn close(conn: &quinn::Connection) {
 
 #[cfg(test)]
 mod tests {
-    use super::SyncRequest;
+    use super::{SyncRequest, Trees, IDLE_TREES};
+    use std::fs::File;
+    use std::sync::Arc;
+
+    /// A served directory with `a.img` of `len` bytes.
+    fn served(len: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("a.img"), bytes).expect("write");
+        dir
+    }
+
+    fn tree_of(trees: &Trees, path: &std::path::Path) -> Arc<anypatch_sync::growing::GrowingTree> {
+        let f = File::open(path).expect("open");
+        let len = f.metadata().expect("stat").len();
+        trees.get(&f, len).expect("tree")
+    }
+
+    #[test]
+    fn a_name_and_links_to_it_share_one_tree() {
+        let dir = served(300_000);
+        let a = dir.path().join("a.img");
+        std::fs::hard_link(&a, dir.path().join("hard.img")).expect("link");
+        std::os::unix::fs::symlink("a.img", dir.path().join("soft.img")).expect("symlink");
+        let trees = Trees::new(None);
+        let first = tree_of(&trees, &a);
+        for name in ["hard.img", "soft.img", "a.img"] {
+            let other = tree_of(&trees, &dir.path().join(name));
+            assert!(Arc::ptr_eq(&first, &other), "{name} got a tree of its own");
+        }
+    }
+
+    #[test]
+    fn a_file_written_since_gets_a_new_tree() {
+        let dir = served(300_000);
+        let a = dir.path().join("a.img");
+        let trees = Trees::new(None);
+        let first = tree_of(&trees, &a);
+        assert!(Arc::ptr_eq(&first, &tree_of(&trees, &a)));
+        // Same length, and the mtime set back: the ctime still moves.
+        let mtime = std::fs::metadata(&a)
+            .expect("stat")
+            .modified()
+            .expect("mtime");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&a)
+            .expect("open");
+        std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 1000).expect("write");
+        f.set_modified(mtime).expect("set mtime");
+        drop(f);
+        assert!(!Arc::ptr_eq(&first, &tree_of(&trees, &a)));
+    }
+
+    #[test]
+    fn trees_no_session_holds_are_forgotten_beyond_a_few() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trees = Trees::new(None);
+        let held = {
+            std::fs::write(dir.path().join("held.img"), b"held").expect("write");
+            tree_of(&trees, &dir.path().join("held.img"))
+        };
+        for i in 0..IDLE_TREES + 10 {
+            let p = dir.path().join(format!("{i}.img"));
+            std::fs::write(&p, i.to_string()).expect("write");
+            let t = tree_of(&trees, &p);
+            // Hashed (a few bytes): the hashing thread lets go of it, and
+            // only the slot and this test hold it.
+            while t.finished().is_none() {
+                std::thread::yield_now();
+            }
+            while Arc::strong_count(&t) > 2 {
+                std::thread::yield_now();
+            }
+        }
+        let slots = trees.slots.lock().expect("slots");
+        assert!(slots.len() <= IDLE_TREES + 2, "{} trees kept", slots.len());
+        assert!(slots.values().any(|s| Arc::ptr_eq(&s.tree, &held)));
+    }
 
     #[test]
     fn a_request_carries_names_with_spaces_and_its_token_on_an_auth_line() {
