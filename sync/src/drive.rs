@@ -502,6 +502,8 @@ pub struct Sent {
     pub finished: bool,
     /// Requests answered before the sender's tree was whole.
     pub answered_while_hashing: u64,
+    /// The zstd level `DATA` was compressed at last ([`crate::pace`]).
+    pub level: i32,
 }
 
 enum SendEvent {
@@ -557,6 +559,7 @@ pub fn send(
     });
 
     let mut out = sender.start();
+    let mut pace = crate::pace::Pace::default();
     let mut hashed: Vec<Value> = Vec::new();
     let mut tree_whole = false;
     let mut event = rx.recv().ok();
@@ -583,8 +586,20 @@ pub fn send(
                         if !tree_whole {
                             sent.answered_while_hashing += 1;
                         }
+                        let raw = match &m {
+                            Message::WantData(ranges) => {
+                                ranges.iter().map(|r| u64::from(r.len)).sum()
+                            }
+                            _ => 0,
+                        };
+                        let began = Instant::now();
                         match sender.answer(m) {
-                            Ok(a) => out.extend(a),
+                            Ok(a) => {
+                                out.extend(a);
+                                if raw > 0 {
+                                    pace.packed(raw, began.elapsed());
+                                }
+                            }
                             Err(AnswerError::Io(e)) => return Err(e),
                             Err(e @ AnswerError::Refused(_)) => {
                                 let _ =
@@ -612,12 +627,22 @@ pub fn send(
                 let bytes = a.encode();
                 sent.bytes_down += bytes.len() as u64;
                 match a {
-                    Message::Data { .. } | Message::Fill(_) => data_out.write_all(&bytes)?,
+                    Message::Data { .. } => {
+                        let began = Instant::now();
+                        data_out.write_all(&bytes)?;
+                        pace.wrote(began.elapsed());
+                    }
+                    Message::Fill(_) => data_out.write_all(&bytes)?,
                     _ => control_out.write_all(&bytes)?,
                 }
             }
             control_out.flush()?;
             data_out.flush()?;
+            let level = pace.next_level(sender.level());
+            if level != sender.level() {
+                sender.set_level(level)?;
+            }
+            sent.level = sender.level();
             if sender.finished().is_some() {
                 sent.finished = true;
                 return Ok(sent);

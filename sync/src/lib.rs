@@ -18,6 +18,7 @@ pub mod drive;
 pub mod growing;
 pub mod hash;
 pub mod matcher;
+pub mod pace;
 pub mod packing;
 pub mod progress;
 pub mod receiver;

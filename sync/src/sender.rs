@@ -60,6 +60,25 @@ impl<'a, I: Image + ?Sized> Sender<'a, I> {
         }
     }
 
+    /// Compresses `DATA` at this zstd level from the message after the
+    /// next (see [`Packer::set_level`]); a dry run's sizes are those of
+    /// the level it starts at unless this is called.
+    pub fn set_level(&mut self, level: i32) -> io::Result<()> {
+        let packer = match &mut self.packer {
+            Some(p) => p,
+            None => self.packer.insert(Packer::new()?),
+        };
+        packer.set_level(level);
+        Ok(())
+    }
+
+    /// The zstd level `DATA` is compressed at now.
+    pub fn level(&self) -> i32 {
+        self.packer
+            .as_ref()
+            .map_or(crate::packing::LEVEL, Packer::level)
+    }
+
     /// The message that opens the session: the image's length and the
     /// tree's shape.
     pub fn start(&self) -> Vec<Message> {
