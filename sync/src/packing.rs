@@ -194,21 +194,34 @@ mod tests {
         let text: Vec<u8> = (0..200_000u32)
             .flat_map(|i| format!("line {} of {}\n", i % 977, i % 13).into_bytes())
             .collect();
+        let magic = 0xFD2F_B528u32.to_le_bytes();
         let mut p = Packer::new().expect("packer");
         let mut u = Unpacker::new().expect("unpacker");
-        let mut sizes = Vec::new();
+        let mut seen = Vec::new();
         for (i, level) in [3, 2, 2, 6, 6, 6, 4].into_iter().enumerate() {
             p.set_level(level);
+            let used = p.level();
             let chunk = &text[i * 60_000..(i + 1) * 60_000];
             let packed = p.pack(chunk).expect("pack");
             let mut out = vec![0; chunk.len()];
             u.unpack(&packed, &mut out).expect("unpack");
             assert_eq!(out, chunk, "message {i}");
-            sizes.push((p.level(), packed.len()));
+            seen.push((used, packed.starts_with(&magic)));
         }
-        // A change applies from the message after the one that ends the frame.
-        let levels: Vec<i32> = sizes.iter().map(|s| s.0).collect();
-        assert_eq!(levels, [3, 2, 2, 6, 6, 6, 4]);
+        // A change applies from the message after the one that ends the
+        // frame, which starts a new frame; other messages continue one.
+        assert_eq!(
+            seen,
+            [
+                (3, true),
+                (3, false),
+                (2, true),
+                (2, false),
+                (6, true),
+                (6, false),
+                (6, false)
+            ]
+        );
         p.set_level(99);
         p.pack(b"x").expect("pack");
         assert_eq!(p.level(), *LEVELS.end());
