@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anypatch_apply::{Applier, Config, Progress, Summary};
 use anypatch_safe_output::identity::{device_holds, shared, stores, through_fd_link, Holds};
 use anypatch_safe_output::{a_kind, parent_dir, signals, CommitError, FileId, Owner};
-use anypatch_safe_output::{CreateError, TempFile, TempOptions};
+use anypatch_safe_output::{CreateError, LockError, OutputLock, TempFile, TempOptions};
 
 use crate::{drive, explain_wrong_base, io_err, open_old, DriveError, PatchSource, Policy};
 
@@ -462,6 +462,9 @@ pub fn fill_new_file<T>(
     // A file that is replaced keeps its owner and permissions. A new one
     // gets OLD's permission bits (rw for everyone when OLD is a device),
     // less the umask, as the kernel applies it when the file is created.
+    // Another run writing NEW too would build its own temporary file, and
+    // the last rename would win: refused. Held until the rename.
+    let _writing = lock_output(new)?;
     let existing = fs::metadata(new).ok().filter(Metadata::is_file);
     // An in-place apply rewriting NEW holds its lock: refuse rather than
     // rename over a file it is writing (it would report success for a file
@@ -525,9 +528,6 @@ pub fn fill_new_file<T>(
     Ok(result)
 }
 
-/// Takes the same lock as `applypatch --in-place` on the existing file at
-/// `new`: refused at once if another run holds it. `None` when the file
-/// cannot be opened for reading (the rename decides then).
 /// The permission bits a new NEW is created with (less the umask): OLD's,
 /// or rw for everyone when OLD is a device. A NEW that replaces a file
 /// takes that file's owner and mode afterwards ([`Owner::restore`]).
@@ -539,6 +539,33 @@ fn new_file_mode(old_meta: &Metadata) -> u32 {
     }
 }
 
+/// Locks the output `new` against other runs writing it (`-o` from a
+/// patch, a URL or a live sync alike), whether or not it exists yet:
+/// refused at once, naming the run that holds it.
+pub(crate) fn lock_output(new: &Path) -> Result<OutputLock, DriveError> {
+    let name = new.file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = name.unwrap_or_default();
+    OutputLock::take(&parent_dir(new), &name).map_err(|e| match e {
+        LockError::Held { pid } => {
+            let who = match pid {
+                Some(pid) => format!("pid {pid}: {}", crate::inplace::command_line(pid)),
+                None => "a process this one cannot see".into(),
+            };
+            DriveError::Refused(format!(
+                "{} is being written by another run ({who}); nothing was written. Wait for it to finish, or write the new image elsewhere",
+                new.display()
+            ))
+        }
+        LockError::Io(source) => DriveError::Io {
+            action: format!("cannot lock the output {}", new.display()),
+            source,
+        },
+    })
+}
+
+/// Takes the same lock as `applypatch --in-place` on the existing file at
+/// `new`: refused at once if another run holds it. `None` when the file
+/// cannot be opened for reading (the rename decides then).
 fn lock_existing(new: &Path) -> Result<Option<File>, DriveError> {
     use rustix::fs::{flock, FlockOperation};
     use std::os::unix::fs::OpenOptionsExt;

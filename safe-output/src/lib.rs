@@ -18,6 +18,8 @@
 //!   inode, the same block device, a loop device and its backing file), and
 //!   whether a path leads through a process's descriptor table
 //!   (`/dev/stdout`, `/proc/PID/fd/N`).
+//! - [`OutputLock`]: a lock on an output that may not exist yet, so two
+//!   runs writing one output cannot both finish and the last rename win.
 //! - [`kind_name`] and [`a_kind`]: what a file type is called in messages.
 //! - [`human_bytes`]: sizes for people.
 //!
@@ -26,6 +28,7 @@
 
 pub mod identity;
 mod kind;
+mod lock;
 mod owner;
 pub mod signals;
 mod size;
@@ -33,6 +36,7 @@ mod temp;
 
 pub use identity::{parent_dir, FileId};
 pub use kind::{a_kind, kind_name};
+pub use lock::{LockError, OutputLock};
 pub use owner::{Owner, Restored};
 pub use size::{human_bytes, human_bytes_exact};
 pub use temp::{CommitError, CreateError, TempFile, TempOptions};

@@ -1010,3 +1010,105 @@ fn a_server_that_is_not_up_yet_is_retried_and_refusals_are_not() {
         assert!(!msg.contains("retrying"), "{name} was retried: {msg}");
     }
 }
+
+#[test]
+fn two_runs_writing_one_new_output_the_second_is_refused() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let (site, old_src, new) = changed_site();
+    let (dash_o, no_cache) = (OsStr::new("-o"), OsStr::new("--no-cache"));
+    let keep = [
+        "old.src",
+        "new.src",
+        "fresh.img",
+        "patched.img",
+        "p.patch",
+        "cache",
+    ];
+
+    // Two live syncs to a NEW that does not exist yet: each would build its
+    // own temporary file, and the last rename would win.
+    let out = site.work.path().join("fresh.img");
+    let first =
+        start_stopped(site.command(&old_src, "new.img", &[dash_o, out.as_os_str(), no_cache]));
+    let msg = refused(&site.sync(&old_src, "new.img", &[dash_o, out.as_os_str(), no_cache]));
+    assert!(
+        msg.contains("being written by another run") && msg.contains(&first.id().to_string()),
+        "the second run names the first: {msg}"
+    );
+    assert!(!out.exists(), "the refused run made nothing");
+    net_support::signal(first.id(), "CONT");
+    synced(&first.wait_with_output().expect("wait"));
+    assert_eq!(b3(&out), b3(&new), "the first run finished undisturbed");
+    assert_eq!(
+        others(site.work.path(), &keep),
+        Vec::<String>::new(),
+        "nothing left behind"
+    );
+
+    // Two `applypatch OLD PATCH -o NEW` alike: the first holds the lock
+    // while it waits for the rest of its patch on stdin.
+    let patch = site.work.path().join("p.patch");
+    net_support::ok(
+        Command::new(bin("mkpatch"))
+            .arg("-q")
+            .arg(&old_src)
+            .arg(&new)
+            .arg("-o")
+            .arg(&patch),
+    );
+    let bytes = std::fs::read(&patch).expect("patch");
+    let out = site.work.path().join("patched.img");
+    let mut first = Command::new(bin("applypatch"))
+        .arg(&old_src)
+        .arg("-")
+        .arg("-o")
+        .arg(&out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("applypatch starts");
+    let mut stdin = first.stdin.take().expect("stdin");
+    stdin.write_all(&bytes[..4096]).expect("the patch's start");
+    // Its lock is a socket (nothing on disk): the only one it has.
+    let pid = first.id();
+    net_support::wait_for(
+        std::time::Duration::from_secs(60),
+        "the first run's lock",
+        || {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+        },
+    );
+    let mut second = Command::new(bin("applypatch"));
+    second
+        .arg(&old_src)
+        .arg(&patch)
+        .arg("-o")
+        .arg(&out)
+        .arg("--json");
+    let msg = refused(&run(&mut second));
+    assert!(
+        msg.contains("being written by another run") && msg.contains(&first.id().to_string()),
+        "the second run names the first: {msg}"
+    );
+    stdin
+        .write_all(&bytes[4096..])
+        .expect("the rest of the patch");
+    drop(stdin);
+    let r = first.wait_with_output().expect("wait");
+    assert!(r.status.success(), "{r:?}");
+    assert_eq!(b3(&out), b3(&new));
+    assert_eq!(
+        others(site.work.path(), &keep),
+        Vec::<String>::new(),
+        "nothing left behind"
+    );
+}
