@@ -82,7 +82,7 @@ pub fn open(remote: &Remote, opts: &SyncOptions) -> Result<Option<SyncSession>, 
         ))),
         Ok(session) => Ok(Some(session)),
         Err(SyncFailure::IsPatch) => Ok(None),
-        Err(e) => Err(failure(e, &remote.url.text)),
+        Err(e) => Err(failure(e, &remote.url.text, false)),
     }
 }
 
@@ -96,7 +96,7 @@ pub fn sync_in_place(
     let f = &target.file;
     session
         .run(f, Target::InPlace(f), &opts.receive())
-        .map_err(|e| failure(e, &old.display().to_string()))
+        .map_err(|e| failure(e, &old.display().to_string(), true))
 }
 
 /// A dry run (`--check`): what a sync of `old` in place would send each
@@ -110,7 +110,7 @@ pub fn check(
     let (old_file, _) = crate::open_old(old)?;
     session
         .measure(&old_file, &opts.receive())
-        .map_err(|e| failure(e, &old.display().to_string()))
+        .map_err(|e| failure(e, &old.display().to_string(), false))
 }
 
 /// Syncs into the new file `new`, OLD staying as it is. `patch` is the
@@ -140,7 +140,7 @@ pub fn sync_to_new_file(
     let received = fill_new_file(&path, &old_meta, |f, shown, untouched| {
         let r = session
             .run(&old_file, Target::Copy(f), &receive)
-            .map_err(|e| failure(e, shown))
+            .map_err(|e| failure(e, shown, false))
             .map_err(|e| match e {
                 DriveError::Refused(why) => DriveError::Refused(format!("{why}; {untouched}")),
                 other => other,
@@ -159,7 +159,7 @@ pub fn sync_to_new_file(
 
 /// A failed sync, said for the user: what broke, and that the same command
 /// goes on from where it was.
-fn failure(e: SyncFailure, target: &str) -> DriveError {
+fn failure(e: SyncFailure, target: &str, in_place: bool) -> DriveError {
     match e {
         SyncFailure::IsPatch => DriveError::Refused("the name is a patch, not an image".into()),
         SyncFailure::Fetch(e) => DriveError::Refused(format!("{e}")),
@@ -171,14 +171,20 @@ fn failure(e: SyncFailure, target: &str) -> DriveError {
             action: "cannot read the old image".into(),
             source,
         },
-        SyncFailure::Session(SyncError::Link(source)) => DriveError::Io {
+        // In place what was written stays, verified; -o keeps nothing.
+        SyncFailure::Session(SyncError::Link(source)) if in_place => DriveError::Io {
             action: format!(
                 "the link to the server broke; what was synced of {target} is kept and verified: run the same command again to go on"
             ),
             source,
         },
+        SyncFailure::Session(SyncError::Link(source)) => DriveError::Io {
+            action: "the link to the server broke, or the server ended the session (its image changed or shrank while it was synced?): run the same command again".into(),
+            source,
+        },
+        // Most often the served image changed while it was synced.
         SyncFailure::Session(e @ SyncError::Sender(_)) => DriveError::Refused(format!(
-            "{e}. Nothing it sent that did not match its own tree was written"
+            "{e}. Nothing it sent that did not match its own tree was written. If the image changed on the server during the sync, run the same command again once it is complete"
         )),
     }
 }

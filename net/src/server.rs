@@ -136,7 +136,9 @@ impl Server {
                     .expect("30 s is a valid idle timeout"),
             ));
         config.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(config, opts.listen)?;
+        let endpoint = quinn::Endpoint::server(config, opts.listen).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", opts.listen))
+        })?;
         Ok(Self {
             endpoint,
             shared: Arc::new(Shared {

@@ -822,6 +822,15 @@ fn names_never_leave_the_served_directory() {
     std::fs::copy(&new, &outside).expect("outside");
     std::os::unix::fs::symlink(&outside, site.served.path().join("out-link.img")).expect("link");
     std::os::unix::fs::symlink("new.img", site.served.path().join("in-link.img")).expect("link");
+    // An absolute link, even to a file inside, is not followed (the server
+    // resolves names beneath the directory only), and a FIFO is refused
+    // without blocking the server.
+    std::os::unix::fs::symlink(
+        site.served.path().join("new.img"),
+        site.served.path().join("abs-link.img"),
+    )
+    .expect("link");
+    net_support::ok(Command::new("mkfifo").arg(site.served.path().join("fifo.img")));
     std::fs::create_dir(site.served.path().join("sub")).expect("sub");
     let old = site.copy(&old_src, "old");
     let before = b3(&old);
@@ -840,6 +849,8 @@ fn names_never_leave_the_served_directory() {
         format!("{}", outside.display()),
         "./new.img".into(),
         "out-link.img".into(),
+        "abs-link.img".into(),
+        "fifo.img".into(),
         "sub".into(),
     ] {
         for args in [
@@ -1111,4 +1122,57 @@ fn two_runs_writing_one_new_output_the_second_is_refused() {
         Vec::<String>::new(),
         "nothing left behind"
     );
+}
+
+#[test]
+fn a_served_image_cut_short_during_a_sync_to_o_fails_clearly() {
+    let (site, old_src, _new) = changed_site();
+    let out = site.work.path().join("out.img");
+    let (dash_o, no_cache) = (OsStr::new("-o"), OsStr::new("--no-cache"));
+    let child =
+        start_stopped(site.command(&old_src, "new.img", &[dash_o, out.as_os_str(), no_cache]));
+    // The served image loses its last 20 MiB while the sync is stopped.
+    let served = std::fs::OpenOptions::new()
+        .write(true)
+        .open(site.served.path().join("new.img"))
+        .expect("served image");
+    served.set_len(4 << 20).expect("truncate");
+    net_support::signal(child.id(), "CONT");
+    let msg = refused(&child.wait_with_output().expect("wait"));
+    // -o keeps nothing: the message must not promise what it does not keep.
+    assert!(msg.contains("run the same command again"), "{msg}");
+    assert!(!msg.contains("is kept"), "{msg}");
+    assert!(!out.exists());
+    assert_eq!(
+        others(site.work.path(), &["old.src", "new.src", "cache"]),
+        Vec::<String>::new(),
+        "left behind"
+    );
+}
+
+#[test]
+fn serving_a_missing_directory_or_a_file_says_which() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("file");
+    for (what, why) in [
+        (dir.path().join("missing"), "No such file"),
+        (file, "not a directory"),
+    ] {
+        let r = run(Command::new(bin("mkpatch"))
+            .arg("serve")
+            .arg(&what)
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(dir.path().join("state")));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("cannot serve {}: {why}", what.display())),
+            "{err}"
+        );
+        assert!(
+            !err.contains("cannot listen"),
+            "not a listening problem: {err}"
+        );
+    }
 }

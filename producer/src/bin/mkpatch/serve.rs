@@ -101,7 +101,8 @@ pub(crate) fn run_serve(
     };
     let server = runtime
         .block_on(async { Server::bind(&opts, identity) })
-        .map_err(|e| anyhow!("cannot listen on {listen}: {e}"))?;
+        // Says itself what failed: the directory, or listening on `listen`.
+        .map_err(|e| anyhow!("{e}"))?;
     let addr = server
         .local_addr()
         .context("cannot read the bound address")?;
