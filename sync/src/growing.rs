@@ -154,30 +154,76 @@ impl GrowingTree {
     ) -> std::io::Result<blake3::Hash> {
         let len = self.len;
         // Stat before reading: the identity must be no younger than the bytes.
-        let id = match cache {
-            Some(_) => crate::cache::identity(file)?,
-            None => None,
-        };
+        let id = crate::cache::identity(file)?;
         let cached = cache
             .zip(id.as_ref())
             .and_then(|(c, id)| crate::cache::lookup(c, id, len));
-        let leaves = match cached {
-            Some(leaves) => {
-                self.grow(&leaves);
-                leaves
-            }
-            None => {
-                let leaves = crate::hash_leaves(file, len, threads, |_, values| {
-                    self.grow(values);
-                    true
-                })?;
-                if let (Some(c), Some(id)) = (cache, &id) {
-                    crate::cache::store(c, file, id, len, &leaves);
+        let Some(leaves) = cached else {
+            let leaves = crate::hash_leaves(file, len, threads, |_, values| {
+                self.grow(values);
+                true
+            })?;
+            let root = crate::sender::image_root(file, len, &leaves)?;
+            // An image written while it was hashed gives a tree of no
+            // version of it, which a receiver would then be told it holds.
+            if let Some(before) = &id {
+                let now = crate::cache::identity(file)?;
+                if !now.is_some_and(|now| now.same_state(before)) {
+                    return Err(std::io::Error::other(
+                        "it changed while it was being hashed (is it still being written?); sync again once it is complete",
+                    ));
                 }
-                leaves
             }
+            if let (Some(c), Some(id)) = (cache, &id) {
+                crate::cache::store(c, file, id, len, &leaves);
+            }
+            return Ok(root);
         };
+        self.grow(&leaves);
         debug_assert_eq!(leaves.len() as u64, leaf_count(len));
         crate::sender::image_root(file, len, &leaves)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A watcher that writes to the image while it is hashed: the tree
+    /// must fail, not end with a root of no version of the file.
+    #[test]
+    fn an_image_written_while_it_is_hashed_fails_its_tree() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("image");
+        let len = 8 * crate::tree::GROUP;
+        std::fs::write(&path, vec![7u8; len as usize]).expect("write");
+        let file = File::open(&path).expect("open");
+        // The stat's times must move on with the write below.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let tree = GrowingTree::new(len);
+        let mut written = false;
+        let writer = path.clone();
+        tree.watch(move |g| {
+            if matches!(g, Growth::Leaves(_)) && !written {
+                written = true;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&writer)
+                    .expect("open to write");
+                f.write_all(b"changed").expect("write");
+            }
+            true
+        });
+        tree.fill(&file, 1, None);
+        assert!(tree.failed(), "the tree ended: {tree:?}");
+        let ends = tree.lock().end.clone();
+        let why = ends.and_then(|e| e.err()).expect("a reason");
+        assert!(why.contains("changed while it was being hashed"), "{why}");
+
+        // Left alone, the same file hashes whole.
+        let again = GrowingTree::new(len);
+        again.fill(&file, 2, None);
+        assert!(again.finished().is_some(), "{again:?}");
     }
 }
