@@ -122,6 +122,15 @@ pub const PRODUCER: &str = concat!("anypatch-mkpatch ", env!("CARGO_PKG_VERSION"
 /// incompressible `zeros` pair's patch larger.
 const FAST_SEGMENT_LEN: u32 = 1 << 20;
 
+/// `fast`'s zstd level for frames with old bytes as history: searching the
+/// prefix costs most of the time, and level 3 made 3-5% smaller frames in
+/// 25% more CPU.
+const FAST_PREFIX_LEVEL: i32 = 1;
+
+/// The anchor index ([`Options::prefix_search`]) is built only when the
+/// data segments cover at least 1/this of the old file's length.
+const ANCHORS_MIN_DATA_SHARE: u64 = 32;
+
 /// A speed/size trade-off: what `mkpatch --level fast|default|best` picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -130,7 +139,10 @@ pub enum Level {
     /// trials (see [`Options::trials`]): the least CPU.
     Fast,
     /// zstd level 9, changes up to 1 MiB apart share a segment, and new
-    /// data is compressed with the old bytes around it as zstd history.
+    /// data is compressed with the old bytes it most resembles as zstd
+    /// history ([`Options::prefix_search`]); near matches are deltas or
+    /// literals as a fast trial with that history finds smaller
+    /// ([`Options::coding_trial`]).
     Default,
     /// zstd level 19, changes up to 4 MiB apart share a segment, and
     /// earlier segments' data as history too (format 1.3) when smaller.
@@ -152,8 +164,15 @@ impl Level {
             min_copy,
             data_history: self == Level::Best,
             verify: self == Level::Best,
-            trials: self != Level::Fast,
-            prefix_search: self == Level::Fast,
+            trials: self == Level::Best,
+            prefix_search: self != Level::Best,
+            coding_trial: self == Level::Default,
+            shift_sample: self == Level::Fast,
+            prefix_level: if self == Level::Fast {
+                FAST_PREFIX_LEVEL
+            } else {
+                level
+            },
             segment_len: if self == Level::Fast {
                 FAST_SEGMENT_LEN
             } else {
@@ -192,18 +211,32 @@ pub struct Options {
     /// patch gets smaller. The segments' data then decode in order, not
     /// each on its own. Costs a second compression pass.
     pub data_history: bool,
-    /// Choose between codings by fast trial compressions (the default):
+    /// Choose between codings by fast trial compressions ([`Level::Best`]):
     /// whether the old bytes help as history, and whether near matches are
-    /// smaller as bytewise deltas or as literals. Off ([`Level::Fast`]):
-    /// with `prefix_len` > 0 every segment with enough literal data has old
-    /// bytes as history (twice its length, centred on where its data came
-    /// from, at most `prefix_len`), only nearly equal blocks are bytewise
-    /// deltas, and that frame is made at zstd level 1 with tables sized to
-    /// reach the whole prefix: one compression per segment. The shift
-    /// matcher then looks up only a sample of the changed bytes (two
-    /// blocks of every 32, and two after each match), since zstd finds
-    /// shifted data in the prefix.
+    /// smaller as bytewise deltas or as literals. Off ([`Level::Fast`] and
+    /// [`Level::Default`]): with `prefix_len` > 0 every segment with enough
+    /// literal data has old bytes as history (its length and a quarter
+    /// again, centred on where its data came from, at most `prefix_len`),
+    /// only nearly equal blocks are bytewise deltas (but see
+    /// `coding_trial`), and that frame is made at `prefix_level` with
+    /// tables sized to reach the whole prefix.
     pub trials: bool,
+    /// Without `trials` ([`Level::Default`]): also code each segment with
+    /// the blocks that are less alike (3/8 of their bytes equal) as deltas,
+    /// and with every delta as literals, and keep the coding that a zstd
+    /// level 1 trial with the segment's prefix finds smallest. A release
+    /// rebuilt with code moved wants the deltas; recompiled code, where
+    /// equal bytes come in shifting pieces, wants zstd to find them in the
+    /// prefix. Costs up to three fast compressions per segment.
+    pub coding_trial: bool,
+    /// Look up only a sample of the changed bytes for shifted data (two
+    /// blocks of every 32, and two after each match), for the encoder's
+    /// prefixes to find the rest ([`Level::Fast`]).
+    pub shift_sample: bool,
+    /// zstd level of frames with old bytes as history when `trials` is off
+    /// (with trials, `level`): 1 at [`Level::Fast`], 9 at
+    /// [`Level::Default`].
+    pub prefix_level: i32,
     /// Place each segment's old-byte history (`prefix_len`) where a sparse
     /// index of the whole old file (one content-defined anchor in 256 or
     /// more bytes, at most 16 MiB) finds most of its literal bytes, when
@@ -261,6 +294,9 @@ impl Options {
             data_history: false,
             trials: true,
             prefix_search: false,
+            coding_trial: false,
+            shift_sample: false,
+            prefix_level: 9,
             segment_len: MAX_SEGMENT_LEN,
             block_size: 4096,
             spool_dir: None,
@@ -285,6 +321,12 @@ impl Options {
             return Err(ProduceError::InvalidOption {
                 name: "level",
                 reason: format!("is {}; use a zstd level in 1..=19", self.level),
+            });
+        }
+        if !(1..=19).contains(&self.prefix_level) {
+            return Err(ProduceError::InvalidOption {
+                name: "prefix_level",
+                reason: format!("is {}; use a zstd level in 1..=19", self.prefix_level),
             });
         }
         if self.prefix_len > MAX_PREFIX_LEN {
@@ -402,9 +444,11 @@ pub fn make_patch(
     let spans = spans::spans_of(&runs, new.len, opts.block_size);
     drop(runs);
     let shift_index = shift::ShiftIndex::build(scanned.shift_entries);
-    // Without trials, the encoder's prefixes find most shifted data: the
-    // matcher only samples, for copies of long runs and where the prefixes go.
-    let sample = (!opts.trials).then(|| shift::Sample::of_blocks(opts.block_size));
+    // At `fast`, the encoder's prefixes find most shifted data: the matcher
+    // only samples, for copies of long runs and where the prefixes go.
+    let sample = opts
+        .shift_sample
+        .then(|| shift::Sample::of_blocks(opts.block_size));
     let spans = shift::find_shifted(job, &shift_index, spans, opts.in_place, sample)?;
     drop(shift_index);
     let spans = coalesce::join_copies(&old, &new, spans)?;
@@ -413,7 +457,13 @@ pub fn make_patch(
 
     let spool_file = || spool_file(opts.spool_dir.as_deref());
     let raw_spool = opts.data_history.then(spool_file).transpose()?;
-    let anchors = (opts.prefix_search && opts.prefix_len > 0)
+    // The index reads the whole old file again: worth it only when there
+    // is enough data to encode (a sparse change took 3.7x the time of
+    // hashing both files with it, 1.2x without).
+    let data_len: u64 = plan.segments.iter().map(|s| u64::from(s.len)).sum();
+    let anchors = (opts.prefix_search
+        && opts.prefix_len > 0
+        && data_len.saturating_mul(ANCHORS_MIN_DATA_SHARE) >= old.len)
         .then(|| anchors::Anchors::build(&old, threads))
         .transpose()?;
     let mut encoded = encode::encode_all(
@@ -426,6 +476,8 @@ pub fn make_patch(
             in_place: opts.in_place,
             history: opts.data_history,
             trials: opts.trials,
+            coding_trial: opts.coding_trial,
+            prefix_level: opts.prefix_level,
         },
         spool_file()?,
         raw_spool,

@@ -618,3 +618,39 @@ fn recompiled_code_is_coded_against_the_old_bytes_not_as_deltas() {
         );
     }
 }
+
+/// A release rebuilt with its code moved: every 8 bytes, 3 bytes (an
+/// address) grew by the same amount, so blocks equal their old selves in
+/// only 5 of 8 bytes, too few for a delta op without the coding trial.
+/// As deltas they are a short repeating pattern; as literals zstd must
+/// code a match every 5 bytes. `default`'s trial keeps them as deltas.
+#[test]
+fn default_codes_less_alike_blocks_as_deltas_when_smaller() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = Rng(11);
+    let mut old = vec![0u8; 256 * BS];
+    rng.fill(&mut old);
+    let mut new = old.clone();
+    for at in (0..new.len()).step_by(8) {
+        for b in &mut new[at + 5..at + 8] {
+            *b = b.wrapping_add(0x10);
+        }
+    }
+    let default = Level::Default.options();
+    let (patch, _) = make(dir.path(), &old, &new, &default);
+    assert_eq!(apply(&old, &patch), new);
+    let without = Options {
+        coding_trial: false,
+        ..default
+    };
+    let (plain, _) = make(dir.path(), &old, &new, &without);
+    assert_eq!(apply(&old, &plain), new);
+    let report = inspect(&mut &patch[..]).expect("inspect");
+    assert!(report.ops.delta > 0, "no delta ops: {:?}", report.ops);
+    assert!(
+        patch.len() * 4 < plain.len(),
+        "trial {} bytes, without it {} bytes",
+        patch.len(),
+        plain.len()
+    );
+}

@@ -134,8 +134,11 @@ pub fn make_patch_from_index(
     // of their compression).
     let data = plan.segments.iter().map(|s| u64::from(s.len)).sum::<u64>();
     let long_segments = data >= HISTORY_MIN_MEAN * plan.segments.len() as u64;
-    // `fast` (no trials) keeps to one compression per segment.
-    let data_history = opts.data_history || (opts.prefix_len > 0 && opts.trials && long_segments);
+    // `fast` (no trials) keeps to one compression per segment. Without old
+    // bytes there is no prefix to try codings with: `default` has the
+    // trials instead.
+    let trials = opts.trials || opts.coding_trial;
+    let data_history = opts.data_history || (opts.prefix_len > 0 && trials && long_segments);
     let raw_spool = data_history.then(spool_file).transpose()?;
     let mut encoded = encode::encode_all(
         job,
@@ -147,7 +150,9 @@ pub fn make_patch_from_index(
             min_copy: opts.min_copy,
             in_place: opts.in_place,
             history: data_history,
-            trials: opts.trials,
+            trials,
+            coding_trial: false,
+            prefix_level: opts.prefix_level,
         },
         spool_file()?,
         raw_spool,

@@ -120,7 +120,9 @@ struct Cli {
     /// the old bytes it most resembles as history, found by a sparse index
     /// of the whole old file), `default`
     /// (zstd 9, changes up to 1 MiB apart share a segment, new data
-    /// compressed against the old bytes around it) or `best` (zstd 19,
+    /// compressed against the old bytes it most resembles, found by the
+    /// same index, and near matches sent as bytewise deltas or not as a
+    /// fast trial finds smaller) or `best` (zstd 19,
     /// changes up to 4 MiB apart share a segment, and, when smaller, the
     /// data of earlier segments as history too, which needs an applier of
     /// format 1.3; slower). A number 1..=19 is `default` with that zstd
@@ -488,6 +490,7 @@ fn run_make(cli: &Cli) -> Result<(), Failure> {
         LevelArg::Named(level) => level.options(),
         LevelArg::Zstd(n) => Options {
             level: n,
+            prefix_level: n,
             ..Options::default()
         },
     };
