@@ -157,18 +157,62 @@ impl Server {
 
     /// Serves until the endpoint is closed.
     pub async fn run(self) {
-        while let Some(incoming) = self.endpoint.accept().await {
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                let Ok(conn) = incoming.await else {
-                    return; // a failed handshake: the client hears why
-                };
-                while let Ok((send, recv)) = conn.accept_bi().await {
-                    tokio::spawn(serve_stream(conn.clone(), send, recv, shared.clone()));
+        self.run_until(std::future::pending()).await;
+    }
+
+    /// Serves until the endpoint is closed or `stop` gives a reason. Then
+    /// every client is told that reason in its connection's close, so none
+    /// waits out the idle timeout to learn the server went away, and the
+    /// server waits up to [`CLOSE_WAIT`] for them to hear it.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = String>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else {
+                        return;
+                    };
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        let Ok(conn) = incoming.await else {
+                            return; // a failed handshake: the client hears why
+                        };
+                        while let Ok((send, recv)) = conn.accept_bi().await {
+                            tokio::spawn(serve_stream(conn.clone(), send, recv, shared.clone()));
+                        }
+                    });
                 }
-            });
+                why = &mut stop => {
+                    self.endpoint.close(STOPPING.into(), why.as_bytes());
+                    let _ = tokio::time::timeout(CLOSE_WAIT, self.endpoint.wait_idle()).await;
+                    return;
+                }
+            }
         }
     }
+}
+
+/// The QUIC application error code of a server that stops.
+const STOPPING: u32 = 1;
+
+/// How long a stopping server waits for its clients to hear it close.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// The first SIGTERM, SIGINT or SIGHUP, as the reason a server stops;
+/// for [`Server::run_until`]. Call it inside the runtime.
+pub fn stop_signals() -> std::io::Result<impl std::future::Future<Output = String>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
+        };
+        format!("the server is stopping ({name}); run the same command again once it is back")
+    })
 }
 
 /// Answers one request.

@@ -57,6 +57,18 @@ impl SyncRequest {
     }
 }
 
+/// A stream's error with its causes: quinn's "connection lost" alone
+/// would hide why, such as the reason a stopping server closed with.
+fn lost(e: impl std::error::Error) -> io::Error {
+    let mut why = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        why = format!("{why}: {c}");
+        cause = c.source();
+    }
+    io::Error::new(io::ErrorKind::ConnectionReset, why)
+}
+
 /// A QUIC receive stream read from a blocking thread.
 struct BlockingRecv(Handle, quinn::RecvStream);
 
@@ -65,7 +77,7 @@ impl Read for BlockingRecv {
         match self.0.block_on(self.1.read(buf)) {
             Ok(Some(n)) => Ok(n),
             Ok(None) => Ok(0),
-            Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionReset, e)),
+            Err(e) => Err(lost(e)),
         }
     }
 }
@@ -84,17 +96,14 @@ impl Read for DataStream {
         let stream = match &mut self.stream {
             Some(s) => s,
             None => {
-                let s = self
-                    .handle
-                    .block_on(self.conn.accept_uni())
-                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e))?;
+                let s = self.handle.block_on(self.conn.accept_uni()).map_err(lost)?;
                 self.stream.insert(s)
             }
         };
         match self.handle.block_on(stream.read(buf)) {
             Ok(Some(n)) => Ok(n),
             Ok(None) => Ok(0),
-            Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionReset, e)),
+            Err(e) => Err(lost(e)),
         }
     }
 }
@@ -107,7 +116,7 @@ impl Write for BlockingSend {
         self.0
             .block_on(self.1.write_all(buf))
             .map(|()| buf.len())
-            .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e))
+            .map_err(lost)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

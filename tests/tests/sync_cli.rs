@@ -631,6 +631,25 @@ fn start_stopped(mut cmd: Command) -> std::process::Child {
     child
 }
 
+/// A server stopped by a signal mid-sync tells its client why at once, in
+/// the connection's close, instead of leaving it to find out from the idle
+/// timeout; the server itself ends cleanly.
+#[test]
+fn a_server_stopped_mid_sync_tells_its_client_why() {
+    let (mut site, old_src, _new) = changed_site();
+    let out = site.work.path().join("out.img");
+    let args = [OsStr::new("-o"), out.as_os_str(), OsStr::new("--no-cache")];
+    let child = start_stopped(site.command(&old_src, "new.img", &args));
+    let status = site.serve.stop("TERM");
+    assert!(status.success(), "the server's exit: {status:?}");
+    net_support::signal(child.id(), "CONT");
+    let r = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_ne!(r.status.code(), Some(0), "{r:?}");
+    assert!(err.contains("the server is stopping (SIGTERM)"), "{err}");
+    assert!(!out.exists(), "no output from a sync cut off");
+}
+
 /// Files in `dir` other than `keep`.
 fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
     std::fs::read_dir(dir)

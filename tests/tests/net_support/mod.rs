@@ -164,6 +164,12 @@ impl Serve {
         self.child.id()
     }
 
+    /// Sends the server `sig` (`TERM`, `INT`, ...) and waits for it to end.
+    pub fn stop(&mut self, sig: &str) -> std::process::ExitStatus {
+        signal(self.child.id(), sig);
+        self.child.wait().expect("the server ends")
+    }
+
     /// A field of /proc/PID/status, in bytes (the kernel says kB).
     pub fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

@@ -125,6 +125,13 @@ pub(crate) fn run_serve(
         );
     }
     drop(out);
-    runtime.block_on(server.run());
+    // A stop by signal closes every connection with the reason, so that
+    // clients hear it at once, not after the idle timeout.
+    let stopped = runtime.block_on(async {
+        let stop = anypatch_net::server::stop_signals()?;
+        server.run_until(stop).await;
+        std::io::Result::Ok(())
+    });
+    stopped.context("cannot watch for signals")?;
     Ok(())
 }
