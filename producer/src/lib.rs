@@ -74,6 +74,7 @@
 #![forbid(unsafe_code)]
 
 mod anchors;
+mod approx;
 mod cached;
 mod coalesce;
 mod encode;
@@ -163,6 +164,9 @@ impl Level {
             prefix_len,
             min_copy,
             data_history: self == Level::Best,
+            // Not yet on at `best`: smaller on real archives, larger on the
+            // small corpus's scattered edits (bench/results-best.md).
+            approx_match: false,
             verify: self == Level::Best,
             trials: self == Level::Best,
             prefix_search: self != Level::Best,
@@ -211,6 +215,11 @@ pub struct Options {
     /// patch gets smaller. The segments' data then decode in order, not
     /// each on its own. Costs a second compression pass.
     pub data_history: bool,
+    /// With `data_history`: match changed bytes approximately against the
+    /// whole old file through its suffix array, as bsdiff does, when the
+    /// old file is at most 512 MiB (module `approx`; 5 bytes of memory per
+    /// old byte). Off by default (bench/results-best.md says why).
+    pub approx_match: bool,
     /// Choose between codings by fast trial compressions ([`Level::Best`]):
     /// whether the old bytes help as history, and whether near matches are
     /// smaller as bytewise deltas or as literals. Off ([`Level::Fast`] and
@@ -292,6 +301,7 @@ impl Options {
             prefix_len: MAX_PREFIX_LEN,
             min_copy: 24,
             data_history: false,
+            approx_match: false,
             trials: true,
             prefix_search: false,
             coding_trial: false,
@@ -466,23 +476,38 @@ pub fn make_patch(
         && data_len.saturating_mul(ANCHORS_MIN_DATA_SHARE) >= old.len)
         .then(|| anchors::Anchors::build(&old, threads))
         .transpose()?;
-    let mut encoded = encode::encode_all(
-        job,
-        &plan,
-        encode::Settings {
-            level: opts.level,
-            prefix_len: opts.prefix_len,
-            min_copy: opts.min_copy,
-            in_place: opts.in_place,
-            history: opts.data_history,
-            trials: opts.trials,
-            coding_trial: opts.coding_trial,
-            prefix_level: opts.prefix_level,
-        },
-        spool_file()?,
-        raw_spool,
-        anchors.as_ref(),
-    )?;
+    // `best`: approximate matching against the whole old file (module approx).
+    let text = (opts.approx_match && raw_spool.is_some())
+        .then(|| approx::index(&old, opts.in_place))
+        .transpose()?
+        .flatten();
+    let plan = match &text {
+        Some(_) => approx::split(plan, approx::SEGMENT_LEN.min(opts.segment_len)),
+        None => plan,
+    };
+    let mut encoded = match (&text, raw_spool) {
+        (Some(text), Some(raw)) => {
+            approx::encode_all(job, text, &plan, opts.level, spool_file()?, raw)?
+        }
+        (_, raw_spool) => encode::encode_all(
+            job,
+            &plan,
+            encode::Settings {
+                level: opts.level,
+                prefix_len: opts.prefix_len,
+                min_copy: opts.min_copy,
+                in_place: opts.in_place,
+                history: opts.data_history,
+                trials: opts.trials,
+                coding_trial: opts.coding_trial,
+                prefix_level: opts.prefix_level,
+            },
+            spool_file()?,
+            raw_spool,
+            anchors.as_ref(),
+        )?,
+    };
+    drop(text);
     if let Some(raw) = encoded.raw.take() {
         encoded = history::recode(
             encoded,
