@@ -29,14 +29,7 @@ const COVER_MISSES: usize = 2;
 /// `ops` (their data is the caller's to make). `hint` is where old bytes that may match
 /// start, as a delta (old offset minus new offset), from the spans around.
 /// Stops making matches after `max_ops` ops in `ops`: the rest is literal.
-pub(crate) fn diff(
-    text: &Text,
-    new: &[u8],
-    at: u64,
-    hint: i64,
-    max_ops: usize,
-    ops: &mut Vec<Op>,
-) {
+pub(crate) fn diff(text: &Text, new: &[u8], at: u64, hint: i64, max_ops: usize, ops: &mut Vec<Op>) {
     let old = &text.old[..];
     let (olen, nlen) = (old.len() as i64, new.len() as i64);
     let at = at as i64;
