@@ -154,8 +154,12 @@ pub fn all() -> Vec<Vector> {
         "4-byte edits, without old-byte history: delta and copy ops in one merged segment",
         base.clone(),
         edits,
-        // With a history, the repeated `EDIT` compresses smaller as literals.
-        |o| o.prefix_len = 0,
+        // With a history, or with `default`'s coding trial, the repeated
+        // `EDIT` compresses smaller as literals; this vector is for deltas.
+        |o| {
+            o.prefix_len = 0;
+            o.coding_trial = false;
+        },
     ));
 
     let mut scattered = base.clone();
