@@ -599,6 +599,13 @@ fn plain_http_needs_a_patch_signed_by_a_trusted_key() {
         assert!(!out.exists(), "{what}: the output was written");
     }
     // The refused plain fetch never reached the server; the others did.
+    // nginx logs a request when it ends it, which can come after a client
+    // that refused the patch has exited.
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "nginx to log the three fetches",
+        || nginx.log().len() >= 3,
+    );
     assert_eq!(nginx.log().len(), 3, "{:?}", nginx.log());
 }
 
