@@ -442,7 +442,7 @@ fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 #[cfg(feature = "quic-https")]
 /// An error with its causes, as one line: reqwest's own message alone
 /// ("error sending request") does not say what went wrong.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut line = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -59,14 +59,8 @@ impl SyncRequest {
 
 /// A stream's error with its causes: quinn's "connection lost" alone
 /// would hide why, such as the reason a stopping server closed with.
-fn lost(e: impl std::error::Error) -> io::Error {
-    let mut why = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        why = format!("{why}: {c}");
-        cause = c.source();
-    }
-    io::Error::new(io::ErrorKind::ConnectionReset, why)
+fn lost(e: impl std::error::Error + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, crate::fetch::chain(&e))
 }
 
 /// A QUIC receive stream read from a blocking thread.
